@@ -1,0 +1,39 @@
+# `make test` and `make bench` do all of the set-up from a fresh clone (CPU machine):
+# a .venv with the CPU build of torch 2.13.0 installed first (an unpinned torch pulls a multi-GB
+# CUDA build), then this package with its extras.
+# `make gpu-check` is for a GPU machine where torch and triton are preinstalled and nothing can be
+# installed: it runs from the tree with PYTHONPATH=. and no venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.aurora-installed
+PYTEST_WORKERS ?= 2
+RESULTS_DIR ?=
+
+.PHONY: test bench gpu-check compile-report clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench,model]'
+	touch $(STAMP)
+
+# CPU: every kernel runs under the Triton interpreter on CPU tensors.
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+# CPU: interpreter parity at small shapes, the sm_90 compile report, the H100 roofline floors.
+# GPU: times every op against its peers.
+bench: $(STAMP)
+	TRITON_INTERPRET=1 $(VPY) -m bench $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
+
+compile-report: $(STAMP)
+	$(VPY) -m aurora_kernels.compile_report
+
+# GPU machine: the whole test suite on CUDA, then every benchmark, then a one-screen summary.
+gpu-check:
+	PYTHONPATH=. PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

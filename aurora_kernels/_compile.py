@@ -1,0 +1,65 @@
+"""Registry of launch configs for the ahead-of-time sm_90 compile check (`compile_report`).
+
+Op modules register with `@register_compile_configs` a function listing the KernelConfigs their
+launcher can pick at the model's shapes, built by the same config-picking code the launcher uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+H100_SHARED_MEMORY_LIMIT = 232448  # bytes of shared memory one block may use on sm_90 (227 KB)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """One launch config of one kernel, as the launcher would pick it for `shape`.
+
+    signature: the kernel's runtime arguments, name -> Triton type ("*bf16", "i32", "i64", "fp32");
+    constexprs: the constexpr arguments; aligned: arguments the launcher's runtime specialisation
+    would see as divisible by 16 (pointers from the caching allocator, strides of aligned rows).
+    """
+
+    op: str
+    shape: str
+    kernel: object
+    signature: dict
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    aligned: tuple = ()
+    uses_dot: bool = False
+
+
+def pointer_type(dtype) -> str:
+    """Triton's signature type for a pointer to a tensor of torch dtype `dtype`."""
+    names = {"torch.bfloat16": "*bf16", "torch.float16": "*fp16", "torch.float32": "*fp32", "torch.int32": "*i32"}
+    return names[str(dtype)]
+
+
+_config_sources: list[Callable[[], list[KernelConfig]]] = []
+
+
+def register_compile_configs(source: Callable[[], list[KernelConfig]]):
+    """Decorator for an op's function listing its KernelConfigs at the model's shapes."""
+    _config_sources.append(source)
+    return source
+
+
+def all_configs() -> list[KernelConfig]:
+    import aurora_kernels  # noqa: F401  (imports every op module, which registers its configs)
+
+    return [cfg for source in _config_sources for cfg in source()]
+
+
+DTYPE_LABELS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
+
+
+def configs_per_dtype(dtypes, *, shape: str, signature: dict, **fields) -> list[KernelConfig]:
+    """One KernelConfig per dtype: "*T" in the signature becomes a pointer to that dtype."""
+    configs = []
+    for dtype in dtypes:
+        typed = {name: (pointer_type(dtype) if kind == "*T" else kind) for name, kind in signature.items()}
+        configs.append(KernelConfig(shape=f"{shape} {DTYPE_LABELS[str(dtype)]}", signature=typed, **fields))
+    return configs

@@ -1,0 +1,244 @@
+"""Argument validation shared by every public op.
+
+Every check raises before any kernel launches: TypeError for a wrong type or dtype, ValueError for a
+wrong shape, device, layout or value, each naming the argument and what was expected.
+
+Two kinds of check:
+- metadata checks (type, dtype, shape, device, strides, divisibility) read only tensor metadata and
+  always run;
+- value checks (cu_seqlens monotonic, max_seqlen covering the real lengths, cache_seqlens within the
+  cache, block_table entries in range) read tensor contents. On CUDA that is a host sync, which costs
+  time in a decode loop and breaks CUDA-graph capture, so by default they run only on CPU tensors.
+  `value_checks("always")` turns them on for CUDA too (for debugging); they never run while a CUDA
+  graph is being captured or torch.compile is tracing. On CUDA with the default, staying inside the
+  limits is the caller's contract, as with flash-attn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterable, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BACKENDS = ("triton", "reference")
+_VALUE_CHECK_MODES = ("auto", "always", "never")
+_value_check_mode = "auto"
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return "/".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def _fmt_shape(shape: Sequence) -> str:
+    return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+# ----------------------------------------------------------------------------- value-check policy
+
+
+def set_value_checks(mode: str) -> None:
+    """"auto" (value checks on CPU tensors only), "always" or "never"."""
+    global _value_check_mode
+    if mode not in _VALUE_CHECK_MODES:
+        raise ValueError(f"mode: expected one of {_VALUE_CHECK_MODES}, got {mode!r}")
+    _value_check_mode = mode
+
+
+@contextlib.contextmanager
+def value_checks(mode: str = "always"):
+    """Context manager form of `set_value_checks`."""
+    previous = _value_check_mode
+    set_value_checks(mode)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def should_check_values(t: torch.Tensor) -> bool:
+    """Whether value checks (which read tensor contents) run for a tensor on t's device."""
+    if _value_check_mode == "never" or _tracing():
+        return False
+    return _value_check_mode == "always" or t.device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------- metadata checks
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def check_tensor(
+    name: str,
+    t,
+    *,
+    shape: Sequence | None = None,
+    layout: str | None = None,
+    ndim: int | Sequence[int] | None = None,
+    dtypes: Sequence[torch.dtype] | None = FLOAT_DTYPES,
+    device: torch.device | None = None,
+    unit_stride_last: bool = False,
+) -> None:
+    """Check type, rank, shape, dtype, device and the last dim's stride of one tensor argument.
+
+    shape: expected sizes, None for "any"; layout: how the dims are named in messages, e.g. "[B, L, H, D]".
+    unit_stride_last: the last dim must be contiguous (other strides may be anything).
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    where = f" {layout}" if layout else ""
+    if ndim is not None:
+        ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.ndim not in ranks:
+            expected = " or ".join(str(r) for r in ranks)
+            raise ValueError(f"{name}: expected {expected} dims{where}, got shape {list(t.shape)}")
+    if shape is not None:
+        if t.ndim != len(shape) or any(s is not None and s != actual for s, actual in zip(shape, t.shape)):
+            raise ValueError(f"{name}: expected shape {_fmt_shape(shape)}{where}, got {list(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name}: expected dtype {_dtype_names(dtypes)}, got {t.dtype}")
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
+    if unit_stride_last and t.ndim > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name}: expected the last dim to be contiguous (stride 1), got strides {list(t.stride())}"
+        )
+
+
+def check_row_input(name: str, x, max_cols: int = 65536) -> int:
+    """x [..., N] float, contiguous last dim, 1 <= N <= max_cols (a row fits one tile); returns N."""
+    check_tensor(name, x, unit_stride_last=True)
+    if x.ndim < 1:
+        raise ValueError(f"{name}: expected at least 1 dim [..., N], got a 0-dim tensor")
+    if not 1 <= x.shape[-1] <= max_cols:
+        raise ValueError(f"{name}: expected a last dim N in [1, {max_cols}], got {x.shape[-1]}")
+    return x.shape[-1]
+
+
+def check_eps(eps) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps: expected a non-negative float, got {eps!r}")
+
+
+def check_same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name}: expected dtype {ref.dtype} (the dtype of {ref_name}), got {t.dtype}")
+
+
+def check_same_device(tensors: dict) -> None:
+    """All tensors (name -> tensor, None skipped) on one device."""
+    present = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = present[0]
+    for n, t in present[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{n}: expected a tensor on {first.device} (the device of {first_name}), got {t.device}")
+
+
+def check_divisible(name: str, value: int, divisor: int, what: str) -> None:
+    if divisor <= 0 or value % divisor != 0:
+        raise ValueError(f"{name}: expected a multiple of {what} ({divisor}), got {value}")
+
+
+def check_int(name: str, value, minimum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
+def check_softmax_scale(softmax_scale) -> None:
+    if softmax_scale is None:
+        return
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale).__name__}")
+
+
+def check_triton_device(name: str, t: torch.Tensor) -> None:
+    """backend="triton" runs on CUDA tensors, or on CPU tensors under the Triton interpreter."""
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    raise ValueError(
+        f"{name}: backend='triton' expects a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1 set "
+        f"before triton is imported), got one on {t.device}; use backend='reference' for eager PyTorch"
+    )
+
+
+# ----------------------------------------------------------------------------- index tensors
+
+
+def check_cu_seqlens(name: str, cu_seqlens, device: torch.device, total: int, max_seqlen, max_name: str) -> None:
+    """int32 [batch + 1] offsets on `device`: starts at 0, non-decreasing, ends at `total` rows, and no
+    sequence longer than `max_seqlen` (the last three are value checks)."""
+    check_tensor(name, cu_seqlens, ndim=1, layout="[batch + 1]", dtypes=(torch.int32,), device=device)
+    if cu_seqlens.numel() < 1:
+        raise ValueError(f"{name}: expected at least one offset ([batch + 1]), got an empty tensor")
+    check_int(max_name, max_seqlen, minimum=0)
+    if not should_check_values(cu_seqlens):
+        return
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0:
+        raise ValueError(f"{name}: expected to start at 0, got {offsets[0]}")
+    lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    if any(n < 0 for n in lengths):
+        raise ValueError(f"{name}: expected non-decreasing offsets, got {offsets}")
+    if offsets[-1] != total:
+        raise ValueError(f"{name}: expected the last offset to equal the number of packed rows ({total}), got {offsets[-1]}")
+    longest = max(lengths, default=0)
+    if longest > max_seqlen:
+        raise ValueError(f"{max_name}: expected >= the longest sequence in {name} ({longest}), got {max_seqlen}")
+
+
+def check_cache_seqlens(name: str, cache_seqlens, batch: int, device, capacity: torch.Tensor | int, appended: int) -> None:
+    """int32 [batch] token counts; value check: 0 <= n and n + appended <= capacity (per sequence)."""
+    check_tensor(name, cache_seqlens, shape=(batch,), layout="[B]", dtypes=(torch.int32,), device=device)
+    if not should_check_values(cache_seqlens):
+        return
+    lengths = cache_seqlens.long()
+    if bool((lengths < 0).any()):
+        raise ValueError(f"{name}: expected non-negative lengths, got {cache_seqlens.tolist()}")
+    limit = capacity if isinstance(capacity, int) else capacity.long()
+    over = lengths + appended > limit
+    if bool(over.any()):
+        b = int(over.nonzero()[0, 0])
+        cap = limit if isinstance(limit, int) else int(limit[b])
+        extra = f" + {appended} appended token" if appended else ""
+        raise ValueError(f"{name}: sequence {b} needs {int(lengths[b])}{extra} positions but its cache holds {cap}")
+
+
+def check_block_table(
+    name: str, block_table, batch: int, device, num_blocks: int, block_size: int, cache_seqlens, appended: int
+) -> None:
+    """int32 [batch, max_blocks]; value check: the entries a sequence uses (its first
+    ceil((cache_seqlens[b] + appended) / block_size)) are in [0, num_blocks). Unused entries may hold
+    anything (-1 padding, say)."""
+    check_tensor(name, block_table, shape=(batch, None), layout="[B, max_blocks]", dtypes=(torch.int32,), device=device)
+    if not should_check_values(block_table) or block_table.numel() == 0:
+        return
+    used_blocks = (cache_seqlens.long() + appended + block_size - 1) // block_size
+    columns = torch.arange(block_table.shape[1], device=block_table.device)
+    used = columns[None, :] < used_blocks[:, None]
+    bad = used & ((block_table < 0) | (block_table >= num_blocks))
+    if bool(bad.any()):
+        b, j = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}: expected block indices in [0, {num_blocks}), got {int(block_table[b, j])} at [{b}, {j}]"
+        )

@@ -1,0 +1,170 @@
+"""Ahead-of-time compile check for sm_90 (H100), runnable on a machine with no GPU.
+
+Each op file registers, with `@register_compile_configs`, a function that lists the launch configs
+its launcher (or autotuner) can pick at the model's shapes, built by the same config-picking code
+the launcher uses. This module compiles each one with `triton.compile(..., GPUTarget("cuda", 90, 32))`,
+assembles the PTX with `ptxas-blackwell -v --gpu-name=sm_90a` and reports registers per thread,
+spill stores/loads, shared memory, and whether the matrix ops became tensor-core instructions
+(wgmma or mma in the PTX). It catches what the interpreter lets through (dot tiles under 16, shared
+memory over the limit, spills).
+
+It must run without TRITON_INTERPRET (under the interpreter `@triton.jit` gives interpreted functions
+that cannot be compiled): `run_report()` starts `python -m aurora_kernels.compile_report` in a
+subprocess with that variable removed.
+
+    python -m aurora_kernels.compile_report [--json FILE] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from aurora_kernels._compile import H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
+
+def _ptxas() -> str:
+    import triton
+
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in ("ptxas-blackwell", "ptxas"):
+        path = os.path.join(bin_dir, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"no ptxas in {bin_dir}")
+
+
+def compile_one(cfg: KernelConfig) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    row = {
+        "op": cfg.op,
+        "kernel": cfg.kernel.__name__,
+        "shape": cfg.shape,
+        "constexprs": {k: (str(v) if not isinstance(v, (int, float, bool)) else v) for k, v in cfg.constexprs.items()},
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        "uses_dot": cfg.uses_dot,
+    }
+    names = cfg.kernel.arg_names
+    signature = {name: ("constexpr" if name in cfg.constexprs else cfg.signature[name]) for name in names}
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in cfg.aligned}
+    try:
+        compiled = triton.compile(
+            ASTSource(cfg.kernel, signature, dict(cfg.constexprs), attrs),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+        )
+    except Exception as exc:  # the report lists the failure; the CI test fails on it
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        return row
+    ptx = compiled.asm["ptx"]
+    row["shared_bytes"] = int(compiled.metadata.shared)
+    row["tensor_core"] = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "none")
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_path = os.path.join(tmp, "kernel.ptx")
+        with open(ptx_path, "w") as f:
+            f.write(ptx)
+        result = subprocess.run(
+            [_ptxas(), "-v", "--gpu-name=sm_90a", ptx_path, "-o", os.path.join(tmp, "kernel.cubin")],
+            capture_output=True,
+            text=True,
+        )
+    log = result.stdout + result.stderr
+    if result.returncode != 0:
+        row["error"] = "ptxas: " + log.strip().splitlines()[-1]
+        return row
+    regs = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    stack = re.search(r"(\d+) bytes stack frame", log)
+    row["registers"] = int(regs.group(1)) if regs else None
+    row["spill_stores"] = int(spills.group(1)) if spills else None
+    row["spill_loads"] = int(spills.group(2)) if spills else None
+    row["stack_bytes"] = int(stack.group(1)) if stack else None
+    return row
+
+
+def problems(row: dict) -> list[str]:
+    """What is wrong with one report row (empty when the config is fine)."""
+    if "error" in row:
+        return [f"does not compile: {row['error']}"]
+    found = []
+    if row["spill_stores"] or row["spill_loads"]:
+        found.append(f"spills {row['spill_stores']} B stored / {row['spill_loads']} B loaded")
+    if row["shared_bytes"] > H100_SHARED_MEMORY_LIMIT:
+        found.append(f"shared memory {row['shared_bytes']} B over the sm_90 limit {H100_SHARED_MEMORY_LIMIT} B")
+    if row["uses_dot"] and row["tensor_core"] == "none":
+        found.append("tl.dot did not become a tensor-core instruction")
+    return found
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
+        issues = problems(r)
+        status = "ok" if not issues else "; ".join(issues)
+        if "error" in r:
+            lines.append(
+                f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
+                f"| - | - | - | - | {status} |"
+            )
+            continue
+        tc = r["tensor_core"] if r["uses_dot"] else "n/a"
+        lines.append(
+            f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
+            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {status} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_report(timeout: float = 900) -> list[dict]:
+    """Run the report in a subprocess without TRITON_INTERPRET; returns its rows."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "report.json")
+        subprocess.run(
+            [sys.executable, "-m", "aurora_kernels.compile_report", "--json", out, "--quiet"],
+            env=env,
+            check=True,
+            timeout=timeout,
+        )
+        with open(out) as f:
+            return json.load(f)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the rows as JSON here")
+    parser.add_argument("--markdown", help="write the table as Markdown here")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
+    rows = [compile_one(cfg) for cfg in all_configs()]
+    table = markdown(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write("# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, "
+                    "compiled ahead of time for the H100 (`python -m aurora_kernels.compile_report`).\n\n" + table)
+    if not args.quiet:
+        print(table)
+    bad = [r for r in rows if problems(r)]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""apply_rotary: rotary position embedding of q and k in one launch, rotate-half convention
+(transformers' Qwen2): x_rot = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x2, x1).
+
+q [..., L, Hq, D], k [..., L, Hkv, D] (dense [B, L, H, D] or packed [T, H, D]); cos, sin [..., L, D]
+(transformers' full-width tables, broadcast over heads and over any leading dims they lack).
+
+Work per token: reads (Hq + Hkv) * D of q/k and 2D of cos/sin, writes (Hq + Hkv) * D: memory bound.
+The fusion is in reading cos/sin once per token for all heads of q and k (the eager op reads them
+once per head and materialises rotate_half). A program takes TOKENS_PER_PROGRAM tokens; per token it
+loads the two halves of every head as [BLOCK_H, BLOCK_HALF] tiles (head dims 72/80 give halves of
+36/40, padded to 64 with masks). q and k may be strided slices of a fused qkv projection.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._validation import (
+    FLOAT_DTYPES,
+    check_backend,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+    check_triton_device,
+)
+from aurora_kernels.ops import reference
+from aurora_kernels.ops._layout import collapse_rows, pow2_at_least, row_starts, warps_for
+
+MAX_HEAD_DIM = 512
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr, out_ptr, token, x_token_start, head_stride, num_heads, half_dim, cos1, cos2, sin1, sin2,
+    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):  # fmt: skip
+    """Rotate every head of one token: x is [num_heads, 2 * half_dim] at x_token_start."""
+    heads = tl.arange(0, BLOCK_H)
+    dims = tl.arange(0, BLOCK_HALF)
+    mask = (heads < num_heads)[:, None] & (dims < half_dim)[None, :]
+    first = x_token_start + heads[:, None] * head_stride + dims[None, :]
+    x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(x_ptr + first + half_dim, mask=mask, other=0.0).to(tl.float32)
+    out_first = token.to(tl.int64) * num_heads * 2 * half_dim + heads[:, None] * 2 * half_dim + dims[None, :]
+    dtype = out_ptr.dtype.element_ty
+    tl.store(out_ptr + out_first, (x1 * cos1[None, :] - x2 * sin1[None, :]).to(dtype), mask=mask)
+    tl.store(out_ptr + out_first + half_dim, (x2 * cos2[None, :] + x1 * sin2[None, :]).to(dtype), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
+    num_tokens, num_heads_q, num_heads_kv, half_dim,
+    q_outer_stride, q_inner_size, q_inner_stride, q_head_stride,
+    k_outer_stride, k_inner_size, k_inner_stride, k_head_stride,
+    cos_outer_stride, cos_inner_size, cos_inner_stride,
+    sin_outer_stride, sin_inner_size, sin_inner_stride,
+    TOKENS_PER_PROGRAM: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):  # fmt: skip
+    dims = tl.arange(0, BLOCK_HALF)
+    dim_mask = dims < half_dim
+    for i in range(TOKENS_PER_PROGRAM):
+        token = tl.program_id(0) * TOKENS_PER_PROGRAM + i
+        if token < num_tokens:
+            cos_start = row_starts(token, cos_outer_stride, cos_inner_size, cos_inner_stride)
+            sin_start = row_starts(token, sin_outer_stride, sin_inner_size, sin_inner_stride)
+            cos1 = tl.load(cos_ptr + cos_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
+            cos2 = tl.load(cos_ptr + cos_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
+            sin1 = tl.load(sin_ptr + sin_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
+            sin2 = tl.load(sin_ptr + sin_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
+            q_start = row_starts(token, q_outer_stride, q_inner_size, q_inner_stride)
+            _rotate_heads(q_ptr, q_out_ptr, token, q_start, q_head_stride, num_heads_q, half_dim,
+                          cos1, cos2, sin1, sin2, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+            k_start = row_starts(token, k_outer_stride, k_inner_size, k_inner_stride)
+            _rotate_heads(k_ptr, k_out_ptr, token, k_start, k_head_stride, num_heads_kv, half_dim,
+                          cos1, cos2, sin1, sin2, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+
+
+def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
+    block_half = pow2_at_least(head_dim // 2, 16)
+    block_hq, block_hkv = pow2_at_least(num_heads_q), pow2_at_least(num_heads_kv)
+    return {
+        "TOKENS_PER_PROGRAM": 4,
+        "BLOCK_HQ": block_hq,
+        "BLOCK_HKV": block_hkv,
+        "BLOCK_HALF": block_half,
+        "num_warps": warps_for(2 * block_hq * block_half),
+    }
+
+
+def _check_args(q, k, cos, sin):
+    check_tensor("q", q, ndim=(3, 4), layout="[..., L, Hq, D]", unit_stride_last=True)
+    check_tensor("k", k, ndim=q.ndim, layout="[..., L, Hkv, D]", unit_stride_last=True)
+    check_same_dtype("k", k, "q", q)
+    head_dim = q.shape[-1]
+    if k.shape[:-2] != q.shape[:-2] or k.shape[-1] != head_dim:
+        raise ValueError(
+            f"k: expected shape [{', '.join(map(str, q.shape[:-2]))}, Hkv, {head_dim}] (q's tokens and head dim), "
+            f"got {list(k.shape)}"
+        )
+    if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"q: expected an even head dim D in [2, {MAX_HEAD_DIM}], got {head_dim}")
+    token_shape = tuple(q.shape[:-2])
+    for name, table in (("cos", cos), ("sin", sin)):
+        check_tensor(name, table, unit_stride_last=True)
+        if table.ndim < 2 or tuple(table.shape[-2:]) != (token_shape[-1], head_dim):
+            raise ValueError(f"{name}: expected shape [..., {token_shape[-1]}, {head_dim}] ([..., L, D]), got {list(table.shape)}")
+        try:
+            table.expand(*token_shape, head_dim)
+        except RuntimeError:
+            raise ValueError(
+                f"{name}: expected leading dims that broadcast to q's {list(token_shape[:-1])}, got {list(table.shape)}"
+            ) from None
+    check_same_device({"q": q, "k": k, "cos": cos, "sin": sin})
+
+
+def apply_rotary(q, k, cos, sin, *, backend="triton"):
+    """Rotary embedding of q and k, rotate-half convention; returns new tensors (q_rot, k_rot).
+
+    q [..., L, Hq, D], k [..., L, Hkv, D] (same leading dims, same dtype fp16/bf16/fp32, contiguous
+    last dim, any other strides); cos, sin [..., L, D] in any float dtype, broadcast over heads and
+    over leading dims they lack (e.g. [L, D] for a dense batch).
+    """
+    check_backend(backend)
+    _check_args(q, k, cos, sin)
+    record_call("apply_rotary", backend)
+    if backend == "reference":
+        return reference.apply_rotary(q, k, cos, sin)
+    check_triton_device("q", q)
+    q_out, k_out = new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device)
+    token_shape = (*q.shape[:-2], q.shape[-1])
+    q_rows, k_rows = collapse_rows("q", q, trailing=2), collapse_rows("k", k, trailing=2)
+    cos_rows = collapse_rows("cos", cos.expand(*token_shape))
+    sin_rows = collapse_rows("sin", sin.expand(*token_shape))
+    num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0:
+        cfg = _launch_config(num_heads_q, num_heads_kv, head_dim)
+        grid = (triton.cdiv(q_rows.num_rows, cfg["TOKENS_PER_PROGRAM"]),)
+        _rotary_kernel[grid](
+            q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
+            *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:], **cfg,
+        )  # fmt: skip
+    return q_out, k_out
+
+
+@register_compile_configs
+def _compile_configs():
+    configs = []
+    for heads_q, heads_kv, head_dim, where in ((12, 2, 128, "LLM"), (16, 16, 72, "ViT-shaped")):
+        cfg = _launch_config(heads_q, heads_kv, head_dim)
+        warps = cfg.pop("num_warps")
+        configs += configs_per_dtype(
+            FLOAT_DTYPES,
+            op="apply_rotary",
+            shape=f"Hq={heads_q} Hkv={heads_kv} D={head_dim} ({where})",
+            kernel=_rotary_kernel,
+            signature={
+                "q_ptr": "*T", "k_ptr": "*T", "cos_ptr": "*T", "sin_ptr": "*T", "q_out_ptr": "*T", "k_out_ptr": "*T",
+                "num_tokens": "i32", "num_heads_q": "i32", "num_heads_kv": "i32", "half_dim": "i32",
+                "q_outer_stride": "i64", "q_inner_size": "i32", "q_inner_stride": "i32", "q_head_stride": "i32",
+                "k_outer_stride": "i64", "k_inner_size": "i32", "k_inner_stride": "i32", "k_head_stride": "i32",
+                "cos_outer_stride": "i64", "cos_inner_size": "i32", "cos_inner_stride": "i32",
+                "sin_outer_stride": "i64", "sin_inner_size": "i32", "sin_inner_stride": "i32",
+            },  # fmt: skip
+            constexprs=cfg,
+            num_warps=warps,
+            num_stages=1,
+            aligned=("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr", "half_dim"),
+        )
+    return configs

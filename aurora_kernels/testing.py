@@ -1,0 +1,111 @@
+"""Parity helpers shared by the test suite and `make bench`: one definition of "close enough".
+
+Parity of an op = the relative error ||out - ref|| / ||ref|| of its output against the eager
+reference (`aurora_kernels.ops.reference`) run on float64 copies of the same inputs, under one bound
+per dtype (TOLERANCES). Inputs are fresh random normals from a per-test generator, never zeros or
+ones; buffers a kernel writes into are poisoned with NaN first so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from aurora_kernels._dispatch import poisoned_outputs
+
+# The one table of parity bounds: relative error in the Frobenius norm.
+TOLERANCES = {
+    torch.float32: 1e-5,
+    torch.float16: 1e-3,
+    torch.bfloat16: 1e-2,
+}
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; inf when out has a NaN/inf that ref does not, or shapes differ."""
+    if out.shape != ref.shape:
+        return math.inf
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    finite = torch.isfinite(ref64)
+    if not bool(torch.equal(torch.isfinite(out64), finite)):
+        return math.inf
+    # Non-finite reference entries (NaN from max-pooling a NaN, say) must match exactly.
+    if not bool(finite.all()):
+        same = (out64[~finite] == ref64[~finite]) | (out64[~finite].isnan() & ref64[~finite].isnan())
+        if not bool(same.all()):
+            return math.inf
+        out64, ref64 = out64[finite], ref64[finite]
+    denom = torch.linalg.vector_norm(ref64)
+    diff = torch.linalg.vector_norm(out64 - ref64)
+    if float(denom) == 0.0:
+        return 0.0 if float(diff) == 0.0 else math.inf
+    return float(diff / denom)
+
+
+def assert_parity(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "output") -> float:
+    """Fail unless rel_error(out, ref) is within the bound for dtype; returns the error."""
+    if out.dtype != dtype:
+        raise AssertionError(f"{what}: expected dtype {dtype}, got {out.dtype}")
+    err = rel_error(out, ref)
+    bound = TOLERANCES[dtype]
+    if not err <= bound:
+        raise AssertionError(
+            f"{what}: relative error {err:.3e} exceeds the {dtype} bound {bound:.0e} (shape {list(out.shape)})"
+        )
+    return err
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def randn(shape, dtype, device, generator: torch.Generator, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:
+    """Normal(shift, scale) samples drawn in float32 on the generator's device, then cast."""
+    values = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    return (values * scale + shift).to(device=device, dtype=dtype)
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill with NaN (floats) or an out-of-range sentinel (ints) so unwritten elements are caught."""
+    return t.fill_(math.nan if t.is_floating_point() else -(2**30))
+
+
+def strided_view(shape, dtype, device, generator: torch.Generator, pad: int = 8) -> torch.Tensor:
+    """Random tensor of `shape` as a non-contiguous view: every dim but the last is padded in memory."""
+    padded = [s + pad for s in shape[:-1]] + [shape[-1] + pad]
+    base = randn(padded, dtype, device, generator)
+    view = base[tuple(slice(0, s) for s in shape)]
+    assert not view.is_contiguous() or view.numel() <= 1
+    return view
+
+
+def _to_float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.detach().double()
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float64(v) for v in value)
+    return value
+
+
+def reference_in_float64(reference_fn: Callable, *args, **kwargs):
+    """Run an eager reference on float64 copies of the float tensors (int tensors are cloned)."""
+    return reference_fn(*_to_float64(list(args)), **{k: _to_float64(v) for k, v in kwargs.items()})
+
+
+def check_op(op: Callable, reference_fn: Callable, *args, **kwargs) -> list[float]:
+    """Run op(..., backend="triton") and the float64 reference; assert parity of every output.
+
+    Returns the relative error of each output (tuple outputs are compared element by element).
+    """
+    dtype = next(a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point())
+    with poisoned_outputs():
+        out = op(*args, **kwargs, backend="triton")
+    ref = reference_in_float64(reference_fn, *args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    refs = ref if isinstance(ref, tuple) else (ref,)
+    assert len(outs) == len(refs), f"{len(outs)} outputs, reference has {len(refs)}"
+    return [assert_parity(o, r, dtype, f"{op.__name__} output {i}") for i, (o, r) in enumerate(zip(outs, refs))]

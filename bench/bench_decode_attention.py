@@ -1,0 +1,81 @@
+"""decode_attention at the LLM's decode shapes: Hq 12, Hkv 2, D 128, bf16, batch 1..128, contexts of
+320 (64 visual + a short prompt) up to 16k, uniform and ragged, contiguous and paged caches.
+Bytes = the K/V of every cached token (read once) + q and the output; the op is bound by them."""
+
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.testing import randn
+from bench.harness import Case, Peer, register_case, register_op
+from bench.peers import compiled, optional
+
+HEADS_Q, HEADS_KV, HEAD_DIM, PAGE = 12, 2, 128, 64
+
+
+def _inputs(lengths, paged, dtype, device, gen, heads_q=HEADS_Q, heads_kv=HEADS_KV, head_dim=HEAD_DIM, page=PAGE):
+    batch, capacity = len(lengths), max(lengths) + 1
+    q = randn((batch, 1, heads_q, head_dim), dtype, device, gen)
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    if not paged:
+        k_cache, v_cache = (randn((batch, capacity, heads_kv, head_dim), dtype, device, gen) for _ in range(2))
+        return (q, k_cache, v_cache, seqlens), {}
+    blocks_per_seq = -(-capacity // page)
+    order = torch.randperm(batch * blocks_per_seq, generator=torch.Generator().manual_seed(1))
+    block_table = order.view(batch, blocks_per_seq).to(torch.int32).to(device)
+    k_cache, v_cache = (randn((batch * blocks_per_seq, page, heads_kv, head_dim), dtype, device, gen) for _ in range(2))
+    return (q, k_cache, v_cache, seqlens), {"block_table": block_table}
+
+
+def sdpa_over_cache(q, k_cache, v_cache, mask):
+    """SDPA (GQA) over the whole padded contiguous cache with a length mask."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2), attn_mask=mask, enable_gqa=True
+    )
+    return out.transpose(1, 2)
+
+
+def _length_mask(q, k_cache, v_cache, seqlens, block_table=None):
+    positions = torch.arange(k_cache.shape[1], device=q.device)
+    mask = (positions[None, :] < seqlens[:, None].long())[:, None, None, :]
+    return (q, k_cache, v_cache, mask), {}
+
+
+def flash_attn_kvcache(fn):
+    return lambda q, k_cache, v_cache, seqlens, block_table=None: fn(
+        q, k_cache, v_cache, cache_seqlens=seqlens, block_table=block_table
+    )
+
+
+register_op("decode_attention", ak.decode_attention, reference.decode_attention,
+            lambda dtype, device, gen: _inputs([0, 1, 37, 130], True, dtype, device, gen, 6, 2, 64, 16))  # fmt: skip
+
+PEERS = {
+    "torch.compile": compiled(reference.decode_attention),
+    "flash-attn": optional("flash_attn", "flash_attn_with_kvcache", flash_attn_kvcache),
+}
+CONTIGUOUS_PEERS = {**PEERS, "SDPA (GQA, masked)": lambda: Peer(sdpa_over_cache, prepare=_length_mask)}
+
+
+def _ragged(batch, context):
+    """Lengths spread from a quarter of the context up to the context."""
+    return [context // 4 + (context - context // 4) * i // max(batch - 1, 1) for i in range(batch)]
+
+
+for batch in (1, 8, 32, 128):
+    for context in (320, 1024, 4096, 16384):
+        variants = [("uniform", [context] * batch, False)]
+        if batch >= 8 and context >= 4096:
+            variants += [("ragged", _ragged(batch, context), False), ("uniform paged", [context] * batch, True)]
+        for label, lengths, paged in variants:
+            register_case(
+                Case(
+                    op="decode_attention",
+                    name=f"B={batch} ctx={context} {label} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM}",
+                    dtype=torch.bfloat16,
+                    build=lambda device, gen, lengths=lengths, paged=paged: _inputs(lengths, paged, torch.bfloat16, device, gen),
+                    bytes=2 * sum(lengths) * HEADS_KV * HEAD_DIM * 2 + 2 * batch * HEADS_Q * HEAD_DIM * 2,
+                    flops=4 * sum(lengths) * HEADS_Q * HEAD_DIM,
+                    peers=PEERS if paged else CONTIGUOUS_PEERS,
+                )
+            )

@@ -1,0 +1,90 @@
+"""`make gpu-check`: on a GPU machine (torch and triton preinstalled, nothing installable), run the
+whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
+one-screen summary last. Budget: under 9 minutes on an H100 (tests 4 min at most, benchmarks the rest).
+
+    PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+TEST_TIMEOUT_S = 240
+
+
+def run_tests(results_dir: str) -> tuple[int, str]:
+    env = dict(os.environ, AURORA_TEST_DEVICE="cuda", PYTHONPATH=os.getcwd())
+    env.pop("TRITON_INTERPRET", None)
+    log_path = os.path.join(results_dir, "tests-cuda.log")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+           f"--junitxml={os.path.join(results_dir, 'tests-cuda.xml')}"]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
+        output, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        output, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), 124
+        output += f"\n(tests stopped after {TEST_TIMEOUT_S} s)"
+    with open(log_path, "w") as f:
+        f.write(output)
+    summary = next((line for line in reversed(output.splitlines()) if re.search(r"\b(passed|failed|error)", line)), "")
+    return code, summary.strip("= ")
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    lines = []
+    by_op: dict[str, list[dict]] = {}
+    for row in rows:
+        by_op.setdefault(row["op"], []).append(row)
+    for op, op_rows in by_op.items():
+        timed = [r for r in op_rows if "ms" in r["impls"].get("ours", {})]
+        if not timed:
+            lines.append(f"  {op:20s} no Triton kernel yet ({len(op_rows)} cases timed for peers only)")
+            continue
+        speedups = []
+        for r in timed:
+            peers = [v["ms"] for k, v in r["impls"].items() if k != "ours" and "ms" in v]
+            if peers:
+                speedups.append(min(peers) / r["impls"]["ours"]["ms"])
+        floor_fracs = [r["impls"]["ours"]["frac_floor"] for r in timed]
+        lines.append(
+            f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
+            f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu-check needs a CUDA device; on a CPU machine use `make test` and `make bench`", file=sys.stderr)
+        return 2
+    from bench import harness, run
+
+    results_dir = args.results_dir or os.path.join(
+        run.RESULTS_ROOT, harness.device_slug(torch.cuda.get_device_properties(0).name)
+    )
+    os.makedirs(results_dir, exist_ok=True)
+    start = time.time()
+    test_code, test_summary = run_tests(results_dir)
+    tests_s = time.time() - start
+    print(f"tests on CUDA: {test_summary} ({tests_s:.0f} s); log in {results_dir}/tests-cuda.log", flush=True)
+    rows = run.run_gpu(run.load_cases(), results_dir)
+    print("\n" + "=" * 100)
+    print(f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}")
+    print(f"  tests on CUDA: {test_summary} (exit {test_code})")
+    print("\n".join(summarise(rows)))
+    print("=" * 100)
+    return test_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

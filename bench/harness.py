@@ -1,0 +1,275 @@
+"""Benchmark harness: one registry of cases, the roofline floor of each, timing, device facts, results.
+
+A case is one op at one of the model's real shapes (SPEC) in one dtype, with the bytes it must move
+(each input read once, each output written once) and the FLOPs it must do. Those give its floor:
+max(bytes / copy bandwidth, FLOPs / bf16 GEMM rate), the time no implementation can beat by much.
+On a GPU each implementation (ours, the eager reference, torch.compile of the reference, and the
+peers a case names: SDPA, liger-kernel, flash-attn) is timed with `triton.testing.do_bench` (median
+of repeated runs after warm-up, L2 flushed between runs, inputs rotated over several copies), and
+reported beside its achieved GB/s and TFLOP/s as fractions of the ceilings measured in the same run.
+A peer that is not installed is reported as missing, never dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import subprocess
+from typing import Callable
+
+import torch
+
+# Ceilings seen on an H100 (SPEC, Environments) until a run measures its own.
+H100_COPY_BANDWIDTH = 3.0e12  # bytes/s, read + write
+H100_BF16_GEMM = 800e12  # FLOP/s
+
+
+@dataclasses.dataclass
+class Peer:
+    """Another implementation of a case: fn(*args, **kwargs), or missing with the reason why."""
+
+    fn: Callable | None
+    missing: str | None = None
+    # turns a case's inputs into this peer's own (padding a packed batch, say), outside the timing
+    prepare: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    name: str  # the shape, as a person reads it
+    dtype: torch.dtype
+    build: Callable[[torch.device, torch.Generator], tuple[tuple, dict]]  # model-shape inputs
+    bytes: int
+    flops: int
+    peers: dict[str, Callable[[], Peer]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OpEntry:
+    """An op in the benchmark suite: its public function, reference and small CPU-parity inputs."""
+
+    op: str
+    public: Callable
+    reference: Callable
+    small_inputs: Callable[[torch.dtype, torch.device, torch.Generator], tuple[tuple, dict]]
+
+
+OPS: dict[str, OpEntry] = {}
+CASES: list[Case] = []
+
+
+def register_op(op: str, public: Callable, reference: Callable, small_inputs) -> None:
+    OPS[op] = OpEntry(op, public, reference, small_inputs)
+
+
+def register_case(case: Case) -> None:
+    CASES.append(case)
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+def floor_seconds(case: Case, copy_bandwidth: float, gemm_rate: float) -> tuple[float, str]:
+    memory, compute = case.bytes / copy_bandwidth, case.flops / gemm_rate
+    return max(memory, compute), ("memory" if memory >= compute else "compute")
+
+
+def floors_markdown(cases: list[Case], copy_bandwidth=H100_COPY_BANDWIDTH, gemm_rate=H100_BF16_GEMM) -> str:
+    lines = [
+        f"Floors at {copy_bandwidth / 1e12:.1f} TB/s copy bandwidth and {gemm_rate / 1e12:.0f} TFLOP/s bf16 GEMM "
+        "(the H100 ceilings seen so far; a GPU run measures its own).",
+        "",
+        "| op | shape | dtype | MB moved | GFLOP | floor (us) | bound by |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cases:
+        seconds, bound = floor_seconds(c, copy_bandwidth, gemm_rate)
+        lines.append(
+            f"| {c.op} | {c.name} | {str(c.dtype).replace('torch.', '')} | {c.bytes / 1e6:.2f} | "
+            f"{c.flops / 1e9:.3f} | {seconds * 1e6:.2f} | {bound} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- timing (GPU)
+
+
+def device_facts() -> dict:
+    facts = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "host": platform.node(),
+    }
+    try:
+        import triton
+
+        facts["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        facts["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        facts["commit"] = "unknown"
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts.update(
+            name=props.name,
+            sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            l2_mib=round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
+            cuda=torch.version.cuda,
+        )
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            facts.update(
+                driver=pynvml.nvmlSystemGetDriverVersion(),
+                sm_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                sm_clock_max_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                memory_clock_mhz=pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+                memory_clock_max_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+                power_limit_w=pynvml.nvmlDeviceGetPowerManagementLimit(handle) / 1000,
+            )
+        except Exception as exc:  # nvidia-ml-py missing or NVML unavailable: say so in the record
+            facts["nvml"] = f"unavailable: {type(exc).__name__}: {exc}"
+    return facts
+
+
+def device_slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-").replace("--", "-")
+
+
+def bench_ms(fn: Callable[[], object]) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def measure_ceilings(device: torch.device) -> dict:
+    """Copy bandwidth (bytes read + written) and bf16 GEMM rate, measured once per run."""
+    src = torch.empty(2**28, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    copy_ms = bench_ms(lambda: dst.copy_(src))
+    n = 8192
+    a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
+    gemm_ms = bench_ms(lambda: a @ b)
+    del src, dst, a, b
+    return {"copy_bandwidth": 2 * 2**28 * 2 / (copy_ms * 1e-3), "bf16_gemm": 2 * n**3 / (gemm_ms * 1e-3)}
+
+
+def _input_sets(case: Case, device: torch.device, generator: torch.Generator, l2_bytes: int):
+    """Enough copies of the inputs that one pass over them overflows L2 twice (at most 4)."""
+    copies = max(1, min(4, math.ceil(2 * l2_bytes / max(case.bytes, 1))))
+    return [case.build(device, generator) for _ in range(copies)]
+
+
+def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device) -> dict:
+    generator = torch.Generator(device=device).manual_seed(0)
+    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+    sets = _input_sets(case, device, generator, l2_bytes)
+    floor_s, bound = floor_seconds(case, ceilings["copy_bandwidth"], ceilings["bf16_gemm"])
+    row = {
+        "op": case.op,
+        "shape": case.name,
+        "dtype": str(case.dtype).replace("torch.", ""),
+        "bytes": case.bytes,
+        "flops": case.flops,
+        "floor_ms": floor_s * 1e3,
+        "bound": bound,
+        "impls": {},
+    }
+    for name, peer in impls.items():
+        if peer.fn is None:
+            row["impls"][name] = {"missing": peer.missing}
+            continue
+        cycle = itertools.cycle([peer.prepare(*s) for s in sets] if peer.prepare else sets)
+
+        def call(fn=peer.fn):
+            args, kwargs = next(cycle)
+            return fn(*args, **kwargs)
+
+        try:
+            ms = bench_ms(call)
+        except Exception as exc:  # reported in the row; one failing peer does not stop the run
+            row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            continue
+        seconds = ms * 1e-3
+        row["impls"][name] = {
+            "ms": ms,
+            "gbps": case.bytes / seconds / 1e9,
+            "tflops": case.flops / seconds / 1e12,
+            "frac_copy_bw": case.bytes / seconds / ceilings["copy_bandwidth"],
+            "frac_gemm": case.flops / seconds / ceilings["bf16_gemm"],
+            "frac_floor": floor_s / seconds,
+        }
+    return row
+
+
+def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
+    header = [
+        f"# Benchmark results: {facts.get('name', 'cpu')}",
+        "",
+        f"commit {facts.get('commit')} · {facts.get('date')} · torch {facts.get('torch')} · triton {facts.get('triton')}",
+        "",
+        "Device: " + ", ".join(f"{k}={v}" for k, v in facts.items() if k not in ("date", "commit", "torch", "triton")),
+        "",
+        f"Measured ceilings: copy {ceilings['copy_bandwidth'] / 1e12:.2f} TB/s (read + write), "
+        f"bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s.",
+        "",
+        "Times are medians in ms. `speed-up` is the best peer's time over ours. `% floor` is the roofline floor "
+        "over our time (100% = at the ceiling).",
+        "",
+        "| op | shape | dtype | ours | eager | torch.compile | other peers | speed-up | GB/s | % copy BW | TFLOP/s | % GEMM | % floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cell(result):
+        if result is None:
+            return "-"
+        if "missing" in result:
+            return f"missing ({result['missing']})"
+        if "error" in result:
+            return f"error ({result['error'][:60]})"
+        return f"{result['ms']:.4f}"
+
+    for r in rows:
+        impls = r["impls"]
+        ours = impls.get("ours", {})
+        others = {k: v for k, v in impls.items() if k not in ("ours", "eager", "torch.compile")}
+        peer_times = [v["ms"] for k, v in impls.items() if k != "ours" and "ms" in v]
+        speedup = f"{min(peer_times) / ours['ms']:.2f}x" if "ms" in ours and peer_times else "-"
+        metrics = (
+            f"{ours['gbps']:.0f} | {100 * ours['frac_copy_bw']:.0f}% | {ours['tflops']:.1f} | "
+            f"{100 * ours['frac_gemm']:.0f}% | {100 * ours['frac_floor']:.0f}%"
+            if "ms" in ours
+            else "- | - | - | - | -"
+        )
+        other = "; ".join(f"{k} {cell(v)}" for k, v in others.items()) or "-"
+        header.append(
+            f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(impls.get('ours'))} | {cell(impls.get('eager'))} | "
+            f"{cell(impls.get('torch.compile'))} | {other} | {speedup} | {metrics} |"
+        )
+    return "\n".join(header) + "\n"
+
+
+def write_results(results_dir: str, facts: dict, ceilings: dict, rows: list[dict]) -> None:
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "results.json"), "w") as f:
+        json.dump({"device": facts, "ceilings": ceilings, "rows": rows}, f, indent=1)
+    with open(os.path.join(results_dir, "results.md"), "w") as f:
+        f.write(results_markdown(facts, ceilings, rows))

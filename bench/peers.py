@@ -1,0 +1,60 @@
+"""Peer implementations for the benchmarks, each loaded lazily; a missing one says why."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from bench.harness import Peer
+
+
+def optional(module: str, attr: str, adapt=None):
+    """Peer factory: `module.attr` wrapped by adapt(fn) where installed, else missing with the reason."""
+
+    def load() -> Peer:
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            return Peer(None, f"{module} not importable: {type(exc).__name__}")
+        return Peer(adapt(fn) if adapt else fn)
+
+    return load
+
+
+def sdpa_dense(q, k, v, causal=False, softmax_scale=None):
+    """SDPA in the [B, L, H, D] layout with GQA (the transposes are part of what a user pays)."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=softmax_scale,
+        enable_gqa=True,
+    )  # fmt: skip
+    return out.transpose(1, 2)
+
+
+def liger_rms_norm(fn):
+    return lambda x, weight, eps=1e-6, residual=None: fn(x if residual is None else x + residual, weight, eps)
+
+
+def liger_silu_and_mul(fn):
+    return lambda x: fn(*x.chunk(2, dim=-1))
+
+
+def liger_layer_norm(fn):
+    return lambda x, weight, bias, eps=1e-6: fn(x, weight, bias, eps)
+
+
+def liger_rotary(fn):
+    # liger's rope takes [B, H, L, D] q/k and [B, L, D] tables
+    return lambda q, k, cos, sin: fn(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+
+
+def compiled(reference_fn):
+    def load() -> Peer:
+        return Peer(torch.compile(reference_fn, dynamic=False))
+
+    return load
+
+
+def direct(fn):
+    return lambda: Peer(fn)

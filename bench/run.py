@@ -1,0 +1,143 @@
+"""`make bench`: what is meaningful on this machine.
+
+CPU (no GPU; kernels under the Triton interpreter): parity of every op against its reference at
+small shapes, the sm_90 compile report of every kernel config, and the roofline floors of every
+benchmark case for the H100 at the model's real shapes. Kernel timings need a GPU, and this says so.
+
+GPU: device facts and measured ceilings, then every case timed for ours, the eager reference,
+torch.compile of the reference and the peers; JSON + Markdown under --results-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+
+import torch
+
+import bench
+from bench import harness
+from bench.harness import CASES, OPS, Peer
+
+RESULTS_ROOT = os.path.join(os.path.dirname(__file__), "results")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def load_cases(only: set[str] | None = None) -> list[harness.Case]:
+    for module in pkgutil.iter_modules(bench.__path__):
+        if module.name.startswith("bench_"):
+            importlib.import_module(f"bench.{module.name}")
+    return [c for c in CASES if not only or c.op in only]
+
+
+def cpu_parity(only: set[str] | None) -> int:
+    """Each op against its float64 reference at small shapes, every dtype. Returns the failure count."""
+    from aurora_kernels.testing import TOLERANCES, check_op, make_generator
+
+    print("## Parity against the float64 reference (small shapes, Triton interpreter)\n")
+    print("| op | " + " | ".join(f"{str(d).replace('torch.', '')} (bound {TOLERANCES[d]:.0e})" for d in DTYPES) + " |")
+    print("| --- |" + " --- |" * len(DTYPES))
+    failures = 0
+    for op, entry in OPS.items():
+        if only and op not in only:
+            continue
+        cells = []
+        for i, dtype in enumerate(DTYPES):
+            gen = make_generator(1000 + i)
+            args, kwargs = entry.small_inputs(dtype, torch.device("cpu"), gen)
+            try:
+                errors = check_op(entry.public, entry.reference, *args, **kwargs)
+                cells.append("ok " + ", ".join(f"{e:.1e}" for e in errors))
+            except NotImplementedError:
+                cells.append("no Triton kernel yet")
+            except (AssertionError, ValueError) as exc:
+                failures += 1
+                cells.append(f"FAIL: {str(exc).splitlines()[0][:80]}")
+        print(f"| {op} | " + " | ".join(cells) + " |")
+    print()
+    return failures
+
+
+def compile_report() -> int:
+    from aurora_kernels.compile_report import markdown, problems, run_report
+
+    rows = run_report()
+    table = markdown(rows)
+    path = os.path.join(RESULTS_ROOT, "compile-sm90.md")
+    os.makedirs(RESULTS_ROOT, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(
+            "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
+            "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
+            "per thread, spills, shared memory, and whether the dots became tensor-core instructions.\n\n" + table
+        )
+    print(f"## sm_90 compile report ({len(rows)} configs; written to {os.path.relpath(path)})\n")
+    print(table)
+    return sum(1 for r in rows if problems(r))
+
+
+def floors(cases) -> None:
+    table = harness.floors_markdown(cases)
+    path = os.path.join(RESULTS_ROOT, "roofline-floors-h100.md")
+    with open(path, "w") as f:
+        f.write("# Roofline floors of the benchmark cases (H100, the model's shapes)\n\n" + table)
+    print(f"## Roofline floors at the model's shapes (written to {os.path.relpath(path)})\n")
+    print(table)
+
+
+def run_gpu(cases, results_dir: str | None) -> list[dict]:
+    device = torch.device("cuda")
+    facts = harness.device_facts()
+    results_dir = results_dir or os.path.join(RESULTS_ROOT, harness.device_slug(facts["name"]))
+    print(f"device: {facts}", flush=True)
+    ceilings = harness.measure_ceilings(device)
+    print(
+        f"ceilings: copy {ceilings['copy_bandwidth'] / 1e12:.2f} TB/s, bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s",
+        flush=True,
+    )
+    rows = []
+    for case in cases:
+        entry = OPS[case.op]
+        probe_args, probe_kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
+        try:
+            entry.public(*probe_args, **probe_kwargs)
+            ours = Peer(entry.public)
+        except NotImplementedError:
+            ours = Peer(None, "no Triton kernel yet")
+        impls = {"ours": ours, "eager": Peer(entry.reference)}
+        impls.update({name: load() for name, load in case.peers.items()})
+        row = harness.time_case(case, impls, ceilings, device)
+        rows.append(row)
+        ours_ms = row["impls"]["ours"].get("ms")
+        print(f"{case.op:20s} {case.name:60s} ours {ours_ms if ours_ms is None else round(ours_ms, 4)} ms", flush=True)
+        torch.cuda.empty_cache()
+    harness.write_results(results_dir, facts, ceilings, rows)
+    print(f"results written to {results_dir}")
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", help="GPU results go here (default bench/results/<device-name>/)")
+    parser.add_argument("--ops", help="comma-separated ops to run (default: all)")
+    args = parser.parse_args(argv)
+    only = set(args.ops.split(",")) if args.ops else None
+    cases = load_cases(only)
+    if torch.cuda.is_available():
+        run_gpu(cases, args.results_dir)
+        return 0
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        print("no GPU and TRITON_INTERPRET is not 1: run `make bench` (it sets the interpreter)", file=sys.stderr)
+        return 2
+    parity_failures = cpu_parity(only)
+    compile_failures = compile_report()
+    floors(cases)
+    print("Kernel timings need a GPU: this machine has none, so no time was measured here. "
+          "On a GPU machine run `make gpu-check` (tests on CUDA, then every benchmark).")  # fmt: skip
+    if parity_failures or compile_failures:
+        print(f"FAILED: {parity_failures} parity failures, {compile_failures} compile-report problems")
+        return 1
+    return 0

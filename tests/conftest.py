@@ -1,0 +1,29 @@
+"""Test device and seeding.
+
+Tests take their device from AURORA_TEST_DEVICE: "cpu" (default: Triton kernels run under the
+interpreter, so TRITON_INTERPRET=1 is set here, before anything imports triton) or "cuda" (the
+same tests on a GPU, as `make gpu-check` runs them).
+"""
+
+import os
+import zlib
+
+TEST_DEVICE = os.environ.get("AURORA_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from aurora_kernels.testing import make_generator  # noqa: E402
+
+
+@pytest.fixture
+def device():
+    return torch.device(TEST_DEVICE)
+
+
+@pytest.fixture
+def gen(request, device):
+    """A generator seeded from the test's id: fresh inputs for every test, reproducible run to run."""
+    return make_generator(zlib.crc32(request.node.nodeid.encode()), device)

@@ -1,0 +1,29 @@
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.testing import check_op, randn, strided_view
+from tests.catalogue import DTYPE_IDS, DTYPES
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(1,), (7, 100), (2, 3, 4304)])
+def test_parity(dtype, shape, device, gen):
+    # scale 4 reaches both saturated ends of the tanh
+    check_op(ak.gelu_tanh, reference.gelu_tanh, randn(shape, dtype, device, gen, scale=4.0))
+
+
+def test_strided_rows(device, gen):
+    check_op(ak.gelu_tanh, reference.gelu_tanh, strided_view((5, 2, 300), torch.bfloat16, device, gen))
+
+
+def test_extreme_values_stay_finite(device):
+    x = torch.tensor([-1e4, -30.0, 0.0, 30.0, 1e4], dtype=torch.float32, device=device)
+    out = ak.gelu_tanh(x)
+    torch.testing.assert_close(out.cpu(), torch.tensor([0.0, 0.0, 0.0, 30.0, 1e4]), rtol=1e-6, atol=1e-6)
+
+
+def test_bad_inputs(device, gen):
+    with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
+        ak.gelu_tanh(randn((8, 8), torch.float32, device, gen).t())

@@ -1,0 +1,60 @@
+"""The public API matches the SPEC's table: names, references, backends, no silent fall back."""
+
+import inspect
+
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.testing import randn
+
+# Ops whose Triton kernel has not landed yet, with the issue that brings it.
+PENDING_KERNELS = {"token_pool": 5, "token_mlp_compress": 5, "attention": 6, "attention_varlen": 6, "decode_attention": 7}
+
+
+@pytest.mark.parametrize("name", ak.OPS)
+def test_every_op_has_a_reference_with_its_signature(name):
+    public, ref = getattr(ak, name), getattr(reference, name)
+    params = [p for p in inspect.signature(public).parameters.values() if p.name != "backend"]
+    assert params == list(inspect.signature(ref).parameters.values())
+    backend = inspect.signature(public).parameters["backend"]
+    assert backend.default == "triton" and backend.kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def _example_args(name, device, gen):
+    f = lambda *shape: randn(shape, torch.float32, device, gen)  # noqa: E731
+    q = f(1, 3, 2, 16)
+    seqlens = torch.tensor([2], dtype=torch.int32, device=device)
+    cu = torch.tensor([0, 3], dtype=torch.int32, device=device)
+    return {
+        "token_pool": (f(1, 16, 8), (4, 4)),
+        "token_mlp_compress": (f(1, 16, 8), f(16, 16), f(16), f(4, 16), f(4)),
+        "attention": (q, q, q),
+        "attention_varlen": (q[0], q[0], q[0], cu, cu, 3, 3),
+        "decode_attention": (q[:, :1], f(1, 8, 2, 16), f(1, 8, 2, 16), seqlens),
+        "rms_norm": (f(3, 16), f(16)),
+        "layer_norm": (f(3, 16), f(16), f(16)),
+        "apply_rotary": (q, q, f(3, 16), f(3, 16)),
+        "silu_and_mul": (f(3, 16),),
+        "gelu_tanh": (f(3, 16),),
+    }[name]
+
+
+@pytest.mark.parametrize("name", sorted(PENDING_KERNELS))
+def test_pending_kernels_refuse_loudly(name, device, gen):
+    with pytest.raises(NotImplementedError, match=f"{name}: backend='triton' has no kernel yet"):
+        getattr(ak, name)(*_example_args(name, device, gen))
+
+
+@pytest.mark.parametrize("name", ak.OPS)
+def test_calls_are_counted_per_backend(name, device, gen):
+    args = _example_args(name, device, gen)
+    with ak.count_calls() as calls:
+        getattr(ak, name)(*args, backend="reference")
+        if name not in PENDING_KERNELS:
+            getattr(ak, name)(*args)
+    expected = {(name, "reference"): 1}
+    if name not in PENDING_KERNELS:
+        expected[(name, "triton")] = 1
+    assert dict(calls) == expected
