@@ -80,3 +80,44 @@ def row_starts(rows, outer_stride, inner_size, inner_stride):
     """Element offsets (int64) of the starts of `rows` in a RowLayout."""
     rows = rows.to(tl.int64)
     return (rows // inner_size) * outer_stride + (rows % inner_size) * inner_stride
+
+
+# Elementwise kernels over rows share one signature:
+#   kernel(x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
+#          BLOCK_ROWS: constexpr, BLOCK_COLS: constexpr)
+# where num_cols is the output row's width; the two helpers below launch one and list its configs.
+ELEMENTWISE_SIGNATURE = {"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num_cols": "i32",
+                         "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32"}  # fmt: skip
+
+
+@triton.jit
+def elementwise_tile(num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
+                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):  # fmt: skip
+    """This program's tile of an elementwise kernel: (x offsets, contiguous output offsets, mask)."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
+    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
+    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride)[:, None] + cols[None, :]
+    out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
+    return x_offsets, out_offsets, mask
+
+
+def launch_elementwise_rows(kernel, x, out, num_cols: int) -> None:
+    rows = collapse_rows("x", x)
+    if rows.num_rows == 0:
+        return
+    cfg = elementwise_tile_config(num_cols)
+    grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]), triton.cdiv(num_cols, cfg["BLOCK_COLS"]))
+    kernel[grid](x, out, rows.num_rows, num_cols, *rows[1:], **cfg)
+
+
+def elementwise_compile_configs(op: str, kernel, num_cols: int, shape: str) -> list:
+    from aurora_kernels._compile import configs_per_dtype
+    from aurora_kernels._validation import FLOAT_DTYPES
+
+    cfg = elementwise_tile_config(num_cols)
+    warps = cfg.pop("num_warps")
+    return configs_per_dtype(
+        FLOAT_DTYPES, op=op, shape=shape, kernel=kernel, signature=ELEMENTWISE_SIGNATURE, constexprs=cfg,
+        num_warps=warps, num_stages=1, aligned=("x_ptr", "out_ptr", "num_cols", "x_outer_stride"),
+    )  # fmt: skip

@@ -11,11 +11,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._compile import register_compile_configs
 from aurora_kernels._dispatch import new_output, record_call
-from aurora_kernels._validation import FLOAT_DTYPES, check_backend, check_row_input, check_triton_device
+from aurora_kernels._validation import check_backend, check_row_input, check_triton_device
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, elementwise_tile_config, row_starts
+from aurora_kernels.ops._layout import elementwise_compile_configs, elementwise_tile, launch_elementwise_rows
 
 
 @triton.jit
@@ -23,14 +23,13 @@ def _gelu_tanh_kernel(
     x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
-    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride)[:, None] + cols[None, :]
+    x_offsets, out_offsets, mask = elementwise_tile(
+        num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, BLOCK_ROWS, BLOCK_COLS
+    )
     x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
     inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2/pi) (x + 0.044715 x^3)
     y = x * tl.sigmoid(2.0 * inner)
-    tl.store(out_ptr + rows.to(tl.int64)[:, None] * num_cols + cols[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + out_offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def gelu_tanh(x, *, backend="triton"):
@@ -43,27 +42,10 @@ def gelu_tanh(x, *, backend="triton"):
         return reference.gelu_tanh(x)
     check_triton_device("x", x)
     out = new_output(x.shape, x.dtype, x.device)
-    rows = collapse_rows("x", x)
-    if rows.num_rows > 0:
-        cfg = elementwise_tile_config(num_cols)
-        grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]), triton.cdiv(num_cols, cfg["BLOCK_COLS"]))
-        _gelu_tanh_kernel[grid](x, out, rows.num_rows, num_cols, *rows[1:], **cfg)
+    launch_elementwise_rows(_gelu_tanh_kernel, x, out, num_cols)
     return out
 
 
 @register_compile_configs
 def _compile_configs():
-    cfg = elementwise_tile_config(4304)
-    warps = cfg.pop("num_warps")
-    return configs_per_dtype(
-        FLOAT_DTYPES,
-        op="gelu_tanh",
-        shape="N=4304 (ViT MLP)",
-        kernel=_gelu_tanh_kernel,
-        signature={"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num_cols": "i32",
-                   "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32"},  # fmt: skip
-        constexprs=cfg,
-        num_warps=warps,
-        num_stages=1,
-        aligned=("x_ptr", "out_ptr", "num_cols", "x_outer_stride"),
-    )
+    return elementwise_compile_configs("gelu_tanh", _gelu_tanh_kernel, 4304, "N=4304 (ViT MLP)")
