@@ -1,0 +1,43 @@
+"""The benchmark registry and report code, checked without a GPU (timing itself needs one)."""
+
+import torch
+
+from bench import gpu_check, harness, run
+
+
+def test_every_case_has_a_registered_op_and_a_floor():
+    cases = run.load_cases()
+    assert {c.op for c in cases} == set(harness.OPS), "every op with cases registers its parity inputs, and vice versa"
+    import aurora_kernels as ak
+
+    assert set(harness.OPS) == set(ak.OPS), "every public op has benchmark cases"
+    for case in cases:
+        assert case.bytes > 0 and case.flops > 0, case.name
+        seconds, bound = harness.floor_seconds(case, harness.H100_COPY_BANDWIDTH, harness.H100_BF16_GEMM)
+        assert seconds > 0 and bound in ("memory", "compute")
+    table = harness.floors_markdown(cases)
+    assert table.count("\n| ") == len(cases) + 2  # header, separator, one row per case
+
+
+def test_report_and_summary_show_every_outcome():
+    row = {
+        "op": "rms_norm", "shape": "rows=8", "dtype": "bfloat16", "bytes": 10**6, "flops": 10**6,
+        "floor_ms": 0.001, "bound": "memory",
+        "impls": {
+            "ours": {"ms": 0.002, "gbps": 500.0, "tflops": 0.5, "frac_copy_bw": 0.5, "frac_gemm": 0.001, "frac_floor": 0.5},
+            "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1},
+            "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
+            "torch.compile": {"error": "RuntimeError: boom"},
+        },
+    }  # fmt: skip
+    facts = {"name": "Test GPU", "commit": "abc", "date": "today", "torch": torch.__version__, "triton": "x"}
+    ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
+    md = harness.results_markdown(facts, ceilings, [row])
+    assert "| 0.0020 | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
+    assert "3.00x" in md and "50%" in md
+    summary = gpu_check.summarise([row])
+    assert "3.00x..3.00x" in summary[0] and "50..50%" in summary[0]
+
+
+def test_device_slug():
+    assert harness.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
