@@ -18,7 +18,9 @@ subprocess with that variable removed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -90,6 +92,24 @@ def compile_one(cfg: KernelConfig) -> dict:
     return row
 
 
+_pending: list[KernelConfig] = []
+
+
+def _compile_pending(index: int) -> dict:
+    return compile_one(_pending[index])
+
+
+def compile_all(configs: list[KernelConfig]) -> list[dict]:
+    """compile_one over every config, one process per core (kernels are not picklable, so the forked
+    workers inherit the list and receive indices)."""
+    _pending[:] = configs
+    workers = min(len(configs), os.cpu_count() or 1)
+    if workers <= 1:
+        return [compile_one(cfg) for cfg in configs]
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_compile_pending, range(len(configs))))
+
+
 def problems(row: dict) -> list[str]:
     """What is wrong with one report row (empty when the config is fine)."""
     if "error" in row:
@@ -147,11 +167,12 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows as JSON here")
     parser.add_argument("--markdown", help="write the table as Markdown here")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    parser.add_argument("--op", action="append", help="only this op's configs (repeatable)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
-    rows = [compile_one(cfg) for cfg in all_configs()]
+    rows = compile_all([cfg for cfg in all_configs() if not args.op or cfg.op in args.op])
     table = markdown(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -10,7 +10,7 @@ from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 
 # Ops whose Triton kernel has not landed yet, with the issue that brings it.
-PENDING_KERNELS = {"attention": 6, "attention_varlen": 6, "decode_attention": 7}
+PENDING_KERNELS = {"decode_attention": 7}
 
 
 @pytest.mark.parametrize("name", ak.OPS)

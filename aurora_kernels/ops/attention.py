@@ -1,24 +1,269 @@
 """attention / attention_varlen: softmax attention forward for the ViT (256 tokens, D 72), the fusion
 cross-attention (ragged text queries over 256 visual keys, D 128) and LLM prefill (causal, GQA 6,
 D 128, ragged prompts). Layout as flash-attn: dense [B, L, H, D], packed [T, H, D] + cu_seqlens.
+
+One flash-style kernel body serves both: a program owns BLOCK_M query rows of one (sequence, query
+head), keeps q in registers and streams the keys in BLOCK_N blocks with an online softmax (running
+row max and sum in fp32, exp2 with the scale folded into log2 e), so the [Lq, Lk] score matrix never
+exists in memory. Packed sequences find their rows through cu_seqlens; dense batches through the
+batch stride. GQA reads KV head h // (Hq // Hkv) by index: K/V are never repeated in memory, and the
+programs of one KV head's query heads are neighbours in the grid, so they share K/V tiles in L2.
+
+The arithmetic per (sequence, head): 4 * D * (visible query-key pairs) FLOPs over (2 Lq + 2 Lk) * D
+elements: at L 2048, D 128 that is ~1000 FLOP/byte, compute-bound, so both dots stay on the tensor
+cores (wgmma on sm_90) with fp32 accumulation.
+
+Head dims that are not a power of two are split, not padded to the next power: D 72 and 80 run as a
+64-wide dot plus a 16-wide tail dot (masked columns), D 96 as 64 + 32, so D 72 costs 80 columns of
+work rather than 128 and the inputs are never copied.
+
+Causal masks (bottom-right: query i sees key j <= i + Lk - Lq) split each program's key range in two
+loops: blocks every row of the tile sees in full run with no mask arithmetic, the rest (the diagonal
+and the ragged end) with masks. Blocks past the diagonal are never visited.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+import os
 
-from aurora_kernels._dispatch import no_kernel_yet, record_call
+import torch
+import triton
+import triton.language as tl
+
+from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._dispatch import new_output, record_call
 from aurora_kernels._validation import (
+    FLOAT_DTYPES,
     check_backend,
     check_cu_seqlens,
     check_same_device,
     check_same_dtype,
     check_softmax_scale,
     check_tensor,
+    check_triton_device,
 )
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
+from aurora_kernels.ops._layout import pow2_at_least
 
 MAX_HEAD_DIM = 256
+LOG2_E = 1.4426950408889634
+
+
+def head_dim_blocks(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_D_TAIL): the largest power of two <= D (at least 16) plus a power-of-two tail
+    (0 when D is a power of two): 72 -> (64, 16), 80 -> (64, 16), 96 -> (64, 32), 128 -> (128, 0)."""
+    main = max(16, 1 << (head_dim.bit_length() - 1))
+    rest = head_dim - main
+    return main, (pow2_at_least(rest, 16) if rest > 0 else 0)
+
+
+@triton.jit
+def _attend_key_block(
+    acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
+    k_token_stride, v_token_stride, qk_scale_log2,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over keys key_start .. key_start + BLOCK_N."""
+    keys = key_start + tl.arange(0, BLOCK_N)
+    keys64 = keys.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    key_ok = keys < len_k
+    # k is loaded as its transpose [D, BLOCK_N] so the dot reads q @ k^T directly
+    k_ptrs = k_base + keys64[None, :] * k_token_stride + cols[:, None]
+    v_ptrs = v_base + keys64[:, None] * v_token_stride + cols[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=key_ok[None, :] & (cols[:, None] < HEAD_DIM), other=0.0)
+    else:
+        k = tl.load(k_ptrs, mask=cols[:, None] < HEAD_DIM, other=0.0)
+    scores = dot_acc(q, k, tl.zeros((q.shape[0], BLOCK_N), tl.float32), DOT_IN_FP32)
+    if BLOCK_D_TAIL > 0:
+        tail_cols = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        tail_ok = tail_cols < HEAD_DIM
+        k_tail_ptrs = k_base + keys64[None, :] * k_token_stride + tail_cols[:, None]
+        if MASKED:
+            k_tail = tl.load(k_tail_ptrs, mask=key_ok[None, :] & tail_ok[:, None], other=0.0)
+        else:
+            k_tail = tl.load(k_tail_ptrs, mask=tail_ok[:, None], other=0.0)
+        scores = dot_acc(q_tail, k_tail, scores, DOT_IN_FP32)
+    scores = scores * qk_scale_log2
+    if MASKED:
+        visible = key_ok[None, :]
+        if CAUSAL:
+            visible = visible & (keys[None, :] <= rows[:, None] + causal_shift)
+        scores = tl.where(visible, scores, float("-inf"))
+    # row_max starts finite (-1e30), so a row that sees no key in this block gets p = 0, alpha = 1
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    p = tl.math.exp2(scores - new_max[:, None])
+    alpha = tl.math.exp2(row_max - new_max)
+    row_sum = row_sum * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=key_ok[:, None] & (cols[None, :] < HEAD_DIM), other=0.0)
+    else:
+        v = tl.load(v_ptrs, mask=cols[None, :] < HEAD_DIM, other=0.0)
+    p = p.to(v.dtype)
+    acc = dot_acc(p, v, acc * alpha[:, None], DOT_IN_FP32)
+    if BLOCK_D_TAIL > 0:
+        v_tail_ptrs = v_base + keys64[:, None] * v_token_stride + tail_cols[None, :]
+        if MASKED:
+            v_tail = tl.load(v_tail_ptrs, mask=key_ok[:, None] & tail_ok[None, :], other=0.0)
+        else:
+            v_tail = tl.load(v_tail_ptrs, mask=tail_ok[None, :], other=0.0)
+        acc_tail = dot_acc(p, v_tail, acc_tail * alpha[:, None], DOT_IN_FP32)
+    return acc, acc_tail, new_max, row_sum
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+    seqlen_q, seqlen_k, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths (packed: unused)
+    q_batch_stride, q_token_stride, q_head_stride,
+    k_batch_stride, k_token_stride, k_head_stride,
+    v_batch_stride, v_token_stride, v_head_stride,
+    out_batch_stride, out_token_stride, out_head_stride,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    # Causal work grows with the query block: launch the longest blocks first so the short ones
+    # fill the tail of the wave.
+    if CAUSAL:
+        m_block = tl.num_programs(0) - 1 - tl.program_id(0)
+    else:
+        m_block = tl.program_id(0)
+    head = tl.program_id(1)
+    batch = tl.program_id(2)
+    batch64 = batch.to(tl.int64)
+    kv_head = (head // heads_per_kv).to(tl.int64)
+    # packed inputs pass batch strides of 0 and move to their sequence's first row below
+    q_base = q_ptr + batch64 * q_batch_stride + head.to(tl.int64) * q_head_stride
+    k_base = k_ptr + batch64 * k_batch_stride + kv_head * k_head_stride
+    v_base = v_ptr + batch64 * v_batch_stride + kv_head * v_head_stride
+    o_base = out_ptr + batch64 * out_batch_stride + head.to(tl.int64) * out_head_stride
+    if IS_VARLEN:
+        q_first = tl.load(cu_seqlens_q_ptr + batch)
+        len_q = tl.load(cu_seqlens_q_ptr + batch + 1) - q_first
+        k_first = tl.load(cu_seqlens_k_ptr + batch)
+        len_k = tl.load(cu_seqlens_k_ptr + batch + 1) - k_first
+        q_base += q_first.to(tl.int64) * q_token_stride
+        o_base += q_first.to(tl.int64) * out_token_stride
+        k_base += k_first.to(tl.int64) * k_token_stride
+        v_base += k_first.to(tl.int64) * v_token_stride
+    else:
+        len_q = seqlen_q
+        len_k = seqlen_k
+    row_start = m_block * BLOCK_M
+    if row_start >= len_q:
+        return
+
+    rows = row_start + tl.arange(0, BLOCK_M)
+    row_ok = rows < len_q
+    rows64 = rows.to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    q = tl.load(q_base + rows64[:, None] * q_token_stride + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM), other=0.0)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    if BLOCK_D_TAIL > 0:
+        tail_cols = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
+        tail_ok = tail_cols < HEAD_DIM
+        q_tail = tl.load(q_base + rows64[:, None] * q_token_stride + tail_cols[None, :], mask=row_ok[:, None] & tail_ok[None, :], other=0.0)
+        acc_tail = tl.zeros((BLOCK_M, BLOCK_D_TAIL), tl.float32)
+    else:
+        # unused placeholders: the tail dots are compiled out when BLOCK_D_TAIL == 0
+        q_tail = q
+        acc_tail = acc
+    row_max = tl.full((BLOCK_M,), -1.0e30, tl.float32)
+    row_sum = tl.zeros((BLOCK_M,), tl.float32)
+
+    causal_shift = len_k - len_q  # query i sees keys j <= i + causal_shift
+    whole_blocks_end = (len_k // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        keys_end = tl.minimum(len_k, row_start + BLOCK_M + causal_shift)
+        # keys every row of the tile sees: j <= row_start + causal_shift
+        unmasked_end = tl.minimum((tl.maximum(row_start + causal_shift + 1, 0) // BLOCK_N) * BLOCK_N, whole_blocks_end)
+    else:
+        keys_end = len_k
+        unmasked_end = whole_blocks_end
+    for key_start in range(0, unmasked_end, BLOCK_N):
+        acc, acc_tail, row_max, row_sum = _attend_key_block(
+            acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
+            k_token_stride, v_token_stride, qk_scale_log2,
+            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, False, DOT_IN_FP32,
+        )  # fmt: skip
+    for key_start in range(unmasked_end, keys_end, BLOCK_N):
+        acc, acc_tail, row_max, row_sum = _attend_key_block(
+            acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
+            k_token_stride, v_token_stride, qk_scale_log2,
+            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32,
+        )  # fmt: skip
+
+    # a row that saw no key (empty key sequence, or above the causal diagonal) has row_sum 0 and acc 0
+    inv_sum = 1.0 / tl.where(row_sum > 0.0, row_sum, 1.0)
+    out_rows = o_base + rows64[:, None] * out_token_stride
+    out_dtype = out_ptr.dtype.element_ty
+    tl.store(out_rows + cols[None, :], (acc * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM))
+    if BLOCK_D_TAIL > 0:
+        tl.store(out_rows + tail_cols[None, :], (acc_tail * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & tail_ok[None, :])
+
+
+# Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed)
+# and the dtype. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA units, for the parity bound)
+# takes smaller tiles to stay clear of spills. The compile report checks every one at the model's shapes.
+_GPU_CONFIGS = {
+    "half": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)),
+    "fp32": ((32, 16, 4, 1), (16, 16, 4, 2)),
+}
+_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
+
+
+def _autotuned(candidates):
+    return triton.autotune(
+        configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in candidates],
+        key=["HEAD_DIM", "CAUSAL", "IS_VARLEN"],  # the autotuner adds the tensors' dtypes to the key
+    )(_attention_kernel)
+
+
+_LAUNCHERS = {} if _INTERPRETER else {kind: _autotuned(candidates) for kind, candidates in _GPU_CONFIGS.items()}
+
+
+def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
+    """Large blocks: the interpreter's cost grows with programs and loop steps, not with tile size."""
+    return {"BLOCK_M": min(pow2_at_least(max_seqlen_q, 16), 128), "BLOCK_N": min(pow2_at_least(max_seqlen_k, 16), 128)}
+
+
+def _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks=None):
+    """Dense inputs are [B, L, H, D] (cu_seqlens None, max_seqlen the lengths), packed ones [T, H, D].
+
+    blocks: {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} to force a config (tests), or None for
+    the autotuner (GPU) / large blocks (interpreter).
+    """
+    heads_q, head_dim = q.shape[-2], q.shape[-1]
+    packed = cu_seqlens_q is not None
+    batch = cu_seqlens_q.shape[0] - 1 if packed else q.shape[0]
+    if batch > MAX_GRID_BATCH:
+        raise ValueError(f"q: expected at most {MAX_GRID_BATCH} sequences in one call, got {batch}")
+
+    def strides(t):  # (batch, token, head) strides; packed tensors have no batch axis
+        return (0, *t.stride()[:2]) if packed else t.stride()[:3]
+
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    block_d, block_d_tail = head_dim_blocks(head_dim)
+    args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
+            max_seqlen_q, max_seqlen_k, heads_q // k.shape[-2], scale * LOG2_E,
+            *strides(q), *strides(k), *strides(v), *strides(out))  # fmt: skip
+    constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
+                  "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype)}  # fmt: skip
+    if blocks is None and _INTERPRETER:
+        blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
+    if blocks is not None:
+        grid = (triton.cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)
+        _attention_kernel[grid](*args, **constexprs, **blocks)
+    else:
+        launcher = _LAUNCHERS["fp32" if q.dtype == torch.float32 else "half"]
+        launcher[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), heads_q, batch)](*args, **constexprs)
+    return out
 
 
 def check_qkv(q, k, v, packed: bool) -> None:
@@ -46,7 +291,7 @@ def attention(q, k, v, causal=False, softmax_scale=None, *, backend="triton"):
     q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D] (fp16/bf16/fp32, contiguous last dim, any other strides;
     Hq % Hkv == 0 for GQA/MQA). softmax_scale defaults to 1/sqrt(D). causal with Lq != Lk is aligned
     bottom-right (query i sees keys j <= i + Lk - Lq); a query that sees no key gives 0.
-    Returns [B, Lq, Hq, D].
+    Returns [B, Lq, Hq, D] (contiguous).
     """
     check_backend(backend)
     check_qkv(q, k, v, packed=False)
@@ -54,7 +299,11 @@ def attention(q, k, v, causal=False, softmax_scale=None, *, backend="triton"):
     record_call("attention", backend)
     if backend == "reference":
         return reference.attention(q, k, v, bool(causal), softmax_scale)
-    no_kernel_yet("attention", 6)
+    check_triton_device("q", q)
+    out = new_output(q.shape, q.dtype, q.device)
+    if out.numel() == 0:
+        return out
+    return _launch(q, k, v, out, None, None, q.shape[1], k.shape[1], causal, softmax_scale)
 
 
 def attention_varlen(
@@ -66,7 +315,7 @@ def attention_varlen(
     q [Tq, Hq, D], k and v [Tk, Hkv, D]; cu_seqlens_q, cu_seqlens_k int32 [B + 1] offsets (sequence b is
     rows cu_seqlens[b]:cu_seqlens[b+1]; empty sequences allowed); max_seqlen_q/k at least the longest
     sequence. Each sequence attends only to its own keys; causal aligned bottom-right per sequence.
-    Returns [Tq, Hq, D]; a query row that sees no key is 0.
+    Returns [Tq, Hq, D] (contiguous); a query row that sees no key is 0.
     """
     check_backend(backend)
     check_qkv(q, k, v, packed=True)
@@ -80,4 +329,48 @@ def attention_varlen(
         return reference.attention_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale
         )
-    no_kernel_yet("attention_varlen", 6)
+    check_triton_device("q", q)
+    out = new_output(q.shape, q.dtype, q.device)
+    if out.numel() == 0 or max_seqlen_q == 0:
+        return out
+    return _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+
+
+def _signature(packed_label: str) -> dict:
+    strides = {f"{t}_{axis}_stride": "i32" for t in ("q", "k", "v", "out") for axis in ("batch", "token", "head")}
+    return {"q_ptr": "*T", "k_ptr": "*T", "v_ptr": "*T", "out_ptr": "*T",
+            "cu_seqlens_q_ptr": "*i32" if packed_label else "*T", "cu_seqlens_k_ptr": "*i32" if packed_label else "*T",
+            "seqlen_q": "i32", "seqlen_k": "i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", **strides}  # fmt: skip
+
+
+# The model's three uses: (name, head dim, causal, packed, query heads per KV head)
+MODEL_USES = (
+    ("ViT B x 256 tokens, 16 heads", 72, False, False, 1),
+    ("fusion cross-attention, packed text over 256 keys, 12 heads", 128, False, True, 1),
+    ("LLM prefill, packed, causal, GQA 12/2", 128, True, True, 6),
+)
+
+
+@register_compile_configs
+def _compile_configs():
+    """Every autotune candidate at each of the model's uses, each dtype."""
+    configs = []
+    for use, head_dim, causal, packed, _ in MODEL_USES:
+        block_d, block_d_tail = head_dim_blocks(head_dim)
+        signature = _signature("packed" if packed else "")
+        # what the launcher's specialisation sees as 16-divisible: pointers, and strides that are
+        # multiples of 16 elements (a head stride of 72 is not)
+        aligned = tuple(n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n)))
+        for dtype in FLOAT_DTYPES:
+            for block_m, block_n, warps, stages in _GPU_CONFIGS["fp32" if dtype == torch.float32 else "half"]:
+                configs += configs_per_dtype(
+                    (dtype,), op="attention_varlen" if packed else "attention", shape=f"{use} D={head_dim}",
+                    kernel=_attention_kernel, signature=signature,
+                    constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": causal,
+                                "IS_VARLEN": packed, "DOT_IN_FP32": dtype == torch.float32,
+                                "BLOCK_M": block_m, "BLOCK_N": block_n},
+                    num_warps=warps, num_stages=stages, aligned=aligned,
+                    # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
+                    uses_dot=dtype != torch.float32,
+                )  # fmt: skip
+    return configs

@@ -1,0 +1,158 @@
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels._dispatch import new_output, poisoned_outputs
+from aurora_kernels.ops import attention as attention_module
+from aurora_kernels.ops import reference
+from aurora_kernels.testing import assert_parity, check_op, randn, reference_in_float64
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cu_seqlens, fused_qkv
+
+
+def _qkv(batch, len_q, len_k, heads_q, heads_kv, head_dim, dtype, device, gen):
+    return (randn((batch, len_q, heads_q, head_dim), dtype, device, gen),
+            randn((batch, len_k, heads_kv, head_dim), dtype, device, gen),
+            randn((batch, len_k, heads_kv, head_dim), dtype, device, gen))  # fmt: skip
+
+
+def _packed(lengths_q, lengths_k, heads_q, heads_kv, head_dim, dtype, device, gen):
+    q = randn((sum(lengths_q), heads_q, head_dim), dtype, device, gen)
+    k, v = (randn((sum(lengths_k), heads_kv, head_dim), dtype, device, gen) for _ in range(2))
+    return (q, k, v, cu_seqlens(lengths_q, device), cu_seqlens(lengths_k, device),
+            max(lengths_q, default=0), max(lengths_k, default=0))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dense_head_dims(dtype, head_dim, causal, device, gen):
+    check_op(ak.attention, reference.attention, *_qkv(2, 37, 50, 4, 2, head_dim, dtype, device, gen), causal=causal)
+
+
+@pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
+@pytest.mark.parametrize(
+    "lengths", [(1, 1), (17, 17), (129, 129), (1, 100), (100, 17), (129, 17)], ids=lambda n: f"q{n[0]}-k{n[1]}"
+)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dense_lengths_and_gqa(heads, lengths, causal, device, gen):
+    # Lq > Lk with causal leaves the first Lq - Lk rows seeing no key: they must be 0
+    args = _qkv(1, *lengths, *heads, 64, torch.bfloat16, device, gen)
+    check_op(ak.attention, reference.attention, *args, causal=causal)
+
+
+@pytest.mark.parametrize("head_dim", [80, 96])
+def test_fused_qkv_views(head_dim, device, gen):
+    q, k, v = fused_qkv((2, 33), 12, 2, head_dim, torch.float16, device, gen)
+    assert not q.is_contiguous()
+    check_op(ak.attention, reference.attention, q, k, v, causal=True)
+
+
+def test_softmax_scale_and_vit_shape(device, gen):
+    # the ViT's use: 256 tokens, D 72, non-causal, as slices of one qkv projection
+    q, k, v = fused_qkv((1, 256), 4, 4, 72, torch.bfloat16, device, gen)
+    check_op(ak.attention, reference.attention, q, k, v, softmax_scale=0.3)
+
+
+def test_matches_sdpa(device, gen):
+    """An independent check of kernel (and reference) against PyTorch's SDPA with GQA, bottom-right causal."""
+    q, k, v = _qkv(2, 40, 40, 12, 2, 64, torch.float32, device, gen)
+    out = ak.attention(q, k, v, causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+    ).transpose(1, 2)
+    assert_parity(out, expected, torch.float32, "attention vs SDPA")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("lengths", RAGGED_LENGTHS, ids=lambda n: "-".join(map(str, n)))
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_varlen_ragged(dtype, lengths, causal, device, gen):
+    check_op(ak.attention_varlen, reference.attention_varlen, *_packed(lengths, lengths, 6, 1, 128, dtype, device, gen),
+             causal=causal)  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_varlen_cross_attention(causal, device, gen):
+    # the fusion's shape: ragged text over each image's own visual tokens; an entry with no keys gives 0
+    lengths_q, lengths_k = [3, 0, 40, 7, 1], [64, 64, 64, 0, 64]
+    args = _packed(lengths_q, lengths_k, 4, 4, 128, torch.bfloat16, device, gen)
+    with poisoned_outputs():
+        out = ak.attention_varlen(*args, causal=causal)
+    assert torch.equal(out[43:50], torch.zeros_like(out[43:50]))
+    check_op(ak.attention_varlen, reference.attention_varlen, *args, causal=causal)
+
+
+def test_varlen_fused_qkv_views(device, gen):
+    lengths = [17, 0, 70]
+    q, k, v = fused_qkv((sum(lengths),), 12, 2, 72, torch.bfloat16, device, gen)
+    cu = cu_seqlens(lengths, device)
+    check_op(ak.attention_varlen, reference.attention_varlen, q, k, v, cu, cu, 70, 70, causal=True)
+
+
+def test_varlen_max_seqlen_larger_than_needed(device, gen):
+    q, k, v, cu_q, cu_k, _, _ = _packed([5, 9], [5, 9], 2, 1, 64, torch.float32, device, gen)
+    check_op(ak.attention_varlen, reference.attention_varlen, q, k, v, cu_q, cu_k, 300, 300)
+
+
+def _forced_blocks(block_m, block_n):
+    """attention_varlen through the launcher with forced tile sizes, so a test covers many key blocks,
+    the unmasked/masked loop split and the causal block skipping at small shapes."""
+
+    def run(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, softmax_scale=None, *, backend):
+        assert backend == "triton"
+        out = new_output(q.shape, q.dtype, q.device)
+        blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        return attention_module._launch(q, k, v, out, cu_q, cu_k, max_q, max_k, causal, softmax_scale, blocks)
+
+    run.__name__ = f"attention_varlen[{block_m}x{block_n}]"
+    return run
+
+
+@pytest.mark.parametrize("blocks", [(16, 16), (16, 32), (32, 16)], ids=lambda b: f"{b[0]}x{b[1]}")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_many_key_blocks(blocks, causal, device, gen):
+    args = _packed([70, 1, 0, 33, 5], [70, 1, 9, 50, 0], 4, 2, 72, torch.float16, device, gen)
+    check_op(_forced_blocks(*blocks), reference.attention_varlen, *args, causal=causal)
+
+
+def test_empty_inputs(device, gen):
+    q, k, v = _qkv(0, 5, 5, 2, 2, 64, torch.float16, device, gen)
+    assert ak.attention(q, k, v).shape == (0, 5, 2, 64)
+    q, k, v = _qkv(2, 0, 5, 2, 2, 64, torch.float16, device, gen)
+    assert ak.attention(q, k, v).shape == (2, 0, 2, 64)
+    q, k, v = _qkv(2, 3, 0, 2, 2, 64, torch.float16, device, gen)
+    assert torch.equal(ak.attention(q, k, v), torch.zeros_like(q))
+    args = _packed([0, 0], [0, 4], 2, 2, 64, torch.float16, device, gen)
+    assert ak.attention_varlen(*args).shape == (0, 2, 64)
+
+
+def test_int64_offsets(device, gen):
+    """k, v rows 2**27 elements apart: row 16 lies past 2**31 elements, where an int32 offset wraps.
+    The storage is allocated but not written, so only the touched pages become real memory."""
+    head_dim, rows, row_stride = 64, 17, 2**27
+    storage = torch.empty(row_stride * rows, dtype=torch.float16, device=device)
+    k, v = (storage.as_strided((1, rows, 1, head_dim), (0, row_stride, head_dim, 1), offset) for offset in (0, 2 * head_dim))
+    for t in (k, v):
+        t.copy_(randn(t.shape, torch.float16, device, gen))
+    q = randn((1, 4, 2, head_dim), torch.float16, device, gen)
+    with poisoned_outputs():
+        out = ak.attention(q, k, v)
+    assert_parity(out, reference_in_float64(reference.attention, q, k, v), torch.float16)
+
+
+def test_bad_inputs(device, gen):
+    q, k, v = _qkv(1, 4, 4, 6, 4, 64, torch.float32, device, gen)
+    with pytest.raises(ValueError, match="k: expected a number of KV heads that divides the 6 query heads"):
+        ak.attention(q, k, v)
+    big = randn((1, 4, 2, 264), torch.float32, device, gen)
+    with pytest.raises(ValueError, match=r"q: expected a head dim D in \[1, 256\], got 264"):
+        ak.attention(big, big, big)
+    q, k, v, cu_q, cu_k, max_q, max_k = _packed([3, 5], [3, 5], 2, 2, 64, torch.float32, device, gen)
+    with pytest.raises(TypeError, match="cu_seqlens_k: expected dtype int32"):
+        ak.attention_varlen(q, k, v, cu_q, cu_k.long(), max_q, max_k)
+    with pytest.raises(ValueError, match="cu_seqlens_k: expected shape"):
+        ak.attention_varlen(q, k, v, cu_q, cu_k[:2], max_q, max_k)
+    with pytest.raises(ValueError, match=r"max_seqlen_q: expected >= the longest sequence in cu_seqlens_q \(5\), got 4"):
+        ak.attention_varlen(q, k, v, cu_q, cu_k, 4, max_k)
+    with pytest.raises(ValueError, match="v: expected shape"):
+        ak.attention_varlen(q, k, v[:, :1], cu_q, cu_k, max_q, max_k)
