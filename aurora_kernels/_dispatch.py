@@ -31,13 +31,6 @@ def count_calls():
         _active_counters.remove(counter)
 
 
-def no_kernel_yet(op: str, issue: int):
-    raise NotImplementedError(
-        f"{op}: backend='triton' has no kernel yet (issue #{issue}); pass backend='reference' for the "
-        "eager PyTorch op"
-    )
-
-
 # Output buffers. Launchers allocate through `new_output` so tests can poison every output with NaN
 # (`poisoned_outputs()`) and an element the kernel forgets to write fails the parity check.
 _poison_outputs = False

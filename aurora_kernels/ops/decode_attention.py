@@ -1,6 +1,20 @@
 """decode_attention: one new query token per sequence over its KV cache (contiguous or paged),
 optionally appending the new token's K/V in the same call. The op every decode step runs 28 times.
 
+The arithmetic: per sequence and KV head, 4 * G * D * L FLOPs (G = Hq / Hkv query heads) over
+2 * L * D cache elements: ~G FLOP/byte, far under any GPU's ridge, so the kernel's job is to stream
+the cache once at full bandwidth:
+
+- GQA grouping: one program serves all G query heads of its KV head, so each K/V tile is read from
+  memory once, not G times. The group rides in the M axis of tl.dot (padded to 16 rows).
+- Split-KV (flash-decoding): at small batch B * Hkv programs cannot fill the GPU, so stage 1 splits
+  each sequence's cache over `num_kv_splits` programs that each write a normalised partial output and
+  its log-sum-exp; stage 2 (`_decode_merge_kernel`) merges them. With one split, stage 1 writes the
+  final output and stage 2 is not launched.
+- Paged caches are gathered token by token through block_table (any page size, any tile size).
+- In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
+  the cache and adds the new token to its softmax from registers (never reading back what it wrote).
+
 What is checked: shapes, dtypes, devices and strides always; on CPU tensors (or under
 `value_checks("always")`) also that 0 <= cache_seqlens[b] (+1 with an append) fits the cache and that
 the block_table entries a sequence uses are valid block indices. On CUDA by default those value
@@ -9,10 +23,17 @@ checks would cost a host sync per call, so they are the caller's contract, as in
 
 from __future__ import annotations
 
-import torch
+import functools
+import math
 
-from aurora_kernels._dispatch import no_kernel_yet, record_call
+import torch
+import triton
+import triton.language as tl
+
+from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._dispatch import new_output, record_call
 from aurora_kernels._validation import (
+    FLOAT_DTYPES,
     check_backend,
     check_block_table,
     check_cache_seqlens,
@@ -21,11 +42,171 @@ from aurora_kernels._validation import (
     check_same_dtype,
     check_softmax_scale,
     check_tensor,
+    check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops.attention import MAX_HEAD_DIM
+from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
+from aurora_kernels.ops._layout import pow2_at_least
+from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
 PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
+MAX_KV_SPLITS = 128
+# num_kv_splits=None: aim for this many programs per SM (one more to hide each one's load latency)...
+PROGRAMS_PER_SM = 2
+# ...but give no split fewer cache tokens than this: a shorter split spends more on its prologue and
+# on the merge (2 * D * 4 bytes of partials per query head) than it saves.
+MIN_TOKENS_PER_SPLIT = 128
+H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests see the GPU's choices
+
+
+@triton.jit
+def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache_token_stride,
+                PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):  # fmt: skip
+    """Element offsets (int64) of cache positions `positions` of one sequence."""
+    if PAGED:
+        pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE).to(tl.int64)
+        return pages * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
+    else:
+        return batch.to(tl.int64) * cache_batch_stride + positions.to(tl.int64) * cache_token_stride
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
+    partial_out_ptr, partial_lse_ptr, out_ptr,
+    heads_per_kv, qk_scale_log2, num_kv_splits,
+    q_batch_stride, q_head_stride,
+    k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
+    v_cache_batch_stride, v_cache_token_stride, v_cache_head_stride,
+    k_new_batch_stride, k_new_head_stride, v_new_batch_stride, v_new_head_stride,
+    block_table_stride,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):  # fmt: skip
+    split = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    batch = tl.program_id(2)
+    cached = tl.load(cache_seqlens_ptr + batch)
+    total = cached + APPEND
+    # splits are whole BLOCK_N tiles, so only a split's last tile is ragged
+    split_len = tl.cdiv(tl.cdiv(total, num_kv_splits), BLOCK_N) * BLOCK_N
+    start = split * split_len
+    end = tl.minimum(start + split_len, total)
+    cached_end = tl.minimum(end, cached)
+
+    groups = tl.arange(0, BLOCK_G)
+    group_ok = groups < heads_per_kv
+    heads = (kv_head * heads_per_kv + groups).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < HEAD_DIM
+    q = tl.load(q_ptr + batch.to(tl.int64) * q_batch_stride + heads[:, None] * q_head_stride + cols[None, :],
+                mask=group_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
+    block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
+    k_head_base = k_cache_ptr + kv_head.to(tl.int64) * k_cache_head_stride
+    v_head_base = v_cache_ptr + kv_head.to(tl.int64) * v_cache_head_stride
+
+    # row_max starts finite (-1e30), so masked keys (-inf) give p = 0 and never a NaN
+    row_max = tl.full((BLOCK_G,), -1.0e30, tl.float32)
+    row_sum = tl.zeros((BLOCK_G,), tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+    for key_start in range(start, cached_end, BLOCK_N):
+        positions = key_start + tl.arange(0, BLOCK_N)
+        key_ok = positions < cached_end
+        k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride, PAGED, PAGE_SIZE)
+        v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride, PAGED, PAGE_SIZE)
+        k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
+        scores = dot_acc(q, k, tl.zeros((BLOCK_G, BLOCK_N), tl.float32), DOT_IN_FP32) * qk_scale_log2
+        scores = tl.where(key_ok[None, :], scores, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        p = tl.math.exp2(scores - new_max[:, None])
+        alpha = tl.math.exp2(row_max - new_max)
+        row_sum = row_sum * alpha + tl.sum(p, 1)
+        v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
+        row_max = new_max
+
+    if APPEND:
+        if (start <= cached) & (cached < end):
+            k_new = tl.load(k_new_ptr + batch.to(tl.int64) * k_new_batch_stride + kv_head.to(tl.int64) * k_new_head_stride + cols,
+                            mask=col_ok, other=0.0)  # fmt: skip
+            v_new = tl.load(v_new_ptr + batch.to(tl.int64) * v_new_batch_stride + kv_head.to(tl.int64) * v_new_head_stride + cols,
+                            mask=col_ok, other=0.0)  # fmt: skip
+            new_score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale_log2
+            new_max = tl.maximum(row_max, new_score)
+            alpha = tl.math.exp2(row_max - new_max)
+            p_new = tl.math.exp2(new_score - new_max)
+            row_sum = row_sum * alpha + p_new
+            acc = acc * alpha[:, None] + p_new[:, None] * v_new.to(tl.float32)[None, :]
+            row_max = new_max
+            position = tl.full((1,), 0, tl.int32) + cached
+            k_row = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride, PAGED, PAGE_SIZE)
+            v_row = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride, PAGED, PAGE_SIZE)
+            tl.store(k_head_base + k_row[:, None] + cols[None, :], k_new[None, :], mask=col_ok[None, :])
+            tl.store(v_head_base + v_row[:, None] + cols[None, :], v_new[None, :], mask=col_ok[None, :])
+
+    # a split (or sequence) with no tokens has row_sum 0: output 0, log-sum-exp -inf
+    has_keys = row_sum > 0.0
+    out_tile = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
+    if SINGLE_SPLIT:
+        tl.store(out_ptr + (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads)[:, None] * HEAD_DIM + cols[None, :],
+                 out_tile.to(out_ptr.dtype.element_ty), mask=group_ok[:, None] & col_ok[None, :])  # fmt: skip
+    else:
+        # partials [B, Hq, num_kv_splits, D] and log-sum-exps (base 2) [B, Hq, num_kv_splits], fp32
+        slots = (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads) * num_kv_splits + split
+        tl.store(partial_out_ptr + slots[:, None] * HEAD_DIM + cols[None, :], out_tile, mask=group_ok[:, None] & col_ok[None, :])
+        lse = tl.where(has_keys, row_max + tl.math.log2(tl.where(has_keys, row_sum, 1.0)), float("-inf"))
+        tl.store(partial_lse_ptr + slots, lse, mask=group_ok)
+
+
+@triton.jit
+def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_splits,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """out[b, h] = sum_s 2^(lse_s - max) partial_s / sum_s 2^(lse_s - max); all splits empty -> 0."""
+    row = tl.program_id(0).to(tl.int64)  # b * Hq + h
+    splits = tl.arange(0, BLOCK_S)
+    split_ok = splits < num_kv_splits
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < HEAD_DIM
+    lse = tl.load(partial_lse_ptr + row * num_kv_splits + splits, mask=split_ok, other=float("-inf"))
+    top = tl.max(lse, 0)
+    weights = tl.math.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
+    partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
+                      mask=split_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
+    total = tl.sum(weights, 0)
+    out = tl.sum(weights[:, None] * partial, 0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(out_ptr + row * HEAD_DIM + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return H100_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: torch.device) -> int:
+    """Split count from the shapes alone (no host sync): enough programs for PROGRAMS_PER_SM on every
+    SM, no split under MIN_TOKENS_PER_SPLIT cache tokens, at most MAX_KV_SPLITS. max_context is the
+    cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
+    real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 32 splits; B 128: 2; B 256: 1."""
+    programs = max(1, batch * heads_kv)
+    wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
+    by_length = max(1, triton.cdiv(max_context, MIN_TOKENS_PER_SPLIT))
+    return max(1, min(wanted, by_length, MAX_KV_SPLITS))
+
+
+def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
+    """Tile sizes and launch options of the split kernel (fixed, not autotuned: the op runs inside
+    CUDA graphs, where an autotuner's first-call benchmarking cannot)."""
+    fp32 = dtype == torch.float32
+    return {
+        "BLOCK_D": pow2_at_least(head_dim, 16),
+        "BLOCK_G": pow2_at_least(heads_per_kv, 16),
+        "BLOCK_N": 16 if fp32 else 64,  # fp32: ieee dots on the FMA units, small tiles to stay clear of spills
+        "num_warps": 4,
+        "num_stages": 2 if fp32 else 3,
+    }
 
 
 def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits):
@@ -66,6 +247,8 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
     check_softmax_scale(softmax_scale)
     if num_kv_splits is not None:
         check_int("num_kv_splits", num_kv_splits, minimum=1)
+        if num_kv_splits > MAX_KV_SPLITS:
+            raise ValueError(f"num_kv_splits: expected at most {MAX_KV_SPLITS}, got {num_kv_splits}")
 
 
 def decode_attention(
@@ -78,11 +261,87 @@ def decode_attention(
     with block_table int32 [B, max_blocks]; cache_seqlens int32 [B]: tokens already cached. With
     k, v [B, 1, Hkv, D], those are written into the cache at position cache_seqlens[b] (in place) and
     attended to. Returns [B, 1, Hq, D]; a sequence with nothing to attend to gives 0.
-    num_kv_splits: how many programs split one sequence's cache (None: chosen from the shapes).
+    num_kv_splits: how many programs split one sequence's cache (None: `default_num_kv_splits`).
+    cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
     """
     check_backend(backend)
     _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits)
     record_call("decode_attention", backend)
     if backend == "reference":
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale)
-    no_kernel_yet("decode_attention", 7)
+    check_triton_device("q", q)
+    batch, _, heads_q, head_dim = q.shape
+    heads_kv = k_cache.shape[2]
+    out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
+    if out.numel() == 0:
+        return out
+    paged = block_table is not None
+    page_size = k_cache.shape[1] if paged else 1
+    max_context = block_table.shape[1] * page_size if paged else k_cache.shape[1]
+    if num_kv_splits is None:
+        num_kv_splits = default_num_kv_splits(batch, heads_kv, max_context, q.device)
+    config = decode_config(head_dim, heads_q // heads_kv, q.dtype)
+    single_split = num_kv_splits == 1
+    if single_split:
+        partial_out = partial_lse = out  # unused
+    else:
+        partial_out = torch.empty((batch, heads_q, num_kv_splits, head_dim), dtype=torch.float32, device=q.device)
+        partial_lse = torch.empty((batch, heads_q, num_kv_splits), dtype=torch.float32, device=q.device)
+    append = k is not None
+    k_new, v_new = (k, v) if append else (q, q)  # q stands in for the unused pointers
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
+        q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
+        partial_out, partial_lse, out,
+        heads_q // heads_kv, scale * LOG2_E, num_kv_splits,
+        q.stride(0), q.stride(2),
+        *k_cache.stride()[:3], *v_cache.stride()[:3],
+        k_new.stride(0), k_new.stride(2), v_new.stride(0), v_new.stride(2),
+        block_table.stride(0) if paged else 0,
+        HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, SINGLE_SPLIT=single_split,
+        DOT_IN_FP32=dot_in_fp32(q.dtype), **config,
+    )  # fmt: skip
+    if not single_split:
+        _decode_merge_kernel[(batch * heads_q,)](
+            partial_out, partial_lse, out, num_kv_splits,
+            HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits),
+        )  # fmt: skip
+    return out
+
+
+# The model's decode: Hq 12 / Hkv 2, D 128, contiguous and paged caches, with and without append.
+MODEL_HEADS = (12, 2, 128)
+
+
+@register_compile_configs
+def _compile_configs():
+    heads_q, heads_kv, head_dim = MODEL_HEADS
+    configs = []
+    split_signature = {
+        "q_ptr": "*T", "k_cache_ptr": "*T", "v_cache_ptr": "*T", "cache_seqlens_ptr": "*i32", "k_new_ptr": "*T",
+        "v_new_ptr": "*T", "block_table_ptr": "*i32", "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
+        "out_ptr": "*T", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
+        **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
+    }  # fmt: skip
+    aligned = tuple(n for n in split_signature if n.endswith(("_ptr", "_stride")))
+    for dtype in FLOAT_DTYPES:
+        config = decode_config(head_dim, heads_q // heads_kv, dtype)
+        launch = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
+        for paged, page_size in ((False, 1), (True, 16), (True, 256)):
+            for append in (False, True):
+                for single_split in (False, True):
+                    configs += configs_per_dtype(
+                        (dtype,), op="decode_attention", kernel=_decode_split_kernel, signature=split_signature,
+                        shape=f"Hq 12 Hkv 2 D 128 {'paged ' + str(page_size) if paged else 'contiguous'}"
+                              f"{' +append' if append else ''}{' 1 split' if single_split else ' split'}",
+                        constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size,
+                                    "APPEND": append, "SINGLE_SPLIT": single_split, "DOT_IN_FP32": dtype == torch.float32},
+                        aligned=aligned, uses_dot=dtype != torch.float32, **launch,
+                    )  # fmt: skip
+        configs += configs_per_dtype(
+            (dtype,), op="decode_attention", kernel=_decode_merge_kernel, shape="merge of up to 128 splits, D 128",
+            signature={"partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*T", "num_kv_splits": "i32"},
+            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS},
+            aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1,
+        )  # fmt: skip
+    return configs

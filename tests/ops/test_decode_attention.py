@@ -1,0 +1,175 @@
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels._dispatch import poisoned_outputs
+from aurora_kernels.ops import reference
+from aurora_kernels.ops.decode_attention import default_num_kv_splits
+from aurora_kernels.testing import assert_parity, check_op, randn, reference_in_float64
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS
+
+
+def _decode_inputs(lengths, heads_q, heads_kv, head_dim, dtype, device, gen, capacity=None, append=False):
+    batch = len(lengths)
+    capacity = capacity or max(lengths) + 1
+    q = randn((batch, 1, heads_q, head_dim), dtype, device, gen)
+    k_cache, v_cache = (randn((batch, capacity, heads_kv, head_dim), dtype, device, gen) for _ in range(2))
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    new = [randn((batch, 1, heads_kv, head_dim), dtype, device, gen) for _ in range(2)] if append else [None, None]
+    return q, k_cache, v_cache, seqlens, *new
+
+
+def _paged_copy(k_cache, v_cache, page_size, gen):
+    """The same caches as pages in a shuffled pool [num_blocks, page_size, Hkv, D] with a block table
+    (two spare pages that no sequence uses)."""
+    batch, capacity, heads_kv, head_dim = k_cache.shape
+    pages_per_seq = -(-capacity // page_size)
+    num_blocks = batch * pages_per_seq + 2
+    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen, device=gen.device))))
+    block_table = order[: batch * pages_per_seq].reshape(batch, pages_per_seq).to(torch.int32).to(k_cache.device)
+    pools = []
+    for cache in (k_cache, v_cache):
+        pool = randn((num_blocks, page_size, heads_kv, head_dim), cache.dtype, cache.device, gen)
+        padded = torch.zeros((batch, pages_per_seq * page_size, heads_kv, head_dim), dtype=cache.dtype, device=cache.device)
+        padded[:, :capacity] = cache
+        pool[block_table.long()] = padded.unflatten(1, (pages_per_seq, page_size))
+        pools.append(pool)
+    return (*pools, block_table)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("lengths", RAGGED_LENGTHS, ids=lambda n: "-".join(map(str, n)))
+@pytest.mark.parametrize("append", [False, True], ids=["cached", "append"])
+def test_ragged_contiguous(dtype, lengths, append, device, gen):
+    check_op(ak.decode_attention, reference.decode_attention, *_decode_inputs(lengths, 12, 2, 128, dtype, device, gen, append=append))
+
+
+@pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_gqa_and_head_dims(heads, head_dim, device, gen):
+    check_op(ak.decode_attention, reference.decode_attention,
+             *_decode_inputs([70, 1, 33], *heads, head_dim, torch.bfloat16, device, gen, append=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("num_kv_splits", [1, 2, 3, 7, 16])
+def test_num_kv_splits(num_kv_splits, device, gen):
+    args = _decode_inputs([0, 1, 130, 64], 6, 1, 64, torch.float16, device, gen, capacity=200)
+    check_op(ak.decode_attention, reference.decode_attention, *args, num_kv_splits=num_kv_splits)
+
+
+@pytest.mark.parametrize("page_size", [16, 32, 64, 128, 256])
+@pytest.mark.parametrize("append", [False, True], ids=["cached", "append"])
+def test_paged_matches_contiguous(page_size, append, device, gen):
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([17, 0, 100], 12, 2, 80, torch.bfloat16, device, gen,
+                                                        capacity=130, append=append)  # fmt: skip
+    k_pool, v_pool, block_table = _paged_copy(k_cache, v_cache, page_size, gen)
+    with poisoned_outputs():
+        paged = ak.decode_attention(q, k_pool, v_pool, seqlens, k, v, block_table=block_table, num_kv_splits=3)
+    contiguous = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=3)
+    assert torch.equal(paged, contiguous)  # the same tiles in the same order: the same bits
+    # and both caches now hold the appended token at the same logical positions
+    logical = k_pool[block_table.long()].flatten(1, 2)[:, : k_cache.shape[1]]
+    assert torch.equal(logical, k_cache)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_append_writes_cache_exactly(paged, device, gen):
+    lengths = [5, 0, 63, 64]
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs(lengths, 4, 2, 64, torch.float16, device, gen, capacity=80, append=True)
+    block_table = None
+    if paged:
+        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
+    k_before, v_before = k_cache.clone(), v_cache.clone()
+    with poisoned_outputs():
+        out = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, block_table=block_table)
+    expected_k, expected_v = k_before.clone(), v_before.clone()
+    for b, n in enumerate(lengths):
+        block, row = (b, n) if not paged else (int(block_table[b, n // 16]), n % 16)
+        expected_k[block, row], expected_v[block, row] = k[b, 0], v[b, 0]
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    # appending then attending equals attending over the cache that already holds the token
+    again = ak.decode_attention(q, k_cache, v_cache, seqlens + 1, block_table=block_table)
+    assert_parity(out, reference_in_float64(reference.decode_attention, q, k_cache, v_cache, seqlens + 1, None, None, block_table),
+                  torch.float16)  # fmt: skip
+    assert_parity(again, out.double(), torch.float16, "no-append over the appended cache")
+
+
+def test_strided_q_and_fused_kv_cache(device, gen):
+    """q a slice of a fused projection; K and V caches interleaved in one [B, S, 2, Hkv, D] buffer."""
+    batch, capacity, heads_q, heads_kv, head_dim = 3, 90, 12, 2, 128
+    qkv = randn((batch, 1, (heads_q + 2 * heads_kv) * head_dim), torch.bfloat16, device, gen)
+    q = qkv[..., : heads_q * head_dim].unflatten(-1, (heads_q, head_dim))
+    kv_cache = randn((batch, capacity, 2, heads_kv, head_dim), torch.bfloat16, device, gen)
+    seqlens = torch.tensor([89, 3, 40], dtype=torch.int32, device=device)
+    k, v = (randn((batch, 1, heads_kv, head_dim), torch.bfloat16, device, gen) for _ in range(2))
+    check_op(ak.decode_attention, reference.decode_attention, q, kv_cache[:, :, 0], kv_cache[:, :, 1], seqlens, k, v)
+
+
+def test_empty_sequences_give_zero(device, gen):
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs([0, 0], 4, 2, 64, torch.float32, device, gen, capacity=16)
+    for splits in (1, 4):
+        with poisoned_outputs():
+            out = ak.decode_attention(q, k_cache, v_cache, seqlens, num_kv_splits=splits)
+        assert torch.equal(out, torch.zeros_like(out))
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs([3], 4, 2, 64, torch.float32, device, gen)
+    assert ak.decode_attention(q[:0], k_cache[:0], v_cache[:0], seqlens[:0]).shape == (0, 1, 4, 64)
+
+
+def test_int64_offsets(device, gen):
+    """Sequence 1's cache starts 2**31 + 256 elements in: past what an int32 offset can address. The
+    storage is allocated but not written, so only the touched pages become real memory."""
+    heads_kv, head_dim, capacity = 2, 64, 40
+    batch_stride = 2**31 + 256
+    storage = torch.empty(batch_stride + 2 * capacity * heads_kv * head_dim, dtype=torch.float16, device=device)
+    caches = [storage.as_strided((2, capacity, heads_kv, head_dim), (batch_stride, heads_kv * head_dim, head_dim, 1), offset)
+              for offset in (0, capacity * heads_kv * head_dim)]  # fmt: skip
+    for cache in caches:
+        cache.copy_(randn(cache.shape, torch.float16, device, gen))
+    q = randn((2, 1, 4, head_dim), torch.float16, device, gen)
+    k, v = (randn((2, 1, heads_kv, head_dim), torch.float16, device, gen) for _ in range(2))
+    seqlens = torch.tensor([7, 33], dtype=torch.int32, device=device)
+    expected = reference_in_float64(reference.decode_attention, q, *(c.clone() for c in caches), seqlens, k, v)
+    with poisoned_outputs():
+        out = ak.decode_attention(q, *caches, seqlens, k, v, num_kv_splits=2)
+    assert_parity(out, expected, torch.float16)
+    assert torch.equal(caches[0][1, 33], k[1, 0]) and torch.equal(caches[1][1, 33], v[1, 0])
+
+
+def test_default_num_kv_splits_rule():
+    cpu = torch.device("cpu")  # the rule assumes an H100's 132 SMs for CPU tensors
+    assert default_num_kv_splits(1, 2, 4096, cpu) == 32  # 2 * 132 programs wanted, 128 tokens a split
+    assert default_num_kv_splits(1, 2, 100, cpu) == 1  # too short to split
+    assert default_num_kv_splits(32, 2, 16384, cpu) == 5
+    assert default_num_kv_splits(128, 2, 16384, cpu) == 2
+    assert default_num_kv_splits(256, 2, 16384, cpu) == 1
+    assert default_num_kv_splits(1, 1, 10**6, cpu) == 128  # capped at MAX_KV_SPLITS
+
+
+def test_bad_num_kv_splits(device, gen):
+    args = _decode_inputs([3], 4, 2, 64, torch.float32, device, gen)[:4]
+    with pytest.raises(ValueError, match="num_kv_splits: expected an int >= 1, got 0"):
+        ak.decode_attention(*args, num_kv_splits=0)
+    with pytest.raises(ValueError, match="num_kv_splits: expected at most 128, got 129"):
+        ak.decode_attention(*args, num_kv_splits=129)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and inductor need a GPU")
+
+
+@needs_cuda
+def test_cuda_graph_capture_and_torch_compile(device, gen):
+    if device.type != "cuda":
+        pytest.skip("runs with AURORA_TEST_DEVICE=cuda")
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
+                                                        capacity=256, append=True)  # fmt: skip
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    step = lambda: ak.decode_attention(q, k_cache, v_cache, seqlens, k, v)  # noqa: E731
+    step()  # warm up: compiles the kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_parity(captured, expected, torch.bfloat16, "CUDA graph replay")
+    compiled = torch.compile(lambda *a: ak.decode_attention(*a))
+    assert_parity(compiled(q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16, "torch.compile")
