@@ -109,3 +109,20 @@ def check_op(op: Callable, reference_fn: Callable, *args, **kwargs) -> list[floa
     refs = ref if isinstance(ref, tuple) else (ref,)
     assert len(outs) == len(refs), f"{len(outs)} outputs, reference has {len(refs)}"
     return [assert_parity(o, r, dtype, f"{op.__name__} output {i}") for i, (o, r) in enumerate(zip(outs, refs))]
+
+
+def check_cuda_graph_and_compile(fn: Callable, args: tuple, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """fn(*args) replayed from a CUDA graph, and fn under torch.compile, both match `expected`.
+
+    fn runs once before the capture, so its kernels are compiled (and autotuned) outside it: the
+    capture itself must need no host sync, no allocation outside the graph pool, no autotuning.
+    """
+    fn(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn(*args)
+    captured.fill_(float("nan"))  # the replay must write every element again
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_parity(captured, expected, dtype, f"{what}, CUDA graph replay")
+    assert_parity(torch.compile(fn)(*args), expected, dtype, f"{what}, torch.compile")

@@ -1,6 +1,12 @@
 """The shape catalogue the kernel tests share: the sizes that break kernels."""
 
+import os
+
+import pytest
 import torch
+
+# Tests of what only a GPU has (CUDA graphs, inductor): they run under `make gpu-check`.
+cuda_only = pytest.mark.skipif(os.environ.get("AURORA_TEST_DEVICE", "cpu") != "cuda", reason="needs AURORA_TEST_DEVICE=cuda")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 DTYPE_IDS = ("fp32", "fp16", "bf16")

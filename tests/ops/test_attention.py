@@ -5,8 +5,8 @@ import aurora_kernels as ak
 from aurora_kernels._dispatch import new_output, poisoned_outputs
 from aurora_kernels.ops import attention as attention_module
 from aurora_kernels.ops import reference
-from aurora_kernels.testing import assert_parity, check_op, randn, reference_in_float64
-from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cu_seqlens, fused_qkv
+from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile, check_op, randn, reference_in_float64
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cu_seqlens, cuda_only, fused_qkv
 
 
 def _qkv(batch, len_q, len_k, heads_q, heads_kv, head_dim, dtype, device, gen):
@@ -156,3 +156,11 @@ def test_bad_inputs(device, gen):
         ak.attention_varlen(q, k, v, cu_q, cu_k, 4, max_k)
     with pytest.raises(ValueError, match="v: expected shape"):
         ak.attention_varlen(q, k, v[:, :1], cu_q, cu_k, max_q, max_k)
+
+
+@cuda_only
+def test_cuda_graph_capture_and_torch_compile(device, gen):
+    args = _packed([100, 0, 37], [100, 0, 37], 12, 2, 128, torch.bfloat16, device, gen)
+    expected = reference_in_float64(reference.attention_varlen, *args, causal=True)
+    check_cuda_graph_and_compile(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16,
+                                 "attention_varlen")  # fmt: skip

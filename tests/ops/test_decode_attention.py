@@ -5,8 +5,8 @@ import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
 from aurora_kernels.ops import reference
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
-from aurora_kernels.testing import assert_parity, check_op, randn, reference_in_float64
-from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS
+from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile, check_op, randn, reference_in_float64
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cuda_only
 
 
 def _decode_inputs(lengths, heads_q, heads_kv, head_dim, dtype, device, gen, capacity=None, append=False):
@@ -153,23 +153,11 @@ def test_bad_num_kv_splits(device, gen):
         ak.decode_attention(*args, num_kv_splits=129)
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and inductor need a GPU")
-
-
-@needs_cuda
+@cuda_only
 def test_cuda_graph_capture_and_torch_compile(device, gen):
-    if device.type != "cuda":
-        pytest.skip("runs with AURORA_TEST_DEVICE=cuda")
     q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
                                                         capacity=256, append=True)  # fmt: skip
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
-    step = lambda: ak.decode_attention(q, k_cache, v_cache, seqlens, k, v)  # noqa: E731
-    step()  # warm up: compiles the kernels outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert_parity(captured, expected, torch.bfloat16, "CUDA graph replay")
-    compiled = torch.compile(lambda *a: ak.decode_attention(*a))
-    assert_parity(compiled(q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16, "torch.compile")
+    # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
+    check_cuda_graph_and_compile(ak.decode_attention, (q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16,
+                                 "decode_attention")  # fmt: skip
