@@ -16,7 +16,7 @@ RESULTS_DIR ?=
 $(STAMP): pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench,model]'
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench,model,hf]'
 	touch $(STAMP)
 
 # CPU: every kernel runs under the Triton interpreter on CPU tensors.

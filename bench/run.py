@@ -127,6 +127,11 @@ def main(argv=None) -> int:
     parity_failures = cpu_parity(only)
     compile_failures = compile_report()
     floors(cases)
+    if not only:
+        from bench import model_cpu
+
+        print(model_cpu.cost_report(RESULTS_ROOT))
+        print(model_cpu.cpu_timings(RESULTS_ROOT))
     print("Kernel timings need a GPU: this machine has none, so no time was measured here. "
           "On a GPU machine run `make gpu-check` (tests on CUDA, then every benchmark).")  # fmt: skip
     if parity_failures or compile_failures:

@@ -1,0 +1,97 @@
+"""Run the model: `python -m aurora_kernels.generate --preset tiny --prompt-len 32 --max-new-tokens 16
+--compressor mlp`. Random weights (and random images and prompts) unless --llm-dir / --vision-dir /
+--aurora-weights are given. Prints the tokens, the prefill time and the decode tokens/s.
+
+Without a GPU, backend "triton" runs the kernels under the Triton interpreter (correct, slow: fine
+for the tiny preset); the default backend there is "reference" (eager PyTorch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_args(argv=None):
+    from aurora_kernels.model.config import COMPRESSORS, PRESETS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", choices=PRESETS)
+    parser.add_argument("--compressor", default="mlp", choices=COMPRESSORS)
+    parser.add_argument("--batch", type=int, default=1, help="requests (prompt lengths spread up to --prompt-len)")
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--eos-token-id", type=int)
+    parser.add_argument("--backend", choices=("triton", "reference"), help="default: triton on a GPU, reference on a CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on a GPU, fp32 on a CPU")
+    parser.add_argument("--cache", default="contiguous", choices=("contiguous", "paged"))
+    parser.add_argument("--llm-dir", help="transformers Qwen2 directory (config.json + safetensors)")
+    parser.add_argument("--vision-dir", help="transformers SigLIP directory")
+    parser.add_argument("--aurora-weights", help="projector / compressor / fusion safetensors file")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    args.backend = args.backend or ("triton" if on_gpu else "reference")
+    args.dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
+    return args
+
+
+def build_model(args):
+    from aurora_kernels.model import AuroraEdgeV, preset
+
+    if args.llm_dir:
+        return AuroraEdgeV.from_pretrained(args.llm_dir, args.vision_dir, args.aurora_weights, args.compressor,
+                                           args.backend, args.dtype, args.device)  # fmt: skip
+    torch.manual_seed(args.seed)
+    return AuroraEdgeV(preset(args.preset, compressor=args.compressor), backend=args.backend).to(args.device, args.dtype)
+
+
+def random_requests(model, batch: int, prompt_len: int, seed: int = 0):
+    """Random images and prompts; request b's prompt has prompt_len * (b + 1) // batch tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    vision = model.config.vision
+    pixel_values = torch.randn((batch, vision.num_channels, vision.image_size, vision.image_size), generator=gen)
+    lengths = [max(1, prompt_len * (b + 1) // batch) for b in range(batch)]
+    prompts = [torch.randint(0, model.config.llm.vocab_size, (n,), generator=gen) for n in lengths]
+    return pixel_values.to(model.device, next(model.parameters()).dtype), [p.to(model.device) for p in prompts]
+
+
+def timed_generation(model, pixel_values, prompts, max_new_tokens, **kwargs) -> tuple[list[list[int]], dict]:
+    stats: dict = {}
+    tokens = model.generate(pixel_values, prompts, max_new_tokens, stats=stats, **kwargs)
+    steps = stats["decode_steps"]
+    stats["decode_tokens_per_s"] = len(prompts) * steps / stats["decode_s"] if steps else float("nan")
+    return tokens, stats
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.backend == "triton" and not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        # the kernels are decorated at import: run again with the interpreter switched on from the start
+        print("no GPU: running the Triton kernels under the interpreter (TRITON_INTERPRET=1)", file=sys.stderr, flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "aurora_kernels.generate", *(argv or sys.argv[1:])],
+                  {**os.environ, "TRITON_INTERPRET": "1"})  # fmt: skip
+    model = build_model(args).eval()
+    pixel_values, prompts = random_requests(model, args.batch, args.prompt_len, args.seed)
+    tokens, stats = timed_generation(model, pixel_values, prompts, args.max_new_tokens, eos_token_id=args.eos_token_id,
+                                     cache=args.cache)  # fmt: skip
+    cfg = model.config
+    print(f"{args.preset if not args.llm_dir else args.llm_dir}: compressor {cfg.compressor.kind} "
+          f"({cfg.visual_tokens} visual tokens into the LLM), backend {args.backend}, {args.device}, "
+          f"{str(args.dtype).replace('torch.', '')}, {args.cache} cache")  # fmt: skip
+    for b, (prompt, new) in enumerate(zip(prompts, tokens)):
+        print(f"request {b}: prompt {prompt.numel()} tokens -> {new}")
+    print(f"prefill: {stats['prefill_s'] * 1e3:.1f} ms (vision, compressor, fusion, LLM prefill, first token)")
+    print(f"decode: {stats['decode_steps']} steps in {stats['decode_s'] * 1e3:.1f} ms, "
+          f"{stats['decode_tokens_per_s']:.1f} tokens/s over {args.batch} request(s)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

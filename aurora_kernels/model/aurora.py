@@ -1,0 +1,201 @@
+"""AuroraEdgeV: vision tower -> projector -> token compressor -> (with the fusion-enriched prompt)
+-> Qwen2 LLM, with batched greedy generation over a KV cache.
+
+For request b with prompt length L_b the LLM sees M + L_b tokens: the M compressed visual tokens
+Vc[b] (64 in the full preset; all 256 with compressor "none"), then the fused prompt T'[b].
+Requests are packed (varlen) through the fusion and the prefill, so nothing is padded.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from aurora_kernels._validation import check_backend
+from aurora_kernels.model.compressor import Projector, TokenCompressor
+from aurora_kernels.model.config import AuroraConfig
+from aurora_kernels.model.fusion import Fusion
+from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels.model.llm import Qwen2LM
+from aurora_kernels.model.vision import VisionTower
+
+CACHE_LAYOUTS = ("contiguous", "paged")
+
+
+def _offsets(lengths: list[int], device) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32, device=device)
+
+
+def _positions(lengths: list[int], device) -> torch.Tensor:
+    return torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths]).to(device)
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sync()
+        self.last = time.perf_counter()
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def lap(self) -> float:
+        self._sync()
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+class AuroraEdgeV(nn.Module):
+    def __init__(self, config: AuroraConfig, backend: str = "triton"):
+        super().__init__()
+        check_backend(backend)
+        self.config, self.backend = config, backend
+        self.vision = VisionTower(config.vision, backend)
+        self.projector = Projector(config.vision.hidden_size, config.llm.hidden_size, backend)
+        self.compressor = TokenCompressor(config, backend)
+        self.fusion = Fusion(config.llm, backend)
+        self.llm = Qwen2LM(config.llm, backend)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float = 0.02) -> None:
+        """Random weights as a trained checkpoint roughly has them: N(0, std) matrices and biases (so
+        the bias paths are exercised), unit norm weights, and a compressor MLP scaled to keep the
+        visual tokens' magnitude (w1 ~ N(0, 1/N), w2 ~ N(0, 1/H))."""
+        for name, param in self.named_parameters():
+            if name.endswith("norm.weight") or ".layer_norm" in name or "layernorm" in name:
+                param.fill_(1.0) if name.endswith("weight") else param.normal_(0.0, std)
+            elif name == "compressor.w1":
+                param.normal_(0.0, param.shape[1] ** -0.5)
+            elif name == "compressor.w2":
+                param.normal_(0.0, param.shape[1] ** -0.5)
+            else:
+                param.normal_(0.0, std)
+
+    @classmethod
+    def from_pretrained(cls, llm_dir, vision_dir=None, aurora_weights=None, compressor="mlp", backend="triton",
+                        dtype=torch.bfloat16, device="cpu"):  # fmt: skip
+        """LLM from a transformers Qwen2 directory, vision tower from a SigLIP directory (random if
+        None), projector / compressor / fusion from our safetensors file (random if None)."""
+        from aurora_kernels.model.loading import load_pretrained
+
+        return load_pretrained(cls, llm_dir, vision_dir, aurora_weights, compressor, backend, dtype, device)
+
+    def set_backend(self, backend: str) -> "AuroraEdgeV":
+        """Switch every op of every part to `backend` ("triton" or "reference"), weights unchanged."""
+        check_backend(backend)
+        for module in self.modules():
+            if hasattr(module, "backend"):
+                module.backend = backend
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.embed_tokens.weight.device
+
+    def _check_requests(self, pixel_values, input_ids):
+        if not isinstance(input_ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in input_ids):
+            raise TypeError("input_ids: expected a list of 1-D int64 tensors, one prompt per image")
+        if len(input_ids) != pixel_values.shape[0]:
+            raise ValueError(f"input_ids: expected {pixel_values.shape[0]} prompts (one per image), got {len(input_ids)}")
+        vocab = self.config.llm.vocab_size
+        for b, ids in enumerate(input_ids):
+            if ids.dtype != torch.int64:
+                raise TypeError(f"input_ids[{b}]: expected dtype int64, got {ids.dtype}")
+            if ids.numel() and ids.device.type == "cpu" and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
+                raise ValueError(f"input_ids[{b}]: expected token ids in [0, {vocab})")
+
+    def llm_inputs(self, pixel_values, input_ids, generated=None):
+        """The packed LLM input of every request: (x [T, C], positions [T], lengths [B] as ints).
+
+        Request b contributes Vc[b], its fused prompt T'[b] and, if given, the embeddings of the tokens
+        `generated[b]` that followed (what a no-cache recompute of a generation sees)."""
+        self._check_requests(pixel_values, input_ids)
+        device = self.device
+        visual = self.projector(self.vision(pixel_values.to(device)))  # V [B, N, C]
+        compressed = self.compressor(visual)  # Vc [B, M, C]
+        prompt_lengths = [int(ids.numel()) for ids in input_ids]
+        prompts = self.llm.embed_tokens(torch.cat(list(input_ids)).to(device))
+        cos, sin = self.llm.rotary(_positions(prompt_lengths, device))
+        fused = self.fusion(prompts, visual, _offsets(prompt_lengths, device), max(prompt_lengths), cos, sin)
+        pieces, start = [], 0
+        for b, length in enumerate(prompt_lengths):
+            pieces += [compressed[b], fused[start : start + length]]
+            if generated is not None and len(generated[b]):
+                pieces.append(self.llm.embed_tokens(torch.as_tensor(generated[b], dtype=torch.int64, device=device)))
+            start += length
+        extra = [len(generated[b]) if generated is not None else 0 for b in range(len(prompt_lengths))]
+        lengths = [compressed.shape[1] + n + g for n, g in zip(prompt_lengths, extra)]
+        return torch.cat(pieces), _positions(lengths, device), lengths
+
+    @torch.no_grad()
+    def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
+                 page_size: int = 16, return_logits: bool = False, stats: dict | None = None):  # fmt: skip
+        """Greedy batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64
+        prompts of any lengths. Returns the new tokens of each request (up to and including its EOS);
+        with return_logits, also each request's logits [steps, vocab] (float32) behind those tokens.
+
+        cache: "contiguous" ([B, S_max, Hkv, D] per layer) or "paged" (pages of `page_size` tokens).
+        stats: a dict to receive "prefill_s" (up to the first token's logits), "decode_s" and
+        "decode_steps" (wall clock, the device synchronised at each mark).
+        """
+        clock = _Clock(self.device) if stats is not None else None
+        if cache not in CACHE_LAYOUTS:
+            raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        x, positions, lengths = self.llm_inputs(pixel_values, input_ids)
+        batch, device, cfg = len(lengths), self.device, self.config.llm
+        kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
+                     page_size if cache == "paged" else None)  # fmt: skip
+        batch_index = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
+        hidden = self.llm.prefill(x, positions, _offsets(lengths, device), max(lengths), kv, kv.slots(batch_index, positions))
+        last_rows = _offsets(lengths, device)[1:].long() - 1
+        logits = self.llm.logits(hidden[last_rows])  # [B, vocab]
+        kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        if clock is not None:
+            stats["prefill_s"] = clock.lap()
+
+        steps_tokens, steps_logits = [], []
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            tokens = logits.argmax(-1)
+            steps_tokens.append(tokens)
+            steps_logits.append(logits.float())
+            if eos_token_id is not None:
+                finished |= tokens == eos_token_id
+                if bool(finished.all()):  # one host sync a step, to stop early
+                    break
+            if step == max_new_tokens - 1:
+                break
+            hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
+            kv.seqlens += 1
+            logits = self.llm.logits(hidden[:, 0])
+        if clock is not None:
+            stats["decode_s"], stats["decode_steps"] = clock.lap(), len(steps_tokens) - 1
+
+        all_tokens = torch.stack(steps_tokens, 1).tolist()  # [B, steps]
+        outputs, out_logits = [], []
+        for b, row in enumerate(all_tokens):
+            keep = row.index(eos_token_id) + 1 if eos_token_id is not None and eos_token_id in row else len(row)
+            outputs.append(row[:keep])
+            out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
+        return (outputs, out_logits) if return_logits else outputs
+
+    @torch.no_grad()
+    def logits_without_cache(self, pixel_values, input_ids, generated) -> list[torch.Tensor]:
+        """Recompute each request's full sequence (visual tokens, fused prompt, generated tokens) with
+        no cache; returns per request the logits [len(generated[b]), vocab] (float32) that predicted
+        each generated token: the check on `generate`."""
+        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, [g[:-1] for g in generated])
+        hidden = self.llm.prefill(x, positions, _offsets(lengths, self.device), max(lengths))
+        out, start = [], 0
+        for length, tokens in zip(lengths, generated):
+            first = start + length - (len(tokens) - 1) - 1  # the row that predicted the first new token
+            out.append(self.llm.logits(hidden[first : start + length]).float())
+            start += length
+        return out

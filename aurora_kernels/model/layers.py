@@ -1,0 +1,92 @@
+"""Building blocks shared by the model's parts: LayerNorm on the kernel, rotary tables, and the
+Qwen2 decoder layer (used by the LLM and by the fusion module).
+
+Every op runs through the public `aurora_kernels` functions with the module's `backend`; the
+matmuls are torch's (cuBLAS on a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+import aurora_kernels as ak
+from aurora_kernels.model.config import LLMConfig
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float, backend: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.eps = eps
+        self.backend = backend
+
+    def forward(self, x):
+        return ak.layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
+
+
+class RotaryTables(nn.Module):
+    """cos/sin tables [max_positions, head_dim] (rotate-half layout, as transformers builds them),
+    kept in fp32: gathering rows by position is all a forward needs, on the host or the device."""
+
+    def __init__(self, head_dim: int, theta: float, max_positions: int):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, positions: torch.Tensor):
+        """positions (any shape, int64) -> cos, sin [*positions.shape, head_dim]."""
+        return self.cos[positions], self.sin[positions]
+
+
+# attend(layer_index, q, k, v) -> attention output shaped like q: the caller's choice of dense,
+# packed or cached attention (and where K/V go in a cache).
+Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class DecoderLayer(nn.Module):
+    """Qwen2 layer: RMSNorm, fused q/k/v projection with bias, RoPE, GQA attention, o_proj, RMSNorm,
+    SwiGLU (fused gate/up projection). Works on any leading shape: [T, C] packed or [B, L, C].
+
+    The residual stream is carried unnormalised beside the layer output (`rms_norm` with residual
+    adds and normalises in one pass), as in vLLM: forward returns (x, residual) and x + residual is
+    the layer's real output.
+    """
+
+    def __init__(self, cfg: LLMConfig, index: int, backend: str):
+        super().__init__()
+        self.index = index
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.input_layernorm = ak.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend=backend)
+        self.qkv_proj = nn.Linear(cfg.hidden_size, q_width + 2 * kv_width, bias=True)
+        self.o_proj = nn.Linear(q_width, cfg.hidden_size, bias=False)
+        self.post_attention_layernorm = ak.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend=backend)
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.backend = backend
+
+    def split_qkv(self, qkv: torch.Tensor):
+        """Views (no copies) of the fused projection: q [..., Hq, D], k and v [..., Hkv, D]."""
+        q_width, kv_width = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q = qkv[..., :q_width].unflatten(-1, (self.num_heads, self.head_dim))
+        k = qkv[..., q_width : q_width + kv_width].unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = qkv[..., q_width + kv_width :].unflatten(-1, (self.num_kv_heads, self.head_dim))
+        return q, k, v
+
+    def forward(self, x, residual, cos, sin, attend: Attend):
+        if residual is None:
+            h, residual = self.input_layernorm(x), x
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        q, k, v = self.split_qkv(self.qkv_proj(h))
+        q, k = ak.apply_rotary(q, k, cos, sin, backend=self.backend)
+        attn = attend(self.index, q, k, v)
+        h, residual = self.post_attention_layernorm(self.o_proj(attn.flatten(-2)), residual)
+        return self.down_proj(ak.silu_and_mul(self.gate_up_proj(h), backend=self.backend)), residual

@@ -1,0 +1,73 @@
+"""The Qwen2 decoder LLM (Qwen2.5-1.5B shape): token embeddings, decoder layers, final RMSNorm,
+tied (or separate) LM head. Three ways through the same layers: dense causal over [B, L] (as
+transformers' Qwen2ForCausalLM, no cache), packed prefill over ragged requests that fills a KV
+cache, and one cached decode step."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import aurora_kernels as ak
+from aurora_kernels.model.config import LLMConfig
+from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels.model.layers import Attend, DecoderLayer, RotaryTables
+
+
+class Qwen2LM(nn.Module):
+    def __init__(self, cfg: LLMConfig, backend: str):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, backend) for i in range(cfg.num_layers))
+        self.norm = ak.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend=backend)
+        self.lm_head = None if cfg.tie_word_embeddings else nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.rotary = RotaryTables(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
+        self.backend = backend
+
+    def run_layers(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """x [..., C] at `positions` [...] through every layer and the final norm."""
+        cos, sin = self.rotary(positions)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, cos, sin, attend)
+        return self.norm(x, residual)[0]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, L] -> logits [B, L, vocab] (causal, no cache)."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids: expected shape [B, L], got {list(input_ids.shape)}")
+        batch, length = input_ids.shape
+        positions = torch.arange(length, device=input_ids.device).expand(batch, length)
+
+        def attend(_, q, k, v):
+            return ak.attention(q, k, v, causal=True, backend=self.backend)
+
+        return self.logits(self.run_layers(self.embed_tokens(input_ids), positions, attend))
+
+    def prefill(self, x, positions, cu_seqlens, max_seqlen: int, cache: KVCache | None = None, slots=None):
+        """Packed requests x [T, C] (cu_seqlens, positions [T]) -> final hidden states [T, C]; with a
+        cache, every layer's K/V are written at `slots` (KVCache.slots)."""
+
+        def attend(index, q, k, v):
+            if cache is not None:
+                cache.write(index, k, v, slots)
+            return ak.attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
+                                       backend=self.backend)  # fmt: skip
+
+        return self.run_layers(x, positions, attend)
+
+    def decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each
+        layer appends its K/V at cache.seqlens inside decode_attention; the caller then advances it."""
+
+        def attend(index, q, k, v):
+            return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v,
+                                       block_table=cache.block_table, backend=self.backend)  # fmt: skip
+
+        return self.run_layers(x, cache.seqlens.long()[:, None], attend)

@@ -1,0 +1,222 @@
+"""Weights from disk: the LLM from a transformers Qwen2 directory, the vision tower from a SigLIP
+directory, the projector / compressor / fusion from our own safetensors file.
+
+Checkpoints are read with `safetensors` (single file or sharded with model.safetensors.index.json).
+Their tensor names are transformers': the loader concatenates q/k/v (and gate/up) into this model's
+fused projections. transformers writes config.json without the fields that equal its class defaults,
+so missing fields take those defaults (below). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch
+
+from aurora_kernels.model.config import AuroraConfig, CompressorConfig, LLMConfig, VisionConfig
+
+# transformers' class defaults for the fields we read (Qwen2Config, SiglipVisionConfig)
+_QWEN2_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016, "num_hidden_layers": 32,
+                   "num_attention_heads": 32, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+                   "rope_theta": 10000.0, "tie_word_embeddings": False}  # fmt: skip
+_SIGLIP_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                    "num_channels": 3, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6,
+                    "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+AURORA_PARTS = ("projector.", "compressor.", "fusion.")
+
+
+def _read_config(directory) -> dict:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{directory}: expected a config.json (a transformers model directory)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def llm_config_from_dir(llm_dir) -> LLMConfig:
+    raw = _read_config(llm_dir)
+    if raw.get("model_type") != "qwen2":
+        raise ValueError(f"{llm_dir}/config.json: expected model_type 'qwen2', got {raw.get('model_type')!r}")
+    get = lambda key: raw.get(key, _QWEN2_DEFAULTS.get(key))  # noqa: E731
+    heads = get("num_attention_heads")
+    rope = raw.get("rope_parameters") or {}
+    rope_theta = rope.get("rope_theta", get("rope_theta"))
+    if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
+        raise ValueError(f"{llm_dir}/config.json: expected plain RoPE (no rope scaling), got {rope or raw.get('rope_scaling')}")
+    return LLMConfig(
+        vocab_size=get("vocab_size"), hidden_size=get("hidden_size"), num_layers=get("num_hidden_layers"),
+        num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
+        head_dim=raw.get("head_dim") or get("hidden_size") // heads, intermediate_size=get("intermediate_size"),
+        rms_norm_eps=get("rms_norm_eps"), rope_theta=float(rope_theta),
+        max_position_embeddings=get("max_position_embeddings"), tie_word_embeddings=bool(get("tie_word_embeddings")),
+    )  # fmt: skip
+
+
+def vision_config_from_dir(vision_dir) -> VisionConfig:
+    raw = _read_config(vision_dir)
+    kind = raw.get("model_type")
+    if kind == "siglip":
+        raw = raw.get("vision_config") or {}
+    elif kind != "siglip_vision_model":
+        raise ValueError(f"{vision_dir}/config.json: expected model_type 'siglip' or 'siglip_vision_model', got {kind!r}")
+    get = lambda key: raw.get(key, _SIGLIP_DEFAULTS[key])  # noqa: E731
+    if get("hidden_act") not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise ValueError(f"{vision_dir}/config.json: expected hidden_act 'gelu_pytorch_tanh', got {get('hidden_act')!r}")
+    return VisionConfig(
+        image_size=get("image_size"), patch_size=get("patch_size"), hidden_size=get("hidden_size"),
+        num_layers=get("num_hidden_layers"), num_heads=get("num_attention_heads"),
+        intermediate_size=get("intermediate_size"), layer_norm_eps=get("layer_norm_eps"), num_channels=get("num_channels"),
+    )  # fmt: skip
+
+
+class Checkpoint:
+    """The tensors of a safetensors checkpoint directory (one file, or shards + index), read lazily."""
+
+    def __init__(self, directory):
+        from safetensors import safe_open
+
+        self.directory = directory
+        index = os.path.join(directory, "model.safetensors.index.json")
+        single = os.path.join(directory, "model.safetensors")
+        if os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        elif os.path.isfile(single):
+            with safe_open(single, "pt") as f:
+                weight_map = {name: "model.safetensors" for name in f.keys()}
+        else:
+            raise FileNotFoundError(f"{directory}: expected model.safetensors or model.safetensors.index.json")
+        self.weight_map = weight_map
+        self._open = {}
+        self._safe_open = safe_open
+
+    def names(self):
+        return self.weight_map.keys()
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise KeyError(f"{self.directory}: checkpoint has no tensor {name!r}")
+        file = self.weight_map[name]
+        if file not in self._open:
+            self._open[file] = self._safe_open(os.path.join(self.directory, file), "pt")
+        return self._open[file].get_tensor(name)
+
+
+def qwen2_names(cfg: LLMConfig) -> dict[str, list[str]]:
+    """This model's LLM parameter -> the transformers tensors concatenated (dim 0) to make it."""
+    names = {"llm.embed_tokens.weight": ["model.embed_tokens.weight"], "llm.norm.weight": ["model.norm.weight"]}
+    if not cfg.tie_word_embeddings:
+        names["llm.lm_head.weight"] = ["lm_head.weight"]
+    for i in range(cfg.num_layers):
+        ours, theirs = f"llm.layers.{i}.", f"model.layers.{i}."
+        attn, mlp = theirs + "self_attn.", theirs + "mlp."
+        names.update({
+            ours + "input_layernorm.weight": [theirs + "input_layernorm.weight"],
+            ours + "qkv_proj.weight": [attn + f"{p}_proj.weight" for p in "qkv"],
+            ours + "qkv_proj.bias": [attn + f"{p}_proj.bias" for p in "qkv"],
+            ours + "o_proj.weight": [attn + "o_proj.weight"],
+            ours + "post_attention_layernorm.weight": [theirs + "post_attention_layernorm.weight"],
+            ours + "gate_up_proj.weight": [mlp + "gate_proj.weight", mlp + "up_proj.weight"],
+            ours + "down_proj.weight": [mlp + "down_proj.weight"],
+        })  # fmt: skip
+    return names
+
+
+def siglip_prefix(checkpoint: Checkpoint) -> str:
+    """SiglipModel checkpoints (and SiglipVisionModel ones from transformers 4) name the vision tensors
+    vision_model.*; transformers 5 writes a SiglipVisionModel's without the prefix."""
+    for prefix in ("vision_model.", ""):
+        if prefix + "embeddings.patch_embedding.weight" in checkpoint.names():
+            return prefix
+    raise KeyError(f"{checkpoint.directory}: checkpoint has no SigLIP patch embedding (vision_model.embeddings.patch_embedding.weight)")
+
+
+def siglip_names(cfg: VisionConfig, root: str = "vision_model.") -> dict[str, list[str]]:
+    """This model's vision parameter -> the transformers SigLIP tensors (under `root`) to make it."""
+    names = {
+        "vision.patch_embedding.weight": [root + "embeddings.patch_embedding.weight"],
+        "vision.patch_embedding.bias": [root + "embeddings.patch_embedding.bias"],
+        "vision.position_embedding": [root + "embeddings.position_embedding.weight"],
+        "vision.post_layernorm.weight": [root + "post_layernorm.weight"],
+        "vision.post_layernorm.bias": [root + "post_layernorm.bias"],
+    }
+    for i in range(cfg.num_layers):
+        ours, theirs = f"vision.layers.{i}.", f"{root}encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            names.update({
+                ours + f"layer_norm1.{kind}": [theirs + f"layer_norm1.{kind}"],
+                ours + f"qkv_proj.{kind}": [theirs + f"self_attn.{p}_proj.{kind}" for p in "qkv"],
+                ours + f"out_proj.{kind}": [theirs + f"self_attn.out_proj.{kind}"],
+                ours + f"layer_norm2.{kind}": [theirs + f"layer_norm2.{kind}"],
+                ours + f"fc1.{kind}": [theirs + f"mlp.fc1.{kind}"],
+                ours + f"fc2.{kind}": [theirs + f"mlp.fc2.{kind}"],
+            })  # fmt: skip
+    return names
+
+
+@torch.no_grad()
+def load_tensors(model: torch.nn.Module, checkpoint: Checkpoint, names: dict[str, list[str]]) -> None:
+    """Copy (concatenating where a parameter is fused) every mapped tensor into `model`."""
+    params = dict(model.named_parameters())
+    for ours, theirs in names.items():
+        tensor = torch.cat([checkpoint.get(name) for name in theirs]) if len(theirs) > 1 else checkpoint.get(theirs[0])
+        target = params[ours]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise ValueError(
+                f"{checkpoint.directory}: {' + '.join(theirs)}: expected shape {list(target.shape)} (from config.json), "
+                f"got {list(tensor.shape)}"
+            )
+        target.copy_(tensor)
+
+
+def save_aurora_weights(model: torch.nn.Module, path) -> None:
+    """The projector, compressor and fusion weights (ours: no transformers counterpart) to one
+    safetensors file; the compressor's settings ride in its metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k.startswith(AURORA_PARTS)}
+    save_file(tensors, path, metadata={"compressor": json.dumps(dataclasses.asdict(model.config.compressor))})
+
+
+def _aurora_file_settings(path, compressor: str) -> CompressorConfig:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata() or {}
+    if "compressor" not in metadata:
+        raise ValueError(f"{path}: expected 'compressor' settings in the safetensors metadata (save_aurora_weights writes them)")
+    settings = CompressorConfig(**json.loads(metadata["compressor"]))
+    if settings.kind != compressor:
+        raise ValueError(f"compressor: {path} holds a {settings.kind!r} compressor, got compressor={compressor!r}")
+    return settings
+
+
+@torch.no_grad()
+def load_aurora_weights(model: torch.nn.Module, path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(AURORA_PARTS)}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise KeyError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing)")
+    for name, target in expected.items():
+        if tensors[name].shape != target.shape:
+            raise ValueError(f"{path}: {name}: expected shape {list(target.shape)}, got {list(tensors[name].shape)}")
+        target.copy_(tensors[name])
+
+
+def load_pretrained(cls, llm_dir, vision_dir, aurora_weights, compressor, backend, dtype, device):
+    llm_cfg = llm_config_from_dir(llm_dir)
+    vision_cfg = vision_config_from_dir(vision_dir) if vision_dir is not None else VisionConfig()
+    settings = _aurora_file_settings(aurora_weights, compressor) if aurora_weights is not None else CompressorConfig(kind=compressor)
+    model = cls(AuroraConfig(vision=vision_cfg, llm=llm_cfg, compressor=settings), backend=backend)
+    load_tensors(model, Checkpoint(llm_dir), qwen2_names(llm_cfg))
+    if vision_dir is not None:
+        vision_checkpoint = Checkpoint(vision_dir)
+        load_tensors(model, vision_checkpoint, siglip_names(vision_cfg, siglip_prefix(vision_checkpoint)))
+    if aurora_weights is not None:
+        load_aurora_weights(model, aurora_weights)
+    return model.to(device=device, dtype=dtype)
