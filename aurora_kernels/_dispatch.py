@@ -8,7 +8,9 @@ shows up as a count on the wrong backend.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import Counter
+from typing import Callable
 
 import torch
 
@@ -52,3 +54,35 @@ def poisoned_outputs(enabled: bool = True):
         yield
     finally:
         _poison_outputs = previous
+
+
+# Custom ops. Each op's launcher (typed; allocates the outputs, launches the kernels) is registered as
+# torch.ops.aurora_kernels.<op> with a fake implementation that only computes output metadata, so
+# torch.compile(fullgraph=True) sees one opaque node per op instead of a graph break at the Triton
+# launch, and CUDA-graph capture of the compiled code works as for any aten op.
+CUSTOM_OP_NAMESPACE = "aurora_kernels"
+
+
+def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
+    """Decorator: register `launch` as torch.ops.aurora_kernels.<name> with `fake`.
+
+    The returned function calls `launch` directly in eager mode (the dispatcher's round trip for a
+    Python custom op costs microseconds a call, which a decode step's ~250 launches would feel) and
+    goes through the registered op while torch.compile traces.
+    """
+
+    def register(launch: Callable) -> Callable:
+        op = torch.library.custom_op(f"{CUSTOM_OP_NAMESPACE}::{name}", launch, mutates_args=mutates_args)
+        op.register_fake(fake)
+        packet = getattr(getattr(torch.ops, CUSTOM_OP_NAMESPACE), name)
+
+        @functools.wraps(launch)
+        def call(*args):
+            if torch.compiler.is_compiling():
+                return packet(*args)
+            return launch(*args)
+
+        call.custom_op = packet
+        return call
+
+    return register

@@ -52,12 +52,13 @@ def build_model(args):
     return AuroraEdgeV(preset(args.preset, compressor=args.compressor), backend=args.backend).to(args.device, args.dtype)
 
 
-def random_requests(model, batch: int, prompt_len: int, seed: int = 0):
-    """Random images and prompts; request b's prompt has prompt_len * (b + 1) // batch tokens."""
+def random_requests(model, batch: int, prompt_len: int, seed: int = 0, lengths=None):
+    """Random images and prompts; request b's prompt has `lengths[b]` tokens, by default
+    prompt_len * (b + 1) // batch."""
     gen = torch.Generator().manual_seed(seed)
     vision = model.config.vision
     pixel_values = torch.randn((batch, vision.num_channels, vision.image_size, vision.image_size), generator=gen)
-    lengths = [max(1, prompt_len * (b + 1) // batch) for b in range(batch)]
+    lengths = lengths or [max(1, prompt_len * (b + 1) // batch) for b in range(batch)]
     prompts = [torch.randint(0, model.config.llm.vocab_size, (n,), generator=gen) for n in lengths]
     return pixel_values.to(model.device, next(model.parameters()).dtype), [p.to(model.device) for p in prompts]
 

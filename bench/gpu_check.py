@@ -43,7 +43,7 @@ def summarise(rows: list[dict]) -> list[str]:
     for op, op_rows in by_op.items():
         timed = [r for r in op_rows if "ms" in r["impls"].get("ours", {})]
         if not timed:
-            lines.append(f"  {op:20s} no Triton kernel yet ({len(op_rows)} cases timed for peers only)")
+            lines.append(f"  {op:20s} ours failed in all {len(op_rows)} cases: see results.md")
             continue
         speedups = []
         for r in timed:
@@ -55,6 +55,32 @@ def summarise(rows: list[dict]) -> list[str]:
             f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
             f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%"
         )
+    return lines
+
+
+def summarise_model(results_dir: str) -> list[str]:
+    """Per compressor and batch: decode tokens/s of each triton mode over the eager reference, and how
+    close the CUDA-graphed step comes to its floor."""
+    import json
+
+    path = os.path.join(results_dir, "model-e2e.json")
+    if not os.path.exists(path):
+        return ["  model end to end: no results"]
+    with open(path) as f:
+        rows = json.load(f)
+    lines = []
+    for key in sorted({(r["compressor"], r["batch"]) for r in rows}):
+        group = {(r["backend"], r["decode"]): r for r in rows if (r["compressor"], r["batch"]) == key}
+        base = group.get(("reference", "eager"), {}).get("tokens_per_s")
+        cells = []
+        for mode in ("eager", "compile", "cuda_graph"):
+            r = group.get(("triton", mode), {})
+            if "tokens_per_s" in r:
+                ratio = f" ({r['tokens_per_s'] / base:.1f}x ref)" if base else ""
+                cells.append(f"{mode} {r['tokens_per_s']:.0f} tok/s{ratio}, {r['frac_floor']:.0%} floor")
+            else:
+                cells.append(f"{mode} {r.get('skipped') or r.get('error') or 'missing'}")
+        lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
     return lines
 
 
@@ -82,6 +108,7 @@ def main(argv=None) -> int:
     print(f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}")
     print(f"  tests on CUDA: {test_summary} (exit {test_code})")
     print("\n".join(summarise(rows)))
+    print("\n".join(summarise_model(results_dir)))
     print("=" * 100)
     return test_code
 

@@ -4,7 +4,6 @@ tiny and full preset, compressor mlp vs none. CPU figures only: they say nothing
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 
@@ -12,7 +11,6 @@ import torch
 
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
-from aurora_kernels.model.compressor import TokenCompressor
 from aurora_kernels.model.cost import comparison_markdown
 
 PROMPT_LEN = 32
@@ -38,8 +36,7 @@ def _time_model(name: str, max_new_tokens: int, warmup: bool) -> list[dict]:
     rows = []
     for kind in ("mlp", "none"):
         if kind != model.config.compressor.kind:
-            model.config = dataclasses.replace(model.config, compressor=dataclasses.replace(model.config.compressor, kind=kind))
-            model.compressor = TokenCompressor(model.config, "reference")
+            model.replace_compressor(kind)
         pixel_values, prompts = random_requests(model, 1, PROMPT_LEN)
         if warmup:
             model.generate(pixel_values, prompts, 2)

@@ -86,7 +86,7 @@ def floors(cases) -> None:
     print(table)
 
 
-def run_gpu(cases, results_dir: str | None) -> list[dict]:
+def run_gpu(cases, results_dir: str | None, with_model: bool = True) -> list[dict]:
     device = torch.device("cuda")
     facts = harness.device_facts()
     results_dir = results_dir or os.path.join(RESULTS_ROOT, harness.device_slug(facts["name"]))
@@ -107,6 +107,12 @@ def run_gpu(cases, results_dir: str | None) -> list[dict]:
         print(f"{case.op:20s} {case.name:60s} ours {ours_ms if ours_ms is None else round(ours_ms, 4)} ms", flush=True)
         torch.cuda.empty_cache()
     harness.write_results(results_dir, facts, ceilings, rows)
+    if with_model:
+        from bench import model_e2e
+
+        model_rows = model_e2e.run(device, ceilings)
+        model_e2e.write(results_dir, model_rows)
+        print(model_e2e.markdown(model_rows))
     print(f"results written to {results_dir}")
     return rows
 
@@ -119,7 +125,7 @@ def main(argv=None) -> int:
     only = set(args.ops.split(",")) if args.ops else None
     cases = load_cases(only)
     if torch.cuda.is_available():
-        run_gpu(cases, args.results_dir)
+        run_gpu(cases, args.results_dir, with_model=not only)
         return 0
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("no GPU and TRITON_INTERPRET is not 1: run `make bench` (it sets the interpreter)", file=sys.stderr)

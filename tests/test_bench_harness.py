@@ -41,3 +41,35 @@ def test_report_and_summary_show_every_outcome():
 
 def test_device_slug():
     assert harness.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_model_e2e_report_and_summary(tmp_path):
+    from bench import model_e2e
+
+    assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
+    base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
+    rows = [
+        {**base, "backend": "reference", "decode": "eager", "ttft_ms": 50.0, "ms_per_step": 40.0, "tokens_per_s": 200.0, "frac_floor": 0.025},
+        {**base, "backend": "triton", "decode": "eager", "ttft_ms": 20.0, "ms_per_step": 8.0, "tokens_per_s": 1000.0, "frac_floor": 0.125},
+        {**base, "backend": "triton", "decode": "compile", "error": "RuntimeError: boom"},
+        {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
+    ]  # fmt: skip
+    md = model_e2e.markdown(rows)
+    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 |" in md
+    assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
+    model_e2e.write(str(tmp_path), rows)
+    summary = gpu_check.summarise_model(str(tmp_path))
+    assert summary == ["  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
+                       "cuda_graph time budget of 240 s spent"]  # fmt: skip
+
+
+def test_decode_floor_counts_weights_and_cache():
+    from aurora_kernels.model import AuroraEdgeV, preset
+    from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
+    from bench import model_e2e
+
+    with torch.device("meta"):
+        model = AuroraEdgeV(preset("aurora-edge-v-2b"), backend="reference")
+    floor = model_e2e.decode_floor_s(model, [32], copy_bandwidth=1e12)
+    expected = (part_parameters(model.config)["llm"] * 2 + kv_cache_bytes(model.config.llm, 64 + 32 + 64)) / 1e12
+    assert floor == expected

@@ -8,6 +8,7 @@ Requests are packed (varlen) through the fusion and the prefill, so nothing is p
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -22,6 +23,9 @@ from aurora_kernels.model.llm import Qwen2LM
 from aurora_kernels.model.vision import VisionTower
 
 CACHE_LAYOUTS = ("contiguous", "paged")
+# How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
+# one CUDA graph of the step, captured after the first step and replayed (needs a GPU).
+DECODE_MODES = ("eager", "compile", "cuda_graph")
 
 
 def _offsets(lengths: list[int], device) -> torch.Tensor:
@@ -49,6 +53,22 @@ class _Clock:
         return elapsed
 
 
+class _GraphedStep:
+    """A decode step captured in a CUDA graph: static input tokens, static logits, the KV cache and
+    its lengths updated in place by the replay. The step must have run once (kernels compiled)."""
+
+    def __init__(self, step, tokens: torch.Tensor):
+        self.tokens = tokens.clone()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step(self.tokens)
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        return self.logits
+
+
 class AuroraEdgeV(nn.Module):
     def __init__(self, config: AuroraConfig, backend: str = "triton"):
         super().__init__()
@@ -59,6 +79,7 @@ class AuroraEdgeV(nn.Module):
         self.compressor = TokenCompressor(config, backend)
         self.fusion = Fusion(config.llm, backend)
         self.llm = Qwen2LM(config.llm, backend)
+        self._compiled_decode_step = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -134,12 +155,15 @@ class AuroraEdgeV(nn.Module):
 
     @torch.no_grad()
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
-                 page_size: int = 16, return_logits: bool = False, stats: dict | None = None):  # fmt: skip
+                 page_size: int = 16, decode: str = "eager", return_logits: bool = False,
+                 stats: dict | None = None):  # fmt: skip
         """Greedy batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64
         prompts of any lengths. Returns the new tokens of each request (up to and including its EOS);
         with return_logits, also each request's logits [steps, vocab] (float32) behind those tokens.
 
         cache: "contiguous" ([B, S_max, Hkv, D] per layer) or "paged" (pages of `page_size` tokens).
+        decode: "eager", "compile" (torch.compile of the step, no graph break) or "cuda_graph" (the step
+        captured once and replayed; EOS is then only checked at the end, so no step waits on the host).
         stats: a dict to receive "prefill_s" (up to the first token's logits), "decode_s" and
         "decode_steps" (wall clock, the device synchronised at each mark).
         """
@@ -148,6 +172,10 @@ class AuroraEdgeV(nn.Module):
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
+        if decode == "cuda_graph" and self.device.type != "cuda":
+            raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {self.device}")
         x, positions, lengths = self.llm_inputs(pixel_values, input_ids)
         batch, device, cfg = len(lengths), self.device, self.config.llm
         kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
@@ -160,21 +188,31 @@ class AuroraEdgeV(nn.Module):
         if clock is not None:
             stats["prefill_s"] = clock.lap()
 
+        def step(tokens):
+            return self.decode_step(tokens, kv)
+
+        if decode == "compile":
+            if self._compiled_decode_step is None:  # one compiled function: its guards are on shapes, not on kv
+                self._compiled_decode_step = torch.compile(self.decode_step, fullgraph=True)
+            compiled = self._compiled_decode_step
+            run_step = lambda tokens: compiled(tokens, kv)  # noqa: E731
+        else:
+            run_step = step
         steps_tokens, steps_logits = [], []
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
+        for index in range(max_new_tokens):
             tokens = logits.argmax(-1)
             steps_tokens.append(tokens)
-            steps_logits.append(logits.float())
-            if eos_token_id is not None:
+            steps_logits.append(logits.to(torch.float32, copy=True))  # a graph replay overwrites logits
+            if eos_token_id is not None and decode != "cuda_graph":
                 finished |= tokens == eos_token_id
                 if bool(finished.all()):  # one host sync a step, to stop early
                     break
-            if step == max_new_tokens - 1:
+            if index == max_new_tokens - 1:
                 break
-            hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
-            kv.seqlens += 1
-            logits = self.llm.logits(hidden[:, 0])
+            logits = run_step(tokens)
+            if decode == "cuda_graph" and index == 0:  # the first step compiled the kernels: capture now
+                run_step = _GraphedStep(step, tokens)
         if clock is not None:
             stats["decode_s"], stats["decode_steps"] = clock.lap(), len(steps_tokens) - 1
 
@@ -185,6 +223,28 @@ class AuroraEdgeV(nn.Module):
             outputs.append(row[:keep])
             out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
         return (outputs, out_logits) if return_logits else outputs
+
+    def decode_step(self, tokens: torch.Tensor, kv: KVCache) -> torch.Tensor:
+        """One greedy-decoding step for every sequence: tokens [B] (int64) at positions kv.seqlens ->
+        logits [B, vocab]; each layer appends its K/V to kv, then kv.seqlens advances by one. Static
+        shapes, lengths on the device, no host sync: what torch.compile and CUDA graphs take."""
+        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
+        kv.seqlens += 1
+        return self.llm.logits(hidden[:, 0])
+
+    def replace_compressor(self, kind: str) -> "AuroraEdgeV":
+        """Switch the token compressor ("mlp" with fresh random weights, "pool", "none"), the rest of
+        the model unchanged: how the benchmarks compare 64 against 256 visual tokens on one model."""
+        settings = dataclasses.replace(self.config.compressor, kind=kind)
+        self.config = dataclasses.replace(self.config, compressor=settings)
+        weight = self.llm.embed_tokens.weight
+        self.compressor = TokenCompressor(self.config, self.backend).to(weight.device, weight.dtype)
+        if kind == "mlp":
+            with torch.no_grad():
+                for param in self.compressor.parameters():
+                    param.normal_(0.0, param.shape[-1] ** -0.5)
+        self._compiled_decode_step = None
+        return self
 
     @torch.no_grad()
     def logits_without_cache(self, pixel_values, input_ids, generated) -> list[torch.Tensor]:

@@ -25,6 +25,7 @@ and the ragged end) with masks. Blocks past the diagonal are never visited.
 from __future__ import annotations
 
 import math
+from typing import Optional
 import os
 
 import torch
@@ -32,7 +33,7 @@ import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -266,6 +267,17 @@ def _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
     return out
 
 
+@kernel_op("attention", fake=lambda q, *args: q.new_empty(q.shape))
+def _attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: Optional[torch.Tensor],
+                      cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                      softmax_scale: Optional[float]) -> torch.Tensor:  # fmt: skip
+    """Dense (cu_seqlens None, max_seqlen the lengths) or packed attention into a new output."""
+    out = new_output(q.shape, q.dtype, q.device)
+    if out.numel() == 0 or max_seqlen_q == 0:
+        return out
+    return _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+
+
 def check_qkv(q, k, v, packed: bool) -> None:
     """q [.., Lq, Hq, D], k and v [.., Lk, Hkv, D] with Hq % Hkv == 0, one dtype and device."""
     prefix, ndim = ("", 3) if packed else ("B, ", 4)
@@ -300,10 +312,7 @@ def attention(q, k, v, causal=False, softmax_scale=None, *, backend="triton"):
     if backend == "reference":
         return reference.attention(q, k, v, bool(causal), softmax_scale)
     check_triton_device("q", q)
-    out = new_output(q.shape, q.dtype, q.device)
-    if out.numel() == 0:
-        return out
-    return _launch(q, k, v, out, None, None, q.shape[1], k.shape[1], causal, softmax_scale)
+    return _attention_launch(q, k, v, None, None, q.shape[1], k.shape[1], bool(causal), softmax_scale)
 
 
 def attention_varlen(
@@ -330,10 +339,7 @@ def attention_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale
         )
     check_triton_device("q", q)
-    out = new_output(q.shape, q.dtype, q.device)
-    if out.numel() == 0 or max_seqlen_q == 0:
-        return out
-    return _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+    return _attention_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale)
 
 
 def _signature(packed_label: str) -> dict:

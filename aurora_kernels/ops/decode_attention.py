@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -270,6 +271,15 @@ def decode_attention(
     if backend == "reference":
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale)
     check_triton_device("q", q)
+    return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits)
+
+
+@kernel_op("decode_attention", fake=lambda q, *args: q.new_empty(q.shape), mutates_args=("k_cache", "v_cache"))
+def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                             k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
+                             softmax_scale: Optional[float], num_kv_splits: Optional[int]) -> torch.Tensor:  # fmt: skip
+    """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
+    to the caches in place when given."""
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)

@@ -8,11 +8,12 @@ saturates cleanly at both ends in fp32. 2-D grid of [BLOCK_ROWS, BLOCK_COLS] til
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import check_backend, check_row_input, check_triton_device
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._layout import elementwise_compile_configs, elementwise_tile, launch_elementwise_rows
@@ -41,8 +42,13 @@ def gelu_tanh(x, *, backend="triton"):
     if backend == "reference":
         return reference.gelu_tanh(x)
     check_triton_device("x", x)
+    return _gelu_tanh_launch(x)
+
+
+@kernel_op("gelu_tanh", fake=lambda x: x.new_empty(x.shape))
+def _gelu_tanh_launch(x: torch.Tensor) -> torch.Tensor:
     out = new_output(x.shape, x.dtype, x.device)
-    launch_elementwise_rows(_gelu_tanh_kernel, x, out, num_cols)
+    launch_elementwise_rows(_gelu_tanh_kernel, x, out, x.shape[-1])
     return out
 
 

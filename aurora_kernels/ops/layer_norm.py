@@ -11,11 +11,12 @@ lanes per program; strided rows through `_layout.collapse_rows`.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -67,8 +68,14 @@ def layer_norm(x, weight, bias, eps=1e-6, *, backend="triton"):
     if backend == "reference":
         return reference.layer_norm(x, weight, bias, eps)
     check_triton_device("x", x)
+    return _layer_norm_launch(x, weight, bias, float(eps))
+
+
+@kernel_op("layer_norm", fake=lambda x, weight, bias, eps: x.new_empty(x.shape))
+def _layer_norm_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     out = new_output(x.shape, x.dtype, x.device)
     rows = collapse_rows("x", x)
+    num_cols = x.shape[-1]
     if rows.num_rows > 0:
         cfg = row_tile_config(num_cols)
         grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]),)

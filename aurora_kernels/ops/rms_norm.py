@@ -13,12 +13,14 @@ grid is one program per row block. Rows may be strided (see `_layout.collapse_ro
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 from torch import nn
 
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -81,6 +83,13 @@ def rms_norm(x, weight, eps=1e-6, residual=None, *, backend="triton"):
     if backend == "reference":
         return reference.rms_norm(x, weight, eps, residual)
     check_triton_device("x", x)
+    outputs = _rms_norm_launch(x, weight, float(eps), residual)
+    return outputs[0] if residual is None else tuple(outputs)
+
+
+@kernel_op("rms_norm", fake=lambda x, weight, eps, residual: [x.new_empty(x.shape) for _ in range(1 if residual is None else 2)])
+def _rms_norm_launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """[normed] or, with residual, [normed, x + residual]."""
     out = new_output(x.shape, x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
     x_rows = collapse_rows("x", x)
@@ -91,10 +100,10 @@ def rms_norm(x, weight, eps=1e-6, residual=None, *, backend="triton"):
         _rms_norm_kernel[grid](
             x, residual if residual is not None else x, weight, out,
             residual_out if residual is not None else out,
-            x_rows.num_rows, x.shape[-1], *x_rows[1:], *res_rows[1:], float(eps),
+            x_rows.num_rows, x.shape[-1], *x_rows[1:], *res_rows[1:], eps,
             HAS_RESIDUAL=residual is not None, **cfg,
         )  # fmt: skip
-    return out if residual is None else (out, residual_out)
+    return [out] if residual is None else [out, residual_out]
 
 
 class RMSNorm(nn.Module):

@@ -13,11 +13,12 @@ loads the two halves of every head as [BLOCK_H, BLOCK_HALF] tiles (head dims 72/
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -130,6 +131,11 @@ def apply_rotary(q, k, cos, sin, *, backend="triton"):
     if backend == "reference":
         return reference.apply_rotary(q, k, cos, sin)
     check_triton_device("q", q)
+    return tuple(_rotary_launch(q, k, cos, sin))
+
+
+@kernel_op("apply_rotary", fake=lambda q, k, cos, sin: [q.new_empty(q.shape), k.new_empty(k.shape)])
+def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[torch.Tensor]:
     q_out, k_out = new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device)
     token_shape = (*q.shape[:-2], q.shape[-1])
     q_rows, k_rows = collapse_rows("q", q, trailing=2), collapse_rows("k", k, trailing=2)
@@ -143,7 +149,7 @@ def apply_rotary(q, k, cos, sin, *, backend="triton"):
             q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
             *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:], **cfg,
         )  # fmt: skip
-    return q_out, k_out
+    return [q_out, k_out]
 
 
 @register_compile_configs

@@ -8,11 +8,12 @@ partial block), gate and up read from the same row at column c and c + I.
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import check_backend, check_row_input, check_triton_device
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._layout import elementwise_compile_configs, elementwise_tile, launch_elementwise_rows
@@ -42,7 +43,12 @@ def silu_and_mul(x, *, backend="triton"):
     if backend == "reference":
         return reference.silu_and_mul(x)
     check_triton_device("x", x)
-    num_cols = width // 2
+    return _silu_and_mul_launch(x)
+
+
+@kernel_op("silu_and_mul", fake=lambda x: x.new_empty((*x.shape[:-1], x.shape[-1] // 2)))
+def _silu_and_mul_launch(x: torch.Tensor) -> torch.Tensor:
+    num_cols = x.shape[-1] // 2
     out = new_output((*x.shape[:-1], num_cols), x.dtype, x.device)
     launch_elementwise_rows(_silu_and_mul_kernel, x, out, num_cols)
     return out

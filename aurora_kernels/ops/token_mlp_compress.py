@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -151,6 +151,12 @@ def token_mlp_compress(x, w1, b1, w2, b2, activation="gelu_tanh", *, backend="tr
     if backend == "reference":
         return reference.token_mlp_compress(x, w1, b1, w2, b2, activation)
     check_triton_device("x", x)
+    return _token_mlp_compress_launch(x, w1, b1, w2, b2, activation)
+
+
+@kernel_op("token_mlp_compress", fake=lambda x, w1, b1, w2, b2, activation: x.new_empty((x.shape[0], w2.shape[0], x.shape[2])))
+def _token_mlp_compress_launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                               activation: str) -> torch.Tensor:  # fmt: skip
     batch, num_tokens, channels = x.shape
     hidden, out_tokens = w1.shape[0], w2.shape[0]
     out = new_output((batch, out_tokens, channels), x.dtype, x.device)

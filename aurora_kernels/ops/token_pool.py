@@ -13,11 +13,12 @@ fp32; channels are the contiguous axis, so every tap is a run of 16-byte vector 
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
-from aurora_kernels._dispatch import new_output, record_call
+from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
@@ -97,10 +98,19 @@ def token_pool(x, grid_size, kernel_size=2, mode="avg", *, backend="triton"):
     if backend == "reference":
         return reference.token_pool(x, tuple(grid_size), kernel_size, mode)
     check_triton_device("x", x)
+    return _token_pool_launch(x, list(grid_size), kernel_size, mode)
+
+
+def _pooled_shape(x, grid_size, kernel_size):
+    return (x.shape[0], (grid_size[0] // kernel_size) * (grid_size[1] // kernel_size), x.shape[2])
+
+
+@kernel_op("token_pool", fake=lambda x, grid_size, kernel_size, mode: x.new_empty(_pooled_shape(x, grid_size, kernel_size)))
+def _token_pool_launch(x: torch.Tensor, grid_size: list[int], kernel_size: int, mode: str) -> torch.Tensor:
     batch, _, channels = x.shape
     height, width = grid_size
-    out_height, out_width = height // kernel_size, width // kernel_size
-    num_out_tokens = out_height * out_width
+    out_width = width // kernel_size
+    num_out_tokens = (height // kernel_size) * out_width
     out = new_output((batch, num_out_tokens, channels), x.dtype, x.device)
     if out.numel() > 0:
         cfg = _launch_config(num_out_tokens, channels)

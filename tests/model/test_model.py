@@ -8,6 +8,7 @@ import aurora_kernels as ak
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import parameter_count
 from aurora_kernels.testing import assert_parity
+from tests.catalogue import cuda_only
 
 PROMPT_LENGTHS = (5, 12, 1)
 
@@ -65,15 +66,17 @@ def test_generation_with_cache_matches_recompute(compressor, cache, device, gen)
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} logits")
 
 
-def test_triton_backend_matches_reference(device, gen):
+@pytest.mark.parametrize("compressor", ["mlp", "pool", "none"])
+def test_triton_backend_matches_reference(compressor, device, gen):
     """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference, logits
     within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran eager."""
-    model = tiny_model(device, "mlp", backend="triton")
+    model = tiny_model(device, compressor, backend="triton")
     pixel_values, ids = requests(model, device, gen)
     with ak.count_calls() as calls:
         tokens, logits = model.generate(pixel_values, ids, max_new_tokens=4, cache="paged", return_logits=True)
     assert {backend for _, backend in calls} == {"triton"}
-    assert {op for op, _ in calls} == set(ak.OPS) - {"token_pool"}  # every other op, on its kernel
+    unused = {"mlp": {"token_pool"}, "pool": {"token_mlp_compress"}, "none": {"token_pool", "token_mlp_compress"}}[compressor]
+    assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
     recomputed = model.logits_without_cache(pixel_values, ids, tokens)
     model.set_backend("reference")
     ref_tokens, ref_logits = model.generate(pixel_values, ids, max_new_tokens=4, return_logits=True)
@@ -120,3 +123,26 @@ def test_vision_output_shape_and_errors(device, gen):
         model.generate(pixel_values, [ids[0].int(), *ids[1:]], 2)
     with pytest.raises(ValueError, match="cache: expected one of"):
         model.generate(pixel_values, ids, 2, cache="ring")
+
+
+@cuda_only
+@pytest.mark.parametrize("decode", ["compile", "cuda_graph"])
+def test_decode_modes_match_eager(decode, device, gen):
+    model = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
+    pixel_values, ids = requests(model, device, gen)
+    tokens, logits = model.generate(pixel_values, ids, max_new_tokens=6, cache="paged", return_logits=True)
+    fast_tokens, fast_logits = model.generate(pixel_values, ids, max_new_tokens=6, cache="paged", decode=decode,
+                                              return_logits=True)  # fmt: skip
+    assert fast_tokens == tokens
+    for b in range(3):
+        assert_parity(fast_logits[b], logits[b].double(), torch.bfloat16, f"request {b}, decode={decode}")
+
+
+def test_decode_mode_errors(device, gen):
+    model = tiny_model(device)
+    pixel_values, ids = requests(model, device, gen)
+    with pytest.raises(ValueError, match="decode: expected one of"):
+        model.generate(pixel_values, ids, 2, decode="fast")
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="decode: 'cuda_graph' needs the model on a CUDA device"):
+            model.generate(pixel_values, ids, 2, decode="cuda_graph")

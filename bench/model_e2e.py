@@ -1,0 +1,105 @@
+"""End-to-end model benchmark (GPU): the full preset in bf16, batches of 1, 8 and 32 requests with
+ragged prompts of 32..512 tokens, 128 new tokens each. Per configuration: time to first token
+(vision, compressor, fusion, LLM prefill, first logits) and decode tokens/s, for backend triton vs
+reference, decode eager / torch.compile'd / CUDA-graphed, compressor mlp (64 visual tokens) vs none
+(256). The decode step is set against its floor: the LLM weights plus the KV cache it must read,
+over the copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from aurora_kernels.generate import random_requests, timed_generation
+from aurora_kernels.model import AuroraEdgeV, preset
+from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
+
+BATCHES = (1, 8, 32)
+NEW_TOKENS = 128
+# (backend, decode mode); the eager reference reads cache lengths on the host, so it runs eager only
+RUNS = (("reference", "eager"), ("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"))
+COMPRESSORS = ("mlp", "none")
+
+
+def prompt_lengths(batch: int) -> list[int]:
+    return [32 + (512 - 32) * b // max(batch - 1, 1) for b in range(batch)]
+
+
+def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes: int = 2) -> float:
+    """Mean over the decode steps of (LLM weights + every request's KV cache) / copy bandwidth."""
+    llm = model.config.llm
+    weights = part_parameters(model.config)["llm"] * dtype_bytes
+    visual = model.config.visual_tokens
+    mean_context = [visual + n + NEW_TOKENS / 2 for n in lengths]
+    kv = sum(kv_cache_bytes(llm, round(c), dtype_bytes) for c in mean_context)
+    return (weights + kv) / copy_bandwidth
+
+
+def run(device: torch.device, ceilings: dict, budget_s: float = 240.0) -> list[dict]:
+    """Every configuration until the time budget is spent; the rest are listed as skipped."""
+    start = time.time()
+    with torch.device(device):
+        model = AuroraEdgeV(preset("aurora-edge-v-2b", compressor="mlp"), backend="triton")
+    model = model.to(torch.bfloat16).eval()
+    rows = []
+    for compressor in COMPRESSORS:
+        if compressor != model.config.compressor.kind:
+            model.replace_compressor(compressor)
+        for batch in BATCHES:
+            lengths = prompt_lengths(batch)
+            pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
+            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"])
+            for backend, decode in RUNS:
+                row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
+                       "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
+                rows.append(row)
+                if time.time() - start > budget_s:
+                    row["skipped"] = f"time budget of {budget_s:.0f} s spent"
+                    continue
+                model.set_backend(backend)
+                try:
+                    model.generate(pixel_values, prompts, 3, decode=decode)  # compiles kernels / the step
+                    _, stats = timed_generation(model, pixel_values, prompts, NEW_TOKENS, decode=decode)
+                except Exception as exc:  # reported in the row; one failing configuration does not stop the run
+                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    continue
+                per_step = stats["decode_s"] / stats["decode_steps"]
+                row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
+                           tokens_per_s=stats["decode_tokens_per_s"], frac_floor=floor / per_step)  # fmt: skip
+                print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
+                      f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
+                      flush=True)  # fmt: skip
+            torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "## End to end: full preset, bf16, prompts 32..512 tokens, 128 new tokens",
+        "",
+        "Decode ms/step includes, for cuda_graph, the one capture after the first step. Floor: LLM weights + KV cache "
+        "read per step over the measured copy bandwidth.",
+        "",
+        "| compressor | B | backend | decode | TTFT ms | ms / step | floor ms / step | % of floor | tokens/s |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        head = f"| {r['compressor']} ({r['visual_tokens']}) | {r['batch']} | {r['backend']} | {r['decode']} |"
+        if "ms_per_step" not in r:
+            lines.append(f"{head} {r.get('skipped') or r.get('error')} | | {r['floor_ms_per_step']:.2f} | | |")
+            continue
+        lines.append(f"{head} {r['ttft_ms']:.1f} | {r['ms_per_step']:.2f} | {r['floor_ms_per_step']:.2f} | "
+                     f"{r['frac_floor']:.0%} | {r['tokens_per_s']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write(results_dir: str, rows: list[dict]) -> None:
+    import json
+
+    with open(os.path.join(results_dir, "model-e2e.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(results_dir, "model-e2e.md"), "w") as f:
+        f.write(markdown(rows))

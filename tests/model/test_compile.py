@@ -1,0 +1,92 @@
+"""torch.compile sees every op as one custom-op node (traced through its fake), with no graph break,
+for a whole decode step of the model; on a GPU the compiled step is also replayed from a CUDA graph."""
+
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.model import KVCache
+from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile
+from tests.catalogue import cuda_only
+from tests.model.test_model import requests, tiny_model
+
+
+def _prefilled(model, device, gen, page_size=None):
+    """A KV cache holding the prefill of 3 requests of different lengths, and a next token for each."""
+    pixel_values, ids = requests(model, device, gen)
+    cfg = model.config.llm
+    with torch.no_grad():
+        x, positions, lengths = model.llm_inputs(pixel_values, ids)
+        kv = KVCache(cfg.num_layers, len(lengths), max(lengths) + 4, cfg.num_kv_heads, cfg.head_dim, x.dtype, device, page_size)
+        batch_index = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
+        model.llm.prefill(x, positions, cu, max(lengths), kv, kv.slots(batch_index, positions))
+    kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+    tokens = torch.randint(0, cfg.vocab_size, (len(lengths),), generator=gen, device=device)
+    return kv, tokens
+
+
+def _decode_step(model, kv):
+    """model.decode_step from the same cache lengths on every call (it advances kv.seqlens; resetting
+    them on the device first makes a call rewrite the same slots, so eager, compiled and replayed
+    calls see the same inputs)."""
+    start = kv.seqlens.clone()
+
+    def step(tokens):
+        kv.seqlens.copy_(start)
+        return model.decode_step(tokens, kv)
+
+    return step
+
+
+@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "paged"])
+def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, device, gen):
+    model = tiny_model(device, "mlp", backend="triton")
+    kv, tokens = _prefilled(model, device, gen, page_size)
+    step = _decode_step(model, kv)
+    with torch.no_grad():
+        expected = step(tokens)
+        graphs = []
+
+        def recording_backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        torch._dynamo.reset()
+        compiled = torch.compile(step, fullgraph=True, backend=recording_backend)  # fullgraph: a break raises
+        assert_parity(compiled(tokens), expected.double(), torch.float32, "compiled decode step")
+    assert len(graphs) == 1
+    targets = {str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"}
+    ours = {t.split(".")[1] for t in targets if t.startswith("aurora_kernels.")}
+    assert ours == {"rms_norm", "apply_rotary", "decode_attention", "silu_and_mul"}, targets
+
+
+def test_fakes_match_the_kernels(device, gen):
+    """aot_eager runs every op's fake for shape propagation, then the kernel: outputs agree."""
+    model = tiny_model(device, "mlp", backend="triton")
+    kv, tokens = _prefilled(model, device, gen)
+    step = _decode_step(model, kv)
+    with torch.no_grad():
+        expected = step(tokens)
+        torch._dynamo.reset()
+        assert_parity(torch.compile(step, fullgraph=True, backend="aot_eager")(tokens), expected.double(), torch.float32)
+
+
+def test_eager_calls_skip_the_dispatcher(device, gen):
+    x = torch.randn(4, 32, device=device)
+    with ak.count_calls() as calls:
+        ak.gelu_tanh(x)
+    assert calls[("gelu_tanh", "triton")] == 1
+    assert hasattr(torch.ops.aurora_kernels, "gelu_tanh")  # registered for compile, not used in eager
+
+
+@cuda_only
+def test_decode_step_cuda_graph_and_compile(device, gen):
+    model = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
+    kv, tokens = _prefilled(model, device, gen, page_size=16)
+    step = _decode_step(model, kv)
+    with torch.no_grad():
+        model.set_backend("reference")
+        expected = step(tokens).double()
+        model.set_backend("triton")
+        check_cuda_graph_and_compile(step, (tokens,), expected, torch.bfloat16, "decode step")
