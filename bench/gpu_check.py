@@ -104,9 +104,16 @@ def main(argv=None) -> int:
     tests_s = time.time() - start
     print(f"tests on CUDA: {test_summary} ({tests_s:.0f} s); log in {results_dir}/tests-cuda.log", flush=True)
     rows = run.run_gpu(run.load_cases(), results_dir)
+    try:
+        from bench import plots
+
+        plot_note = f"plots: {len(plots.plot_results_dir(results_dir))} PNG files"
+    except ImportError as exc:  # GPU machines often lack matplotlib
+        plot_note = f"plots: not drawn here ({exc}); run `python -m bench.plots {results_dir}` where matplotlib is installed"
     print("\n" + "=" * 100)
     print(f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}")
     print(f"  tests on CUDA: {test_summary} (exit {test_code})")
+    print(f"  {plot_note}")
     print("\n".join(summarise(rows)))
     print("\n".join(summarise_model(results_dir)))
     print("=" * 100)

@@ -1,5 +1,7 @@
 """The benchmark registry and report code, checked without a GPU (timing itself needs one)."""
 
+import os
+
 import torch
 
 from bench import gpu_check, harness, run
@@ -73,3 +75,21 @@ def test_decode_floor_counts_weights_and_cache():
     floor = model_e2e.decode_floor_s(model, [32], copy_bandwidth=1e12)
     expected = (part_parameters(model.config)["llm"] * 2 + kv_cache_bytes(model.config.llm, 64 + 32 + 64)) / 1e12
     assert floor == expected
+
+
+def test_plots_from_a_results_dir(tmp_path):
+    import json
+
+    from bench import plots
+
+    ours = {"ms": 0.01, "frac_floor": 0.8}
+    rows = [{"op": op, "shape": f"n={n}", "impls": {"ours": dict(ours, ms=0.01 * n), "eager": {"ms": 0.05 * n},
+                                                       "flash-attn": {"missing": "not importable"}}}
+            for op in ("rms_norm", "attention") for n in (1, 2, 4)]  # fmt: skip
+    (tmp_path / "results.json").write_text(json.dumps({"device": {}, "ceilings": {}, "rows": rows}))
+    model = [{"compressor": "mlp", "batch": 1, "backend": "triton", "decode": "cuda_graph", "tokens_per_s": 90.0},
+             {"compressor": "none", "batch": 1, "backend": "reference", "decode": "eager", "skipped": "budget"}]  # fmt: skip
+    (tmp_path / "model-e2e.json").write_text(json.dumps(model))
+    written = plots.plot_results_dir(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in written) == ["attention.png", "model-e2e.png", "rms_norm.png", "roofline.png"]
+    assert all(os.path.getsize(p) > 5000 for p in written)
