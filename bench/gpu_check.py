@@ -81,6 +81,10 @@ def summarise_model(results_dir: str) -> list[str]:
             else:
                 cells.append(f"{mode} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
+    from bench.model_e2e import compressor_speedups
+
+    speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
+    lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
     return lines
 
 

@@ -29,6 +29,18 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _bar_labels(ax, labels: list[str], rotation: int, fontsize: int) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=rotation, ha="right", fontsize=fontsize)
+
+
 def plot_ops(rows: list[dict], out_dir: str) -> list[str]:
     plt = _pyplot()
     written = []
@@ -42,16 +54,12 @@ def plot_ops(rows: list[dict], out_dir: str) -> list[str]:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", linewidth=2.5 if name == "ours" else 1.2, label=name)
         ax.set_yscale("log")
-        ax.set_xticks(range(len(op_rows)), [r["shape"] for r in op_rows], rotation=30, ha="right", fontsize=7)
+        _bar_labels(ax, [r["shape"] for r in op_rows], 30, 7)
         ax.set_ylabel("median time (ms, log)")
         ax.set_title(f"{op}: ours and peers")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"{op}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out_dir, f"{op}.png"))
     return written
 
 
@@ -64,14 +72,10 @@ def plot_roofline(rows: list[dict], out_dir: str) -> str:
     ax.bar(range(len(timed)), [100 * r["impls"]["ours"]["frac_floor"] for r in timed],
            color=[colours(ops.index(r["op"]) % 10) for r in timed])  # fmt: skip
     ax.axhline(100, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(timed)), [f"{r['op']} {r['shape']}" for r in timed], rotation=60, ha="right", fontsize=6)
+    _bar_labels(ax, [f"{r['op']} {r['shape']}" for r in timed], 60, 6)
     ax.set_ylabel("% of roofline floor (ours)")
     ax.set_title("How close each kernel runs to the ceiling that bounds it")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "roofline.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir, "roofline.png")
 
 
 def plot_model(model_rows: list[dict], out_dir: str) -> str:
@@ -80,15 +84,10 @@ def plot_model(model_rows: list[dict], out_dir: str) -> str:
     fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(timed)), 4.5))
     ax.bar(range(len(timed)), [r["tokens_per_s"] for r in timed],
            color=["tab:blue" if r["backend"] == "triton" else "tab:gray" for r in timed])  # fmt: skip
-    labels = [f"{r['compressor']} B{r['batch']} {r['backend']} {r['decode']}" for r in timed]
-    ax.set_xticks(range(len(timed)), labels, rotation=60, ha="right", fontsize=7)
+    _bar_labels(ax, [f"{r['compressor']} B{r['batch']} {r['backend']} {r['decode']}" for r in timed], 60, 7)
     ax.set_ylabel("decode tokens/s")
     ax.set_title("End to end: decode throughput (blue: Triton kernels, grey: eager reference)")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "model-e2e.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out_dir, "model-e2e.png")
 
 
 def plot_results_dir(results_dir: str) -> list[str]:

@@ -51,18 +51,23 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
     rows = [
-        {**base, "backend": "reference", "decode": "eager", "ttft_ms": 50.0, "ms_per_step": 40.0, "tokens_per_s": 200.0, "frac_floor": 0.025},
-        {**base, "backend": "triton", "decode": "eager", "ttft_ms": 20.0, "ms_per_step": 8.0, "tokens_per_s": 1000.0, "frac_floor": 0.125},
+        {**base, "backend": "reference", "decode": "eager", "ttft_ms": 50.0, "ms_per_step": 40.0, "tokens_per_s": 200.0, "frac_floor": 0.025,
+         "request_ms": 5130.0},
+        {**base, "backend": "triton", "decode": "eager", "ttft_ms": 20.0, "ms_per_step": 8.0, "tokens_per_s": 1000.0, "frac_floor": 0.125,
+         "request_ms": 1036.0},
+        {**base, "compressor": "none", "visual_tokens": 256, "backend": "triton", "decode": "eager", "ttft_ms": 40.0, "ms_per_step": 9.0,
+         "tokens_per_s": 880.0, "frac_floor": 0.12, "request_ms": 1183.0},
         {**base, "backend": "triton", "decode": "compile", "error": "RuntimeError: boom"},
         {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
     ]  # fmt: skip
     md = model_e2e.markdown(rows)
-    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 |" in md
+    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 |" in md
+    assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
     model_e2e.write(str(tmp_path), rows)
     summary = gpu_check.summarise_model(str(tmp_path))
-    assert summary == ["  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
-                       "cuda_graph time budget of 240 s spent"]  # fmt: skip
+    assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
+                          "cuda_graph time budget of 240 s spent")  # fmt: skip
 
 
 def test_decode_floor_counts_weights_and_cache():

@@ -243,7 +243,6 @@ class AuroraEdgeV(nn.Module):
             with torch.no_grad():
                 for param in self.compressor.parameters():
                     param.normal_(0.0, param.shape[-1] ** -0.5)
-        self._compiled_decode_step = None
         return self
 
     @torch.no_grad()
