@@ -57,6 +57,17 @@ class _GraphedStep:
     """A decode step captured in a CUDA graph: static input tokens, static logits, the KV cache and
     its lengths updated in place by the replay. The step must have run once (kernels compiled)."""
 
+    @staticmethod
+    def warm_up(step, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the step once on a side stream, as CUDA-graph capture wants (lazy library state is set
+        up outside the capture)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            logits = step(tokens)
+        torch.cuda.current_stream().wait_stream(side)
+        return logits
+
     def __init__(self, step, tokens: torch.Tensor):
         self.tokens = tokens.clone()
         self.graph = torch.cuda.CUDAGraph()
@@ -210,9 +221,11 @@ class AuroraEdgeV(nn.Module):
                     break
             if index == max_new_tokens - 1:
                 break
-            logits = run_step(tokens)
-            if decode == "cuda_graph" and index == 0:  # the first step compiled the kernels: capture now
+            if decode == "cuda_graph" and index == 0:
+                logits = _GraphedStep.warm_up(step, tokens)  # a real step, and it compiles the kernels
                 run_step = _GraphedStep(step, tokens)
+            else:
+                logits = run_step(tokens)
         if clock is not None:
             stats["decode_s"], stats["decode_steps"] = clock.lap(), len(steps_tokens) - 1
 
