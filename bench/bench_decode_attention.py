@@ -47,6 +47,31 @@ def flash_attn_kvcache(fn):
     )
 
 
+def flashinfer_paged(wrapper_class):
+    """FlashInfer's batch decode over the same paged cache (its NHD layout is ours): the page lists
+    are planned outside the timing, as a serving loop plans once per step for all layers."""
+
+    def prepare(q, k_cache, v_cache, seqlens, block_table):
+        page = k_cache.shape[1]
+        lengths = seqlens.tolist()
+        pages = [-(-n // page) for n in lengths]
+        indices = torch.cat([block_table[b, :n] for b, n in enumerate(pages)])
+        indptr = torch.tensor([0, *torch.tensor(pages).cumsum(0).tolist()], dtype=torch.int32, device=q.device)
+        last_page_len = torch.tensor([(n - 1) % page + 1 for n in lengths], dtype=torch.int32, device=q.device)
+        workspace = torch.empty(128 * 2**20, dtype=torch.uint8, device=q.device)
+        wrapper = wrapper_class(workspace, "NHD")
+        wrapper.plan(indptr, indices, last_page_len, q.shape[2], k_cache.shape[2], q.shape[3], page, data_type=q.dtype)
+        return (wrapper, q[:, 0], k_cache, v_cache), {}
+
+    return lambda: Peer(lambda wrapper, q, k_cache, v_cache: wrapper.run(q, (k_cache, v_cache)), prepare=prepare)
+
+
+def _flashinfer_peer():
+    load = optional("flashinfer", "BatchDecodeWithPagedKVCacheWrapper")
+    peer = load()
+    return peer if peer.fn is None else flashinfer_paged(peer.fn)()
+
+
 register_op("decode_attention", ak.decode_attention, reference.decode_attention,
             lambda dtype, device, gen: _inputs([0, 1, 37, 130], True, dtype, device, gen, 6, 2, 64, 16))  # fmt: skip
 
@@ -55,6 +80,7 @@ PEERS = {
     "flash-attn": optional("flash_attn", "flash_attn_with_kvcache", flash_attn_kvcache),
 }
 CONTIGUOUS_PEERS = {**PEERS, "SDPA (GQA, masked)": lambda: Peer(sdpa_over_cache, prepare=_length_mask)}
+PAGED_PEERS = {**PEERS, "FlashInfer": _flashinfer_peer}
 
 
 def _ragged(batch, context):
@@ -76,6 +102,6 @@ for batch in (1, 8, 32, 128):
                     build=lambda device, gen, lengths=lengths, paged=paged: _inputs(lengths, paged, torch.bfloat16, device, gen),
                     bytes=2 * sum(lengths) * HEADS_KV * HEAD_DIM * 2 + 2 * batch * HEADS_Q * HEAD_DIM * 2,
                     flops=4 * sum(lengths) * HEADS_Q * HEAD_DIM,
-                    peers=PEERS if paged else CONTIGUOUS_PEERS,
+                    peers=PAGED_PEERS if paged else CONTIGUOUS_PEERS,
                 )
             )

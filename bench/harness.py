@@ -35,8 +35,9 @@ class Peer:
 
     fn: Callable | None
     missing: str | None = None
-    # turns a case's inputs into this peer's own (padding a packed batch, say), outside the timing
-    prepare: Callable[[tuple, dict], tuple[tuple, dict]] | None = None
+    # called with the case's args and kwargs; returns this peer's own (args, kwargs) (padding a packed
+    # batch, say), outside the timing
+    prepare: Callable[..., tuple[tuple, dict]] | None = None
 
 
 @dataclasses.dataclass
@@ -178,6 +179,13 @@ def _input_sets(case: Case, device: torch.device, generator: torch.Generator, l2
     return [case.build(device, generator) for _ in range(copies)]
 
 
+def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
+    """Each input set as `peer` takes it."""
+    if peer.prepare is None:
+        return sets
+    return [peer.prepare(*args, **kwargs) for args, kwargs in sets]
+
+
 def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device) -> dict:
     generator = torch.Generator(device=device).manual_seed(0)
     l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
@@ -197,7 +205,7 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
         if peer.fn is None:
             row["impls"][name] = {"missing": peer.missing}
             continue
-        cycle = itertools.cycle([peer.prepare(*s) for s in sets] if peer.prepare else sets)
+        cycle = itertools.cycle(prepared_inputs(peer, sets))
 
         def call(fn=peer.fn):
             args, kwargs = next(cycle)

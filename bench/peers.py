@@ -24,10 +24,15 @@ def optional(module: str, attr: str, adapt=None):
 
 
 def sdpa_dense(q, k, v, causal=False, softmax_scale=None):
-    """SDPA in the [B, L, H, D] layout with GQA (the transposes are part of what a user pays)."""
+    """SDPA in the [B, L, H, D] layout with GQA (the transposes are part of what a user pays). SDPA's
+    is_causal is aligned top-left; when Lq != Lk a bottom-right mask gives this package's semantics."""
+    len_q, len_k = q.shape[1], k.shape[1]
+    mask = None
+    if causal and len_q != len_k:
+        mask = torch.ones(len_q, len_k, dtype=torch.bool, device=q.device).tril(len_k - len_q)
     out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, scale=softmax_scale,
-        enable_gqa=True,
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        is_causal=causal and mask is None, scale=softmax_scale, enable_gqa=True,
     )  # fmt: skip
     return out.transpose(1, 2)
 

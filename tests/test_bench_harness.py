@@ -98,3 +98,33 @@ def test_plots_from_a_results_dir(tmp_path):
     written = plots.plot_results_dir(str(tmp_path))
     assert sorted(os.path.basename(p) for p in written) == ["attention.png", "model-e2e.png", "rms_norm.png", "roofline.png"]
     assert all(os.path.getsize(p) > 5000 for p in written)
+
+
+def test_attention_peers_compute_the_same_attention():
+    """The SDPA peers (with their input preparation) answer what the reference does: a peer that
+    computed something else would make every speed-up meaningless."""
+    from aurora_kernels.ops import reference
+    from aurora_kernels.testing import assert_parity, make_generator
+    from bench import bench_attention, bench_decode_attention
+
+    run.load_cases()
+    cpu = torch.device("cpu")
+    args, kwargs = harness.OPS["attention_varlen"].small_inputs(torch.float32, cpu, make_generator(0))
+    expected = reference.attention_varlen(*args, **kwargs)
+    per_request = bench_attention.VARLEN_PEERS["SDPA per request"]()
+    assert_parity(per_request.fn(*args, **kwargs), expected.double(), torch.float32, "SDPA per request")
+    padded = bench_attention.VARLEN_PEERS["SDPA padded batch"]()
+    [(padded_args, padded_kwargs)] = harness.prepared_inputs(padded, [(args, kwargs)])
+    out = padded.fn(*padded_args, **padded_kwargs)
+    bounds = args[3].tolist()
+    unpadded = torch.cat([out[b, : bounds[b + 1] - bounds[b]] for b in range(len(bounds) - 1)])
+    assert_parity(unpadded, expected.double(), torch.float32, "SDPA padded batch")
+
+    lengths = [0, 3, 40]
+    q, k_cache, v_cache, seqlens = (bench_decode_attention._inputs(lengths, False, torch.float32, cpu, make_generator(1)))[0]
+    sdpa = bench_decode_attention.CONTIGUOUS_PEERS["SDPA (GQA, masked)"]()
+    [(sdpa_args, sdpa_kwargs)] = harness.prepared_inputs(sdpa, [((q, k_cache, v_cache, seqlens), {})])
+    expected = reference.decode_attention(q, k_cache, v_cache, seqlens)
+    got = sdpa.fn(*sdpa_args, **sdpa_kwargs)
+    # SDPA gives NaN for a sequence with no key (all masked); the reference gives 0: compare the rest
+    assert_parity(got[1:], expected[1:].double(), torch.float32, "SDPA over the cache")
