@@ -50,8 +50,14 @@ def liger_layer_norm(fn):
 
 
 def liger_rotary(fn):
-    # liger's rope takes [B, H, L, D] q/k and [B, L, D] tables
-    return lambda q, k, cos, sin: fn(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    """liger's rope takes and returns [B, H, L, D] q/k (and [B, L, D] tables): transposed views in and
+    out, so it answers in our [B, L, H, D] layout at no copy."""
+
+    def run(q, k, cos, sin):
+        q_rot, k_rot = fn(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
+
+    return run
 
 
 def compiled(reference_fn):

@@ -128,3 +128,27 @@ def test_attention_peers_compute_the_same_attention():
     got = sdpa.fn(*sdpa_args, **sdpa_kwargs)
     # SDPA gives NaN for a sequence with no key (all masked); the reference gives 0: compare the rest
     assert_parity(got[1:], expected[1:].double(), torch.float32, "SDPA over the cache")
+
+
+def test_every_peer_adapter_runs_on_its_smallest_case():
+    """Each op's smallest benchmark case, built on the CPU, through every peer installed here (but
+    torch.compile, which would compile for minutes): what the GPU run calls, minus the timer. A peer
+    whose output has the reference's shape must also give the reference's answer."""
+    from aurora_kernels.testing import assert_parity
+
+    cases = run.load_cases()
+    cpu = torch.device("cpu")
+    for op in harness.OPS:
+        case = min((c for c in cases if c.op == op), key=lambda c: c.bytes)
+        args, kwargs = case.build(cpu, torch.Generator().manual_seed(0))
+        expected = harness.OPS[op].reference(*args, **kwargs)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+        for name, load in case.peers.items():
+            peer = load()
+            if name == "torch.compile" or peer.fn is None:
+                continue
+            [(peer_args, peer_kwargs)] = harness.prepared_inputs(peer, [(args, kwargs)])
+            out = peer.fn(*peer_args, **peer_kwargs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            if out.shape == expected.shape and not out.isnan().any():
+                assert_parity(out, expected.double(), case.dtype, f"{op} [{case.name}] peer {name}")
