@@ -186,9 +186,13 @@ def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tu
     return [peer.prepare(*args, **kwargs) for args, kwargs in sets]
 
 
-def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device) -> dict:
+def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device, timer=bench_ms) -> dict:
+    """One result row: every implementation timed by `timer` (median ms of a callable) over rotating
+    input sets; a missing or failing peer is recorded as such."""
     generator = torch.Generator(device=device).manual_seed(0)
-    l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20)
+    l2_bytes = 50 * 2**20
+    if device.type == "cuda":
+        l2_bytes = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", l2_bytes)
     sets = _input_sets(case, device, generator, l2_bytes)
     floor_s, bound = floor_seconds(case, ceilings["copy_bandwidth"], ceilings["bf16_gemm"])
     row = {
@@ -212,7 +216,7 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
             return fn(*args, **kwargs)
 
         try:
-            ms = bench_ms(call)
+            ms = timer(call)
         except Exception as exc:  # reported in the row; one failing peer does not stop the run
             row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
             continue

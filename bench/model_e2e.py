@@ -29,31 +29,33 @@ def prompt_lengths(batch: int) -> list[int]:
     return [32 + (512 - 32) * b // max(batch - 1, 1) for b in range(batch)]
 
 
-def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes: int = 2) -> float:
+def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes: int = 2, new_tokens: int = NEW_TOKENS) -> float:
     """Mean over the decode steps of (LLM weights + every request's KV cache) / copy bandwidth."""
     llm = model.config.llm
     weights = part_parameters(model.config)["llm"] * dtype_bytes
     visual = model.config.visual_tokens
-    mean_context = [visual + n + NEW_TOKENS / 2 for n in lengths]
+    mean_context = [visual + n + new_tokens / 2 for n in lengths]
     kv = sum(kv_cache_bytes(llm, round(c), dtype_bytes) for c in mean_context)
     return (weights + kv) / copy_bandwidth
 
 
-def run(device: torch.device, ceilings: dict, budget_s: float = 240.0) -> list[dict]:
-    """Every configuration until the time budget is spent; the rest are listed as skipped."""
+def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
+        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16) -> list[dict]:  # fmt: skip
+    """Every configuration until the time budget is spent; the rest are listed as skipped. (The
+    keyword arguments let the CPU tests run the same code on the tiny preset.)"""
     start = time.time()
     with torch.device(device):
-        model = AuroraEdgeV(preset("aurora-edge-v-2b", compressor="mlp"), backend="triton")
-    model = model.to(torch.bfloat16).eval()
+        model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
+    model = model.to(dtype).eval()
     rows = []
-    for batch in BATCHES:
+    for batch in batches:
         for compressor in COMPRESSORS:  # side by side, so a spent budget never leaves one without the other
             if compressor != model.config.compressor.kind:
                 model.replace_compressor(compressor)
             lengths = prompt_lengths(batch)
             pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
-            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"])
-            for backend, decode in RUNS:
+            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
+            for backend, decode in runs:
                 row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
                        "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
                 rows.append(row)
@@ -63,7 +65,7 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0) -> list[d
                 model.set_backend(backend)
                 try:
                     model.generate(pixel_values, prompts, 3, decode=decode)  # compiles kernels / the step
-                    _, stats = timed_generation(model, pixel_values, prompts, NEW_TOKENS, decode=decode)
+                    _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
                 except Exception as exc:  # reported in the row; one failing configuration does not stop the run
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     continue
@@ -74,7 +76,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0) -> list[d
                 print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
                       f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
                       flush=True)  # fmt: skip
-            torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 

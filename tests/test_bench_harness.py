@@ -152,3 +152,52 @@ def test_every_peer_adapter_runs_on_its_smallest_case():
             out = out[0] if isinstance(out, (tuple, list)) else out
             if out.shape == expected.shape and not out.isnan().any():
                 assert_parity(out, expected.double(), case.dtype, f"{op} [{case.name}] peer {name}")
+
+
+def test_model_e2e_runs_on_the_tiny_preset(device):
+    """The end-to-end benchmark's own code path (build, compressor swap, generate with stats, floor,
+    rows, report) on the tiny preset: on the CPU the kernels run interpreted and the CUDA-graph run
+    records its error instead of stopping the others."""
+    from bench import model_e2e
+
+    runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"))
+    rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
+                         dtype=torch.float32)  # fmt: skip
+    assert [(r["compressor"], r["backend"], r["decode"]) for r in rows] == [(c, b, d) for c in ("mlp", "none") for b, d in runs]
+    for r in rows:
+        if r["decode"] == "cuda_graph" and device.type == "cpu":
+            assert r["error"] == "ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
+        else:
+            assert r["ms_per_step"] > 0 and r["request_ms"] > r["ttft_ms"] > 0 and 0 < r["frac_floor"], r
+    assert {r["visual_tokens"] for r in rows} == {16, 64}
+    assert "- B=1, triton eager:" in model_e2e.markdown(rows)
+
+
+def test_time_case_rows_with_a_stand_in_timer(device):
+    """time_case's row building on any device: a stand-in timer calls each implementation on its
+    rotating inputs and reports 0.5 ms; a missing peer and a failing one are recorded, not fatal."""
+    import aurora_kernels as ak
+    from aurora_kernels.ops import reference
+    from aurora_kernels.testing import randn
+
+    case = harness.Case(
+        op="rms_norm", name="rows=64 N=256", dtype=torch.float32,
+        build=lambda dev, gen: ((randn((64, 256), torch.float32, dev, gen), torch.ones(256, device=dev)), {}),
+        bytes=2 * 64 * 256 * 4, flops=4 * 64 * 256, peers={},
+    )  # fmt: skip
+    calls = []
+
+    def timer(fn):
+        for _ in range(3):
+            calls.append(fn())
+        return 0.5
+
+    impls = {"ours": harness.Peer(ak.rms_norm), "eager": harness.Peer(reference.rms_norm),
+             "liger": harness.Peer(None, "liger_kernel not importable"), "broken": harness.Peer(lambda *a: 1 / 0)}  # fmt: skip
+    row = harness.time_case(case, impls, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, device, timer=timer)
+    assert len(calls) == 6 and all(c.shape == (64, 256) for c in calls)
+    ours = row["impls"]["ours"]
+    assert ours["ms"] == 0.5 and abs(ours["gbps"] - case.bytes / 5e-4 / 1e9) < 1e-9
+    assert abs(ours["frac_copy_bw"] - case.bytes / 5e-4 / 1e12) < 1e-12 and row["bound"] == "memory"
+    assert row["impls"]["liger"] == {"missing": "liger_kernel not importable"}
+    assert row["impls"]["broken"] == {"error": "ZeroDivisionError: division by zero"}
