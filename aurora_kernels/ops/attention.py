@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from typing import Optional
-import os
 
 import torch
 import triton
@@ -45,6 +44,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import pow2_at_least
 
@@ -215,18 +215,12 @@ _GPU_CONFIGS = {
     "half": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)),
     "fp32": ((32, 16, 4, 1), (16, 16, 4, 2)),
 }
-_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
-
-
-def _autotuned(candidates):
-    return triton.autotune(
-        configs=[triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in candidates],
-        key=["HEAD_DIM", "CAUSAL", "IS_VARLEN"],  # the autotuner adds the tensors' dtypes to the key
-    )(_attention_kernel)
-
-
-_LAUNCHERS = {} if _INTERPRETER else {kind: _autotuned(candidates) for kind, candidates in _GPU_CONFIGS.items()}
+_LAUNCHERS = autotuned_launchers(
+    _attention_kernel, _GPU_CONFIGS,
+    lambda c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
+    key=["HEAD_DIM", "CAUSAL", "IS_VARLEN"],  # the autotuner adds the tensors' dtypes to the key
+)  # fmt: skip
 
 
 def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
@@ -256,7 +250,7 @@ def _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
             *strides(q), *strides(k), *strides(v), *strides(out))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype)}  # fmt: skip
-    if blocks is None and _INTERPRETER:
+    if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
     if blocks is not None:
         grid = (triton.cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)

@@ -21,7 +21,6 @@ registers for fewer re-reads, which is what the autotuner weighs.
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -39,6 +38,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import pow2_at_least
 
@@ -99,18 +99,11 @@ _GPU_CONFIGS = {
     "half": ((128, 64, 64, 8, 3), (64, 128, 64, 4, 3), (128, 128, 32, 8, 2), (64, 64, 64, 4, 4)),
     "fp32": ((64, 32, 32, 4, 2), (32, 64, 32, 4, 2)),
 }
-_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _autotuned(candidates):
-    return triton.autotune(
-        configs=[triton.Config({"BLOCK_C": c, "BLOCK_D": d, "BLOCK_N": n}, num_warps=w, num_stages=s)
-                 for c, d, n, w, s in candidates],  # fmt: skip
-        key=["hidden", "channels", "num_tokens", "out_tokens"],
-    )(_token_mlp_compress_kernel)
-
-
-_LAUNCHERS = {} if _INTERPRETER else {kind: _autotuned(candidates) for kind, candidates in _GPU_CONFIGS.items()}
+_LAUNCHERS = autotuned_launchers(
+    _token_mlp_compress_kernel, _GPU_CONFIGS,
+    lambda c: triton.Config({"BLOCK_C": c[0], "BLOCK_D": c[1], "BLOCK_N": c[2]}, num_warps=c[3], num_stages=c[4]),
+    key=["hidden", "channels", "num_tokens", "out_tokens"],
+)  # fmt: skip
 
 
 def _interpreter_blocks(num_tokens, hidden, channels) -> dict:
@@ -170,7 +163,7 @@ def _token_mlp_compress_launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tens
         "DOT_IN_FP32": dot_in_fp32(x.dtype),
         "BLOCK_M": pow2_at_least(out_tokens, 16),
     }
-    if _INTERPRETER:
+    if INTERPRETER:
         blocks = _interpreter_blocks(num_tokens, hidden, channels)
         grid = (triton.cdiv(channels, blocks["BLOCK_C"]), batch)
         _token_mlp_compress_kernel[grid](*args, **constexprs, **blocks)

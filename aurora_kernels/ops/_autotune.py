@@ -1,0 +1,27 @@
+"""The autotuned launchers of the compute-bound kernels (attention, token_mlp_compress).
+
+AURORA_AUTOTUNE=0 keeps only each list's first candidate (the default config): no benchmarking on a
+key's first call and one compile instead of several, which is what a correctness run on a GPU (the
+test suite in `make gpu-check`) wants; benchmarks and users keep the autotuner. Under the Triton
+interpreter nothing is autotuned: the launchers pick large blocks themselves.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
+
+
+def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str]) -> dict:
+    """kind -> triton.autotune(kernel) over `to_config(candidate)` for each candidate of that kind
+    ({} under the interpreter)."""
+    if INTERPRETER:
+        return {}
+    return {
+        kind: triton.autotune(configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])], key=key)(kernel)
+        for kind, candidates in candidates_by_kind.items()
+    }
