@@ -54,9 +54,11 @@ PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
 MAX_KV_SPLITS = 128
 # num_kv_splits=None: aim for this many programs per SM (one more to hide each one's load latency)...
 PROGRAMS_PER_SM = 2
-# ...but give no split fewer cache tokens than this: a shorter split spends more on its prologue and
-# on the merge (2 * D * 4 bytes of partials per query head) than it saves.
-MIN_TOKENS_PER_SPLIT = 128
+# ...but give no split fewer cache tokens than one BLOCK_N tile: a shorter split reads less than its
+# prologue and its partial output (D fp32 per query head, written and read again by the merge) cost.
+# At B 1, Hkv 2, 4k context that is 64 splits: 128 programs, about one per SM of an H100, and the
+# partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
+MIN_TOKENS_PER_SPLIT = 64
 H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests see the GPU's choices
 
 
@@ -190,7 +192,7 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     """Split count from the shapes alone (no host sync): enough programs for PROGRAMS_PER_SM on every
     SM, no split under MIN_TOKENS_PER_SPLIT cache tokens, at most MAX_KV_SPLITS. max_context is the
     cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
-    real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 32 splits; B 128: 2; B 256: 1."""
+    real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 64 splits; B 128: 2; B 256: 1."""
     programs = max(1, batch * heads_kv)
     wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
     by_length = max(1, triton.cdiv(max_context, MIN_TOKENS_PER_SPLIT))

@@ -137,8 +137,9 @@ def test_int64_offsets(device, gen):
 
 def test_default_num_kv_splits_rule():
     cpu = torch.device("cpu")  # the rule assumes an H100's 132 SMs for CPU tensors
-    assert default_num_kv_splits(1, 2, 4096, cpu) == 32  # 2 * 132 programs wanted, 128 tokens a split
-    assert default_num_kv_splits(1, 2, 100, cpu) == 1  # too short to split
+    assert default_num_kv_splits(1, 2, 4096, cpu) == 64  # 2 * 132 programs wanted, 64 tokens a split at least
+    assert default_num_kv_splits(1, 2, 100, cpu) == 2
+    assert default_num_kv_splits(1, 2, 64, cpu) == 1  # one tile: nothing to split
     assert default_num_kv_splits(32, 2, 16384, cpu) == 5
     assert default_num_kv_splits(128, 2, 16384, cpu) == 2
     assert default_num_kv_splits(256, 2, 16384, cpu) == 1
