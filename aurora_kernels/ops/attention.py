@@ -228,7 +228,7 @@ def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
     return {"BLOCK_M": min(pow2_at_least(max_seqlen_q, 16), 128), "BLOCK_N": min(pow2_at_least(max_seqlen_k, 16), 128)}
 
 
-def _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks=None):
+def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks=None):
     """Dense inputs are [B, L, H, D] (cu_seqlens None, max_seqlen the lengths), packed ones [T, H, D].
 
     blocks: {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} to force a config (tests), or None for
@@ -269,7 +269,7 @@ def _attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
     out = new_output(q.shape, q.dtype, q.device)
     if out.numel() == 0 or max_seqlen_q == 0:
         return out
-    return _launch(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+    return _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
 
 
 def check_qkv(q, k, v, packed: bool) -> None:

@@ -102,7 +102,7 @@ def _forced_blocks(block_m, block_n):
         assert backend == "triton"
         out = new_output(q.shape, q.dtype, q.device)
         blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n}
-        return attention_module._launch(q, k, v, out, cu_q, cu_k, max_q, max_k, causal, softmax_scale, blocks)
+        return attention_module._launch_into(q, k, v, out, cu_q, cu_k, max_q, max_k, causal, softmax_scale, blocks)
 
     run.__name__ = f"attention_varlen[{block_m}x{block_n}]"
     return run
