@@ -179,6 +179,12 @@ def _input_sets(case: Case, device: torch.device, generator: torch.Generator, l2
     return [case.build(device, generator) for _ in range(copies)]
 
 
+def skipped_row(case: Case, reason: str) -> dict:
+    """The row of a case that was not timed, and why."""
+    return {"op": case.op, "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "bytes": case.bytes,
+            "flops": case.flops, "impls": {}, "skipped": reason}  # fmt: skip
+
+
 def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
     """Each input set as `peer` takes it."""
     if peer.prepare is None:
@@ -260,6 +266,9 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         return f"{result['ms']:.4f}"
 
     for r in rows:
+        if "skipped" in r:
+            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 9)
+            continue
         impls = r["impls"]
         ours = impls.get("ours", {})
         others = {k: v for k, v in impls.items() if k not in ("ours", "eager", "torch.compile")}

@@ -15,6 +15,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import time
 
 import torch
 
@@ -86,18 +87,41 @@ def floors(cases) -> None:
     print(table)
 
 
-def run_gpu(cases, results_dir: str | None, with_model: bool = True) -> list[dict]:
+def interleave_ops(cases) -> list:
+    """Cases round-robin over the ops (every op's first case, then every op's second, ...), so a time
+    budget that runs out leaves each op measured at least at its first shapes."""
+    by_op: dict[str, list] = {}
+    for case in cases:
+        by_op.setdefault(case.op, []).append(case)
+    rounds = max((len(v) for v in by_op.values()), default=0)
+    return [op_cases[i] for i in range(rounds) for op_cases in by_op.values() if i < len(op_cases)]
+
+
+def gpu_context(results_dir: str | None):
+    """(device, facts, ceilings, results_dir) for a GPU run: device facts, then the measured ceilings."""
     device = torch.device("cuda")
     facts = harness.device_facts()
     results_dir = results_dir or os.path.join(RESULTS_ROOT, harness.device_slug(facts["name"]))
+    os.makedirs(results_dir, exist_ok=True)
     print(f"device: {facts}", flush=True)
     ceilings = harness.measure_ceilings(device)
     print(
         f"ceilings: copy {ceilings['copy_bandwidth'] / 1e12:.2f} TB/s, bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s",
         flush=True,
     )
+    return device, facts, ceilings, results_dir
+
+
+def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: float = 150.0) -> list[dict]:
+    """Every case (interleaved over ops) until the budget is spent; results are rewritten after each
+    case, so a run that is stopped keeps what it measured."""
+    start = time.time()
     rows = []
-    for case in cases:
+    for case in interleave_ops(cases):
+        if time.time() - start > budget_s:
+            rows.append(harness.skipped_row(case, f"time budget of {budget_s:.0f} s spent"))
+            continue
+        torch._dynamo.reset()  # a fresh compile per case: dynamo's recompile limit would fall back to eager
         entry = OPS[case.op]
         impls = {"ours": Peer(entry.public), "eager": Peer(entry.reference)}
         impls.update({name: load() for name, load in case.peers.items()})
@@ -105,16 +129,20 @@ def run_gpu(cases, results_dir: str | None, with_model: bool = True) -> list[dic
         rows.append(row)
         ours_ms = row["impls"]["ours"].get("ms")
         print(f"{case.op:20s} {case.name:60s} ours {ours_ms if ours_ms is None else round(ours_ms, 4)} ms", flush=True)
+        harness.write_results(results_dir, facts, ceilings, rows)
         torch.cuda.empty_cache()
     harness.write_results(results_dir, facts, ceilings, rows)
-    if with_model:
-        from bench import model_e2e
-
-        model_rows = model_e2e.run(device, ceilings)
-        model_e2e.write(results_dir, model_rows)
-        print(model_e2e.markdown(model_rows))
     print(f"results written to {results_dir}")
     return rows
+
+
+def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0) -> list[dict]:
+    from bench import model_e2e
+
+    model_rows = model_e2e.run(device, ceilings, budget_s)
+    model_e2e.write(results_dir, model_rows)
+    print(model_e2e.markdown(model_rows))
+    return model_rows
 
 
 def main(argv=None) -> int:
@@ -125,7 +153,10 @@ def main(argv=None) -> int:
     only = set(args.ops.split(",")) if args.ops else None
     cases = load_cases(only)
     if torch.cuda.is_available():
-        run_gpu(cases, args.results_dir, with_model=not only)
+        device, facts, ceilings, results_dir = gpu_context(args.results_dir)
+        run_gpu_ops(cases, device, facts, ceilings, results_dir)
+        if not only:
+            run_gpu_model(device, ceilings, results_dir)
         return 0
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("no GPU and TRITON_INTERPRET is not 1: run `make bench` (it sets the interpreter)", file=sys.stderr)

@@ -201,3 +201,13 @@ def test_time_case_rows_with_a_stand_in_timer(device):
     assert abs(ours["frac_copy_bw"] - case.bytes / 5e-4 / 1e12) < 1e-12 and row["bound"] == "memory"
     assert row["impls"]["liger"] == {"missing": "liger_kernel not importable"}
     assert row["impls"]["broken"] == {"error": "ZeroDivisionError: division by zero"}
+
+
+def test_cases_interleave_over_ops_and_skipped_rows_are_reported():
+    cases = run.interleave_ops(run.load_cases())
+    ops = list(harness.OPS)
+    assert [c.op for c in cases[: len(ops)]] == sorted(ops, key=[c.op for c in cases].index)
+    assert len({c.op for c in cases[: len(ops)]}) == len(ops)  # every op's first case comes first
+    row = harness.skipped_row(cases[-1], "time budget of 150 s spent")
+    md = harness.results_markdown({"name": "Test GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}, [row])
+    assert f"| {cases[-1].op} | {cases[-1].name} | bfloat16 | skipped: time budget of 150 s spent |" in md
