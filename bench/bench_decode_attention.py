@@ -83,6 +83,13 @@ CONTIGUOUS_PEERS = {**PEERS, "SDPA (GQA, masked)": lambda: Peer(sdpa_over_cache,
 PAGED_PEERS = {**PEERS, "FlashInfer": _flashinfer_peer}
 
 
+# The reference loops over the requests reading each length on the host: torch.compile traces one
+# graph per request between graph breaks, minutes at B >= 32, more than a GPU run's budget.
+MAX_COMPILED_BATCH = 8
+NOT_COMPILED = {"torch.compile": lambda: Peer(None, f"not compiled at B > {MAX_COMPILED_BATCH}: the reference's "
+                                                     "per-request host loop takes minutes to trace")}  # fmt: skip
+
+
 def _ragged(batch, context):
     """Lengths spread from a quarter of the context up to the context."""
     return [context // 4 + (context - context // 4) * i // max(batch - 1, 1) for i in range(batch)]
@@ -102,6 +109,6 @@ for batch in (1, 8, 32, 128):
                     build=lambda device, gen, lengths=lengths, paged=paged: _inputs(lengths, paged, torch.bfloat16, device, gen),
                     bytes=2 * sum(lengths) * HEADS_KV * HEAD_DIM * 2 + 2 * batch * HEADS_Q * HEAD_DIM * 2,
                     flops=4 * sum(lengths) * HEADS_Q * HEAD_DIM,
-                    peers=PAGED_PEERS if paged else CONTIGUOUS_PEERS,
+                    peers={**(PAGED_PEERS if paged else CONTIGUOUS_PEERS), **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {})},
                 )
             )
