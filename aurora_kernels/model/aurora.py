@@ -36,6 +36,16 @@ def _positions(lengths: list[int], device) -> torch.Tensor:
     return torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths]).to(device)
 
 
+def _init_parameter(name: str, param: torch.Tensor, std: float) -> None:
+    leaf = name.rsplit(".", 1)[-1]
+    if "norm" in name and leaf == "weight":  # RMSNorm / LayerNorm scales
+        param.fill_(1.0)
+    elif leaf in ("w1", "w2"):  # the compressor's token MLP, fan-in scaled
+        param.normal_(0.0, param.shape[1] ** -0.5)
+    else:
+        param.normal_(0.0, std)
+
+
 class _Clock:
     def __init__(self, device: torch.device):
         self.device = device
@@ -99,14 +109,7 @@ class AuroraEdgeV(nn.Module):
         the bias paths are exercised), unit norm weights, and a compressor MLP scaled to keep the
         visual tokens' magnitude (w1 ~ N(0, 1/N), w2 ~ N(0, 1/H))."""
         for name, param in self.named_parameters():
-            if name.endswith("norm.weight") or ".layer_norm" in name or "layernorm" in name:
-                param.fill_(1.0) if name.endswith("weight") else param.normal_(0.0, std)
-            elif name == "compressor.w1":
-                param.normal_(0.0, param.shape[1] ** -0.5)
-            elif name == "compressor.w2":
-                param.normal_(0.0, param.shape[1] ** -0.5)
-            else:
-                param.normal_(0.0, std)
+            _init_parameter(name, param, std)
 
     @classmethod
     def from_pretrained(cls, llm_dir, vision_dir=None, aurora_weights=None, compressor="mlp", backend="triton",
@@ -252,10 +255,9 @@ class AuroraEdgeV(nn.Module):
         self.config = dataclasses.replace(self.config, compressor=settings)
         weight = self.llm.embed_tokens.weight
         self.compressor = TokenCompressor(self.config, self.backend).to(weight.device, weight.dtype)
-        if kind == "mlp":
-            with torch.no_grad():
-                for param in self.compressor.parameters():
-                    param.normal_(0.0, param.shape[-1] ** -0.5)
+        with torch.no_grad():
+            for name, param in self.compressor.named_parameters():
+                _init_parameter(name, param, std=0.02)
         return self
 
     @torch.no_grad()
