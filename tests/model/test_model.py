@@ -7,7 +7,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import parameter_count
-from aurora_kernels.testing import assert_parity
+from aurora_kernels.testing import assert_parity, rel_error
 from tests.catalogue import cuda_only
 
 PROMPT_LENGTHS = (5, 12, 1)
@@ -146,3 +146,20 @@ def test_decode_mode_errors(device, gen):
     if device.type == "cpu":
         with pytest.raises(ValueError, match="decode: 'cuda_graph' needs the model on a CUDA device"):
             model.generate(pixel_values, ids, 2, decode="cuda_graph")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_model_is_as_accurate_as_eager(dtype, device, gen):
+    """The whole model in bf16/fp16: its first-token logits on the kernels are as close to the fp32
+    model as the eager reference in the same dtype is (errors compound over the model's ~20 ops, so
+    the per-op bound does not apply; the eager model's own error is the yardstick)."""
+    model = tiny_model(device, "mlp", backend="reference")
+    pixel_values, ids = requests(model, device, gen)
+    _, truth = model.generate(pixel_values, ids, max_new_tokens=1, return_logits=True)
+    model.to(dtype)
+    _, eager = model.generate(pixel_values.to(dtype), ids, max_new_tokens=1, return_logits=True)
+    model.set_backend("triton")
+    _, kernels = model.generate(pixel_values.to(dtype), ids, max_new_tokens=1, cache="paged", return_logits=True)
+    for b in range(3):
+        eager_error, kernel_error = rel_error(eager[b], truth[b].double()), rel_error(kernels[b], truth[b].double())
+        assert kernel_error < 0.1 and kernel_error <= 2 * eager_error, (b, kernel_error, eager_error)
