@@ -11,6 +11,7 @@ interleaved over the ops, the rest listed as skipped), the end-to-end model 120 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import subprocess
@@ -27,6 +28,9 @@ def run_tests(results_dir: str) -> tuple[int, str]:
     log_path = os.path.join(results_dir, "tests-cuda.log")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
            f"--junitxml={os.path.join(results_dir, 'tests-cuda.xml')}"]  # fmt: skip
+    if importlib.util.find_spec("xdist") is not None:
+        # Triton's compiles are CPU-bound: spread them over the machine's cores (the GPU is shared)
+        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
         output, code = proc.stdout + proc.stderr, proc.returncode
