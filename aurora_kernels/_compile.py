@@ -57,9 +57,16 @@ DTYPE_LABELS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float3
 
 
 def configs_per_dtype(dtypes, *, shape: str, signature: dict, **fields) -> list[KernelConfig]:
-    """One KernelConfig per dtype: "*T" in the signature becomes a pointer to that dtype."""
+    """One KernelConfig per dtype: "*T" in the signature becomes a pointer to that dtype, and a kernel's
+    STRIDE_MULTIPLE constexprs (see `ops._layout.stride_multiple`) are the 16-byte multiples that the
+    model's strides (head dims 64/72/128, row widths 1152/1536/8960, fused projections) all are;
+    cos/sin tables (TABLE_STRIDE_MULTIPLE) are taken as fp32."""
     configs = []
+    kernel_args = fields["kernel"].arg_names
     for dtype in dtypes:
         typed = {name: (pointer_type(dtype) if kind == "*T" else kind) for name, kind in signature.items()}
-        configs.append(KernelConfig(shape=f"{shape} {DTYPE_LABELS[str(dtype)]}", signature=typed, **fields))
+        multiples = {name: 16 // size for name, size in (("STRIDE_MULTIPLE", dtype.itemsize), ("TABLE_STRIDE_MULTIPLE", 4))
+                     if name in kernel_args}  # fmt: skip
+        per_dtype = {**fields, "constexprs": {**multiples, **fields.get("constexprs", {})}}
+        configs.append(KernelConfig(shape=f"{shape} {DTYPE_LABELS[str(dtype)]}", signature=typed, **per_dtype))
     return configs

@@ -69,6 +69,8 @@ def compile_one(cfg: KernelConfig) -> dict:
     ptx = compiled.asm["ptx"]
     row["shared_bytes"] = int(compiled.metadata.shared)
     row["tensor_core"] = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "none")
+    # 16-byte global loads: vector loads, or the async copies to shared memory that pipelined tiles use
+    row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path = os.path.join(tmp, "kernel.ptx")
         with open(ptx_path, "w") as f:
@@ -121,13 +123,15 @@ def problems(row: dict) -> list[str]:
         found.append(f"shared memory {row['shared_bytes']} B over the sm_90 limit {H100_SHARED_MEMORY_LIMIT} B")
     if row["uses_dot"] and row["tensor_core"] == "none":
         found.append("tl.dot did not become a tensor-core instruction")
+    if row.get("vector_loads") == 0:
+        found.append("no vectorised global load: every load is one element wide")
     return found
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -136,13 +140,13 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-                f"| - | - | - | - | {status} |"
+                f"| - | - | - | - | - | {status} |"
             )
             continue
         tc = r["tensor_core"] if r["uses_dot"] else "n/a"
         lines.append(
             f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {status} |"
+            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {status} |"
         )
     return "\n".join(lines) + "\n"
 

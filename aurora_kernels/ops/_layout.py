@@ -75,16 +75,26 @@ def warps_for(elements: int) -> int:
     return min(16, max(1, elements // 256))
 
 
+def stride_multiple(element_size: int, strides) -> int:
+    """The elements in 16 bytes when every stride is a multiple of that, else 1: the STRIDE_MULTIPLE
+    constexpr, with which a kernel tells the compiler its row offsets are 16-byte multiples. Triton
+    alone learns only whether each int argument divides by 16; a row stride of 72 (a ViT head) or a
+    RowLayout's // and % would leave every load 2 bytes wide."""
+    vector = 16 // element_size
+    return vector if all(s % vector == 0 for s in strides) else 1
+
+
 @triton.jit
-def row_starts(rows, outer_stride, inner_size, inner_stride):
-    """Element offsets (int64) of the starts of `rows` in a RowLayout."""
+def row_starts(rows, outer_stride, inner_size, inner_stride, STRIDE_MULTIPLE: tl.constexpr):
+    """Element offsets (int64) of the starts of `rows` in a RowLayout whose strides are multiples of
+    STRIDE_MULTIPLE."""
     rows = rows.to(tl.int64)
-    return (rows // inner_size) * outer_stride + (rows % inner_size) * inner_stride
+    return tl.multiple_of((rows // inner_size) * outer_stride + (rows % inner_size) * inner_stride, STRIDE_MULTIPLE)
 
 
 # Elementwise kernels over rows share one signature:
 #   kernel(x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
-#          BLOCK_ROWS: constexpr, BLOCK_COLS: constexpr)
+#          STRIDE_MULTIPLE: constexpr, BLOCK_ROWS: constexpr, BLOCK_COLS: constexpr)
 # where num_cols is the output row's width; the two helpers below launch one and list its configs.
 ELEMENTWISE_SIGNATURE = {"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num_cols": "i32",
                          "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32"}  # fmt: skip
@@ -92,12 +102,12 @@ ELEMENTWISE_SIGNATURE = {"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num
 
 @triton.jit
 def elementwise_tile(num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
-                     BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):  # fmt: skip
+                     STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):  # fmt: skip
     """This program's tile of an elementwise kernel: (x offsets, contiguous output offsets, mask)."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.program_id(1) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride)[:, None] + cols[None, :]
+    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
     out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
     return x_offsets, out_offsets, mask
 
@@ -108,7 +118,8 @@ def launch_elementwise_rows(kernel, x, out, num_cols: int) -> None:
         return
     cfg = elementwise_tile_config(num_cols)
     grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]), triton.cdiv(num_cols, cfg["BLOCK_COLS"]))
-    kernel[grid](x, out, rows.num_rows, num_cols, *rows[1:], **cfg)
+    multiple = stride_multiple(x.element_size(), (rows.outer_stride, rows.inner_stride))
+    kernel[grid](x, out, rows.num_rows, num_cols, *rows[1:], STRIDE_MULTIPLE=multiple, **cfg)
 
 
 def elementwise_compile_configs(op: str, kernel, num_cols: int, shape: str) -> list:

@@ -22,10 +22,10 @@ from aurora_kernels.ops._layout import elementwise_compile_configs, elementwise_
 @triton.jit
 def _gelu_tanh_kernel(
     x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     x_offsets, out_offsets, mask = elementwise_tile(
-        num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, BLOCK_ROWS, BLOCK_COLS
+        num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE, BLOCK_ROWS, BLOCK_COLS
     )
     x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
     inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2/pi) (x + 0.044715 x^3)

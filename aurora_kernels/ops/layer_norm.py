@@ -27,20 +27,20 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, row_tile_config, row_starts
+from aurora_kernels.ops._layout import collapse_rows, row_starts, row_tile_config, stride_multiple
 
 
 @triton.jit
 def _layer_norm_kernel(
     x_ptr, weight_ptr, bias_ptr, out_ptr,
     num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, eps,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_COLS)
     col_mask = cols < num_cols
     mask = (rows < num_rows)[:, None] & col_mask[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride)[:, None] + cols[None, :]
+    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
     x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / num_cols
     centred = tl.where(mask, x - mean[:, None], 0.0)
@@ -79,7 +79,8 @@ def _layer_norm_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     if rows.num_rows > 0:
         cfg = row_tile_config(num_cols)
         grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]),)
-        _layer_norm_kernel[grid](x, weight, bias, out, rows.num_rows, num_cols, *rows[1:], float(eps), **cfg)
+        multiple = stride_multiple(x.element_size(), (rows.outer_stride, rows.inner_stride))
+        _layer_norm_kernel[grid](x, weight, bias, out, rows.num_rows, num_cols, *rows[1:], eps, STRIDE_MULTIPLE=multiple, **cfg)
     return out
 
 

@@ -33,7 +33,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, row_starts, row_tile_config
+from aurora_kernels.ops._layout import collapse_rows, row_starts, row_tile_config, stride_multiple
 
 @triton.jit
 def _rms_norm_kernel(
@@ -42,16 +42,16 @@ def _rms_norm_kernel(
     x_outer_stride, x_inner_size, x_inner_stride,
     res_outer_stride, res_inner_size, res_inner_stride,
     eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_COLS)
     mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride)[:, None] + cols[None, :]
+    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
     h = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
     out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
     if HAS_RESIDUAL:
-        res_offsets = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride)[:, None] + cols[None, :]
+        res_offsets = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
         h += tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(residual_out_ptr + out_offsets, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
     inv_rms = tl.rsqrt(tl.sum(h * h, axis=1) / num_cols + eps)
@@ -101,7 +101,10 @@ def _rms_norm_launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual
             x, residual if residual is not None else x, weight, out,
             residual_out if residual is not None else out,
             x_rows.num_rows, x.shape[-1], *x_rows[1:], *res_rows[1:], eps,
-            HAS_RESIDUAL=residual is not None, **cfg,
+            HAS_RESIDUAL=residual is not None,
+            STRIDE_MULTIPLE=stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
+                                                               res_rows.outer_stride, res_rows.inner_stride)),
+            **cfg,
         )  # fmt: skip
     return [out] if residual is None else [out, residual_out]
 

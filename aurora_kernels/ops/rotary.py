@@ -28,7 +28,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, pow2_at_least, row_starts, warps_for
+from aurora_kernels.ops._layout import collapse_rows, pow2_at_least, row_starts, stride_multiple, warps_for
 
 MAX_HEAD_DIM = 512
 
@@ -36,13 +36,14 @@ MAX_HEAD_DIM = 512
 @triton.jit
 def _rotate_heads(
     x_ptr, out_ptr, token, x_token_start, head_stride, num_heads, half_dim, cos1, cos2, sin1, sin2,
-    BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     """Rotate every head of one token: x is [num_heads, 2 * half_dim] at x_token_start."""
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
     mask = (heads < num_heads)[:, None] & (dims < half_dim)[None, :]
-    first = x_token_start + heads[:, None] * head_stride + dims[None, :]
+    head_starts = tl.multiple_of(x_token_start + heads.to(tl.int64) * head_stride, STRIDE_MULTIPLE)
+    first = head_starts[:, None] + dims[None, :]
     x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_ptr + first + half_dim, mask=mask, other=0.0).to(tl.float32)
     out_first = token.to(tl.int64) * num_heads * 2 * half_dim + heads[:, None] * 2 * half_dim + dims[None, :]
@@ -59,6 +60,7 @@ def _rotary_kernel(
     k_outer_stride, k_inner_size, k_inner_stride, k_head_stride,
     cos_outer_stride, cos_inner_size, cos_inner_stride,
     sin_outer_stride, sin_inner_size, sin_inner_stride,
+    STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr,
     TOKENS_PER_PROGRAM: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     dims = tl.arange(0, BLOCK_HALF)
@@ -66,18 +68,18 @@ def _rotary_kernel(
     for i in range(TOKENS_PER_PROGRAM):
         token = tl.program_id(0) * TOKENS_PER_PROGRAM + i
         if token < num_tokens:
-            cos_start = row_starts(token, cos_outer_stride, cos_inner_size, cos_inner_stride)
-            sin_start = row_starts(token, sin_outer_stride, sin_inner_size, sin_inner_stride)
+            cos_start = row_starts(token, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
+            sin_start = row_starts(token, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
             cos1 = tl.load(cos_ptr + cos_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
             cos2 = tl.load(cos_ptr + cos_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
             sin1 = tl.load(sin_ptr + sin_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
             sin2 = tl.load(sin_ptr + sin_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
-            q_start = row_starts(token, q_outer_stride, q_inner_size, q_inner_stride)
+            q_start = row_starts(token, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
             _rotate_heads(q_ptr, q_out_ptr, token, q_start, q_head_stride, num_heads_q, half_dim,
-                          cos1, cos2, sin1, sin2, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
-            k_start = row_starts(token, k_outer_stride, k_inner_size, k_inner_stride)
+                          cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+            k_start = row_starts(token, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
             _rotate_heads(k_ptr, k_out_ptr, token, k_start, k_head_stride, num_heads_kv, half_dim,
-                          cos1, cos2, sin1, sin2, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+                          cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
 
 
 def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
@@ -147,7 +149,12 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
         grid = (triton.cdiv(q_rows.num_rows, cfg["TOKENS_PER_PROGRAM"]),)
         _rotary_kernel[grid](
             q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
-            *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:], **cfg,
+            *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:],
+            STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_rows.outer_stride, q_rows.inner_stride, q.stride(-2),
+                                                               k_rows.outer_stride, k_rows.inner_stride, k.stride(-2))),
+            TABLE_STRIDE_MULTIPLE=stride_multiple(cos.element_size(), (cos_rows.outer_stride, cos_rows.inner_stride,
+                                                                       sin_rows.outer_stride, sin_rows.inner_stride)),
+            **cfg,
         )  # fmt: skip
     return [q_out, k_out]
 

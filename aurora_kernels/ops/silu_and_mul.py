@@ -22,10 +22,10 @@ from aurora_kernels.ops._layout import elementwise_compile_configs, elementwise_
 @triton.jit
 def _silu_and_mul_kernel(
     x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
-    BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
     gate_offsets, out_offsets, mask = elementwise_tile(
-        num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, BLOCK_ROWS, BLOCK_COLS
+        num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE, BLOCK_ROWS, BLOCK_COLS
     )
     gate = tl.load(x_ptr + gate_offsets, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + gate_offsets + num_cols, mask=mask, other=0.0).to(tl.float32)
