@@ -190,6 +190,13 @@ class AuroraEdgeV(nn.Module):
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
         if decode == "cuda_graph" and self.device.type != "cuda":
             raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {self.device}")
+        self._check_requests(pixel_values, input_ids)
+        positions_needed = self.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens
+        if positions_needed > self.config.llm.max_position_embeddings:
+            raise ValueError(
+                f"max_new_tokens: the longest request needs {positions_needed} positions (visual tokens + prompt + new "
+                f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
+            )
         x, positions, lengths = self.llm_inputs(pixel_values, input_ids)
         batch, device, cfg = len(lengths), self.device, self.config.llm
         kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
