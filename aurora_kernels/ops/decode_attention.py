@@ -47,7 +47,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import pow2_at_least
+from aurora_kernels.ops._layout import pow2_at_least, stride_multiple
 from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
 PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -64,13 +64,15 @@ H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests 
 
 @triton.jit
 def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache_token_stride,
-                PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr):  # fmt: skip
-    """Element offsets (int64) of cache positions `positions` of one sequence."""
+                PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
+    """Element offsets (int64) of cache positions `positions` of one sequence (multiples of
+    STRIDE_MULTIPLE, as the launcher checked the strides are)."""
     if PAGED:
         pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE).to(tl.int64)
-        return pages * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
+        rows = pages * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
     else:
-        return batch.to(tl.int64) * cache_batch_stride + positions.to(tl.int64) * cache_token_stride
+        rows = batch.to(tl.int64) * cache_batch_stride + positions.to(tl.int64) * cache_token_stride
+    return tl.multiple_of(rows, STRIDE_MULTIPLE)
 
 
 @triton.jit
@@ -85,7 +87,7 @@ def _decode_split_kernel(
     block_table_stride,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -103,11 +105,11 @@ def _decode_split_kernel(
     heads = (kv_head * heads_per_kv + groups).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < HEAD_DIM
-    q = tl.load(q_ptr + batch.to(tl.int64) * q_batch_stride + heads[:, None] * q_head_stride + cols[None, :],
-                mask=group_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
+    q_rows = tl.multiple_of(batch.to(tl.int64) * q_batch_stride + heads * q_head_stride, STRIDE_MULTIPLE)
+    q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=group_ok[:, None] & col_ok[None, :], other=0.0)
     block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
-    k_head_base = k_cache_ptr + kv_head.to(tl.int64) * k_cache_head_stride
-    v_head_base = v_cache_ptr + kv_head.to(tl.int64) * v_cache_head_stride
+    k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
+    v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
 
     # row_max starts finite (-1e30), so masked keys (-inf) give p = 0 and never a NaN
     row_max = tl.full((BLOCK_G,), -1.0e30, tl.float32)
@@ -116,8 +118,10 @@ def _decode_split_kernel(
     for key_start in range(start, cached_end, BLOCK_N):
         positions = key_start + tl.arange(0, BLOCK_N)
         key_ok = positions < cached_end
-        k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride, PAGED, PAGE_SIZE)
-        v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride, PAGED, PAGE_SIZE)
+        k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride,
+                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+        v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride,
+                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
         k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
         scores = dot_acc(q, k, tl.zeros((BLOCK_G, BLOCK_N), tl.float32), DOT_IN_FP32) * qk_scale_log2
         scores = tl.where(key_ok[None, :], scores, float("-inf"))
@@ -143,8 +147,10 @@ def _decode_split_kernel(
             acc = acc * alpha[:, None] + p_new[:, None] * v_new.to(tl.float32)[None, :]
             row_max = new_max
             position = tl.full((1,), 0, tl.int32) + cached
-            k_row = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride, PAGED, PAGE_SIZE)
-            v_row = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride, PAGED, PAGE_SIZE)
+            k_row = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride,
+                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            v_row = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride,
+                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
             tl.store(k_head_base + k_row[:, None] + cols[None, :], k_new[None, :], mask=col_ok[None, :])
             tl.store(v_head_base + v_row[:, None] + cols[None, :], v_new[None, :], mask=col_ok[None, :])
 
@@ -311,7 +317,9 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         k_new.stride(0), k_new.stride(2), v_new.stride(0), v_new.stride(2),
         block_table.stride(0) if paged else 0,
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, SINGLE_SPLIT=single_split,
-        DOT_IN_FP32=dot_in_fp32(q.dtype), **config,
+        DOT_IN_FP32=dot_in_fp32(q.dtype),
+        STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
+        **config,
     )  # fmt: skip
     if not single_split:
         _decode_merge_kernel[(batch * heads_q,)](
