@@ -211,3 +211,12 @@ def test_cases_interleave_over_ops_and_skipped_rows_are_reported():
     row = harness.skipped_row(cases[-1], "time budget of 150 s spent")
     md = harness.results_markdown({"name": "Test GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}, [row])
     assert f"| {cases[-1].op} | {cases[-1].name} | bfloat16 | skipped: time budget of 150 s spent |" in md
+
+
+def test_gpu_check_rejects_unknown_phases(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--phases", "tests,plots"])
+    assert exit_info.value.code == 2
+    assert "--phases: expected a subset of tests,ops,model, got tests,plots" in capsys.readouterr().err

@@ -89,13 +89,13 @@ def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, 
     check_backend(backend)
     if not isinstance(model, (qwen2.Qwen2ForCausalLM, qwen2.Qwen2Model)):
         raise TypeError(f"model: expected a transformers Qwen2ForCausalLM or Qwen2Model, got {type(model).__name__}")
+    if mlp and model.config.hidden_act != "silu":  # checked before anything is patched
+        raise ValueError(f"model.config.hidden_act: expected 'silu' (SwiGLU), got {model.config.hidden_act!r}")
     for module in model.modules():
         module._aurora_backend = backend
         if rms_norm and isinstance(module, qwen2.Qwen2RMSNorm):
             module.forward = types.MethodType(_rms_norm_forward, module)
         if mlp and isinstance(module, qwen2.Qwen2MLP):
-            if module.config.hidden_act != "silu":
-                raise ValueError(f"model.config.hidden_act: expected 'silu' (SwiGLU), got {module.config.hidden_act!r}")
             _fuse_gate_up(module)
             module.forward = types.MethodType(_mlp_forward, module)
     if rotary:

@@ -80,3 +80,12 @@ def test_rejects_other_models(gen):
 
     with pytest.raises(TypeError, match="model: expected a transformers Qwen2ForCausalLM or Qwen2Model, got Linear"):
         patch_qwen2(torch.nn.Linear(2, 2))
+
+
+def test_rejects_a_non_swiglu_mlp(gen):
+    from aurora_kernels.integrations import patch_qwen2
+
+    config = transformers.Qwen2Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, hidden_act="gelu")  # fmt: skip
+    with pytest.raises(ValueError, match="model.config.hidden_act: expected 'silu' \\(SwiGLU\\), got 'gelu'"):
+        patch_qwen2(transformers.Qwen2ForCausalLM(config), attention=False, rotary=False)

@@ -169,3 +169,21 @@ def test_vision_matches_transformers(transformers, checkpoint, tmp_path, device,
         expected = hf(pixel_values=pixel_values).last_hidden_state
         ours = model.vision(pixel_values.to(device))
     assert_parity(ours, expected.double(), torch.float32, "SigLIP last_hidden_state vs transformers")
+
+
+def test_config_and_metadata_errors(checkpoints, tmp_path):
+    root, _, _ = checkpoints
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"projector.fc1.weight": torch.zeros(1)}, plain)
+    with pytest.raises(ValueError, match="expected 'compressor' settings in the safetensors metadata"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", plain)
+    (root / "qwen2" / "config.json").write_text(json.dumps({**QWEN2_CONFIG, "rope_scaling": {"type": "yarn", "factor": 4}}))
+    with pytest.raises(ValueError, match="config.json: expected plain RoPE"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    (root / "qwen2" / "config.json").write_text(json.dumps(QWEN2_CONFIG))
+    (root / "siglip" / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG,
+                                                             "hidden_act": "quick_gelu"}))  # fmt: skip
+    with pytest.raises(ValueError, match="config.json: expected hidden_act 'gelu_pytorch_tanh', got 'quick_gelu'"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")

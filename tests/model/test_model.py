@@ -165,3 +165,17 @@ def test_half_precision_model_is_as_accurate_as_eager(dtype, device, gen):
     for b in range(3):
         eager_error, kernel_error = rel_error(eager[b], truth[b].double()), rel_error(kernels[b], truth[b].double())
         assert kernel_error < 0.1 and kernel_error <= 2 * eager_error, (b, kernel_error, eager_error)
+
+
+def test_request_and_cache_argument_errors(device, gen):
+    from aurora_kernels.model import KVCache
+
+    model = tiny_model(device)
+    pixel_values, ids = requests(model, device, gen)
+    if device.type == "cpu":  # token ids are checked where reading them costs no device sync
+        with pytest.raises(ValueError, match=r"input_ids\[1\]: expected token ids in \[0, 1000\)"):
+            model.generate(pixel_values, [ids[0], ids[1] + 1000, ids[2]], 2)
+    with pytest.raises(TypeError, match="input_ids: expected a list of 1-D int64 tensors"):
+        model.generate(pixel_values, torch.stack([ids[0][:1]] * 3), 2)
+    with pytest.raises(ValueError, match=r"page_size: expected one of \(16, 32, 64, 128, 256\), got 48"):
+        KVCache(2, 1, 64, 2, 64, torch.float32, device, page_size=48)

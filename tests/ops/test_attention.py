@@ -164,3 +164,10 @@ def test_cuda_graph_capture_and_torch_compile(device, gen):
     expected = reference_in_float64(reference.attention_varlen, *args, causal=True)
     check_cuda_graph_and_compile(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16,
                                  "attention_varlen")  # fmt: skip
+
+
+def test_too_many_sequences_for_the_grid(device, gen):
+    q = randn((1, 2, 64), torch.float32, device, gen)
+    cu = torch.tensor([0] * 65536 + [1], dtype=torch.int32, device=device)  # 65536 sequences, the last one token
+    with pytest.raises(ValueError, match="q: expected at most 65535 sequences in one call, got 65536"):
+        ak.attention_varlen(q, q, q, cu, cu, 1, 1)
