@@ -144,16 +144,24 @@ class AuroraEdgeV(nn.Module):
             if ids.numel() and ids.device.type == "cpu" and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
                 raise ValueError(f"input_ids[{b}]: expected token ids in [0, {vocab})")
 
-    def llm_inputs(self, pixel_values, input_ids, generated=None):
+    def llm_inputs(self, pixel_values, input_ids, generated=None, reserve: int = 0):
         """The packed LLM input of every request: (x [T, C], positions [T], lengths [B] as ints).
 
         Request b contributes Vc[b], its fused prompt T'[b] and, if given, the embeddings of the tokens
-        `generated[b]` that followed (what a no-cache recompute of a generation sees)."""
+        `generated[b]` that followed (what a no-cache recompute of a generation sees). `reserve`: new
+        tokens still to come; every request must fit the LLM's positions with them."""
         self._check_requests(pixel_values, input_ids)
+        prompt_lengths = [int(ids.numel()) for ids in input_ids]
+        extra = [len(tokens) for tokens in generated] if generated is not None else [0] * len(input_ids)
+        needed = self.config.visual_tokens + max(n + g for n, g in zip(prompt_lengths, extra)) + reserve
+        if needed > self.config.llm.max_position_embeddings:
+            raise ValueError(
+                f"input_ids: the longest request needs {needed} positions (visual tokens + prompt + generated + new "
+                f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
+            )
         device = self.device
         visual = self.projector(self.vision(pixel_values.to(device)))  # V [B, N, C]
         compressed = self.compressor(visual)  # Vc [B, M, C]
-        prompt_lengths = [int(ids.numel()) for ids in input_ids]
         prompts = self.llm.embed_tokens(torch.cat(list(input_ids)).to(device))
         cos, sin = self.llm.rotary(_positions(prompt_lengths, device))
         fused = self.fusion(prompts, visual, _offsets(prompt_lengths, device), max(prompt_lengths), cos, sin)
@@ -163,7 +171,6 @@ class AuroraEdgeV(nn.Module):
             if generated is not None and len(generated[b]):
                 pieces.append(self.llm.embed_tokens(torch.as_tensor(generated[b], dtype=torch.int64, device=device)))
             start += length
-        extra = [len(generated[b]) if generated is not None else 0 for b in range(len(prompt_lengths))]
         lengths = [compressed.shape[1] + n + g for n, g in zip(prompt_lengths, extra)]
         return torch.cat(pieces), _positions(lengths, device), lengths
 
@@ -190,14 +197,7 @@ class AuroraEdgeV(nn.Module):
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
         if decode == "cuda_graph" and self.device.type != "cuda":
             raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {self.device}")
-        self._check_requests(pixel_values, input_ids)
-        positions_needed = self.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens
-        if positions_needed > self.config.llm.max_position_embeddings:
-            raise ValueError(
-                f"max_new_tokens: the longest request needs {positions_needed} positions (visual tokens + prompt + new "
-                f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
-            )
-        x, positions, lengths = self.llm_inputs(pixel_values, input_ids)
+        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens)
         batch, device, cfg = len(lengths), self.device, self.config.llm
         kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
                      page_size if cache == "paged" else None)  # fmt: skip

@@ -123,7 +123,7 @@ def test_vision_output_shape_and_errors(device, gen):
         model.generate(pixel_values, [ids[0].int(), *ids[1:]], 2)
     with pytest.raises(ValueError, match="cache: expected one of"):
         model.generate(pixel_values, ids, 2, cache="ring")
-    with pytest.raises(ValueError, match="max_new_tokens: the longest request needs 1040 positions"):
+    with pytest.raises(ValueError, match="input_ids: the longest request needs 1040 positions"):
         model.generate(pixel_values, ids, 1012)  # 16 visual + 12 prompt + 1012 > 1024
 
 
