@@ -212,8 +212,10 @@ def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
     return {
         "BLOCK_D": pow2_at_least(head_dim, 16),
         "BLOCK_G": pow2_at_least(heads_per_kv, 16),
-        "BLOCK_N": 16 if fp32 else 64,  # fp32: ieee dots on the FMA units, small tiles to stay clear of spills
-        "num_warps": 4,
+        # fp32: ieee dots on the FMA units, small tiles and 8 warps to stay clear of spills (4 warps
+        # spilled with the paged append path under triton 3.6's ptxas)
+        "BLOCK_N": 16 if fp32 else 64,
+        "num_warps": 8 if fp32 else 4,
         "num_stages": 2 if fp32 else 3,
     }
 
