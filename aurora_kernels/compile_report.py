@@ -3,10 +3,14 @@
 Each op file registers, with `@register_compile_configs`, a function that lists the launch configs
 its launcher (or autotuner) can pick at the model's shapes, built by the same config-picking code
 the launcher uses. This module compiles each one with `triton.compile(..., GPUTarget("cuda", 90, 32))`,
-assembles the PTX with `ptxas-blackwell -v --gpu-name=sm_90a` and reports registers per thread,
-spill stores/loads, shared memory, and whether the matrix ops became tensor-core instructions
-(wgmma or mma in the PTX). It catches what the interpreter lets through (dot tiles under 16, shared
-memory over the limit, spills).
+assembles the PTX with `ptxas -v --gpu-name=sm_90a` (the ptxas this Triton itself picks for sm_90)
+and reports registers per thread, spill stores/loads, shared memory, whether the matrix ops became
+tensor-core instructions (wgmma or mma in the PTX) and whether global loads are 16 bytes wide. It
+catches what the interpreter lets through (dot tiles under 16, shared memory over the limit, spills).
+
+Register allocation differs between Triton releases (triton 3.6's ptxas spilled two configs that
+3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
+GPU machines (3.6) installed beside it in a folder (`run_report(triton_path=...)`).
 
 It must run without TRITON_INTERPRET (under the interpreter `@triton.jit` gives interpreted functions
 that cannot be compiled): `run_report()` starts `python -m aurora_kernels.compile_report` in a
@@ -30,14 +34,12 @@ import tempfile
 from aurora_kernels._compile import H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
 
 def _ptxas() -> str:
-    import triton
+    """The ptxas this Triton itself assembles sm_90 code with: triton 3.6 uses its CUDA 12.8 `ptxas`,
+    triton 3.9 `ptxas-blackwell`. Register and spill counts depend on the assembler, so the report
+    shows what a GPU running this Triton would get."""
+    from triton.backends.nvidia.compiler import get_ptxas
 
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for name in ("ptxas-blackwell", "ptxas"):
-        path = os.path.join(bin_dir, name)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(f"no ptxas in {bin_dir}")
+    return get_ptxas(90).path
 
 
 def compile_one(cfg: KernelConfig) -> dict:
@@ -151,9 +153,35 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_report(timeout: float = 900) -> list[dict]:
-    """Run the report in a subprocess without TRITON_INTERPRET; returns its rows."""
+def toolchain() -> dict:
+    """The Triton and ptxas versions the report was made with (register counts depend on both)."""
+    import triton
+
+    ptxas = _ptxas()
+    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True).stdout
+    release = re.search(r"release ([\d.]+)", version)
+    return {"triton": triton.__version__, "ptxas": f"{os.path.basename(ptxas)} (CUDA {release.group(1) if release else '?'})"}
+
+
+def document(report: dict) -> str:
+    """The Markdown file: title, what was compiled with which toolchain, the table."""
+    tools = report["toolchain"]
+    return (
+        "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
+        "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
+        "per thread, spills, shared memory, whether the dots became tensor-core instructions, and how many "
+        f"16-byte global loads the PTX has.\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
+        + markdown(report["rows"])
+    )
+
+
+def run_report(timeout: float = 900, triton_path: str | None = None) -> dict:
+    """Run the report in a subprocess without TRITON_INTERPRET; returns {"toolchain", "rows"}.
+    triton_path: a folder holding another Triton (`pip install --target DIR triton==3.6.0`), put first
+    on the subprocess's path, to check the kernels with the compiler a GPU machine has."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(triton_path), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         subprocess.run(
@@ -177,16 +205,16 @@ def main(argv=None) -> int:
         parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
     rows = compile_all([cfg for cfg in all_configs() if not args.op or cfg.op in args.op])
-    table = markdown(rows)
+    report = {"toolchain": toolchain(), "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump(report, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write("# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, "
-                    "compiled ahead of time for the H100 (`python -m aurora_kernels.compile_report`).\n\n" + table)
+            f.write(document(report))
     if not args.quiet:
-        print(table)
+        print(f"triton {report['toolchain']['triton']}, {report['toolchain']['ptxas']}\n")
+        print(markdown(rows))
     bad = [r for r in rows if problems(r)]
     return 1 if bad else 0
 

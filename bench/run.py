@@ -61,21 +61,25 @@ def cpu_parity(only: set[str] | None) -> int:
 
 
 def compile_report() -> int:
-    from aurora_kernels.compile_report import markdown, problems, run_report
+    """The sm_90 report with the installed Triton (compile-sm90.md) and, where `make` installed it
+    (AURORA_GPU_IMAGE_TRITON), with the GPU machines' Triton (compile-sm90-triton-<version>.md)."""
+    from aurora_kernels.compile_report import document, markdown, problems, run_report
 
-    rows = run_report()
-    table = markdown(rows)
-    path = os.path.join(RESULTS_ROOT, "compile-sm90.md")
     os.makedirs(RESULTS_ROOT, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(
-            "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
-            "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
-            "per thread, spills, shared memory, and whether the dots became tensor-core instructions.\n\n" + table
-        )
-    print(f"## sm_90 compile report ({len(rows)} configs; written to {os.path.relpath(path)})\n")
-    print(table)
-    return sum(1 for r in rows if problems(r))
+    failures = 0
+    gpu_image_triton = os.environ.get("AURORA_GPU_IMAGE_TRITON")
+    for triton_path in [None] + ([gpu_image_triton] if gpu_image_triton else []):
+        report = run_report(triton_path=triton_path)
+        version = report["toolchain"]["triton"]
+        name = f"compile-sm90-triton-{version}.md" if triton_path else "compile-sm90.md"
+        path = os.path.join(RESULTS_ROOT, name)
+        with open(path, "w") as f:
+            f.write(document(report))
+        rows = report["rows"]
+        print(f"## sm_90 compile report, triton {version} ({len(rows)} configs; written to {os.path.relpath(path)})\n")
+        print(markdown(rows))
+        failures += sum(1 for r in rows if problems(r))
+    return failures
 
 
 def floors(cases) -> None:
