@@ -111,8 +111,18 @@ def check_op(op: Callable, reference_fn: Callable, *args, **kwargs) -> list[floa
     return [assert_parity(o, r, dtype, f"{op.__name__} output {i}") for i, (o, r) in enumerate(zip(outs, refs))]
 
 
-def check_cuda_graph_and_compile(fn: Callable, args: tuple, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    """fn(*args) replayed from a CUDA graph, and fn under torch.compile, both match `expected`.
+def check_compile(fn: Callable, args: tuple, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """fn under torch.compile (Inductor, fullgraph: a graph break raises) matches `expected`.
+
+    Runs on any device: on a CPU the custom ops run their kernels under the interpreter inside the
+    graph Inductor generated, so a fake that disagrees with its kernel fails here too.
+    """
+    torch._dynamo.reset()
+    assert_parity(torch.compile(fn, fullgraph=True)(*args), expected, dtype, f"{what}, torch.compile")
+
+
+def check_cuda_graph(fn: Callable, args: tuple, expected: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """fn(*args) replayed from a CUDA graph matches `expected`.
 
     fn runs once before the capture, so its kernels are compiled (and autotuned) outside it: the
     capture itself must need no host sync, no allocation outside the graph pool, no autotuning.
@@ -125,4 +135,3 @@ def check_cuda_graph_and_compile(fn: Callable, args: tuple, expected: torch.Tens
     graph.replay()
     torch.cuda.synchronize()
     assert_parity(captured, expected, dtype, f"{what}, CUDA graph replay")
-    assert_parity(torch.compile(fn)(*args), expected, dtype, f"{what}, torch.compile")

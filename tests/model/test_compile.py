@@ -1,12 +1,16 @@
 """torch.compile sees every op as one custom-op node (traced through its fake), with no graph break,
-for a whole decode step of the model; on a GPU the compiled step is also replayed from a CUDA graph."""
+for a whole decode step of the model; Inductor updates the KV cache in place (on a CPU too, the kernels
+under the interpreter); on a GPU the step is also replayed from a CUDA graph."""
+
+import re
 
 import pytest
 import torch
+from torch._inductor.utils import run_and_get_code
 
 import aurora_kernels as ak
 from aurora_kernels.model import KVCache
-from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile
+from aurora_kernels.testing import assert_parity, check_cuda_graph
 from tests.catalogue import cuda_only
 from tests.model.test_model import requests, tiny_model
 
@@ -80,13 +84,39 @@ def test_eager_calls_skip_the_dispatcher(device, gen):
     assert hasattr(torch.ops.aurora_kernels, "gelu_tanh")  # registered for compile, not used in eager
 
 
-@cuda_only
-def test_decode_step_cuda_graph_and_compile(device, gen):
+def _decode_step_and_expected(device, gen, page_size=16):
+    """A bf16 decode step of the tiny model on the kernels, and its eager output: compiled and replayed
+    steps must reproduce the eager kernels (against the reference ops a bf16 model differs by more than
+    one op's bound, test_half_precision_model_is_as_accurate_as_eager)."""
     model = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
-    kv, tokens = _prefilled(model, device, gen, page_size=16)
+    kv, tokens = _prefilled(model, device, gen, page_size)
     step = _decode_step(model, kv)
     with torch.no_grad():
-        model.set_backend("reference")
         expected = step(tokens).double()
-        model.set_backend("triton")
-        check_cuda_graph_and_compile(step, (tokens,), expected, torch.bfloat16, "decode step")
+    return model, kv, step, tokens, expected
+
+
+@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "paged"])
+def test_inductor_updates_the_cache_in_place(page_size, device, gen):
+    """Inductor hands the cache buffers straight to decode_attention, which appends in place as its
+    schema declares: no copy of a cache per layer per step (a functionalized copy would cost a whole
+    cache read and write per token)."""
+    model, kv, step, tokens, expected = _decode_step_and_expected(device, gen, page_size)
+    with torch.no_grad():
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(step, fullgraph=True), tokens)
+    assert_parity(out, expected, torch.bfloat16, "decode step, torch.compile")
+    source = "\n".join(code)
+    # every layer's call takes its k/v caches as graph inputs (argN_1), not as buffers of its own
+    calls = re.findall(r"aurora_kernels\.decode_attention\.default\(\w+, (\w+), (\w+),", source)
+    assert len(calls) == model.config.llm.num_layers, calls
+    assert all(re.fullmatch(r"arg\d+_1", name) for call in calls for name in call), calls
+    cache_shape = re.escape(str(tuple(kv.k[0].shape)))
+    assert not re.search(r"empty_strided\w*\(" + cache_shape, source), "Inductor allocates a cache-shaped buffer"
+
+
+@cuda_only
+def test_decode_step_cuda_graph(device, gen):
+    _, _, step, tokens, expected = _decode_step_and_expected(device, gen)
+    with torch.no_grad():
+        check_cuda_graph(step, (tokens,), expected, torch.bfloat16, "decode step")

@@ -5,7 +5,7 @@ import aurora_kernels as ak
 from aurora_kernels._dispatch import new_output, poisoned_outputs
 from aurora_kernels.ops import attention as attention_module
 from aurora_kernels.ops import reference
-from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile, check_op, randn, reference_in_float64
+from aurora_kernels.testing import assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64
 from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cu_seqlens, cuda_only, fused_qkv
 
 
@@ -158,12 +158,12 @@ def test_bad_inputs(device, gen):
         ak.attention_varlen(q, k, v[:, :1], cu_q, cu_k, max_q, max_k)
 
 
-@cuda_only
-def test_cuda_graph_capture_and_torch_compile(device, gen):
+@pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
+                         ids=["torch_compile", "cuda_graph"])  # fmt: skip
+def test_compiled_and_graph_captured(check, device, gen):
     args = _packed([100, 0, 37], [100, 0, 37], 12, 2, 128, torch.bfloat16, device, gen)
     expected = reference_in_float64(reference.attention_varlen, *args, causal=True)
-    check_cuda_graph_and_compile(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16,
-                                 "attention_varlen")  # fmt: skip
+    check(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16, "attention_varlen")
 
 
 def test_too_many_sequences_for_the_grid(device, gen):

@@ -5,7 +5,7 @@ import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
 from aurora_kernels.ops import reference
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
-from aurora_kernels.testing import assert_parity, check_cuda_graph_and_compile, check_op, randn, reference_in_float64
+from aurora_kernels.testing import assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64
 from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cuda_only
 
 
@@ -154,11 +154,11 @@ def test_bad_num_kv_splits(device, gen):
         ak.decode_attention(*args, num_kv_splits=129)
 
 
-@cuda_only
-def test_cuda_graph_capture_and_torch_compile(device, gen):
+@pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
+                         ids=["torch_compile", "cuda_graph"])  # fmt: skip
+def test_compiled_and_graph_captured(check, device, gen):
     q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
                                                         capacity=256, append=True)  # fmt: skip
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
     # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
-    check_cuda_graph_and_compile(ak.decode_attention, (q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16,
-                                 "decode_attention")  # fmt: skip
+    check(ak.decode_attention, (q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16, "decode_attention")
