@@ -64,8 +64,14 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                     continue
                 model.set_backend(backend)
                 try:
-                    model.generate(pixel_values, prompts, 3, decode=decode)  # compiles kernels / the step
+                    # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
+                    # compiled step guarded on other shapes would recompile inside the timing, and
+                    # kernels specialised on other cache sizes would JIT-compile there
+                    model.generate(pixel_values, prompts, new_tokens, decode=decode)
+                    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
                     _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
+                    if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+                        raise RuntimeError("torch.compile compiled a graph inside the timed run")
                 except Exception as exc:  # reported in the row; one failing configuration does not stop the run
                     row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     continue
