@@ -8,7 +8,7 @@ and reports registers per thread, spill stores/loads, shared memory, whether the
 tensor-core instructions (wgmma or mma in the PTX) and whether global loads are 16 bytes wide. It
 catches what the interpreter lets through (dot tiles under 16, shared memory over the limit, spills).
 
-Register allocation differs between Triton releases (triton 3.6's ptxas spilled two configs that
+Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
 GPU machines (3.6) installed beside it in a folder (`run_report(triton_path=...)`).
 
