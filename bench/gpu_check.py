@@ -2,8 +2,10 @@
 whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
 270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks 150 s (cases
-interleaved over the ops, the rest listed as skipped), the end-to-end model 120 s. `--phases tests`,
-`--phases ops`, `--phases model` split it over several device calls when a run needs more.
+interleaved over the ops, the rest listed as skipped), the end-to-end model 120 s. While the tests
+run, bench.warm compiles what the benchmarks will run on the cores the tests leave free, and it is
+stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases
+tests`, `--phases ops`, `--phases model` split it over several device calls when a run needs more.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR]
 """
@@ -14,23 +16,59 @@ import argparse
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 TEST_TIMEOUT_S = 270
+TEST_WORKERS = min(8, os.cpu_count() or 1)
+# the compile warm-up (bench.warm) runs beside the tests and stops itself by then (less than their cap,
+# so that with the ops and model budgets the whole run stays inside a device call's 10 minutes)
+WARM_UP_DEADLINE_S = 240
+
+
+def _child_env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), **extra)
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def start_warm_up(results_dir: str, phases: list[str], beside_tests: bool) -> subprocess.Popen:
+    """bench.warm in the background (its own process group), logging to warm-up.log: the compiles of
+    the ops and model phases done ahead, on the cores the tests leave free."""
+    cores = os.cpu_count() or 1
+    workers = max(1, cores - TEST_WORKERS) if beside_tests else cores
+    cmd = [sys.executable, "-m", "bench.warm", "--workers", str(workers), "--deadline-s", str(WARM_UP_DEADLINE_S),
+           "--memory-fraction", "0.5" if beside_tests else "0.9"]  # fmt: skip
+    cmd += [] if "ops" in phases else ["--no-ops"]
+    cmd += [] if "model" in phases else ["--no-model"]
+    with open(os.path.join(results_dir, "warm-up.log"), "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True)
+
+
+def finish_warm_up(proc: subprocess.Popen, results_dir: str, started_at: float) -> str:
+    """Wait for the warm-up (it stops itself at its deadline), stop it if it overran, and return its
+    summary line. No timing may start while it still uses the GPU."""
+    try:
+        proc.wait(timeout=max(1.0, WARM_UP_DEADLINE_S + 20 - (time.time() - started_at)))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with open(os.path.join(results_dir, "warm-up.log")) as f:
+        lines = [line.strip() for line in f if line.startswith("warm-up:")]
+    return lines[-1] if lines else f"warm-up: no summary (exit {proc.returncode}); see warm-up.log"
 
 
 def run_tests(results_dir: str) -> tuple[int, str]:
     # correctness run: each kernel's default config only (no autotuning: fewer compiles, less time)
-    env = dict(os.environ, AURORA_TEST_DEVICE="cuda", AURORA_AUTOTUNE="0", PYTHONPATH=os.getcwd())
-    env.pop("TRITON_INTERPRET", None)
+    env = _child_env(AURORA_TEST_DEVICE="cuda", AURORA_AUTOTUNE="0")
     log_path = os.path.join(results_dir, "tests-cuda.log")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
            f"--junitxml={os.path.join(results_dir, 'tests-cuda.xml')}"]  # fmt: skip
     if importlib.util.find_spec("xdist") is not None:
         # Triton's compiles are CPU-bound: spread them over the machine's cores (the GPU is shared)
-        cmd += ["-n", str(min(8, os.cpu_count() or 1))]
+        cmd += ["-n", str(TEST_WORKERS)]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
         output, code = proc.stdout + proc.stderr, proc.returncode
@@ -122,12 +160,18 @@ def main(argv=None) -> int:
     )
     os.makedirs(results_dir, exist_ok=True)
     start = time.time()
+    timing = "ops" in phases or "model" in phases
+    warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
         test_code, test_summary = run_tests(results_dir)
         print(f"tests on CUDA: {test_summary} ({time.time() - start:.0f} s); log in {results_dir}/tests-cuda.log", flush=True)
+    warm_up_summary = "not run (no timing phase)"
+    if warm_up is not None:
+        warm_up_summary = finish_warm_up(warm_up, results_dir, start)
+        print(f"{warm_up_summary} ({time.time() - start:.0f} s); log in {results_dir}/warm-up.log", flush=True)
     rows = []
-    if "ops" in phases or "model" in phases:
+    if timing:
         device, facts, ceilings, results_dir = run.gpu_context(results_dir)
         if "ops" in phases:
             rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, args.ops_budget)
@@ -142,6 +186,7 @@ def main(argv=None) -> int:
     print("\n" + "=" * 100)
     print(f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}")
     print(f"  tests on CUDA: {test_summary} (exit {test_code})")
+    print(f"  compile {warm_up_summary}")
     print(f"  {plot_note}")
     print("\n".join(summarise([r for r in rows if "skipped" not in r])))
     skipped = sum("skipped" in r for r in rows)

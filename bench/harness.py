@@ -179,10 +179,23 @@ def _input_sets(case: Case, device: torch.device, generator: torch.Generator, l2
     return [case.build(device, generator) for _ in range(copies)]
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as one line of a report: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
 def skipped_row(case: Case, reason: str) -> dict:
     """The row of a case that was not timed, and why."""
     return {"op": case.op, "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "bytes": case.bytes,
             "flops": case.flops, "impls": {}, "skipped": reason}  # fmt: skip
+
+
+def implementations(case: Case) -> dict[str, Peer]:
+    """What a case times: ours, the eager reference, then the peers it names (loaded now)."""
+    entry = OPS[case.op]
+    impls = {"ours": Peer(entry.public), "eager": Peer(entry.reference)}
+    impls.update({name: load() for name, load in case.peers.items()})
+    return impls
 
 
 def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
@@ -224,7 +237,7 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
         try:
             ms = timer(call)
         except Exception as exc:  # reported in the row; one failing peer does not stop the run
-            row["impls"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+            row["impls"][name] = {"error": error_text(exc)}
             continue
         seconds = ms * 1e-3
         row["impls"][name] = {

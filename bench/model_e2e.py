@@ -16,6 +16,7 @@ import torch
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
+from bench.harness import error_text
 
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 128
@@ -40,9 +41,11 @@ def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes
 
 
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
-        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16) -> list[dict]:  # fmt: skip
+        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16, timed: bool = True) -> list[dict]:  # fmt: skip
     """Every configuration until the time budget is spent; the rest are listed as skipped. (The
-    keyword arguments let the CPU tests run the same code on the tiny preset.)"""
+    keyword arguments let the CPU tests run the same code on the tiny preset.) timed=False runs only
+    each configuration's warm-up: what bench.warm does in other processes to fill the compile caches,
+    in the order of the timed run (a compiled step's recompiles depend on the order of its shapes)."""
     start = time.time()
     with torch.device(device):
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
@@ -68,12 +71,14 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                     # compiled step guarded on other shapes would recompile inside the timing, and
                     # kernels specialised on other cache sizes would JIT-compile there
                     model.generate(pixel_values, prompts, new_tokens, decode=decode)
+                    if not timed:
+                        continue
                     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
                     _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
                     if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
                         raise RuntimeError("torch.compile compiled a graph inside the timed run")
                 except Exception as exc:  # reported in the row; one failing configuration does not stop the run
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    row["error"] = error_text(exc)
                     continue
                 per_step = stats["decode_s"] / stats["decode_steps"]
                 row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,

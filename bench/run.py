@@ -21,7 +21,7 @@ import torch
 
 import bench
 from bench import harness
-from bench.harness import CASES, OPS, Peer
+from bench.harness import CASES, OPS
 
 RESULTS_ROOT = os.path.join(os.path.dirname(__file__), "results")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -126,10 +126,7 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
             rows.append(harness.skipped_row(case, f"time budget of {budget_s:.0f} s spent"))
             continue
         torch._dynamo.reset()  # a fresh compile per case: dynamo's recompile limit would fall back to eager
-        entry = OPS[case.op]
-        impls = {"ours": Peer(entry.public), "eager": Peer(entry.reference)}
-        impls.update({name: load() for name, load in case.peers.items()})
-        row = harness.time_case(case, impls, ceilings, device)
+        row = harness.time_case(case, harness.implementations(case), ceilings, device)
         rows.append(row)
         ours_ms = row["impls"]["ours"].get("ms")
         print(f"{case.op:20s} {case.name:60s} ours {ours_ms if ours_ms is None else round(ours_ms, 4)} ms", flush=True)

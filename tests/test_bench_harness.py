@@ -1,7 +1,9 @@
 """The benchmark registry and report code, checked without a GPU (timing itself needs one)."""
 
 import os
+import time
 
+import pytest
 import torch
 
 from bench import gpu_check, harness, run
@@ -215,9 +217,67 @@ def test_cases_interleave_over_ops_and_skipped_rows_are_reported():
 
 
 def test_gpu_check_rejects_unknown_phases(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main(["--phases", "tests,plots"])
     assert exit_info.value.code == 2
     assert "--phases: expected a subset of tests,ops,model, got tests,plots" in capsys.readouterr().err
+
+
+def _smallest_case_index(op: str) -> int:
+    cases = run.load_cases()
+    return min((i for i, c in enumerate(cases) if c.op == op), key=lambda i: cases[i].bytes)
+
+
+def test_warm_up_fills_the_compile_caches_of_the_timed_run(device, tmp_path, monkeypatch):
+    """bench.warm compiles a case in another process; the timed run's torch.compile peer then finds
+    its graph in Inductor's on-disk cache (a fresh one here) instead of compiling it again."""
+    from torch._dynamo.utils import counters
+
+    from bench import warm
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the spawned worker inherits it
+    index = _smallest_case_index("rms_norm")
+    finished = warm.warm_up([index], device.type, workers=1, deadline_s=240)
+    assert [(task, failures) for task, _, failures in finished] == [(index, [])]
+    case = run.load_cases()[index]
+    args, kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
+    torch._dynamo.reset()
+    counters.clear()
+    harness.implementations(case)["torch.compile"].fn(*args, **kwargs)
+    assert counters["inductor"]["fxgraph_cache_hit"] >= 1 and counters["inductor"]["fxgraph_cache_miss"] == 0
+
+
+def test_warm_up_stops_at_its_deadline():
+    from bench import warm
+
+    start = time.time()
+    assert warm.warm_up([warm.MODEL_TASK], "cpu", workers=1, deadline_s=0.5) == []
+    assert time.time() - start < 30  # the worker was stopped, not waited for
+
+
+def test_warm_model_compiles_the_decode_step(device):
+    """The model task: the end-to-end runs that compile, untimed, on the tiny preset."""
+    from bench import warm
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    failures = warm.warm_model(device, preset_name="tiny", batches=(1,), new_tokens=3, dtype=torch.float32)
+    if device.type == "cpu":
+        assert failures == [f"{c} B=1 cuda_graph: ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
+                            for c in ("mlp", "none")]  # fmt: skip
+    else:
+        assert failures == []
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
+
+
+def test_gpu_check_warm_up_glue(device, tmp_path):
+    """gpu-check's background warm-up: started in its own process group, logged, waited for, and
+    summarised. On a CPU machine every task fails at once (no CUDA device), which the summary says."""
+    if device.type == "cuda":
+        pytest.skip("on a GPU machine `make gpu-check` runs this glue itself, on the real cases")
+    proc = gpu_check.start_warm_up(str(tmp_path), ["ops"], beside_tests=True)
+    summary = gpu_check.finish_warm_up(proc, str(tmp_path), time.time())
+    cases = len(run.load_cases())
+    assert summary.startswith(f"warm-up: {cases} of {cases} tasks in ") and summary.endswith(f", {cases} with failures"), summary
+    assert proc.returncode == 0
+    log = (tmp_path / "warm-up.log").read_text()
+    assert log.count("; failed: ") == cases and "model end to end" not in log
