@@ -60,25 +60,49 @@ def finish_warm_up(proc: subprocess.Popen, results_dir: str, started_at: float) 
     return lines[-1] if lines else f"warm-up: no summary (exit {proc.returncode}); see warm-up.log"
 
 
+OUTCOME = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
+
+
+def summarise_tests(output: str, stopped_after_s: float | None = None) -> str:
+    """pytest's closing line; for a run stopped at its time limit (no closing line), the outcomes its
+    verbose lines reported so far, with the ids of the tests that failed."""
+    if stopped_after_s is None:
+        return next((line for line in reversed(output.splitlines()) if re.search(r"\b(passed|failed|error)", line)), "").strip("= ")
+    counts: dict[str, int] = {}
+    failed = []
+    for line in output.splitlines():
+        outcome, test_id = OUTCOME.search(line), re.search(r"tests/\S+::\S+", line)
+        if outcome and test_id:
+            counts[outcome.group(1)] = counts.get(outcome.group(1), 0) + 1
+            if outcome.group(1) in ("FAILED", "ERROR"):
+                failed.append(test_id.group(0))
+    so_far = ", ".join(f"{n} {outcome.lower()}" for outcome, n in counts.items()) or "no test finished"
+    return f"stopped after {stopped_after_s:.0f} s: {so_far} so far" + (f"; failed: {', '.join(failed)}" if failed else "")
+
+
 def run_tests(results_dir: str) -> tuple[int, str]:
     # correctness run: each kernel's default config only (no autotuning: fewer compiles, less time)
     env = _child_env(AURORA_TEST_DEVICE="cuda", AURORA_AUTOTUNE="0")
     log_path = os.path.join(results_dir, "tests-cuda.log")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
+    # verbose: a line per test as it ends, so a run stopped at its limit still says what passed and failed
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "tests",
            f"--junitxml={os.path.join(results_dir, 'tests-cuda.xml')}"]  # fmt: skip
     if importlib.util.find_spec("xdist") is not None:
         # Triton's compiles are CPU-bound: spread them over the machine's cores (the GPU is shared)
         cmd += ["-n", str(TEST_WORKERS)]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TEST_TIMEOUT_S)
-        output, code = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), 124
-        output += f"\n(tests stopped after {TEST_TIMEOUT_S} s)"
-    with open(log_path, "w") as f:
-        f.write(output)
-    summary = next((line for line in reversed(output.splitlines()) if re.search(r"\b(passed|failed|error)", line)), "")
-    return code, summary.strip("= ")
+    with open(log_path, "w") as log:
+        # its own process group: at the time limit the xdist workers are stopped with it, and none
+        # is left using the GPU while the benchmarks time
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code, stopped_after = proc.wait(timeout=TEST_TIMEOUT_S), None
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code, stopped_after = 124, TEST_TIMEOUT_S
+    with open(log_path) as f:
+        output = f.read()
+    return code, summarise_tests(output, stopped_after)
 
 
 def summarise(rows: list[dict]) -> list[str]:

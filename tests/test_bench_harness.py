@@ -281,3 +281,21 @@ def test_gpu_check_warm_up_glue(device, tmp_path):
     assert proc.returncode == 0
     log = (tmp_path / "warm-up.log").read_text()
     assert log.count("; failed: ") == cases and "model end to end" not in log
+
+
+def test_gpu_check_summarises_a_finished_and_a_stopped_test_run():
+    """The test phase's summary: pytest's closing line, or for a run stopped at its limit, what its
+    verbose lines had reported (here from a real verbose run under xdist, its closing line cut off)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "-n", "2",
+           "tests/test_bench_harness.py::test_device_slug", "tests/test_bench_harness.py::test_gpu_check_rejects_unknown_phases"]  # fmt: skip
+    output = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert gpu_check.summarise_tests(output).startswith("2 passed in ")
+    cut = output[: output.rindex("===")]
+    failing = cut + "[gw1] [ 75%] FAILED tests/ops/test_rms_norm.py::test_parity[bf16-64] \n"
+    assert gpu_check.summarise_tests(failing, 270) == (
+        "stopped after 270 s: 2 passed, 1 failed so far; failed: tests/ops/test_rms_norm.py::test_parity[bf16-64]"
+    )
+    assert gpu_check.summarise_tests("", 270) == "stopped after 270 s: no test finished so far"
