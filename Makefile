@@ -14,6 +14,8 @@ GPU_IMAGE_TRITON ?= .triton-3.6
 GPU_IMAGE_TRITON_STAMP := $(GPU_IMAGE_TRITON)/.aurora-installed
 PYTEST_WORKERS ?= 2
 RESULTS_DIR ?=
+# gpu-check: also pack the results into this .tar.gz after each phase (a device call returns few files)
+ARCHIVE ?=
 
 .PHONY: test bench gpu-check compile-report clean
 
@@ -41,7 +43,7 @@ compile-report: $(STAMP)
 
 # GPU machine: the whole test suite on CUDA, then every benchmark, then a one-screen summary.
 gpu-check:
-	PYTHONPATH=. PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
+	PYTHONPATH=. PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 clean:
 	rm -rf $(VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache

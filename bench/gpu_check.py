@@ -7,7 +7,7 @@ run, bench.warm compiles what the benchmarks will run on the cores the tests lea
 stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases
 tests`, `--phases ops`, `--phases model` split it over several device calls when a run needs more.
 
-    PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR]
+    PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 TEST_TIMEOUT_S = 270
@@ -105,6 +106,15 @@ def run_tests(results_dir: str) -> tuple[int, str]:
     return code, summarise_tests(output, stopped_after)
 
 
+def archive(results_dir: str, path: str) -> None:
+    """results_dir as a .tar.gz at `path`, replaced whole (never left half written under its name)."""
+    partial = path + ".partial"
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(results_dir, arcname=os.path.basename(os.path.normpath(results_dir)),
+                filter=lambda info: None if info.name.endswith((".tar.gz", ".partial")) else info)  # fmt: skip
+    os.replace(partial, path)
+
+
 def summarise(rows: list[dict]) -> list[str]:
     lines = []
     by_op: dict[str, list[dict]] = {}
@@ -168,6 +178,8 @@ def main(argv=None) -> int:
                         help="comma-separated subset of tests,ops,model (one device call each fits its 10 minutes)")
     parser.add_argument("--ops-budget", type=float, default=150.0, help="seconds for the op benchmarks")
     parser.add_argument("--model-budget", type=float, default=120.0, help="seconds for the end-to-end model runs")
+    parser.add_argument("--archive", help="also pack the results directory into this .tar.gz after each phase "
+                        "(a device call returns few files, and a call stopped at its limit keeps the phases done)")
     args = parser.parse_args(argv)
     phases = args.phases.split(",")
     if not set(phases) <= set(PHASES):
@@ -184,12 +196,18 @@ def main(argv=None) -> int:
     )
     os.makedirs(results_dir, exist_ok=True)
     start = time.time()
+
+    def save_archive():
+        if args.archive:
+            archive(results_dir, args.archive)
+
     timing = "ops" in phases or "model" in phases
     warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
         test_code, test_summary = run_tests(results_dir)
         print(f"tests on CUDA: {test_summary} ({time.time() - start:.0f} s); log in {results_dir}/tests-cuda.log", flush=True)
+        save_archive()
     warm_up_summary = "not run (no timing phase)"
     if warm_up is not None:
         warm_up_summary = finish_warm_up(warm_up, results_dir, start)
@@ -199,25 +217,31 @@ def main(argv=None) -> int:
         device, facts, ceilings, results_dir = run.gpu_context(results_dir)
         if "ops" in phases:
             rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, args.ops_budget)
+            save_archive()
         if "model" in phases:
             run.run_gpu_model(device, ceilings, results_dir, args.model_budget)
+            save_archive()
     try:
         from bench import plots
 
         plot_note = f"plots: {len(plots.plot_results_dir(results_dir))} PNG files"
     except (ImportError, FileNotFoundError) as exc:  # GPU machines often lack matplotlib
         plot_note = f"plots: not drawn here ({exc}); run `python -m bench.plots {results_dir}` where matplotlib is installed"
-    print("\n" + "=" * 100)
-    print(f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}")
-    print(f"  tests on CUDA: {test_summary} (exit {test_code})")
-    print(f"  compile {warm_up_summary}")
-    print(f"  {plot_note}")
-    print("\n".join(summarise([r for r in rows if "skipped" not in r])))
+    lines = [
+        f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}",
+        f"  tests on CUDA: {test_summary} (exit {test_code})",
+        f"  compile {warm_up_summary}",
+        f"  {plot_note}",
+        *summarise([r for r in rows if "skipped" not in r]),
+    ]
     skipped = sum("skipped" in r for r in rows)
     if skipped:
-        print(f"  {skipped} op cases not timed (time budget): see results.md")
-    print("\n".join(summarise_model(results_dir)))
-    print("=" * 100)
+        lines.append(f"  {skipped} op cases not timed (time budget): see results.md")
+    lines += summarise_model(results_dir)
+    with open(os.path.join(results_dir, "summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    save_archive()
+    print("\n" + "=" * 100 + "\n" + "\n".join(lines) + "\n" + "=" * 100)
     return test_code
 
 

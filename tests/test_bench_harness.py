@@ -299,3 +299,18 @@ def test_gpu_check_summarises_a_finished_and_a_stopped_test_run():
         "stopped after 270 s: 2 passed, 1 failed so far; failed: tests/ops/test_rms_norm.py::test_parity[bf16-64]"
     )
     assert gpu_check.summarise_tests("", 270) == "stopped after 270 s: no test finished so far"
+
+
+def test_gpu_check_archive_packs_the_results_dir(tmp_path):
+    import tarfile
+
+    results = tmp_path / "h100"
+    results.mkdir()
+    (results / "results.json").write_text("{}")
+    (results / "summary.txt").write_text("gpu-check summary\n")
+    for path in (tmp_path / "gpu-check.tar.gz", results / "gpu-check.tar.gz"):  # beside it, or inside it
+        for _ in range(2):  # rewritten after each phase
+            gpu_check.archive(str(results), str(path))
+        with tarfile.open(path) as tar:
+            assert sorted(tar.getnames()) == ["h100", "h100/results.json", "h100/summary.txt"]
+        assert not os.path.exists(str(path) + ".partial")
