@@ -6,7 +6,7 @@ import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, register_case, register_op
-from bench.peers import compiled, liger_rms_norm, optional
+from bench.peers import compiled, liger_fused_add_rms_norm, optional
 
 HIDDEN = 1536
 
@@ -34,8 +34,8 @@ for rows, phase in ((1, "decode"), (32, "decode"), (256, "decode"), (8192, "pref
             flops=5 * rows * HIDDEN,
             peers={
                 "torch.compile": compiled(reference.rms_norm),
-                "liger": optional("liger_kernel.ops.rms_norm", "LigerRMSNormFunction",
-                                  lambda f: liger_rms_norm(f.apply)),  # fmt: skip
+                "liger": optional("liger_kernel.ops.fused_add_rms_norm", "LigerFusedAddRMSNormFunction",
+                                  lambda f: liger_fused_add_rms_norm(f.apply)),  # fmt: skip
             },
         )
     )

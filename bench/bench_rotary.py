@@ -3,20 +3,29 @@
 import torch
 
 import aurora_kernels as ak
+from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, register_case, register_op
 from bench.peers import compiled, liger_rotary, optional
 
-HEADS_Q, HEADS_KV, HEAD_DIM = 12, 2, 128
+HEADS_Q, HEADS_KV, HEAD_DIM, ROPE_THETA = 12, 2, 128, 1e6
+
+
+def _tables(batch, length, head_dim, dtype, device, gen):
+    """Real rotary tables (theta 1e6, rotate-half layout: both halves alike, as transformers builds
+    and casts them) at random positions: peers that read one half of the table (liger) then compute
+    the same function as the reference."""
+    positions = torch.randint(0, 32768, (batch, length), device=device, generator=gen, dtype=torch.int64)
+    tables = RotaryTables(head_dim, ROPE_THETA, 32768).to(device)
+    return tuple(t.to(dtype) for t in tables(positions))
 
 
 def _qkv_slices(batch, length, dtype, device, gen, heads_q=HEADS_Q, heads_kv=HEADS_KV, head_dim=HEAD_DIM):
     qkv = randn((batch, length, (heads_q + 2 * heads_kv) * head_dim), dtype, device, gen)
     q = qkv[..., : heads_q * head_dim].unflatten(-1, (heads_q, head_dim))
     k = qkv[..., heads_q * head_dim : (heads_q + heads_kv) * head_dim].unflatten(-1, (heads_kv, head_dim))
-    cos, sin = (randn((batch, length, head_dim), dtype, device, gen) for _ in range(2))
-    return (q, k, cos, sin), {}
+    return (q, k, *_tables(batch, length, head_dim, dtype, device, gen)), {}
 
 
 register_op("apply_rotary", ak.apply_rotary, reference.apply_rotary,

@@ -6,7 +6,7 @@ import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, register_case, register_op
-from bench.peers import compiled, liger_silu_and_mul, optional
+from bench.peers import compiled, optional
 
 INTERMEDIATE = 8960
 
@@ -28,8 +28,8 @@ for rows, phase in ((1, "decode"), (256, "decode"), (8192, "prefill"), (32768, "
             flops=5 * rows * INTERMEDIATE,
             peers={
                 "torch.compile": compiled(reference.silu_and_mul),
-                "liger": optional("liger_kernel.ops.swiglu", "LigerSiLUMulFunction",
-                                  lambda f: liger_silu_and_mul(f.apply)),  # fmt: skip
+                # liger's SwiGLU on the fused [..., 2I] gate-up tensor: no chunk copies, our contract
+                "liger": optional("liger_kernel.ops.swiglu", "LigerFusedGateUpSiLUMulFunction", lambda f: f.apply),
             },
         )
     )

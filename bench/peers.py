@@ -37,12 +37,10 @@ def sdpa_dense(q, k, v, causal=False, softmax_scale=None):
     return out.transpose(1, 2)
 
 
-def liger_rms_norm(fn):
-    return lambda x, weight, eps=1e-6, residual=None: fn(x if residual is None else x + residual, weight, eps)
-
-
-def liger_silu_and_mul(fn):
-    return lambda x: fn(*x.chunk(2, dim=-1))
+def liger_fused_add_rms_norm(fn):
+    """liger's residual-add + RMSNorm in one kernel, returning (normed, h) as ours does: the strongest
+    liger peer for the LLM's norms, which all take a residual."""
+    return lambda x, weight, eps=1e-6, residual=None: fn(x, residual, weight, eps)
 
 
 def liger_layer_norm(fn):

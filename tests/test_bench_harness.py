@@ -132,17 +132,17 @@ def test_attention_peers_compute_the_same_attention():
     assert_parity(got[1:], expected[1:].double(), torch.float32, "SDPA over the cache")
 
 
-def test_every_peer_adapter_runs_on_its_smallest_case():
-    """Each op's smallest benchmark case, built on the CPU, through every peer installed here (but
-    torch.compile, which would compile for minutes): what the GPU run calls, minus the timer. A peer
-    whose output has the reference's shape must also give the reference's answer."""
+def test_every_peer_adapter_runs_on_its_smallest_case(device):
+    """Each op's smallest benchmark case through every peer installed here (but torch.compile, which
+    would compile for minutes): what the GPU run calls, minus the timer. A peer whose output has the
+    reference's shape must also give the reference's answer (on the GPU run, liger's and FlashInfer's
+    too where they are installed)."""
     from aurora_kernels.testing import assert_parity
 
     cases = run.load_cases()
-    cpu = torch.device("cpu")
     for op in harness.OPS:
         case = min((c for c in cases if c.op == op), key=lambda c: c.bytes)
-        args, kwargs = case.build(cpu, torch.Generator().manual_seed(0))
+        args, kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
         expected = harness.OPS[op].reference(*args, **kwargs)
         expected = expected[0] if isinstance(expected, tuple) else expected
         for name, load in case.peers.items():
