@@ -17,7 +17,13 @@ RESULTS_DIR ?=
 # gpu-check: also pack the results into this .tar.gz after each phase (a device call returns few files)
 ARCHIVE ?=
 
-.PHONY: test bench gpu-check compile-report clean
+# Pure-Python peers the GPU machines lack (liger-kernel): `make gpu-wheels` fetches them here into
+# $(WHEELS); carried to the GPU machine, `make gpu-check` installs them into $(GPU_SITE) and benchmarks them.
+WHEELS ?= .whl
+GPU_SITE ?= /tmp/aurora-gpu-site
+LIGER_VERSION ?= 0.8.5
+
+.PHONY: test bench gpu-check gpu-wheels compile-report clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -38,12 +44,16 @@ test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 bench: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m bench $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
 
+gpu-wheels:
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d $(WHEELS) liger-kernel==$(LIGER_VERSION)
+
 compile-report: $(STAMP)
 	$(VPY) -m aurora_kernels.compile_report
 
 # GPU machine: the whole test suite on CUDA, then every benchmark, then a one-screen summary.
 gpu-check:
-	PYTHONPATH=. PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE))
+	$(if $(wildcard $(WHEELS)/*.whl),$(PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl)
+	PYTHONPATH=.$(if $(wildcard $(WHEELS)/*.whl),:$(GPU_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE))
 
 clean:
 	rm -rf $(VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache

@@ -30,7 +30,10 @@ WARM_UP_DEADLINE_S = 240
 
 
 def _child_env(**extra) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), **extra)
+    """The environment of the test run and the warm-up: the tree first on the path, then whatever this
+    run was given (carried wheels installed into a folder, say)."""
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, **extra)
     env.pop("TRITON_INTERPRET", None)
     return env
 
