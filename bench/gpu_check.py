@@ -1,8 +1,9 @@
 """`make gpu-check`: on a GPU machine (torch and triton preinstalled, nothing installable), run the
 whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
-270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks 150 s (cases
-interleaved over the ops, the rest listed as skipped), the end-to-end model 120 s. While the tests
+270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks 150 s or what
+the tests left of the run's 540 s (cases interleaved over the ops, the rest listed as skipped), the
+end-to-end model 120 s. While the tests
 run, bench.warm compiles what the benchmarks will run on the cores the tests leave free, and it is
 stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases
 tests`, `--phases ops`, `--phases model` split it over several device calls when a run needs more.
@@ -27,6 +28,10 @@ TEST_WORKERS = min(8, os.cpu_count() or 1)
 # the compile warm-up (bench.warm) runs beside the tests and stops itself by then (less than their cap,
 # so that with the ops and model budgets the whole run stays inside a device call's 10 minutes)
 WARM_UP_DEADLINE_S = 240
+# the phases' time together, inside a device call's 10 minutes with room for start-up, plots and the
+# archive: the op benchmarks get what the tests and the model's budget leave, 150 s at least
+RUN_BUDGET_S = 540
+MIN_OPS_BUDGET_S = 150.0
 
 
 def _child_env(**extra) -> dict:
@@ -179,7 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help="comma-separated subset of tests,ops,model (one device call each fits its 10 minutes)")
-    parser.add_argument("--ops-budget", type=float, default=150.0, help="seconds for the op benchmarks")
+    parser.add_argument("--ops-budget", type=float, help=f"seconds for the op benchmarks (default: what is left of "
+                        f"{RUN_BUDGET_S} s after the tests and the model's budget, {MIN_OPS_BUDGET_S:.0f} s at least)")
     parser.add_argument("--model-budget", type=float, default=120.0, help="seconds for the end-to-end model runs")
     parser.add_argument("--archive", help="also pack the results directory into this .tar.gz after each phase "
                         "(a device call returns few files, and a call stopped at its limit keeps the phases done)")
@@ -219,7 +225,12 @@ def main(argv=None) -> int:
     if timing:
         device, facts, ceilings, results_dir = run.gpu_context(results_dir)
         if "ops" in phases:
-            rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, args.ops_budget)
+            ops_budget = args.ops_budget
+            if ops_budget is None:
+                model_budget = args.model_budget if "model" in phases else 0.0
+                ops_budget = max(MIN_OPS_BUDGET_S, RUN_BUDGET_S - (time.time() - start) - model_budget)
+            print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
+            rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, ops_budget)
             save_archive()
         if "model" in phases:
             run.run_gpu_model(device, ceilings, results_dir, args.model_budget)
