@@ -189,23 +189,14 @@ class AuroraEdgeV(nn.Module):
         "decode_steps" (wall clock, the device synchronised at each mark).
         """
         clock = _Clock(self.device) if stats is not None else None
-        if cache not in CACHE_LAYOUTS:
-            raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
         if decode == "cuda_graph" and self.device.type != "cuda":
             raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {self.device}")
-        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens)
-        batch, device, cfg = len(lengths), self.device, self.config.llm
-        kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
-                     page_size if cache == "paged" else None)  # fmt: skip
-        batch_index = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
-        hidden = self.llm.prefill(x, positions, _offsets(lengths, device), max(lengths), kv, kv.slots(batch_index, positions))
-        last_rows = _offsets(lengths, device)[1:].long() - 1
-        logits = self.llm.logits(hidden[last_rows])  # [B, vocab]
-        kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        logits, kv = self.prefill(pixel_values, input_ids, max_new_tokens, cache=cache, page_size=page_size)
+        batch, device = logits.shape[0], self.device
         if clock is not None:
             stats["prefill_s"] = clock.lap()
 
@@ -246,6 +237,24 @@ class AuroraEdgeV(nn.Module):
             outputs.append(row[:keep])
             out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
         return (outputs, out_logits) if return_logits else outputs
+
+    @torch.no_grad()
+    def prefill(self, pixel_values, input_ids, max_new_tokens: int, *, cache: str = "contiguous", page_size: int = 16):
+        """The requests' prompts (vision tower, compressor, fusion, LLM prefill) into a fresh KV cache
+        with room for `max_new_tokens` more tokens per request. Returns (logits [B, vocab] at each
+        request's last position, the cache with its lengths on the device): where `generate` starts,
+        and where a caller that runs `decode_step` itself (a serving loop, a profiler) starts."""
+        if cache not in CACHE_LAYOUTS:
+            raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
+        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens)
+        batch, device, cfg = len(lengths), self.device, self.config.llm
+        kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
+                     page_size if cache == "paged" else None)  # fmt: skip
+        batch_index = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
+        hidden = self.llm.prefill(x, positions, _offsets(lengths, device), max(lengths), kv, kv.slots(batch_index, positions))
+        last_rows = _offsets(lengths, device)[1:].long() - 1
+        kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
+        return self.llm.logits(hidden[last_rows]), kv
 
     def decode_step(self, tokens: torch.Tensor, kv: KVCache) -> torch.Tensor:
         """One greedy-decoding step for every sequence: tokens [B] (int64) at positions kv.seqlens ->

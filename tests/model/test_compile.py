@@ -9,7 +9,6 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 import aurora_kernels as ak
-from aurora_kernels.model import KVCache
 from aurora_kernels.testing import assert_parity, check_cuda_graph
 from tests.catalogue import cuda_only
 from tests.model.test_model import requests, tiny_model
@@ -18,15 +17,8 @@ from tests.model.test_model import requests, tiny_model
 def _prefilled(model, device, gen, page_size=None):
     """A KV cache holding the prefill of 3 requests of different lengths, and a next token for each."""
     pixel_values, ids = requests(model, device, gen)
-    cfg = model.config.llm
-    with torch.no_grad():
-        x, positions, lengths = model.llm_inputs(pixel_values, ids)
-        kv = KVCache(cfg.num_layers, len(lengths), max(lengths) + 4, cfg.num_kv_heads, cfg.head_dim, x.dtype, device, page_size)
-        batch_index = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(device)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
-        model.llm.prefill(x, positions, cu, max(lengths), kv, kv.slots(batch_index, positions))
-    kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
-    tokens = torch.randint(0, cfg.vocab_size, (len(lengths),), generator=gen, device=device)
+    _, kv = model.prefill(pixel_values, ids, 4, cache="paged" if page_size else "contiguous", page_size=page_size or 16)
+    tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
     return kv, tokens
 
 
