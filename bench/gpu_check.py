@@ -173,6 +173,12 @@ def summarise_model(results_dir: str) -> list[str]:
 
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
+    for r in rows:
+        groups = r.get("profile", {}).get("us_per_step_by_group")
+        if groups:
+            parts = ", ".join(f"{g} {us / 1e3:.3f}" for g, us in sorted(groups.items()))
+            lines.append(f"  decode step B={r['batch']} ({r['compressor']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
+                         f"({parts}) vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
     return lines
 
 

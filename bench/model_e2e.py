@@ -8,11 +8,16 @@ over the copy bandwidth measured in the same run.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
+import pkgutil
+import re
 import time
 
 import torch
 
+from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
@@ -24,6 +29,10 @@ NEW_TOKENS = 128
 # reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow)
 RUNS = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
 COMPRESSORS = ("mlp", "none")
+# where a decode step's device time goes: profiled for these batches (compressor mlp, eager triton run)
+PROFILED_BATCHES = (1, 8)
+PROFILE_STEPS = 8
+GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
 
 def prompt_lengths(batch: int) -> list[int]:
@@ -38,6 +47,56 @@ def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes
     mean_context = [visual + n + new_tokens / 2 for n in lengths]
     kv = sum(kv_cache_bytes(llm, round(c), dtype_bytes) for c in mean_context)
     return (weights + kv) / copy_bandwidth
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_names() -> frozenset[str]:
+    """The names of this package's Triton kernels (as a profiler shows them)."""
+    import triton
+
+    import aurora_kernels.ops
+
+    names = set()
+    for module in pkgutil.iter_modules(aurora_kernels.ops.__path__):
+        attrs = vars(importlib.import_module(f"aurora_kernels.ops.{module.name}"))
+        names |= {name for name, obj in attrs.items() if isinstance(obj, triton.runtime.KernelInterface)}
+    return frozenset(names)
+
+
+def kernel_group(name: str) -> str:
+    if name in kernel_names():
+        return "aurora"
+    return "gemm" if GEMM_KERNEL.search(name) else "other"
+
+
+def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> dict:
+    """Where an eager decode step's time goes, from torch.profiler over `steps` steps after a warm-up
+    step: each device kernel's time and launches per step, grouped into this package's Triton
+    kernels ("aurora"), GEMMs (cuBLAS/CUTLASS: the weights' reads) and the rest; and how many calls
+    of each of this package's ops a step makes, per backend (host side, any device)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    logits, kv = model.prefill(pixel_values, prompts, steps + 2)
+    with torch.no_grad():
+        logits = model.decode_step(logits.argmax(-1), kv)  # kernels compiled, caches warm
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+        with profile(activities=activities) as prof, count_calls() as calls:
+            for _ in range(steps):
+                logits = model.decode_step(logits.argmax(-1), kv)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+    events = prof.key_averages()
+    kernels = sorted(
+        ({"name": e.key, "group": kernel_group(e.key), "us_per_step": e.device_time_total / steps, "launches_per_step": e.count / steps}
+         for e in events if e.device_type == DeviceType.CUDA),
+        key=lambda k: -k["us_per_step"],
+    )  # fmt: skip
+    groups = {}
+    for k in kernels:
+        groups[k["group"]] = groups.get(k["group"], 0.0) + k["us_per_step"]
+    ops = {f"{op} ({backend})": n / steps for (op, backend), n in sorted(calls.items())}
+    return {"steps": steps, "kernels": kernels, "us_per_step_by_group": groups, "op_calls_per_step": ops}
 
 
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
@@ -87,6 +146,11 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                 print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
                       f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
                       flush=True)  # fmt: skip
+                if (backend, decode, compressor) == ("triton", "eager", "mlp") and batch in PROFILED_BATCHES:
+                    try:
+                        row["profile"] = profile_decode(model, pixel_values, prompts)
+                    except Exception as exc:  # the timing stands without it
+                        row["profile"] = {"error": error_text(exc)}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
@@ -112,7 +176,36 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", "Compressor mlp (64 visual tokens) against none (256), whole request (prefill + 127 decode steps):", ""]
     for batch, backend, decode, speedup in compressor_speedups(rows):
         lines.append(f"- B={batch}, {backend} {decode}: {speedup:.2f}x")
+    for r in rows:
+        if "profile" in r:
+            lines += profile_markdown(r, rows)
     return "\n".join(lines) + "\n"
+
+
+def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
+    """A profiled row's breakdown: device time per step by kernel group and the top kernels, set
+    against the measured step times (what the kernels do not account for is launch gaps and host time)."""
+    profile = row["profile"]
+    lines = ["", f"### Where a decode step's time goes: compressor {row['compressor']}, B={row['batch']}, "
+             f"eager triton steps under torch.profiler", ""]  # fmt: skip
+    if "error" in profile:
+        return lines + [f"profile failed: {profile['error']}"]
+    steps = {r["decode"]: r["ms_per_step"] for r in rows if "ms_per_step" in r and r["backend"] == "triton"
+             and (r["compressor"], r["batch"]) == (row["compressor"], row["batch"])}  # fmt: skip
+    groups = profile["us_per_step_by_group"]
+    measured = ", ".join(f"{mode} {ms:.3f} ms" for mode, ms in steps.items())
+    lines.append(
+        f"Device kernels: {sum(groups.values()) / 1e3:.3f} ms per step ("
+        + (", ".join(f"{g} {us / 1e3:.3f} ms" for g, us in sorted(groups.items())) or "none recorded: no GPU")
+        + f"); measured step: {measured or 'not timed'}; floor {row['floor_ms_per_step']:.3f} ms."
+    )
+    calls = ", ".join(f"{op} {n:g}" for op, n in profile["op_calls_per_step"].items())
+    lines += [f"Calls of this package's ops per step: {calls}.", ""]
+    if profile["kernels"]:
+        lines += ["| kernel | group | us / step | launches / step |", "| --- | --- | ---: | ---: |"]
+        lines += [f"| {k['name'][:80]} | {k['group']} | {k['us_per_step']:.1f} | {k['launches_per_step']:g} |"
+                  for k in profile["kernels"][:top]]  # fmt: skip
+    return lines
 
 
 def compressor_speedups(rows: list[dict]) -> list[tuple]:

@@ -52,11 +52,20 @@ def test_model_e2e_report_and_summary(tmp_path):
 
     assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
+    kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28)]
+    profile = {
+        "steps": 8,
+        "kernels": [{"name": n, "group": model_e2e.kernel_group(n), "us_per_step": us, "launches_per_step": k} for n, us, k in kernels],
+        "us_per_step_by_group": {"gemm": 900.0, "aurora": 150.0},
+        "op_calls_per_step": {"decode_attention (triton)": 28},
+    }  # fmt: skip
+    assert [k["group"] for k in profile["kernels"]] == ["gemm", "aurora"]
+    assert model_e2e.kernel_group("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>") == "other"
     rows = [
         {**base, "backend": "reference", "decode": "eager", "ttft_ms": 50.0, "ms_per_step": 40.0, "tokens_per_s": 200.0, "frac_floor": 0.025,
          "request_ms": 5130.0},
         {**base, "backend": "triton", "decode": "eager", "ttft_ms": 20.0, "ms_per_step": 8.0, "tokens_per_s": 1000.0, "frac_floor": 0.125,
-         "request_ms": 1036.0},
+         "request_ms": 1036.0, "profile": profile},
         {**base, "compressor": "none", "visual_tokens": 256, "backend": "triton", "decode": "eager", "ttft_ms": 40.0, "ms_per_step": 9.0,
          "tokens_per_s": 880.0, "frac_floor": 0.12, "request_ms": 1183.0},
         {**base, "backend": "triton", "decode": "compile", "error": "RuntimeError: boom"},
@@ -66,10 +75,13 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
+    assert "Device kernels: 1.050 ms per step (aurora 0.150 ms, gemm 0.900 ms); measured step: eager 8.000 ms; floor 1.000 ms." in md
+    assert "| _decode_split_kernel | aurora | 150.0 | 28 |" in md and "decode_attention (triton) 28." in md
     model_e2e.write(str(tmp_path), rows)
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent")  # fmt: skip
+    assert "  decode step B=8 (mlp): device kernels 1.050 ms (aurora 0.150, gemm 0.900) vs floor 1.000 ms" in summary
 
 
 def test_decode_floor_counts_weights_and_cache():
@@ -161,6 +173,7 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     rows, report) on the tiny preset: on the CPU the kernels run interpreted and the CUDA-graph run
     records its error instead of stopping the others; the compiled run's warm-up leaves nothing to
     compile inside its timing (a recompile there would be an error in its row)."""
+    from aurora_kernels.model import preset
     from bench import model_e2e
 
     runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
@@ -174,6 +187,18 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
             assert "error" not in r and r["ms_per_step"] > 0 and r["request_ms"] > r["ttft_ms"] > 0 and 0 < r["frac_floor"], r
     assert {r["visual_tokens"] for r in rows} == {16, 64}
     assert "- B=1, triton eager:" in model_e2e.markdown(rows)
+    # the decode step's profile: this package's op calls per step (host side) and, on a GPU, kernel times
+    [profiled] = [r for r in rows if "profile" in r]
+    assert (profiled["compressor"], profiled["backend"], profiled["decode"]) == ("mlp", "triton", "eager")
+    layers = preset("tiny").llm.num_layers
+    assert profiled["profile"]["op_calls_per_step"] == {
+        "apply_rotary (triton)": layers, "decode_attention (triton)": layers,
+        "rms_norm (triton)": 2 * layers + 1, "silu_and_mul (triton)": layers,
+    }  # fmt: skip
+    if device.type == "cuda":
+        assert profiled["profile"]["us_per_step_by_group"]["aurora"] > 0
+        assert "_decode_split_kernel" in {k["name"] for k in profiled["profile"]["kernels"]}
+    assert "### Where a decode step's time goes: compressor mlp, B=1" in model_e2e.markdown(rows)
 
 
 def test_time_case_rows_with_a_stand_in_timer(device):
