@@ -62,8 +62,12 @@ def finish_warm_up(proc: subprocess.Popen, results_dir: str, started_at: float) 
     try:
         proc.wait(timeout=max(1.0, WARM_UP_DEADLINE_S + 20 - (time.time() - started_at)))
     except subprocess.TimeoutExpired:
+        pass
+    try:  # its whole group, a worker that outlived it too
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    except ProcessLookupError:  # all of it gone already
+        pass
+    proc.wait()
     with open(os.path.join(results_dir, "warm-up.log")) as f:
         lines = [line.strip() for line in f if line.startswith("warm-up:")]
     return lines[-1] if lines else f"warm-up: no summary (exit {proc.returncode}); see warm-up.log"
