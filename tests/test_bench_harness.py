@@ -339,3 +339,48 @@ def test_gpu_check_archive_packs_the_results_dir(tmp_path):
         with tarfile.open(path) as tar:
             assert sorted(tar.getnames()) == ["h100", "h100/results.json", "h100/summary.txt"]
         assert not os.path.exists(str(path) + ".partial")
+
+
+def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, monkeypatch, capsys):
+    """gpu-check's own flow on a CPU, with the device parts stood in for (a CUDA device that says it is
+    there, fabricated timings): the warm-up started and finished, the op budget worked out from the
+    run's budget, results, plots and summary.txt written, all of it packed into the archive."""
+    import tarfile
+
+    if device.type == "cuda":
+        pytest.skip("on a GPU machine `make gpu-check` runs this flow itself (here its warm-up would warm every case)")
+
+    from bench import model_e2e
+
+    results, archive = tmp_path / "results", tmp_path / "gpu-check.tar.gz"
+    budgets = []
+
+    def run_gpu_ops(cases, device, facts, ceilings, results_dir, budget_s):
+        budgets.append(budget_s)
+        case = min((c for c in cases if c.op == "rms_norm"), key=lambda c: c.bytes)
+        impls = {"ours": harness.Peer(lambda *a, **k: None), "eager": harness.Peer(lambda *a, **k: None)}
+        timings = iter([0.01, 0.02])
+        rows = [harness.time_case(case, impls, ceilings, device, timer=lambda fn: next(timings))]
+        harness.write_results(results_dir, facts, ceilings, rows)
+        return rows
+
+    def run_gpu_model(device, ceilings, results_dir, budget_s):
+        model_e2e.write(results_dir, [{"compressor": "mlp", "visual_tokens": 64, "batch": 1, "backend": "triton",
+                                       "decode": "eager", "floor_ms_per_step": 1.0, "skipped": "stand-in"}])  # fmt: skip
+
+    ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(run, "gpu_context", lambda d: (torch.device("cpu"), {"name": "Stand-in GPU"}, ceilings, d))
+    monkeypatch.setattr(run, "run_gpu_ops", run_gpu_ops)
+    monkeypatch.setattr(run, "run_gpu_model", run_gpu_model)
+    code = gpu_check.main(["--phases", "ops,model", "--results-dir", str(results), "--archive", str(archive)])
+    assert code == 0
+    [budget] = budgets
+    assert gpu_check.MIN_OPS_BUDGET_S <= budget <= gpu_check.RUN_BUDGET_S - 120
+    summary = (results / "summary.txt").read_text()
+    assert "  tests on CUDA: not run (--phases) (exit 0)" in summary and "  compile warm-up: " in summary
+    assert "  rms_norm             1 cases; vs best peer 2.00x..2.00x" in summary
+    assert summary in capsys.readouterr().out
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert {f"results/{n}" for n in ("results.json", "results.md", "model-e2e.json", "summary.txt", "warm-up.log")} <= names
