@@ -147,27 +147,35 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="of the GPU's memory, for all workers together (the rest is left to a test run beside)")
     args = parser.parse_args(argv)
-    cases = run.load_cases()
     if args.cases:
-        indices = [int(i) for i in args.cases.split(",")]
-    elif args.no_ops:
-        indices = []
+        tasks = ([] if args.no_model else [MODEL_TASK]) + [int(i) for i in args.cases.split(",")]
     else:
-        only = set(args.ops.split(",")) if args.ops else None
-        # the timed run's order, so a deadline leaves the cases it times first warmed
-        index = {id(case): i for i, case in enumerate(cases)}
-        indices = [index[id(c)] for c in run.interleave_ops([c for c in cases if not only or c.op in only])]
-    tasks = ([] if args.no_model else [MODEL_TASK]) + indices  # the model first: its one task is the longest
-    start = time.time()
-    finished = warm_up(tasks, args.device, args.workers, args.deadline_s, args.memory_fraction,
-                       log=lambda line: print(line, flush=True))  # fmt: skip
-    failed = sum(bool(failures) for _, _, failures in finished)
-    print(f"warm-up: {len(finished)} of {len(tasks)} tasks in {time.time() - start:.0f} s on {args.workers} worker{'s' if args.workers != 1 else ''}"
-          f"{f', {failed} with failures' if failed else ''}"
-          f"{f', {len(tasks) - len(finished)} not finished' if len(finished) < len(tasks) else ''}",
-          flush=True)  # fmt: skip
+        only = set() if args.no_ops else set(args.ops.split(",")) if args.ops else None
+        tasks = timed_run_tasks(only, model=not args.no_model)
+    run_and_report(tasks, args.device, args.workers, args.deadline_s, args.memory_fraction)
     return 0
 
+
+def timed_run_tasks(only: set[str] | None = None, model: bool = True) -> list:
+    """The tasks of a timed run: the model first (its one task is the longest), then the cases of
+    the ops in `only` (all if None) in the timed run's order, so a deadline leaves warm the cases it
+    times first."""
+    cases = run.load_cases()
+    index = {id(case): i for i, case in enumerate(cases)}
+    chosen = [c for c in cases if only is None or c.op in only]
+    return ([MODEL_TASK] if model else []) + [index[id(c)] for c in run.interleave_ops(chosen)]
+
+
+def run_and_report(tasks: list, device_name: str, workers: int, deadline_s: float, memory_fraction: float) -> str:
+    """warm_up with a line per task and a closing summary (returned too) on stdout."""
+    start = time.time()
+    finished = warm_up(tasks, device_name, workers, deadline_s, memory_fraction, log=lambda line: print(line, flush=True))
+    failed = sum(bool(failures) for _, _, failures in finished)
+    summary = (f"warm-up: {len(finished)} of {len(tasks)} tasks in {time.time() - start:.0f} s on {workers} "
+               f"worker{'s' if workers != 1 else ''}{f', {failed} with failures' if failed else ''}"
+               f"{f', {len(tasks) - len(finished)} not finished' if len(finished) < len(tasks) else ''}")  # fmt: skip
+    print(summary, flush=True)
+    return summary
 
 if __name__ == "__main__":
     sys.exit(main())
