@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         from bench import plots
 
         plot_note = f"plots: {len(plots.plot_results_dir(results_dir))} PNG files"
-    except (ImportError, FileNotFoundError) as exc:  # GPU machines often lack matplotlib
+    except ImportError as exc:  # matplotlib missing
         plot_note = f"plots: not drawn here ({exc}); run `python -m bench.plots {results_dir}` where matplotlib is installed"
     lines = [
         f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}",

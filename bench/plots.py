@@ -91,9 +91,13 @@ def plot_model(model_rows: list[dict], out_dir: str) -> str:
 
 
 def plot_results_dir(results_dir: str) -> list[str]:
-    with open(os.path.join(results_dir, "results.json")) as f:
-        rows = json.load(f)["rows"]
-    written = plot_ops(rows, results_dir) + [plot_roofline(rows, results_dir)]
+    """Every plot the directory's results allow (a run of only some phases has only some of them)."""
+    written = []
+    ops_path = os.path.join(results_dir, "results.json")
+    if os.path.exists(ops_path):
+        with open(ops_path) as f:
+            rows = json.load(f)["rows"]
+        written += plot_ops(rows, results_dir) + [plot_roofline(rows, results_dir)]
     model_path = os.path.join(results_dir, "model-e2e.json")
     if os.path.exists(model_path):
         with open(model_path) as f:

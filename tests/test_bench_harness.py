@@ -112,6 +112,8 @@ def test_plots_from_a_results_dir(tmp_path):
     written = plots.plot_results_dir(str(tmp_path))
     assert sorted(os.path.basename(p) for p in written) == ["attention.png", "model-e2e.png", "rms_norm.png", "roofline.png"]
     assert all(os.path.getsize(p) > 5000 for p in written)
+    (tmp_path / "results.json").unlink()  # a model-only run (--phases model)
+    assert [os.path.basename(p) for p in plots.plot_results_dir(str(tmp_path))] == ["model-e2e.png"]
 
 
 def test_attention_peers_compute_the_same_attention():
