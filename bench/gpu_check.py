@@ -251,6 +251,8 @@ def main(argv=None) -> int:
         plot_note = f"plots: {len(plots.plot_results_dir(results_dir))} PNG files"
     except ImportError as exc:  # matplotlib missing
         plot_note = f"plots: not drawn here ({exc}); run `python -m bench.plots {results_dir}` where matplotlib is installed"
+    except Exception as exc:  # the plots are extras: never lose the summary and the archive to them
+        plot_note = f"plots: failed ({harness.error_text(exc)}); the JSON results stand"
     lines = [
         f"gpu-check summary ({time.time() - start:.0f} s total) -> {results_dir}",
         f"  tests on CUDA: {test_summary} (exit {test_code})",
