@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     if warm_up is not None:
         warm_up_summary = finish_warm_up(warm_up, results_dir, start)
         print(f"{warm_up_summary} ({time.time() - start:.0f} s); log in {results_dir}/warm-up.log", flush=True)
-    rows = []
+    rows, model_error = [], None
     if timing:
         device, facts, ceilings, results_dir = run.gpu_context(results_dir)
         if "ops" in phases:
@@ -243,7 +243,11 @@ def main(argv=None) -> int:
             rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, ops_budget)
             save_archive()
         if "model" in phases:
-            run.run_gpu_model(device, ceilings, results_dir, args.model_budget)
+            try:
+                run.run_gpu_model(device, ceilings, results_dir, args.model_budget)
+            except Exception as exc:  # the model could not even be built: the rest of the record stands
+                model_error = harness.error_text(exc)
+                print(f"model end to end failed: {model_error}", flush=True)
             save_archive()
     try:
         from bench import plots
@@ -262,8 +266,8 @@ def main(argv=None) -> int:
     ]
     skipped = sum("skipped" in r for r in rows)
     if skipped:
-        lines.append(f"  {skipped} op cases not timed (time budget): see results.md")
-    lines += summarise_model(results_dir)
+        lines.append(f"  {skipped} op cases not timed (time budget, or an error building them): see results.md")
+    lines += [f"  model end to end failed: {model_error}"] if model_error else summarise_model(results_dir)
     with open(os.path.join(results_dir, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     save_archive()

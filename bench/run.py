@@ -126,9 +126,12 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
             rows.append(harness.skipped_row(case, f"time budget of {budget_s:.0f} s spent"))
             continue
         torch._dynamo.reset()  # a fresh compile per case: dynamo's recompile limit would fall back to eager
-        row = harness.time_case(case, harness.implementations(case), ceilings, device)
+        try:
+            row = harness.time_case(case, harness.implementations(case), ceilings, device)
+        except Exception as exc:  # its inputs could not be built (out of memory, say): the row says so
+            row = harness.skipped_row(case, f"error: {harness.error_text(exc)}")
         rows.append(row)
-        ours_ms = row["impls"]["ours"].get("ms")
+        ours_ms = row["impls"].get("ours", {}).get("ms")
         print(f"{case.op:20s} {case.name:60s} ours {ours_ms if ours_ms is None else round(ours_ms, 4)} ms", flush=True)
         harness.write_results(results_dir, facts, ceilings, rows)
         torch.cuda.empty_cache()

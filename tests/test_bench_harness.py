@@ -367,8 +367,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
         return rows
 
     def run_gpu_model(device, ceilings, results_dir, budget_s):
-        model_e2e.write(results_dir, [{"compressor": "mlp", "visual_tokens": 64, "batch": 1, "backend": "triton",
-                                       "decode": "eager", "floor_ms_per_step": 1.0, "skipped": "stand-in"}])  # fmt: skip
+        raise RuntimeError("CUDA out of memory")  # building the model failed: the rest of the record stands
 
     ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -382,7 +381,19 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     summary = (results / "summary.txt").read_text()
     assert "  tests on CUDA: not run (--phases) (exit 0)" in summary and "  compile warm-up: " in summary
     assert "  rms_norm             1 cases; vs best peer 2.00x..2.00x" in summary
+    assert "  model end to end failed: RuntimeError: CUDA out of memory" in summary
     assert summary in capsys.readouterr().out
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    assert {f"results/{n}" for n in ("results.json", "results.md", "model-e2e.json", "summary.txt", "warm-up.log")} <= names
+    assert {f"results/{n}" for n in ("results.json", "results.md", "rms_norm.png", "summary.txt", "warm-up.log")} <= names
+
+
+def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
+    def build(device, gen):
+        raise RuntimeError("CUDA out of memory")
+
+    case = harness.Case(op="rms_norm", name="huge", dtype=torch.bfloat16, build=build, bytes=1, flops=1)
+    rows = run.run_gpu_ops([case], torch.device("cpu"), {"name": "Stand-in GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14},
+                           str(tmp_path))  # fmt: skip
+    assert rows == [harness.skipped_row(case, "error: RuntimeError: CUDA out of memory")]
+    assert "skipped: error: RuntimeError: CUDA out of memory" in (tmp_path / "results.md").read_text()
