@@ -265,7 +265,9 @@ def test_warm_up_fills_the_compile_caches_of_the_timed_run(device, tmp_path, mon
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # the spawned worker inherits it
     index = _smallest_case_index("rms_norm")
     finished = warm.warm_up([index], device.type, workers=1, deadline_s=240)
-    assert [(task, failures) for task, _, failures in finished] == [(index, [])]
+    assert [task for task, _, _ in finished] == [index]
+    # ours and the torch.compile peer compiled (a carried liger's own failure is the peer test's business)
+    assert not [f for f in finished[0][2] if f.startswith(("ours:", "torch.compile:"))], finished
     case = run.load_cases()[index]
     args, kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
     torch._dynamo.reset()
