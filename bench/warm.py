@@ -177,5 +177,6 @@ def run_and_report(tasks: list, device_name: str, workers: int, deadline_s: floa
     print(summary, flush=True)
     return summary
 
+
 if __name__ == "__main__":
     sys.exit(main())
