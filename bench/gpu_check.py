@@ -23,8 +23,10 @@ import sys
 import tarfile
 import time
 
+from bench.warm import usable_cores
+
 TEST_TIMEOUT_S = 270
-TEST_WORKERS = min(8, os.cpu_count() or 1)
+TEST_WORKERS = min(8, usable_cores())
 # the compile warm-up (bench.warm) runs beside the tests and stops itself by then (less than their cap,
 # so that with the ops and model budgets the whole run stays inside a device call's 10 minutes)
 WARM_UP_DEADLINE_S = 240
@@ -46,8 +48,8 @@ def _child_env(**extra) -> dict:
 def start_warm_up(results_dir: str, phases: list[str], beside_tests: bool) -> subprocess.Popen:
     """bench.warm in the background (its own process group), logging to warm-up.log: the compiles of
     the ops and model phases done ahead, on the cores the tests leave free."""
-    cores = os.cpu_count() or 1
-    workers = max(1, cores - TEST_WORKERS) if beside_tests else cores
+    cores = usable_cores()
+    workers = max(1, cores - TEST_WORKERS) if beside_tests else cores  # bench.warm caps it
     cmd = [sys.executable, "-m", "bench.warm", "--workers", str(workers), "--deadline-s", str(WARM_UP_DEADLINE_S),
            "--memory-fraction", "0.5" if beside_tests else "0.9"]  # fmt: skip
     cmd += [] if "ops" in phases else ["--no-ops"]

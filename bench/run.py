@@ -160,7 +160,7 @@ def main(argv=None) -> int:
         from bench import warm
 
         # the compiles first, over every core (the timing is one process on an idle GPU)
-        warm.run_and_report(warm.timed_run_tasks(only, model=not only), "cuda", os.cpu_count() or 1, 240.0, 0.9)
+        warm.run_and_report(warm.timed_run_tasks(only, model=not only), "cuda", warm.usable_cores(), 240.0, 0.9)
         device, facts, ceilings, results_dir = gpu_context(args.results_dir)
         run_gpu_ops(cases, device, facts, ceilings, results_dir)
         if not only:

@@ -28,11 +28,19 @@ import torch
 from bench import harness, run
 
 MODEL_TASK = "model"
+# each worker holds a CUDA context and a torch import (GBs of host memory): a bound, whatever the core
+# count claims (os.cpu_count() in a container can be the host's)
+MAX_WORKERS = 8
 # the end-to-end runs that compile something: the Triton kernels at every shape the model meets (the
 # eager triton run launches the same ones) and the compiled decode steps; the reference compiles nothing
 MODEL_RUNS = (("triton", "cuda_graph"), ("triton", "compile"))
 # of the GPU's memory: the full preset's bf16 weights (4.4 GB), its caches and activations at B=32
 MODEL_MEMORY_FRACTION = 0.15
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def warm_case(case: harness.Case, device: torch.device) -> list[str]:
@@ -106,7 +114,7 @@ def warm_up(tasks: list, device_name: str, workers: int, deadline_s: float, memo
         return []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     task_queue, results = context.Queue(), context.Queue()
-    workers = max(1, min(workers, len(tasks)))
+    workers = max(1, min(workers, len(tasks), MAX_WORKERS))
     for task in [*tasks, *[None] * workers]:
         task_queue.put(task)
     worker_args = (device_name, memory_fraction / workers, task_queue, results)
@@ -142,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", help="comma-separated indices into the case list instead of --ops")
     parser.add_argument("--no-ops", action="store_true", help="no op cases, only the model")
     parser.add_argument("--no-model", action="store_true", help="no end-to-end model")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=usable_cores(), help=f"at most {MAX_WORKERS}")
     parser.add_argument("--deadline-s", type=float, default=300.0)
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="of the GPU's memory, for all workers together (the rest is left to a test run beside)")
@@ -171,6 +179,7 @@ def run_and_report(tasks: list, device_name: str, workers: int, deadline_s: floa
     start = time.time()
     finished = warm_up(tasks, device_name, workers, deadline_s, memory_fraction, log=lambda line: print(line, flush=True))
     failed = sum(bool(failures) for _, _, failures in finished)
+    workers = max(1, min(workers, len(tasks), MAX_WORKERS))
     summary = (f"warm-up: {len(finished)} of {len(tasks)} tasks in {time.time() - start:.0f} s on {workers} "
                f"worker{'s' if workers != 1 else ''}{f', {failed} with failures' if failed else ''}"
                f"{f', {len(tasks) - len(finished)} not finished' if len(finished) < len(tasks) else ''}")  # fmt: skip
