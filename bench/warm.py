@@ -43,6 +43,11 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def worker_count(requested: int, tasks: list) -> int:
+    """The workers a warm-up really starts: no more than its tasks, nor MAX_WORKERS."""
+    return max(1, min(requested, len(tasks), MAX_WORKERS))
+
+
 def warm_case(case: harness.Case, device: torch.device) -> list[str]:
     """Every implementation of `case` that compiles (all but the eager reference) called once on one
     input set built as the timed run builds them; returns the failures (the timed run reports them)."""
@@ -114,7 +119,7 @@ def warm_up(tasks: list, device_name: str, workers: int, deadline_s: float, memo
         return []
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     task_queue, results = context.Queue(), context.Queue()
-    workers = max(1, min(workers, len(tasks), MAX_WORKERS))
+    workers = worker_count(workers, tasks)
     for task in [*tasks, *[None] * workers]:
         task_queue.put(task)
     worker_args = (device_name, memory_fraction / workers, task_queue, results)
@@ -179,7 +184,7 @@ def run_and_report(tasks: list, device_name: str, workers: int, deadline_s: floa
     start = time.time()
     finished = warm_up(tasks, device_name, workers, deadline_s, memory_fraction, log=lambda line: print(line, flush=True))
     failed = sum(bool(failures) for _, _, failures in finished)
-    workers = max(1, min(workers, len(tasks), MAX_WORKERS))
+    workers = worker_count(workers, tasks)
     summary = (f"warm-up: {len(finished)} of {len(tasks)} tasks in {time.time() - start:.0f} s on {workers} "
                f"worker{'s' if workers != 1 else ''}{f', {failed} with failures' if failed else ''}"
                f"{f', {len(tasks) - len(finished)} not finished' if len(finished) < len(tasks) else ''}")  # fmt: skip
