@@ -1,10 +1,13 @@
 """decode_attention at the LLM's decode shapes: Hq 12, Hkv 2, D 128, bf16, batch 1..128, contexts of
 320 (64 visual + a short prompt) up to 16k, uniform and ragged, contiguous and paged caches.
-Bytes = the K/V of every cached token (read once) + q and the output; the op is bound by them."""
+Bytes = the K/V of every cached token (read once) + q and the output; the op is bound by them.
+And the model's own call: appending the new token with RoPE applied in the kernel, against the same
+work unfused (apply_rotary, then decode_attention with the append)."""
 
 import torch
 
 import aurora_kernels as ak
+from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
@@ -112,3 +115,64 @@ for batch in (1, 8, 32, 128):
                     peers={**(PAGED_PEERS if paged else CONTIGUOUS_PEERS), **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {})},
                 )
             )
+
+
+def _model_step_inputs(lengths, device, gen):
+    """The model's decode call: the new token's k, v appended, RoPE from the full tables (theta 1e6,
+    fp32 as RotaryTables builds them) at row cache_seqlens[b]."""
+    (q, k_cache, v_cache, seqlens), _ = _inputs(lengths, False, torch.bfloat16, device, gen)
+    k, v = (randn((len(lengths), 1, HEADS_KV, HEAD_DIM), torch.bfloat16, device, gen) for _ in range(2))
+    tables = RotaryTables(HEAD_DIM, 1e6, max(lengths) + 1).to(device)
+    return (q, k_cache, v_cache, seqlens, k, v), {"rotary_cos": tables.cos, "rotary_sin": tables.sin}
+
+
+def _gathered_rows(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
+    """The unfused model gathered the table rows once per step for all layers: outside the timing."""
+    positions = seqlens.long()[:, None]
+    return (q, k_cache, v_cache, seqlens, k, v, rotary_cos[positions], rotary_sin[positions]), {}
+
+
+def rotary_then_decode(q, k_cache, v_cache, seqlens, k, v, cos, sin):
+    q, k = ak.apply_rotary(q, k, cos, sin)
+    return ak.decode_attention(q, k_cache, v_cache, seqlens, k, v)
+
+
+def flash_attn_rotary(fn):
+    """flash-attn's fused append + RoPE (half-width tables, rotate-half when not interleaved); the
+    halves are cut outside the timing."""
+
+    def run(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
+        return fn(q, k_cache, v_cache, k=k, v=v, rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_seqlens=seqlens)
+
+    def prepare(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
+        half = rotary_cos.shape[1] // 2
+        return (q, k_cache, v_cache, seqlens, k, v, rotary_cos[:, :half].contiguous(), rotary_sin[:, :half].contiguous()), {}
+
+    return Peer(run, prepare=prepare)
+
+
+def _flash_attn_rotary_peer():
+    peer = optional("flash_attn", "flash_attn_with_kvcache")()
+    return peer if peer.fn is None else flash_attn_rotary(peer.fn)
+
+
+PEERS_OF_THE_MODELS_CALL = {
+    "apply_rotary + decode_attention (ours, unfused)": lambda: Peer(rotary_then_decode, prepare=_gathered_rows),
+    "torch.compile": compiled(reference.decode_attention),
+    "flash-attn (rotary_cos)": _flash_attn_rotary_peer,
+}
+
+for batch in (1, 8):
+    for context in (1024, 4096):
+        register_case(
+            Case(
+                op="decode_attention",
+                name=f"B={batch} ctx={context} +append +rotary (the model's call) Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM}",
+                dtype=torch.bfloat16,
+                build=lambda device, gen, lengths=(context,) * batch: _model_step_inputs(list(lengths), device, gen),
+                # the cache read, q and the new k/v read, the output and the appended k/v written
+                bytes=2 * batch * context * HEADS_KV * HEAD_DIM * 2 + 2 * batch * (HEADS_Q + 2 * HEADS_KV) * HEAD_DIM * 2,
+                flops=4 * batch * (context + 1) * HEADS_Q * HEAD_DIM,
+                peers=PEERS_OF_THE_MODELS_CALL,
+            )
+        )

@@ -145,6 +145,14 @@ def test_attention_peers_compute_the_same_attention():
     # SDPA gives NaN for a sequence with no key (all masked); the reference gives 0: compare the rest
     assert_parity(got[1:], expected[1:].double(), torch.float32, "SDPA over the cache")
 
+    # the model's call (append + rotary) and its unfused peer: the same attention, the same cache
+    args, kwargs = bench_decode_attention._model_step_inputs([5, 40], cpu, make_generator(2))
+    q, k_cache, v_cache, seqlens, k, v = args
+    expected = reference.decode_attention(q, k_cache.clone(), v_cache.clone(), seqlens, k, v, **kwargs)
+    unfused = bench_decode_attention.PEERS_OF_THE_MODELS_CALL["apply_rotary + decode_attention (ours, unfused)"]()
+    [(peer_args, peer_kwargs)] = harness.prepared_inputs(unfused, [(args, kwargs)])
+    assert_parity(unfused.fn(*peer_args, **peer_kwargs), expected.double(), torch.bfloat16, "apply_rotary + decode_attention")
+
 
 def test_every_peer_adapter_runs_on_its_smallest_case(device):
     """Each op's smallest benchmark case through every peer installed here (but torch.compile, which
@@ -194,7 +202,7 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     assert (profiled["compressor"], profiled["backend"], profiled["decode"]) == ("mlp", "triton", "eager")
     layers = preset("tiny").llm.num_layers
     assert profiled["profile"]["op_calls_per_step"] == {
-        "apply_rotary (triton)": layers, "decode_attention (triton)": layers,
+        "decode_attention (triton)": layers,  # with RoPE inside: no apply_rotary in a decode step
         "rms_norm (triton)": 2 * layers + 1, "silu_and_mul (triton)": layers,
     }  # fmt: skip
     if device.type == "cuda":

@@ -166,6 +166,30 @@ def test_block_table(backend, f32, device):
         ak.decode_attention(q, f32(6, 12, 2, 16), f32(6, 12, 2, 16), seqlens, block_table=block_table, backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_rotary_tables(backend, f32, device):
+    q, k_cache, seqlens, _ = _decode_args(f32, device, paged=False)
+    new_kv, table = f32(2, 1, 2, 16), f32(64, 16)
+    with pytest.raises(ValueError, match="rotary_cos, rotary_sin: expected both"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, backend=backend)
+    with pytest.raises(ValueError, match="rotary_cos, rotary_sin: expected k and v too"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, rotary_cos=table, rotary_sin=table, backend=backend)
+    with pytest.raises(ValueError, match="rotary_sin: expected shape \\[\\*, 16\\] \\[max_positions, D\\], got \\[64, 8\\]"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:, :8], backend=backend)
+    with pytest.raises(ValueError, match="rotary_sin: expected shape \\[64, 16\\] \\(the shape of rotary_cos\\), got \\[10, 16\\]"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:10], backend=backend)
+    with pytest.raises(TypeError, match="rotary_cos: expected dtype float16/bfloat16/float32, got torch.int64"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table.long(), rotary_sin=table, backend=backend)
+    with pytest.raises(ValueError, match="rotary_cos: expected the last dim to be contiguous"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=f32(16, 64).t(), rotary_sin=table, backend=backend)
+    with ak.value_checks("always"):
+        with pytest.raises(ValueError, match="rotary_cos: expected a row for every position cache_seqlens\\[b\\], got 20 rows and position 20"):
+            ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table[:20], rotary_sin=table[:20], backend=backend)
+    odd_q, odd_cache, odd_kv, odd_table = f32(2, 1, 4, 15), f32(2, 40, 2, 15), f32(2, 1, 2, 15), f32(64, 15)
+    with pytest.raises(ValueError, match="q: expected an even head dim D with rotary_cos/rotary_sin, got 15"):
+        ak.decode_attention(odd_q, odd_cache, odd_cache, seqlens, odd_kv, odd_kv, rotary_cos=odd_table, rotary_sin=odd_table, backend=backend)
+
+
 def test_value_checks_can_be_switched_off(f32, device):
     q, k, cu, longest = _varlen_args(f32, device)
     with ak.value_checks("never"):

@@ -12,7 +12,7 @@ from torch import nn
 
 import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
-from aurora_kernels.model.layers import DecoderLayer
+from aurora_kernels.model.layers import DecoderLayer, rotate_then
 
 
 class Fusion(nn.Module):
@@ -41,5 +41,5 @@ class Fusion(nn.Module):
             return ak.attention_varlen(q, k, v, cu_seqlens_text, cu_seqlens_text, max_text, max_text, causal=True,
                                        backend=self.backend)  # fmt: skip
 
-        out, residual = self.layer(x, None, cos, sin, attend)
+        out, residual = self.layer(x, None, rotate_then(attend, cos, sin, self.backend))
         return out + residual

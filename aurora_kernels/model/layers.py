@@ -30,7 +30,9 @@ class LayerNorm(nn.Module):
 
 class RotaryTables(nn.Module):
     """cos/sin tables [max_positions, head_dim] (rotate-half layout, as transformers builds them),
-    kept in fp32: gathering rows by position is all a forward needs, on the host or the device."""
+    computed in float64 and stored in fp32; `model.to(dtype)` casts them with the weights, as
+    transformers casts its tables to the activations' dtype. Prefill gathers rows by position; the
+    decode step hands the whole tables to decode_attention, which reads row cache_seqlens[b]."""
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
@@ -45,14 +47,25 @@ class RotaryTables(nn.Module):
         return self.cos[positions], self.sin[positions]
 
 
-# attend(layer_index, q, k, v) -> attention output shaped like q: the caller's choice of dense,
-# packed or cached attention (and where K/V go in a cache).
+# attend(layer_index, q, k, v) -> attention output shaped like q, from q and k before RoPE: the
+# caller's choice of dense, packed or cached attention, of where K/V go in a cache, and of how the
+# rotary embedding is applied (a separate apply_rotary, or inside decode_attention).
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def rotate_then(attend: Attend, cos: torch.Tensor, sin: torch.Tensor, backend: str) -> Attend:
+    """`attend` on q, k rotated by apply_rotary with tables rows cos, sin [..., L, D]."""
+
+    def rotate_and_attend(index, q, k, v):
+        q, k = ak.apply_rotary(q, k, cos, sin, backend=backend)
+        return attend(index, q, k, v)
+
+    return rotate_and_attend
+
+
 class DecoderLayer(nn.Module):
-    """Qwen2 layer: RMSNorm, fused q/k/v projection with bias, RoPE, GQA attention, o_proj, RMSNorm,
-    SwiGLU (fused gate/up projection). Works on any leading shape: [T, C] packed or [B, L, C].
+    """Qwen2 layer: RMSNorm, fused q/k/v projection with bias, RoPE + GQA attention (`attend`), o_proj,
+    RMSNorm, SwiGLU (fused gate/up projection). Works on any leading shape: [T, C] packed or [B, L, C].
 
     The residual stream is carried unnormalised beside the layer output (`rms_norm` with residual
     adds and normalises in one pass), as in vLLM: forward returns (x, residual) and x + residual is
@@ -80,13 +93,11 @@ class DecoderLayer(nn.Module):
         v = qkv[..., q_width + kv_width :].unflatten(-1, (self.num_kv_heads, self.head_dim))
         return q, k, v
 
-    def forward(self, x, residual, cos, sin, attend: Attend):
+    def forward(self, x, residual, attend: Attend):
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
             h, residual = self.input_layernorm(x, residual)
-        q, k, v = self.split_qkv(self.qkv_proj(h))
-        q, k = ak.apply_rotary(q, k, cos, sin, backend=self.backend)
-        attn = attend(self.index, q, k, v)
+        attn = attend(self.index, *self.split_qkv(self.qkv_proj(h)))
         h, residual = self.post_attention_layernorm(self.o_proj(attn.flatten(-2)), residual)
         return self.down_proj(ak.silu_and_mul(self.gate_up_proj(h), backend=self.backend)), residual

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
 from aurora_kernels.model.kv_cache import KVCache
-from aurora_kernels.model.layers import Attend, DecoderLayer, RotaryTables
+from aurora_kernels.model.layers import Attend, DecoderLayer, RotaryTables, rotate_then
 
 
 class Qwen2LM(nn.Module):
@@ -26,13 +26,16 @@ class Qwen2LM(nn.Module):
         self.rotary = RotaryTables(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
         self.backend = backend
 
-    def run_layers(self, x: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
-        """x [..., C] at `positions` [...] through every layer and the final norm."""
-        cos, sin = self.rotary(positions)
+    def run_layers(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+        """x [..., C] through every layer (attention and RoPE by `attend`) and the final norm."""
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, cos, sin, attend)
+            x, residual = layer(x, residual, attend)
         return self.norm(x, residual)[0]
+
+    def rotated(self, attend: Attend, positions: torch.Tensor) -> Attend:
+        """`attend` after apply_rotary at `positions` (the tables' rows gathered once for all layers)."""
+        return rotate_then(attend, *self.rotary(positions), self.backend)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -48,7 +51,7 @@ class Qwen2LM(nn.Module):
         def attend(_, q, k, v):
             return ak.attention(q, k, v, causal=True, backend=self.backend)
 
-        return self.logits(self.run_layers(self.embed_tokens(input_ids), positions, attend))
+        return self.logits(self.run_layers(self.embed_tokens(input_ids), self.rotated(attend, positions)))
 
     def prefill(self, x, positions, cu_seqlens, max_seqlen: int, cache: KVCache | None = None, slots=None):
         """Packed requests x [T, C] (cu_seqlens, positions [T]) -> final hidden states [T, C]; with a
@@ -60,14 +63,15 @@ class Qwen2LM(nn.Module):
             return ak.attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
                                        backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, positions, attend)
+        return self.run_layers(x, self.rotated(attend, positions))
 
     def decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each
-        layer appends its K/V at cache.seqlens inside decode_attention; the caller then advances it."""
+        layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
+        appends the K/V there; the caller then advances it."""
 
         def attend(index, q, k, v):
-            return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v,
-                                       block_table=cache.block_table, backend=self.backend)  # fmt: skip
+            return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
+                                       rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, cache.seqlens.long()[:, None], attend)
+        return self.run_layers(x, attend)

@@ -14,6 +14,11 @@ the cache once at full bandwidth:
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
+- In-kernel rotary (as flash-attn's `flash_attn_with_kvcache(rotary_cos=...)`): given the model's
+  full cos/sin tables, every program rotates q, and the appending program the new k, by the table row
+  at position cache_seqlens[b] before using them. A decode step then needs no apply_rotary launch and
+  no gather of table rows per layer: 2 * D table elements read per program against the cache's
+  2 * L * D, and one fewer launch in each of the 28 layers.
 
 What is checked: shapes, dtypes, devices and strides always; on CPU tensors (or under
 `value_checks("always")`) also that 0 <= cache_seqlens[b] (+1 with an append) fits the cache and that
@@ -44,6 +49,7 @@ from aurora_kernels._validation import (
     check_softmax_scale,
     check_tensor,
     check_triton_device,
+    should_check_values,
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
@@ -76,18 +82,30 @@ def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache
 
 
 @triton.jit
+def _load_rotated(ptr, offsets, partner_offsets, mask, cos, sin, sign, ROTARY: tl.constexpr):
+    """x = ptr[offsets] (rows of D elements), rotated rotate-half style when ROTARY:
+    x * cos + sign * x[partner] * sin, with partner = the other half's column and sign -1 on the first
+    half. Rounded back to x's dtype, as apply_rotary's output would be."""
+    x = tl.load(ptr + offsets, mask=mask, other=0.0)
+    if ROTARY:
+        partner = tl.load(ptr + partner_offsets, mask=mask, other=0.0)
+        x = (x.to(tl.float32) * cos + sign * partner.to(tl.float32) * sin).to(x.dtype)
+    return x
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
-    partial_out_ptr, partial_lse_ptr, out_ptr,
+    rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
     heads_per_kv, qk_scale_log2, num_kv_splits,
     q_batch_stride, q_head_stride,
     k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
     v_cache_batch_stride, v_cache_token_stride, v_cache_head_stride,
     k_new_batch_stride, k_new_head_stride, v_new_batch_stride, v_new_head_stride,
-    block_table_stride,
+    block_table_stride, rotary_cos_stride, rotary_sin_stride,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, SINGLE_SPLIT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+    PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -105,8 +123,19 @@ def _decode_split_kernel(
     heads = (kv_head * heads_per_kv + groups).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < HEAD_DIM
+    # rotary: the table row at the new token's position (cache_seqlens[b]); columns past D read 0
+    # from both tables, so padded columns stay 0
+    first_half = cols < HEAD_DIM // 2
+    partner = tl.where(first_half, cols + HEAD_DIM // 2, cols - HEAD_DIM // 2)
+    sign = tl.where(first_half, -1.0, 1.0)
+    cos = tl.zeros((BLOCK_D,), tl.float32)
+    sin = tl.zeros((BLOCK_D,), tl.float32)
+    if ROTARY:
+        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
+        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
     q_rows = tl.multiple_of(batch.to(tl.int64) * q_batch_stride + heads * q_head_stride, STRIDE_MULTIPLE)
-    q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=group_ok[:, None] & col_ok[None, :], other=0.0)
+    q = _load_rotated(q_ptr, q_rows[:, None] + cols[None, :], q_rows[:, None] + partner[None, :],
+                      group_ok[:, None] & col_ok[None, :], cos[None, :], sin[None, :], sign[None, :], ROTARY)  # fmt: skip
     block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
     k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
     v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
@@ -135,8 +164,8 @@ def _decode_split_kernel(
 
     if APPEND:
         if (start <= cached) & (cached < end):
-            k_new = tl.load(k_new_ptr + batch.to(tl.int64) * k_new_batch_stride + kv_head.to(tl.int64) * k_new_head_stride + cols,
-                            mask=col_ok, other=0.0)  # fmt: skip
+            k_new_row = batch.to(tl.int64) * k_new_batch_stride + kv_head.to(tl.int64) * k_new_head_stride
+            k_new = _load_rotated(k_new_ptr, k_new_row + cols, k_new_row + partner, col_ok, cos, sin, sign, ROTARY)
             v_new = tl.load(v_new_ptr + batch.to(tl.int64) * v_new_batch_stride + kv_head.to(tl.int64) * v_new_head_stride + cols,
                             mask=col_ok, other=0.0)  # fmt: skip
             new_score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale_log2
@@ -220,7 +249,7 @@ def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
     }
 
 
-def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits):
+def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin):
     check_tensor("q", q, ndim=4, layout="[B, 1, Hq, D]", unit_stride_last=True)
     batch, _, heads_q, head_dim = q.shape
     check_tensor("q", q, shape=(batch, 1, heads_q, head_dim), layout="[B, 1, Hq, D]")
@@ -243,7 +272,7 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
-                       "k": k, "v": v, "block_table": block_table})  # fmt: skip
+                       "k": k, "v": v, "block_table": block_table, "rotary_cos": rotary_cos, "rotary_sin": rotary_sin})  # fmt: skip
     appended = 0 if k is None else 1
     if paged:
         block_size = k_cache.shape[1]
@@ -260,11 +289,36 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_int("num_kv_splits", num_kv_splits, minimum=1)
         if num_kv_splits > MAX_KV_SPLITS:
             raise ValueError(f"num_kv_splits: expected at most {MAX_KV_SPLITS}, got {num_kv_splits}")
+    _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens)
+
+
+def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
+    """rotary_cos, rotary_sin [max_positions, D] (both or neither, with k and v); value check: every
+    position cache_seqlens[b] has a row."""
+    if (rotary_cos is None) != (rotary_sin is None):
+        raise ValueError("rotary_cos, rotary_sin: expected both (to rotate q and k in the kernel) or neither")
+    if rotary_cos is None:
+        return
+    if k is None:
+        raise ValueError("rotary_cos, rotary_sin: expected k and v too: the rotation is at the appended token's "
+                         "position cache_seqlens[b]")  # fmt: skip
+    head_dim = q.shape[-1]
+    if head_dim % 2:
+        raise ValueError(f"q: expected an even head dim D with rotary_cos/rotary_sin, got {head_dim}")
+    for name, table in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        check_tensor(name, table, shape=(None, head_dim), layout="[max_positions, D]", device=q.device, unit_stride_last=True)
+    if rotary_sin.shape[0] != rotary_cos.shape[0]:
+        raise ValueError(f"rotary_sin: expected shape {list(rotary_cos.shape)} (the shape of rotary_cos), got {list(rotary_sin.shape)}")
+    if should_check_values(cache_seqlens) and cache_seqlens.numel():
+        last = int(cache_seqlens.max())
+        if last >= rotary_cos.shape[0]:
+            raise ValueError(f"rotary_cos: expected a row for every position cache_seqlens[b], got {rotary_cos.shape[0]} rows "
+                             f"and position {last}")  # fmt: skip
 
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    *, backend="triton",
+    rotary_cos=None, rotary_sin=None, *, backend="triton",
 ):  # fmt: skip
     """Attention of one query token per sequence over its KV cache.
 
@@ -273,23 +327,29 @@ def decode_attention(
     k, v [B, 1, Hkv, D], those are written into the cache at position cache_seqlens[b] (in place) and
     attended to. Returns [B, 1, Hq, D]; a sequence with nothing to attend to gives 0.
     num_kv_splits: how many programs split one sequence's cache (None: `default_num_kv_splits`).
+    rotary_cos, rotary_sin [max_positions, D] (transformers' full-width rotate-half tables, any float
+    dtype; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
+    position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
     """
     check_backend(backend)
-    _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits)
+    _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
     record_call("decode_attention", backend)
     if backend == "reference":
-        return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale)
+        return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
+                                          rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
     check_triton_device("q", q)
-    return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits)
+    return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits,
+                                    rotary_cos, rotary_sin)  # fmt: skip
 
 
 @kernel_op("decode_attention", fake=lambda q, *args: q.new_empty(q.shape), mutates_args=("k_cache", "v_cache"))
 def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                              k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
-                             softmax_scale: Optional[float], num_kv_splits: Optional[int]) -> torch.Tensor:  # fmt: skip
+                             softmax_scale: Optional[float], num_kv_splits: Optional[int],
+                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
-    to the caches in place when given."""
+    (rotated with q when the rotary tables are given) to the caches in place when given."""
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
@@ -309,16 +369,18 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         partial_lse = torch.empty((batch, heads_q, num_kv_splits), dtype=torch.float32, device=q.device)
     append = k is not None
     k_new, v_new = (k, v) if append else (q, q)  # q stands in for the unused pointers
+    rotary = rotary_cos is not None
+    cos, sin = (rotary_cos, rotary_sin) if rotary else (q, q)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
-        partial_out, partial_lse, out,
+        cos, sin, partial_out, partial_lse, out,
         heads_q // heads_kv, scale * LOG2_E, num_kv_splits,
         q.stride(0), q.stride(2),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
         k_new.stride(0), k_new.stride(2), v_new.stride(0), v_new.stride(2),
-        block_table.stride(0) if paged else 0,
-        HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, SINGLE_SPLIT=single_split,
+        block_table.stride(0) if paged else 0, cos.stride(0), sin.stride(0),
+        HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
         **config,
@@ -341,7 +403,8 @@ def _compile_configs():
     configs = []
     split_signature = {
         "q_ptr": "*T", "k_cache_ptr": "*T", "v_cache_ptr": "*T", "cache_seqlens_ptr": "*i32", "k_new_ptr": "*T",
-        "v_new_ptr": "*T", "block_table_ptr": "*i32", "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
+        "v_new_ptr": "*T", "block_table_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
+        "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
         "out_ptr": "*T", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
         **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
     }  # fmt: skip
@@ -350,14 +413,16 @@ def _compile_configs():
         config = decode_config(head_dim, heads_q // heads_kv, dtype)
         launch = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
         for paged, page_size in ((False, 1), (True, 16), (True, 256)):
-            for append in (False, True):
+            # rotary only with an append; the model's decode appends, its tables in the model's dtype
+            for append, rotary in ((False, False), (True, False), (True, True)):
                 for single_split in (False, True):
                     configs += configs_per_dtype(
                         (dtype,), op="decode_attention", kernel=_decode_split_kernel, signature=split_signature,
                         shape=f"Hq 12 Hkv 2 D 128 {'paged ' + str(page_size) if paged else 'contiguous'}"
-                              f"{' +append' if append else ''}{' 1 split' if single_split else ' split'}",
-                        constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size,
-                                    "APPEND": append, "SINGLE_SPLIT": single_split, "DOT_IN_FP32": dtype == torch.float32},
+                              f"{' +append' if append else ''}{' +rotary' if rotary else ''}"
+                              f"{' 1 split' if single_split else ' split'}",
+                        constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
+                                    "ROTARY": rotary, "SINGLE_SPLIT": single_split, "DOT_IN_FP32": dtype == torch.float32},
                         aligned=aligned, uses_dot=dtype != torch.float32, **launch,
                     )  # fmt: skip
         configs += configs_per_dtype(

@@ -4,9 +4,10 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
 from aurora_kernels.ops import reference
+from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
 from aurora_kernels.testing import assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64
-from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cuda_only
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cuda_only, fused_qkv
 
 
 def _decode_inputs(lengths, heads_q, heads_kv, head_dim, dtype, device, gen, capacity=None, append=False):
@@ -94,6 +95,49 @@ def test_append_writes_cache_exactly(paged, device, gen):
     assert_parity(again, out.double(), torch.float16, "no-append over the appended cache")
 
 
+def _rotary_tables(head_dim, device, max_positions=300):
+    """The model's tables (theta 1e6, fp32 [max_positions, D]), at their real values."""
+    tables = RotaryTables(head_dim, 1e6, max_positions).to(device)
+    return tables.cos, tables.sin
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_rotary_fused(dtype, paged, device, gen):
+    """q and the new k rotated in the kernel at position cache_seqlens[b]: the output, and the key the
+    cache now holds, match apply_rotary followed by decode_attention."""
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([0, 1, 37, 130], 12, 2, 128, dtype, device, gen,
+                                                        capacity=150, append=True)  # fmt: skip
+    block_table = None
+    if paged:
+        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
+    cos, sin = _rotary_tables(128, device)
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v,
+                                    block_table, None, None, cos, sin)  # fmt: skip
+    unfused_cache = k_cache.clone()
+    with poisoned_outputs():
+        out = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, block_table, num_kv_splits=3,
+                                  rotary_cos=cos, rotary_sin=sin)  # fmt: skip
+    assert_parity(out, expected, dtype, "fused rotary")
+    positions = seqlens.long()[:, None]
+    q_rot, k_rot = ak.apply_rotary(q, k, cos[positions], sin[positions])
+    unfused = ak.decode_attention(q_rot, unfused_cache, v_cache.clone(), seqlens, k_rot, v, block_table, num_kv_splits=3)
+    assert_parity(out, unfused.double(), dtype, "fused rotary against apply_rotary + decode_attention")
+    assert_parity(k_cache, unfused_cache.double(), dtype, "the rotated keys written to the cache")
+
+
+@pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_rotary_fused_gqa_and_head_dims(heads, head_dim, device, gen):
+    """Head dims 72/80 have halves of 36/40 inside a 128-column tile; q a slice of a fused projection."""
+    heads_q, heads_kv = heads
+    q, k, v = fused_qkv((3, 1), heads_q, heads_kv, head_dim, torch.bfloat16, device, gen)
+    _, k_cache, v_cache, seqlens, _, _ = _decode_inputs([70, 0, 33], heads_q, heads_kv, head_dim, torch.bfloat16, device, gen)
+    cos, sin = _rotary_tables(head_dim, device)
+    check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v,
+             rotary_cos=cos, rotary_sin=sin)  # fmt: skip
+
+
 def test_strided_q_and_fused_kv_cache(device, gen):
     """q a slice of a fused projection; K and V caches interleaved in one [B, S, 2, Hkv, D] buffer."""
     batch, capacity, heads_q, heads_kv, head_dim = 3, 90, 12, 2, 128
@@ -159,6 +203,8 @@ def test_bad_num_kv_splits(device, gen):
 def test_compiled_and_graph_captured(check, device, gen):
     q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
                                                         capacity=256, append=True)  # fmt: skip
-    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    cos, sin = _rotary_tables(128, device)
+    args = (q, k_cache, v_cache, seqlens, k, v, None, None, None, cos, sin)  # the model's decode: append + rotary
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
     # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
-    check(ak.decode_attention, (q, k_cache, v_cache, seqlens, k, v), expected, torch.bfloat16, "decode_attention")
+    check(ak.decode_attention, args, expected, torch.bfloat16, "decode_attention")
