@@ -158,3 +158,30 @@ def test_rotary_vs_complex_rotation(device, gen):
     z = torch.complex(q[..., :half], q[..., half:]) * torch.polar(torch.ones_like(theta), theta)[:, None, :]
     expected = torch.cat([z.real, z.imag], dim=-1)
     assert rel_error(q_rot, expected) < BOUND and rel_error(k_rot, expected[:, :1]) < BOUND
+
+
+def test_decode_attention_rotary_vs_complex_rotation_and_sdpa(device, gen):
+    """decode_attention(rotary_cos=, rotary_sin=) rotates q and the appended k at position
+    cache_seqlens[b] (the complex product with e^{i theta[position]}), then attends (SDPA) over the
+    cache plus the rotated key, which it has written into the cache."""
+    batch, heads_q, heads_kv, head_dim = 3, 6, 2, 16
+    lengths = [0, 9, 30]
+    theta = randn((40, head_dim // 2), F64, device, gen)
+    cos, sin = torch.cat([theta.cos()] * 2, -1), torch.cat([theta.sin()] * 2, -1)
+    q = randn((batch, 1, heads_q, head_dim), F64, device, gen)
+    new_k, new_v = (randn((batch, 1, heads_kv, head_dim), F64, device, gen) for _ in range(2))
+    k_cache, v_cache = (randn((batch, 32, heads_kv, head_dim), F64, device, gen) for _ in range(2))
+    cached_k = k_cache.clone()
+    seqlens = torch.tensor(lengths, dtype=torch.int32, device=device)
+    out = reference.decode_attention(q, k_cache, v_cache, seqlens, new_k, new_v, rotary_cos=cos, rotary_sin=sin)
+
+    def rotated(x, position):  # x [H, D]
+        half = head_dim // 2
+        z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(theta[position]), theta[position])
+        return torch.cat([z.real, z.imag], dim=-1)
+
+    for b, n in enumerate(lengths):
+        q_rot, k_rot = rotated(q[b, 0], n)[None, None], rotated(new_k[b, 0], n)[None]
+        keys, values = torch.cat([cached_k[b, :n], k_rot]), torch.cat([v_cache[b, :n], new_v[b]])
+        assert rel_error(out[b], _sdpa(q_rot, keys[None], values[None], causal=False)[0]) < BOUND
+        assert rel_error(k_cache[b, n], k_rot[0]) < BOUND
