@@ -3,8 +3,9 @@
 Each op file registers, with `@register_compile_configs`, a function that lists the launch configs
 its launcher (or autotuner) can pick at the model's shapes, built by the same config-picking code
 the launcher uses. This module compiles each one with `triton.compile(..., GPUTarget("cuda", 90, 32))`,
-assembles the PTX with `ptxas -v --gpu-name=sm_90a` (the ptxas this Triton itself picks for sm_90)
-and reports registers per thread, spill stores/loads, shared memory, whether the matrix ops became
+assembles the PTX again through Triton's own `make_cubin` with its ptxas log on (`ptxas -v
+--gpu-name=sm_90a` with the ptxas and the flags this Triton really builds with: 3.9 adds
+`--regAllocOptLevel=2`, which moves register counts by a few) and reports registers per thread, spill stores/loads, shared memory, whether the matrix ops became
 tensor-core instructions (wgmma or mma in the PTX) and whether global loads are 16 bytes wide. It
 catches what the interpreter lets through (dot tiles under 16, shared memory over the limit, spills).
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -40,6 +43,28 @@ def _ptxas() -> str:
     from triton.backends.nvidia.compiler import get_ptxas
 
     return get_ptxas(90).path
+
+
+def _ptxas_log(ptx: str, cfg: KernelConfig) -> str:
+    """The `ptxas -v` report of `ptx`, assembled by the backend's own make_cubin (its ptxas, its
+    flags), which prints the log when TRITON_DUMP_PTXAS_LOG is set. triton.compile cannot give it: a
+    kernel found in Triton's cache is not assembled again."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    options = backend.parse_options({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    previous = os.environ.get("TRITON_DUMP_PTXAS_LOG")
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            backend.make_cubin(ptx, {}, options, 90)
+    finally:
+        if previous is None:
+            del os.environ["TRITON_DUMP_PTXAS_LOG"]
+        else:
+            os.environ["TRITON_DUMP_PTXAS_LOG"] = previous
+    return log.getvalue()
 
 
 def compile_one(cfg: KernelConfig) -> dict:
@@ -73,18 +98,10 @@ def compile_one(cfg: KernelConfig) -> dict:
     row["tensor_core"] = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "none")
     # 16-byte global loads: vector loads, or the async copies to shared memory that pipelined tiles use
     row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx_path = os.path.join(tmp, "kernel.ptx")
-        with open(ptx_path, "w") as f:
-            f.write(ptx)
-        result = subprocess.run(
-            [_ptxas(), "-v", "--gpu-name=sm_90a", ptx_path, "-o", os.path.join(tmp, "kernel.cubin")],
-            capture_output=True,
-            text=True,
-        )
-    log = result.stdout + result.stderr
-    if result.returncode != 0:
-        row["error"] = "ptxas: " + log.strip().splitlines()[-1]
+    try:
+        log = _ptxas_log(ptx, cfg)
+    except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
+        row["error"] = "ptxas: " + " ".join(line for line in str(exc).strip().splitlines()[:3] if line)
         return row
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)

@@ -50,3 +50,54 @@ def test_stride_multiple_claims_only_what_holds():
     assert stride_multiple(4, (1536, 12)) == 4
     assert stride_multiple(4, (1536, 6)) == 1
     assert stride_multiple(2, ()) == 8
+
+
+_BROKEN_KERNELS = '''
+import json, sys
+import triton
+import triton.language as tl
+from aurora_kernels._compile import KernelConfig
+from aurora_kernels.compile_report import compile_one, problems
+
+
+@triton.jit
+def small_dot(x_ptr, out_ptr, TILE: tl.constexpr):
+    offsets = tl.arange(0, TILE)[:, None] * TILE + tl.arange(0, TILE)[None, :]
+    x = tl.load(x_ptr + offsets)
+    tl.store(out_ptr + offsets, tl.dot(x, x))
+
+
+@triton.jit
+def huge_tile(x_ptr, out_ptr, TILE: tl.constexpr):
+    offsets = tl.arange(0, TILE)[:, None] * TILE + tl.arange(0, TILE)[None, :]
+    x = tl.load(x_ptr + offsets)
+    tl.store(out_ptr + offsets, x * tl.sum(x, 0)[None, :] + tl.sum(x, 1)[:, None])
+
+
+signature = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
+rows = [
+    compile_one(KernelConfig("small dot", "8x8", small_dot, signature, {"TILE": 8}, 4, 1, uses_dot=True)),
+    compile_one(KernelConfig("huge tile", "128x128 on one warp", huge_tile, signature, {"TILE": 128}, 1, 1)),
+]
+json.dump([problems(row) for row in rows], sys.stdout)
+'''
+
+
+def test_the_check_fails_on_a_dot_under_16_and_on_a_spill(tmp_path):
+    """What the interpreter accepts but sm_90 does not: an 8x8 tl.dot (the compiler wants M, N, K >= 16)
+    is a "does not compile" row; a 128x128 fp16 tile on one warp (512 values a thread) spills. The check
+    that passes on the shipped configs would fail on these."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "broken_kernels.py"
+    script.write_text(_BROKEN_KERNELS)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    small_dot, huge_tile = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(small_dot) == 1 and small_dot[0].startswith("does not compile"), small_dot
+    assert any(p.startswith("spills") for p in huge_tile), huge_tile
