@@ -3,10 +3,11 @@
 Each op file registers, with `@register_compile_configs`, a function that lists the launch configs
 its launcher (or autotuner) can pick at the model's shapes, built by the same config-picking code
 the launcher uses. This module compiles each one with `triton.compile(..., GPUTarget("cuda", 90, 32))`,
-assembles the PTX again through Triton's own `make_cubin` with its ptxas log on (`ptxas -v
---gpu-name=sm_90a` with the ptxas and the flags this Triton really builds with: 3.9 adds
-`--regAllocOptLevel=2`, which moves register counts by a few) and reports registers per thread, spill stores/loads, shared memory, whether the matrix ops became
-tensor-core instructions (wgmma or mma in the PTX) and whether global loads are 16 bytes wide. It
+reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags this Triton really
+builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
+in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
+shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX)
+and whether global loads are 16 bytes wide. It
 catches what the interpreter lets through (dot tiles under 16, shared memory over the limit, spills).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
@@ -45,26 +46,33 @@ def _ptxas() -> str:
     return get_ptxas(90).path
 
 
-def _ptxas_log(ptx: str, cfg: KernelConfig) -> str:
-    """The `ptxas -v` report of `ptx`, assembled by the backend's own make_cubin (its ptxas, its
-    flags), which prints the log when TRITON_DUMP_PTXAS_LOG is set. triton.compile cannot give it: a
-    kernel found in Triton's cache is not assembled again."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import make_backend
-
-    backend = make_backend(GPUTarget("cuda", 90, 32))
-    options = backend.parse_options({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+@contextlib.contextmanager
+def _printed_ptxas_logs():
+    """Captures what is printed inside the block while Triton's make_cubin prints the `ptxas -v` log
+    of each kernel it assembles (TRITON_DUMP_PTXAS_LOG): its ptxas, its flags."""
     previous = os.environ.get("TRITON_DUMP_PTXAS_LOG")
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     try:
-        with contextlib.redirect_stdout(io.StringIO()) as log:
-            backend.make_cubin(ptx, {}, options, 90)
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            yield printed
     finally:
         if previous is None:
             del os.environ["TRITON_DUMP_PTXAS_LOG"]
         else:
             os.environ["TRITON_DUMP_PTXAS_LOG"] = previous
-    return log.getvalue()
+
+
+def _assemble_again(ptx: str, cfg: KernelConfig) -> str:
+    """The ptxas log of a kernel that triton.compile found in its cache (and so did not assemble):
+    the backend's own make_cubin on the PTX again."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    options = backend.parse_options({"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    with _printed_ptxas_logs() as printed:
+        backend.make_cubin(ptx, {}, options, 90)
+    return printed.getvalue()
 
 
 def compile_one(cfg: KernelConfig) -> dict:
@@ -85,11 +93,12 @@ def compile_one(cfg: KernelConfig) -> dict:
     signature = {name: ("constexpr" if name in cfg.constexprs else cfg.signature[name]) for name in names}
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in cfg.aligned}
     try:
-        compiled = triton.compile(
-            ASTSource(cfg.kernel, signature, dict(cfg.constexprs), attrs),
-            target=GPUTarget("cuda", 90, 32),
-            options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-        )
+        with _printed_ptxas_logs() as printed:
+            compiled = triton.compile(
+                ASTSource(cfg.kernel, signature, dict(cfg.constexprs), attrs),
+                target=GPUTarget("cuda", 90, 32),
+                options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+            )
     except Exception as exc:  # the report lists the failure; the CI test fails on it
         row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         return row
@@ -99,7 +108,7 @@ def compile_one(cfg: KernelConfig) -> dict:
     # 16-byte global loads: vector loads, or the async copies to shared memory that pipelined tiles use
     row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
     try:
-        log = _ptxas_log(ptx, cfg)
+        log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
         row["error"] = "ptxas: " + " ".join(line for line in str(exc).strip().splitlines()[:3] if line)
         return row
