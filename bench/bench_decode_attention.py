@@ -119,10 +119,10 @@ for batch in (1, 8, 32, 128):
 
 def _model_step_inputs(lengths, device, gen):
     """The model's decode call: the new token's k, v appended, RoPE from the full tables (theta 1e6,
-    fp32 as RotaryTables builds them) at row cache_seqlens[b]."""
+    in the model's dtype, as a bf16 model holds them) at row cache_seqlens[b]."""
     (q, k_cache, v_cache, seqlens), _ = _inputs(lengths, False, torch.bfloat16, device, gen)
     k, v = (randn((len(lengths), 1, HEADS_KV, HEAD_DIM), torch.bfloat16, device, gen) for _ in range(2))
-    tables = RotaryTables(HEAD_DIM, 1e6, max(lengths) + 1).to(device)
+    tables = RotaryTables(HEAD_DIM, 1e6, max(lengths) + 1).to(device, torch.bfloat16)
     return (q, k_cache, v_cache, seqlens, k, v), {"rotary_cos": tables.cos, "rotary_sin": tables.sin}
 
 

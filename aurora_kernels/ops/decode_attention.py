@@ -327,8 +327,8 @@ def decode_attention(
     k, v [B, 1, Hkv, D], those are written into the cache at position cache_seqlens[b] (in place) and
     attended to. Returns [B, 1, Hq, D]; a sequence with nothing to attend to gives 0.
     num_kv_splits: how many programs split one sequence's cache (None: `default_num_kv_splits`).
-    rotary_cos, rotary_sin [max_positions, D] (transformers' full-width rotate-half tables, any float
-    dtype; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
+    rotary_cos, rotary_sin [max_positions, D] (transformers' full-width rotate-half tables, fp16, bf16
+    or fp32; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
     position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
     """
