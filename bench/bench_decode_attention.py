@@ -4,6 +4,8 @@ Bytes = the K/V of every cached token (read once) + q and the output; the op is 
 And the model's own call: appending the new token with RoPE applied in the kernel, against the same
 work unfused (apply_rotary, then decode_attention with the append)."""
 
+import functools
+
 import torch
 
 import aurora_kernels as ak
@@ -93,6 +95,18 @@ NOT_COMPILED = {"torch.compile": lambda: Peer(None, f"not compiled at B > {MAX_C
                                                      "per-request host loop takes minutes to trace")}  # fmt: skip
 
 
+# The split rule (`default_num_kv_splits`: programs per SM, tokens per split) is not tuned on a GPU
+# yet: at the small batches where it matters, the run also times fixed split counts beside "ours" (the
+# rule's pick), which is the data to tune it with.
+SPLIT_SWEEP = (1, 4, 16, 32, 64, 128)
+SWEPT = {(1, 1024), (1, 4096), (8, 4096)}  # (batch, context), uniform contiguous
+
+
+def split_sweep_peers() -> dict:
+    return {f"ours, num_kv_splits={n}": lambda n=n: Peer(functools.partial(ak.decode_attention, num_kv_splits=n))
+            for n in SPLIT_SWEEP}  # fmt: skip
+
+
 def _ragged(batch, context):
     """Lengths spread from a quarter of the context up to the context."""
     return [context // 4 + (context - context // 4) * i // max(batch - 1, 1) for i in range(batch)]
@@ -112,7 +126,8 @@ for batch in (1, 8, 32, 128):
                     build=lambda device, gen, lengths=lengths, paged=paged: _inputs(lengths, paged, torch.bfloat16, device, gen),
                     bytes=2 * sum(lengths) * HEADS_KV * HEAD_DIM * 2 + 2 * batch * HEADS_Q * HEAD_DIM * 2,
                     flops=4 * sum(lengths) * HEADS_Q * HEAD_DIM,
-                    peers={**(PAGED_PEERS if paged else CONTIGUOUS_PEERS), **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {})},
+                    peers={**(PAGED_PEERS if paged else CONTIGUOUS_PEERS), **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {}),
+                           **(split_sweep_peers() if (batch, context) in SWEPT and label == "uniform" else {})},  # fmt: skip
                 )
             )
 
@@ -157,7 +172,7 @@ def _flash_attn_rotary_peer():
 
 
 PEERS_OF_THE_MODELS_CALL = {
-    "apply_rotary + decode_attention (ours, unfused)": lambda: Peer(rotary_then_decode, prepare=_gathered_rows),
+    "ours unfused: apply_rotary + decode_attention": lambda: Peer(rotary_then_decode, prepare=_gathered_rows),
     "torch.compile": compiled(reference.decode_attention),
     "flash-attn (rotary_cos)": _flash_attn_rotary_peer,
 }

@@ -130,6 +130,8 @@ def archive(results_dir: str, path: str) -> None:
 
 
 def summarise(rows: list[dict]) -> list[str]:
+    from bench.harness import peer_times
+
     lines = []
     by_op: dict[str, list[dict]] = {}
     for row in rows:
@@ -141,7 +143,7 @@ def summarise(rows: list[dict]) -> list[str]:
             continue
         speedups = []
         for r in timed:
-            peers = [v["ms"] for k, v in r["impls"].items() if k != "ours" and "ms" in v]
+            peers = peer_times(r["impls"])
             if peers:
                 speedups.append(min(peers) / r["impls"]["ours"]["ms"])
         floor_fracs = [r["impls"]["ours"]["frac_floor"] for r in timed]

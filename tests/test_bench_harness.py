@@ -32,12 +32,15 @@ def test_report_and_summary_show_every_outcome():
             "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1},
             "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
             "torch.compile": {"error": "RuntimeError: boom"},
+            # our own variant: listed, but "the best peer" is someone else's implementation
+            "ours, num_kv_splits=4": {"ms": 0.001, "gbps": 1, "tflops": 1, "frac_copy_bw": 1, "frac_gemm": 1, "frac_floor": 1},
         },
     }  # fmt: skip
     facts = {"name": "Test GPU", "commit": "abc", "date": "today", "torch": torch.__version__, "triton": "x"}
     ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
     md = harness.results_markdown(facts, ceilings, [row])
     assert "| 0.0020 | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
+    assert "; ours, num_kv_splits=4 0.0010 |" in md
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
     assert "3.00x..3.00x" in summary[0] and "50..50%" in summary[0]
@@ -149,7 +152,7 @@ def test_attention_peers_compute_the_same_attention():
     args, kwargs = bench_decode_attention._model_step_inputs([5, 40], cpu, make_generator(2))
     q, k_cache, v_cache, seqlens, k, v = args
     expected = reference.decode_attention(q, k_cache.clone(), v_cache.clone(), seqlens, k, v, **kwargs)
-    unfused = bench_decode_attention.PEERS_OF_THE_MODELS_CALL["apply_rotary + decode_attention (ours, unfused)"]()
+    unfused = bench_decode_attention.PEERS_OF_THE_MODELS_CALL["ours unfused: apply_rotary + decode_attention"]()
     [(peer_args, peer_kwargs)] = harness.prepared_inputs(unfused, [(args, kwargs)])
     assert_parity(unfused.fn(*peer_args, **peer_kwargs), expected.double(), torch.bfloat16, "apply_rotary + decode_attention")
 
