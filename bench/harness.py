@@ -309,9 +309,18 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
     return "\n".join(header) + "\n"
 
 
+def autotune_markdown(choices: dict[str, dict[str, str]]) -> str:
+    lines = ["", "## Autotuner choices", "", "What each autotuned kernel picked, per autotune key (first call of a key decides).", ""]
+    lines += [f"- `{name}` {key}: {config}" for name, by_key in choices.items() for key, config in by_key.items()]
+    return "\n".join(lines) + "\n" if choices else ""
+
+
 def write_results(results_dir: str, facts: dict, ceilings: dict, rows: list[dict]) -> None:
+    from aurora_kernels.ops._autotune import chosen_configs
+
+    choices = chosen_configs()
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"device": facts, "ceilings": ceilings, "rows": rows}, f, indent=1)
+        json.dump({"device": facts, "ceilings": ceilings, "rows": rows, "autotune": choices}, f, indent=1)
     with open(os.path.join(results_dir, "results.md"), "w") as f:
-        f.write(results_markdown(facts, ceilings, rows))
+        f.write(results_markdown(facts, ceilings, rows) + autotune_markdown(choices))

@@ -1,5 +1,6 @@
 """The benchmark registry and report code, checked without a GPU (timing itself needs one)."""
 
+import json
 import os
 import time
 
@@ -44,6 +45,25 @@ def test_report_and_summary_show_every_outcome():
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
     assert "3.00x..3.00x" in summary[0] and "50..50%" in summary[0]
+
+
+def test_results_record_the_autotuners_choices(tmp_path, monkeypatch):
+    """A GPU run writes what each autotuner picked per key beside the timings (under the interpreter
+    nothing is autotuned, so a stand-in autotuner is registered here)."""
+    import types
+
+    import triton
+
+    from aurora_kernels.ops import _autotune
+
+    config = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3)
+    tuner = types.SimpleNamespace(cache={(128, True, True, "torch.bfloat16"): config})
+    monkeypatch.setattr(_autotune, "_AUTOTUNERS", {"_attention_kernel[dense]": tuner, "_unused[x]": types.SimpleNamespace(cache={})})
+    choices = _autotune.chosen_configs()
+    assert choices == {"_attention_kernel[dense]": {"128, True, True, torch.bfloat16": str(config)}}
+    harness.write_results(str(tmp_path), {"name": "Test GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}, [])
+    assert json.loads((tmp_path / "results.json").read_text())["autotune"] == choices
+    assert f"- `_attention_kernel[dense]` 128, True, True, torch.bfloat16: {config}" in (tmp_path / "results.md").read_text()
 
 
 def test_device_slug():

@@ -16,12 +16,29 @@ INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
 
 
+# "kernel[kind]" -> its triton Autotuner, for `chosen_configs`
+_AUTOTUNERS: dict = {}
+
+
 def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str]) -> dict:
     """kind -> triton.autotune(kernel) over `to_config(candidate)` for each candidate of that kind
     ({} under the interpreter)."""
     if INTERPRETER:
         return {}
-    return {
+    launchers = {
         kind: triton.autotune(configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])], key=key)(kernel)
         for kind, candidates in candidates_by_kind.items()
+    }
+    _AUTOTUNERS.update({f"{kernel.__name__}[{kind}]": launcher for kind, launcher in launchers.items()})
+    return launchers
+
+
+def chosen_configs() -> dict[str, dict[str, str]]:
+    """What each autotuner has picked in this process: "kernel[kind]" -> {its key (the key arguments'
+    values and the tensors' dtypes): the config}. A benchmark run records it beside its timings: the
+    key holds no lengths, so the first call of a key decides for every shape after it."""
+    return {
+        name: {", ".join(map(str, key)): str(config) for key, config in tuner.cache.items()}
+        for name, tuner in _AUTOTUNERS.items()
+        if tuner.cache
     }
