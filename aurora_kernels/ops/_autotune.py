@@ -35,8 +35,8 @@ def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[s
 
 def chosen_configs() -> dict[str, dict[str, str]]:
     """What each autotuner has picked in this process: "kernel[kind]" -> {its key (the key arguments'
-    values and the tensors' dtypes): the config}. A benchmark run records it beside its timings: the
-    key holds no lengths, so the first call of a key decides for every shape after it."""
+    values and the tensors' dtypes): the config}. A benchmark run records it beside its timings: a
+    key holds no exact lengths, so the first call of a key decides for the shapes after it."""
     return {
         name: {", ".join(map(str, key)): str(config) for key, config in tuner.cache.items()}
         for name, tuner in _AUTOTUNERS.items()

@@ -171,3 +171,13 @@ def test_too_many_sequences_for_the_grid(device, gen):
     cu = torch.tensor([0] * 65536 + [1], dtype=torch.int32, device=device)  # 65536 sequences, the last one token
     with pytest.raises(ValueError, match="q: expected at most 65535 sequences in one call, got 65536"):
         ak.attention_varlen(q, q, q, cu, cu, 1, 1)
+
+
+def test_query_rows_bucket_is_the_autotuners_size_class():
+    """Powers of 4 from 4096: one ViT image (256 tokens x 16 heads) and 32 of them fall in different
+    classes (the autotuner may pick different tiles), while prompt lengths of 100 and 110 do not
+    (no re-tuning at each new length)."""
+    bucket = attention_module.query_rows_bucket
+    assert [bucket(n) for n in (1, 4096, 4097, 16384, 2**20, 2**30)] == [4096, 4096, 16384, 16384, 2**20, 2**20]
+    assert bucket(256 * 16) != bucket(32 * 256 * 16)
+    assert bucket(100 * 12) == bucket(110 * 12)
