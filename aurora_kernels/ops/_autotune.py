@@ -16,6 +16,18 @@ INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
 
 
+def power_of_4_class(value: int, smallest: int, largest: int) -> int:
+    """An autotune size class: the smallest power-of-4 multiple of `smallest` that holds `value`, at
+    most `largest`. A kernel takes it as an argument it does not use, named in its autotuner's key:
+    sizes whose best tiles differ (by how many programs fill the GPU) get tuned apart, while a new
+    length or batch inside a class reuses the class's config instead of tuning again (a serving loop
+    sees a new prompt length at almost every call)."""
+    size_class = smallest
+    while size_class < value and size_class < largest:
+        size_class *= 4
+    return size_class
+
+
 # "kernel[kind]" -> its triton Autotuner, for `chosen_configs`
 _AUTOTUNERS: dict = {}
 

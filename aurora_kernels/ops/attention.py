@@ -44,7 +44,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
+from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers, power_of_4_class
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import pow2_at_least, stride_multiple
 
@@ -116,7 +116,7 @@ def _attend_key_block(
     return acc, acc_tail, new_max, row_sum
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["query_rows_class"])
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
     seqlen_q, seqlen_k, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths (packed: unused)
@@ -124,7 +124,7 @@ def _attention_kernel(
     k_batch_stride, k_token_stride, k_head_stride,
     v_batch_stride, v_token_stride, v_head_stride,
     out_batch_stride, out_token_stride, out_head_stride,
-    query_rows_bucket,  # unused here: part of the autotuner's key (`query_rows_bucket`)
+    query_rows_class,  # unused here: part of the autotuner's key (QUERY_ROWS_CLASSES)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -227,18 +227,12 @@ MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs o
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,
     lambda c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
-    key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "query_rows_bucket"],  # the autotuner adds the tensors' dtypes
+    key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "query_rows_class"],  # the autotuner adds the tensors' dtypes
 )  # fmt: skip
-QUERY_ROWS_BUCKETS = tuple(4**e for e in range(6, 11))  # 4096 .. 1M
-
-
-def query_rows_bucket(query_rows: int) -> int:
-    """The autotuner's size class of a call with `query_rows` (query tokens x query heads): the
-    smallest of QUERY_ROWS_BUCKETS that holds it (the largest past that). The best tile depends on
-    how many programs fill the GPU (one 256-token image x 16 heads is 32 programs of BLOCK_M 128, a
-    quarter of an H100; 32 images are 1024), but keying on the lengths themselves would re-tune at
-    every new prompt length: this keys at most 5 tunings per head dim, causality, layout and dtype."""
-    return next((b for b in QUERY_ROWS_BUCKETS if query_rows <= b), QUERY_ROWS_BUCKETS[-1])
+# Size classes of query rows x heads for the autotuner's key, 4096 .. 1M (at most 5 tunings per head
+# dim, causality, layout and dtype): one 256-token image x 16 heads is 32 programs of BLOCK_M 128, a
+# quarter of an H100, and 32 images are 1024, so their best tiles can differ.
+QUERY_ROWS_CLASSES = (4**6, 4**10)
 
 
 def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
@@ -265,7 +259,7 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     block_d, block_d_tail = head_dim_blocks(head_dim)
     args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
             max_seqlen_q, max_seqlen_k, heads_q // k.shape[-2], scale * LOG2_E,
-            *strides(q), *strides(k), *strides(v), *strides(out), query_rows_bucket(q.shape[:-1].numel()))  # fmt: skip
+            *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype),
                   "STRIDE_MULTIPLE": stride_multiple(q.element_size(), [*strides(q), *strides(k), *strides(v), *strides(out)])}  # fmt: skip
@@ -360,7 +354,7 @@ def _signature(packed_label: str) -> dict:
     return {"q_ptr": "*T", "k_ptr": "*T", "v_ptr": "*T", "out_ptr": "*T",
             "cu_seqlens_q_ptr": "*i32" if packed_label else "*T", "cu_seqlens_k_ptr": "*i32" if packed_label else "*T",
             "seqlen_q": "i32", "seqlen_k": "i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", **strides,
-            "query_rows_bucket": "i32"}  # fmt: skip
+            "query_rows_class": "i32"}  # fmt: skip
 
 
 # The model's three uses: (name, head dim, causal, packed, query heads per KV head)
@@ -380,8 +374,7 @@ def _compile_configs():
         signature = _signature("packed" if packed else "")
         # what the launcher's specialisation sees as 16-divisible: pointers, and strides that are
         # multiples of 16 elements (a head stride of 72 is not)
-        aligned = tuple(n for n in signature if n.endswith("_ptr") or n == "query_rows_bucket"
-                        or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n)))  # fmt: skip
+        aligned = tuple(n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n)))
         for dtype in FLOAT_DTYPES:
             for block_m, block_n, warps, stages in _GPU_CONFIGS["fp32" if dtype == torch.float32 else "half"]:
                 configs += configs_per_dtype(

@@ -38,7 +38,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
+from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers, power_of_4_class
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import pow2_at_least
 
@@ -56,11 +56,12 @@ def _activation(h, ACTIVATION: tl.constexpr):
         return h * tl.sigmoid(h)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["batch_class"])
 def _token_mlp_compress_kernel(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr,
     num_tokens, hidden, out_tokens, channels,
     x_batch_stride, x_token_stride, w1_row_stride, w2_row_stride,
+    batch_class,  # unused here: part of the autotuner's key (BATCH_CLASSES)
     ACTIVATION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -93,8 +94,8 @@ def _token_mlp_compress_kernel(
 
 
 # Autotune candidates on a GPU (BLOCK_C, BLOCK_D, BLOCK_N, warps, stages), keyed on the problem's
-# (D, C, N, M). fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA units) needs smaller tiles
-# to stay clear of spills (the compile report checks every one).
+# (D, C, N, M) and the batch's size class. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA
+# units) needs smaller tiles to stay clear of spills (the compile report checks every one).
 _GPU_CONFIGS = {
     "half": ((128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (128, 128, 32, 8, 2), (64, 64, 64, 4, 4)),
     "fp32": ((64, 32, 32, 4, 2), (32, 64, 32, 4, 2)),
@@ -102,8 +103,11 @@ _GPU_CONFIGS = {
 _LAUNCHERS = autotuned_launchers(
     _token_mlp_compress_kernel, _GPU_CONFIGS,
     lambda c: triton.Config({"BLOCK_C": c[0], "BLOCK_D": c[1], "BLOCK_N": c[2]}, num_warps=c[3], num_stages=c[4]),
-    key=["hidden", "channels", "num_tokens", "out_tokens"],
+    key=["hidden", "channels", "num_tokens", "out_tokens", "batch_class"],
 )  # fmt: skip
+# Size classes of the batch for the autotuner's key (1, 4, 16, 64+): the grid is (C / BLOCK_C, B), so
+# one image is 12 programs of BLOCK_C 128 on 132 SMs and 64 images 768: their best tiles differ.
+BATCH_CLASSES = (1, 64)
 
 
 def _interpreter_blocks(num_tokens, hidden, channels) -> dict:
@@ -157,7 +161,7 @@ def _token_mlp_compress_launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tens
         return out
     b1, b2 = b1.contiguous(), b2.contiguous()  # [D] and [M]: a few KB, read once per program
     args = (x, w1, b1, w2, b2, out, num_tokens, hidden, out_tokens, channels,
-            x.stride(0), x.stride(1), w1.stride(0), w2.stride(0))  # fmt: skip
+            x.stride(0), x.stride(1), w1.stride(0), w2.stride(0), power_of_4_class(batch, *BATCH_CLASSES))  # fmt: skip
     constexprs = {
         "ACTIVATION": ACTIVATIONS.index(activation),
         "DOT_IN_FP32": dot_in_fp32(x.dtype),
@@ -188,6 +192,7 @@ def _compile_configs():
                     "x_ptr": "*T", "w1_ptr": "*T", "b1_ptr": "*T", "w2_ptr": "*T", "b2_ptr": "*T", "out_ptr": "*T",
                     "num_tokens": "i32", "hidden": "i32", "out_tokens": "i32", "channels": "i32",
                     "x_batch_stride": "i64", "x_token_stride": "i64", "w1_row_stride": "i32", "w2_row_stride": "i32",
+                    "batch_class": "i32",
                 },  # fmt: skip
                 constexprs={"ACTIVATION": 0, "DOT_IN_FP32": dtype == torch.float32, "BLOCK_M": 64,
                             "BLOCK_D": block_d, "BLOCK_N": block_n, "BLOCK_C": block_c},  # fmt: skip

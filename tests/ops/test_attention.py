@@ -173,11 +173,15 @@ def test_too_many_sequences_for_the_grid(device, gen):
         ak.attention_varlen(q, q, q, cu, cu, 1, 1)
 
 
-def test_query_rows_bucket_is_the_autotuners_size_class():
-    """Powers of 4 from 4096: one ViT image (256 tokens x 16 heads) and 32 of them fall in different
-    classes (the autotuner may pick different tiles), while prompt lengths of 100 and 110 do not
-    (no re-tuning at each new length)."""
-    bucket = attention_module.query_rows_bucket
-    assert [bucket(n) for n in (1, 4096, 4097, 16384, 2**20, 2**30)] == [4096, 4096, 16384, 16384, 2**20, 2**20]
-    assert bucket(256 * 16) != bucket(32 * 256 * 16)
-    assert bucket(100 * 12) == bucket(110 * 12)
+def test_autotune_size_classes():
+    """Powers of 4: one ViT image (256 tokens x 16 heads) and 32 of them are tuned apart, prompts of
+    100 and 110 tokens are not (no re-tuning at each new length); token_mlp_compress's batch of 1 and
+    of 64 apart, 5 and 9 not."""
+    from aurora_kernels.ops._autotune import power_of_4_class
+    from aurora_kernels.ops.token_mlp_compress import BATCH_CLASSES
+
+    rows = attention_module.QUERY_ROWS_CLASSES
+    assert [power_of_4_class(n, *rows) for n in (1, 4096, 4097, 16384, 2**20, 2**30)] == [4096, 4096, 16384, 16384, 2**20, 2**20]
+    assert power_of_4_class(256 * 16, *rows) != power_of_4_class(32 * 256 * 16, *rows)
+    assert power_of_4_class(100 * 12, *rows) == power_of_4_class(110 * 12, *rows)
+    assert [power_of_4_class(b, *BATCH_CLASSES) for b in (1, 2, 4, 5, 9, 16, 64, 1000)] == [1, 4, 4, 16, 16, 16, 64, 64]
