@@ -178,6 +178,8 @@ def test_decode_rotary_tables(backend, f32, device):
         ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:, :8], backend=backend)
     with pytest.raises(ValueError, match="rotary_sin: expected shape \\[64, 16\\] \\(the shape of rotary_cos\\), got \\[10, 16\\]"):
         ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:10], backend=backend)
+    with pytest.raises(TypeError, match="rotary_sin: expected a torch.Tensor, got list"):
+        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=[0.0] * 16, backend=backend)
     with pytest.raises(TypeError, match="rotary_cos: expected dtype float16/bfloat16/float32, got torch.int64"):
         ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table.long(), rotary_sin=table, backend=backend)
     with pytest.raises(ValueError, match="rotary_cos: expected the last dim to be contiguous"):

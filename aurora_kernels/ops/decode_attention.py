@@ -272,7 +272,7 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
-                       "k": k, "v": v, "block_table": block_table, "rotary_cos": rotary_cos, "rotary_sin": rotary_sin})  # fmt: skip
+                       "k": k, "v": v, "block_table": block_table})  # fmt: skip
     appended = 0 if k is None else 1
     if paged:
         block_size = k_cache.shape[1]
