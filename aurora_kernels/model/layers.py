@@ -54,7 +54,7 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def rotate_then(attend: Attend, cos: torch.Tensor, sin: torch.Tensor, backend: str) -> Attend:
-    """`attend` on q, k rotated by apply_rotary with tables rows cos, sin [..., L, D]."""
+    """`attend` on q, k rotated by apply_rotary with the table rows cos, sin [..., L, D]."""
 
     def rotate_and_attend(index, q, k, v):
         q, k = ak.apply_rotary(q, k, cos, sin, backend=backend)
