@@ -177,7 +177,7 @@ def summarise_model(results_dir: str) -> list[str]:
             else:
                 cells.append(f"{mode} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
-    from bench.model_e2e import compressor_speedups
+    from bench.model_e2e import compressor_speedups, launches_per_step
 
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
@@ -186,7 +186,7 @@ def summarise_model(results_dir: str) -> list[str]:
         if groups:
             parts = ", ".join(f"{g} {us / 1e3:.3f}" for g, us in sorted(groups.items()))
             lines.append(f"  decode step B={r['batch']} ({r['compressor']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
-                         f"({parts}) vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
+                         f"({parts}) in {launches_per_step(r['profile']):g} launches vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
     return lines
 
 

@@ -182,6 +182,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def launches_per_step(profile: dict) -> float:
+    """Kernel launches per decode step: at B=1 each costs a few microseconds of a step that the
+    weights' floor puts near 1 ms, even inside a CUDA graph."""
+    return sum(k["launches_per_step"] for k in profile["kernels"])
+
+
 def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
     """A profiled row's breakdown: device time per step by kernel group and the top kernels, set
     against the measured step times (what the kernels do not account for is launch gaps and host time)."""
@@ -197,7 +203,8 @@ def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
     lines.append(
         f"Device kernels: {sum(groups.values()) / 1e3:.3f} ms per step ("
         + (", ".join(f"{g} {us / 1e3:.3f} ms" for g, us in sorted(groups.items())) or "none recorded: no GPU")
-        + f"); measured step: {measured or 'not timed'}; floor {row['floor_ms_per_step']:.3f} ms."
+        + f"), {launches_per_step(profile):g} launches; measured step: {measured or 'not timed'}; "
+        f"floor {row['floor_ms_per_step']:.3f} ms."
     )
     calls = ", ".join(f"{op} {n:g}" for op, n in profile["op_calls_per_step"].items())
     lines += [f"Calls of this package's ops per step: {calls}.", ""]

@@ -98,13 +98,14 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
-    assert "Device kernels: 1.050 ms per step (aurora 0.150 ms, gemm 0.900 ms); measured step: eager 8.000 ms; floor 1.000 ms." in md
+    assert ("Device kernels: 1.050 ms per step (aurora 0.150 ms, gemm 0.900 ms), 141 launches; measured step: eager 8.000 ms; "
+            "floor 1.000 ms.") in md
     assert "| _decode_split_kernel | aurora | 150.0 | 28 |" in md and "decode_attention (triton) 28." in md
     model_e2e.write(str(tmp_path), rows)
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent")  # fmt: skip
-    assert "  decode step B=8 (mlp): device kernels 1.050 ms (aurora 0.150, gemm 0.900) vs floor 1.000 ms" in summary
+    assert "  decode step B=8 (mlp): device kernels 1.050 ms (aurora 0.150, gemm 0.900) in 141 launches vs floor 1.000 ms" in summary
 
 
 def test_decode_floor_counts_weights_and_cache():
