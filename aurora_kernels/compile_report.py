@@ -7,8 +7,8 @@ reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags t
 builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
 in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
 shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX)
-and whether global loads are 16 bytes wide. It
-catches what the interpreter lets through (dot tiles under 16, shared memory over the limit, spills).
+and whether global loads are 16 bytes wide. It catches what the interpreter lets through (dot tiles
+under 16, shared memory over the limit, spills).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
