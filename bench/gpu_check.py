@@ -3,10 +3,10 @@ whole test suite on CUDA, then every benchmark, write everything under --results
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
 270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks 150 s or what
 the tests left of the run's 540 s (cases interleaved over the ops, the rest listed as skipped), the
-end-to-end model 120 s. While the tests
-run, bench.warm compiles what the benchmarks will run on the cores the tests leave free, and it is
-stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases
-tests`, `--phases ops`, `--phases model` split it over several device calls when a run needs more.
+end-to-end model 120 s. While the tests run, bench.warm compiles what the benchmarks will run on the
+cores the tests leave free, and it is stopped before the first timing, so the budgets go to timing
+rather than to compiling. `--phases tests`, `--phases ops`, `--phases model` split it over several
+device calls when a run needs more.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
 """
