@@ -93,7 +93,7 @@ def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:
                 # the GPU is shared with the CUDA test run: a case too big for this share fails here
                 # (logged; the timed run compiles it), never a test; the model needs more
                 share = max(memory_fraction, MODEL_MEMORY_FRACTION) if task == MODEL_TASK else memory_fraction
-                torch.cuda.set_per_process_memory_fraction(share, device)
+                torch.cuda.set_per_process_memory_fraction(share)  # the current device: torch 2.11 refuses a device without an index
             failures = warm_model(device) if task == MODEL_TASK else warm_case(cases[task], device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -140,7 +140,7 @@ def test_plots_from_a_results_dir(tmp_path):
     assert [os.path.basename(p) for p in plots.plot_results_dir(str(tmp_path))] == ["model-e2e.png"]
 
 
-def test_attention_peers_compute_the_same_attention():
+def test_attention_peers_compute_the_same_attention(device):
     """The SDPA peers (with their input preparation) answer what the reference does: a peer that
     computed something else would make every speed-up meaningless."""
     from aurora_kernels.ops import reference
@@ -148,8 +148,7 @@ def test_attention_peers_compute_the_same_attention():
     from bench import bench_attention, bench_decode_attention
 
     run.load_cases()
-    cpu = torch.device("cpu")
-    args, kwargs = harness.OPS["attention_varlen"].small_inputs(torch.float32, cpu, make_generator(0))
+    args, kwargs = harness.OPS["attention_varlen"].small_inputs(torch.float32, device, make_generator(0, device))
     expected = reference.attention_varlen(*args, **kwargs)
     per_request = bench_attention.VARLEN_PEERS["SDPA per request"]()
     assert_parity(per_request.fn(*args, **kwargs), expected.double(), torch.float32, "SDPA per request")
@@ -161,7 +160,7 @@ def test_attention_peers_compute_the_same_attention():
     assert_parity(unpadded, expected.double(), torch.float32, "SDPA padded batch")
 
     lengths = [0, 3, 40]
-    q, k_cache, v_cache, seqlens = (bench_decode_attention._inputs(lengths, False, torch.float32, cpu, make_generator(1)))[0]
+    q, k_cache, v_cache, seqlens = (bench_decode_attention._inputs(lengths, False, torch.float32, device, make_generator(1, device)))[0]
     sdpa = bench_decode_attention.CONTIGUOUS_PEERS["SDPA (GQA, masked)"]()
     [(sdpa_args, sdpa_kwargs)] = harness.prepared_inputs(sdpa, [((q, k_cache, v_cache, seqlens), {})])
     expected = reference.decode_attention(q, k_cache, v_cache, seqlens)
@@ -170,7 +169,7 @@ def test_attention_peers_compute_the_same_attention():
     assert_parity(got[1:], expected[1:].double(), torch.float32, "SDPA over the cache")
 
     # the model's call (append + rotary) and its unfused peer: the same attention, the same cache
-    args, kwargs = bench_decode_attention._model_step_inputs([5, 40], cpu, make_generator(2))
+    args, kwargs = bench_decode_attention._model_step_inputs([5, 40], device, make_generator(2, device))
     q, k_cache, v_cache, seqlens, k, v = args
     expected = reference.decode_attention(q, k_cache.clone(), v_cache.clone(), seqlens, k, v, **kwargs)
     unfused = bench_decode_attention.PEERS_OF_THE_MODELS_CALL["ours unfused: apply_rotary + decode_attention"]()
@@ -427,6 +426,7 @@ def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
     def build(device, gen):
         raise RuntimeError("CUDA out of memory")
 
+    run.load_cases()  # registers the ops (alone on a test worker, nothing else has)
     case = harness.Case(op="rms_norm", name="huge", dtype=torch.bfloat16, build=build, bytes=1, flops=1)
     rows = run.run_gpu_ops([case], torch.device("cpu"), {"name": "Stand-in GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14},
                            str(tmp_path))  # fmt: skip
