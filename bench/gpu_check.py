@@ -1,9 +1,10 @@
 """`make gpu-check`: on a GPU machine (torch and triton preinstalled, nothing installable), run the
 whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
-270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks 150 s or what
-the tests left of the run's 540 s (cases interleaved over the ops, the rest listed as skipped), the
-end-to-end model 120 s. While the tests run, bench.warm compiles what the benchmarks will run on the
+270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks what the tests
+left of the run's 540 s (--run-budget) less 120 s kept for the model, 150 s at least (cases
+interleaved over the ops, the rest listed as skipped), then the end-to-end model all that is left,
+120 s at least. While the tests run, bench.warm compiles what the benchmarks will run on the
 cores the tests leave free, and it is stopped before the first timing, so the budgets go to timing
 rather than to compiling. `--phases tests`, `--phases ops`, `--phases model` split it over several
 device calls when a run needs more.
@@ -34,6 +35,8 @@ WARM_UP_DEADLINE_S = 240
 # archive: the op benchmarks get what the tests and the model's budget leave, 150 s at least
 RUN_BUDGET_S = 540
 MIN_OPS_BUDGET_S = 150.0
+# the model's share, reserved before the op benchmarks start; it then gets all the run has left
+MIN_MODEL_BUDGET_S = 120.0
 
 
 def _child_env(**extra) -> dict:
@@ -198,9 +201,13 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
     parser.add_argument("--phases", default=",".join(PHASES),
                         help="comma-separated subset of tests,ops,model (one device call each fits its 10 minutes)")
+    parser.add_argument("--run-budget", type=float, default=RUN_BUDGET_S,
+                        help="seconds for all the phases together (a device call's limit less start-up and archive)")
     parser.add_argument("--ops-budget", type=float, help=f"seconds for the op benchmarks (default: what is left of "
-                        f"{RUN_BUDGET_S} s after the tests and the model's budget, {MIN_OPS_BUDGET_S:.0f} s at least)")
-    parser.add_argument("--model-budget", type=float, default=120.0, help="seconds for the end-to-end model runs")
+                        f"the run budget after the tests and {MIN_MODEL_BUDGET_S:.0f} s for the model, "
+                        f"{MIN_OPS_BUDGET_S:.0f} s at least)")
+    parser.add_argument("--model-budget", type=float, help=f"seconds for the end-to-end model runs (default: what is "
+                        f"left of the run budget, {MIN_MODEL_BUDGET_S:.0f} s at least)")
     parser.add_argument("--archive", help="also pack the results directory into this .tar.gz after each phase "
                         "(a device call returns few files, and a call stopped at its limit keeps the phases done)")
     args = parser.parse_args(argv)
@@ -241,14 +248,16 @@ def main(argv=None) -> int:
         if "ops" in phases:
             ops_budget = args.ops_budget
             if ops_budget is None:
-                model_budget = args.model_budget if "model" in phases else 0.0
-                ops_budget = max(MIN_OPS_BUDGET_S, RUN_BUDGET_S - (time.time() - start) - model_budget)
+                model_budget = (args.model_budget or MIN_MODEL_BUDGET_S) if "model" in phases else 0.0
+                ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
             rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, ops_budget)
             save_archive()
         if "model" in phases:
+            model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))
+            print(f"model end to end: {model_budget:.0f} s budget", flush=True)
             try:
-                run.run_gpu_model(device, ceilings, results_dir, args.model_budget)
+                run.run_gpu_model(device, ceilings, results_dir, model_budget)
             except Exception as exc:  # the model could not even be built: the rest of the record stands
                 model_error = harness.error_text(exc)
                 print(f"model end to end failed: {model_error}", flush=True)
