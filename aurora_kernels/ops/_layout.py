@@ -50,8 +50,14 @@ def collapse_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowLayout:
     )
 
 
+# Host-side arithmetic of the launchers in plain Python: triton.cdiv and triton.next_power_of_2 are
+# constexpr functions that cost microseconds a call on the host, and a decode step makes hundreds.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def pow2_at_least(n: int, minimum: int = 1) -> int:
-    return max(triton.next_power_of_2(max(n, 1)), minimum)
+    return max(1 << (max(n, 1) - 1).bit_length(), minimum)
 
 
 def row_tile_config(num_cols: int) -> dict:
@@ -117,7 +123,7 @@ def launch_elementwise_rows(kernel, x, out, num_cols: int) -> None:
     if rows.num_rows == 0:
         return
     cfg = elementwise_tile_config(num_cols)
-    grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]), triton.cdiv(num_cols, cfg["BLOCK_COLS"]))
+    grid = (cdiv(rows.num_rows, cfg["BLOCK_ROWS"]), cdiv(num_cols, cfg["BLOCK_COLS"]))
     multiple = stride_multiple(x.element_size(), (rows.outer_stride, rows.inner_stride))
     kernel[grid](x, out, rows.num_rows, num_cols, *rows[1:], STRIDE_MULTIPLE=multiple, **cfg)
 

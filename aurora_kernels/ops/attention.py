@@ -46,7 +46,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers, power_of_4_class
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import pow2_at_least, stride_multiple
+from aurora_kernels.ops._layout import cdiv, pow2_at_least, stride_multiple
 
 MAX_HEAD_DIM = 256
 LOG2_E = 1.4426950408889634
@@ -266,11 +266,11 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
     if blocks is not None:
-        grid = (triton.cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)
+        grid = (cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)
         _attention_kernel[grid](*args, **constexprs, **blocks)
     else:
         launcher = _LAUNCHERS["fp32" if q.dtype == torch.float32 else "half"]
-        launcher[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_M"]), heads_q, batch)](*args, **constexprs)
+        launcher[lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]), heads_q, batch)](*args, **constexprs)
     return out
 
 

@@ -53,7 +53,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import pow2_at_least, stride_multiple
+from aurora_kernels.ops._layout import cdiv, pow2_at_least, stride_multiple
 from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
 PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -220,7 +220,12 @@ def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_split
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return H100_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:  # a device property query costs microseconds; it never changes
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: torch.device) -> int:
@@ -229,8 +234,8 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
     real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 64 splits; B 128: 2; B 256: 1."""
     programs = max(1, batch * heads_kv)
-    wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
-    by_length = max(1, triton.cdiv(max_context, MIN_TOKENS_PER_SPLIT))
+    wanted = cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
+    by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))
     return max(1, min(wanted, by_length, MAX_KV_SPLITS))
 
 

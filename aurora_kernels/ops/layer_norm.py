@@ -27,7 +27,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, row_starts, row_tile_config, stride_multiple
+from aurora_kernels.ops._layout import cdiv, collapse_rows, row_starts, row_tile_config, stride_multiple
 
 
 @triton.jit
@@ -78,7 +78,7 @@ def _layer_norm_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     num_cols = x.shape[-1]
     if rows.num_rows > 0:
         cfg = row_tile_config(num_cols)
-        grid = (triton.cdiv(rows.num_rows, cfg["BLOCK_ROWS"]),)
+        grid = (cdiv(rows.num_rows, cfg["BLOCK_ROWS"]),)
         multiple = stride_multiple(x.element_size(), (rows.outer_stride, rows.inner_stride))
         _layer_norm_kernel[grid](x, weight, bias, out, rows.num_rows, num_cols, *rows[1:], eps, STRIDE_MULTIPLE=multiple, **cfg)
     return out

@@ -33,7 +33,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, row_starts, row_tile_config, stride_multiple
+from aurora_kernels.ops._layout import cdiv, collapse_rows, row_starts, row_tile_config, stride_multiple
 
 @triton.jit
 def _rms_norm_kernel(
@@ -96,7 +96,7 @@ def _rms_norm_launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual
     res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
     if x_rows.num_rows > 0:
         cfg = row_tile_config(x.shape[-1])
-        grid = (triton.cdiv(x_rows.num_rows, cfg["BLOCK_ROWS"]),)
+        grid = (cdiv(x_rows.num_rows, cfg["BLOCK_ROWS"]),)
         _rms_norm_kernel[grid](
             x, residual if residual is not None else x, weight, out,
             residual_out if residual is not None else out,

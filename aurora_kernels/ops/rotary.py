@@ -28,7 +28,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import collapse_rows, pow2_at_least, row_starts, stride_multiple, warps_for
+from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple, warps_for
 
 MAX_HEAD_DIM = 512
 
@@ -148,7 +148,7 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
     if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0:
         cfg = _launch_config(num_heads_q, num_heads_kv, head_dim)
-        grid = (triton.cdiv(q_rows.num_rows, cfg["TOKENS_PER_PROGRAM"]),)
+        grid = (cdiv(q_rows.num_rows, cfg["TOKENS_PER_PROGRAM"]),)
         _rotary_kernel[grid](
             q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
             *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:],

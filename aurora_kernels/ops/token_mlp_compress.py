@@ -40,7 +40,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers, power_of_4_class
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import pow2_at_least
+from aurora_kernels.ops._layout import cdiv, pow2_at_least
 
 ACTIVATIONS = ("gelu_tanh", "gelu", "silu")
 MAX_OUT_TOKENS = 256  # the whole [M, BLOCK_C] accumulator lives in registers
@@ -169,11 +169,11 @@ def _token_mlp_compress_launch(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tens
     }
     if INTERPRETER:
         blocks = _interpreter_blocks(num_tokens, hidden, channels)
-        grid = (triton.cdiv(channels, blocks["BLOCK_C"]), batch)
+        grid = (cdiv(channels, blocks["BLOCK_C"]), batch)
         _token_mlp_compress_kernel[grid](*args, **constexprs, **blocks)
     else:
         launcher = _LAUNCHERS["fp32" if x.dtype == torch.float32 else "half"]
-        launcher[lambda meta: (triton.cdiv(channels, meta["BLOCK_C"]), batch)](*args, **constexprs)
+        launcher[lambda meta: (cdiv(channels, meta["BLOCK_C"]), batch)](*args, **constexprs)
     return out
 
 

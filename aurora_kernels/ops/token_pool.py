@@ -29,7 +29,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import pow2_at_least, warps_for
+from aurora_kernels.ops._layout import cdiv, pow2_at_least, warps_for
 
 POOL_MODES = ("avg", "max")
 
@@ -114,7 +114,7 @@ def _token_pool_launch(x: torch.Tensor, grid_size: list[int], kernel_size: int, 
     out = new_output((batch, num_out_tokens, channels), x.dtype, x.device)
     if out.numel() > 0:
         cfg = _launch_config(num_out_tokens, channels)
-        grid = (triton.cdiv(num_out_tokens, cfg["BLOCK_T"]), triton.cdiv(channels, cfg["BLOCK_C"]), batch)
+        grid = (cdiv(num_out_tokens, cfg["BLOCK_T"]), cdiv(channels, cfg["BLOCK_C"]), batch)
         _token_pool_kernel[grid](
             x, out, out_width, num_out_tokens, channels, x.stride(0), x.stride(1), width,
             KERNEL_SIZE=kernel_size, IS_MAX=mode == "max", **cfg,
