@@ -96,25 +96,37 @@ def check_tensor(
     shape: expected sizes, None for "any"; layout: how the dims are named in messages, e.g. "[B, L, H, D]".
     unit_stride_last: the last dim must be contiguous (other strides may be anything).
     """
+    # runs several times in every op call: the passing path builds no message and no generator
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    where = f" {layout}" if layout else ""
     if ndim is not None:
         ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if t.ndim not in ranks:
             expected = " or ".join(str(r) for r in ranks)
-            raise ValueError(f"{name}: expected {expected} dims{where}, got shape {list(t.shape)}")
-    if shape is not None:
-        if t.ndim != len(shape) or any(s is not None and s != actual for s, actual in zip(shape, t.shape)):
-            raise ValueError(f"{name}: expected shape {_fmt_shape(shape)}{where}, got {list(t.shape)}")
+            raise ValueError(f"{name}: expected {expected} dims{_where(layout)}, got shape {list(t.shape)}")
+    if shape is not None and not _shape_matches(t.shape, shape):
+        raise ValueError(f"{name}: expected shape {_fmt_shape(shape)}{_where(layout)}, got {list(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
         raise TypeError(f"{name}: expected dtype {_dtype_names(dtypes)}, got {t.dtype}")
-    if device is not None and t.device != torch.device(device):
+    if device is not None and t.device != (device if isinstance(device, torch.device) else torch.device(device)):
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
     if unit_stride_last and t.ndim > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
         raise ValueError(
             f"{name}: expected the last dim to be contiguous (stride 1), got strides {list(t.stride())}"
         )
+
+
+def _shape_matches(actual, expected) -> bool:
+    if len(actual) != len(expected):
+        return False
+    for want, got in zip(expected, actual):
+        if want is not None and want != got:
+            return False
+    return True
+
+
+def _where(layout: str | None) -> str:
+    return f" {layout}" if layout else ""
 
 
 def check_row_input(name: str, x, max_cols: int = 65536) -> int:
@@ -139,11 +151,14 @@ def check_same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tenso
 
 def check_same_device(tensors: dict) -> None:
     """All tensors (name -> tensor, None skipped) on one device."""
-    present = [(n, t) for n, t in tensors.items() if t is not None]
-    first_name, first = present[0]
-    for n, t in present[1:]:
-        if t.device != first.device:
-            raise ValueError(f"{n}: expected a tensor on {first.device} (the device of {first_name}), got {t.device}")
+    first_name = first_device = None
+    for n, t in tensors.items():
+        if t is None:
+            continue
+        if first_device is None:
+            first_name, first_device = n, t.device
+        elif t.device != first_device:
+            raise ValueError(f"{n}: expected a tensor on {first_device} (the device of {first_name}), got {t.device}")
 
 
 def check_divisible(name: str, value: int, divisor: int, what: str) -> None:
