@@ -16,6 +16,8 @@ PYTEST_WORKERS ?= 2
 RESULTS_DIR ?=
 # gpu-check: also pack the results into this .tar.gz after each phase (a device call returns few files)
 ARCHIVE ?=
+# gpu-check: more options of bench.gpu_check, e.g. "--run-budget 330" for a shorter device call
+GPU_CHECK_ARGS ?=
 
 # Pure-Python peers the GPU machines lack (liger-kernel): `make gpu-wheels` fetches them here into
 # $(WHEELS); carried to the GPU machine, `make gpu-check` installs them into $(GPU_SITE) and benchmarks them.
@@ -53,7 +55,7 @@ compile-report: $(STAMP)
 # GPU machine: the whole test suite on CUDA, then every benchmark, then a one-screen summary.
 gpu-check:
 	$(if $(wildcard $(WHEELS)/*.whl),$(PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) $(WHEELS)/*.whl)
-	PYTHONPATH=.$(if $(wildcard $(WHEELS)/*.whl),:$(GPU_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE))
+	PYTHONPATH=.$(if $(wildcard $(WHEELS)/*.whl),:$(GPU_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache

@@ -257,7 +257,7 @@ def main(argv=None) -> int:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))
             print(f"model end to end: {model_budget:.0f} s budget", flush=True)
             try:
-                run.run_gpu_model(device, ceilings, results_dir, model_budget)
+                run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive)
             except Exception as exc:  # the model could not even be built: the rest of the record stands
                 model_error = harness.error_text(exc)
                 print(f"model end to end failed: {model_error}", flush=True)

@@ -14,6 +14,7 @@ import os
 import pkgutil
 import re
 import time
+from typing import Callable
 
 import torch
 
@@ -100,11 +101,14 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
 
 
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
-        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16, timed: bool = True) -> list[dict]:  # fmt: skip
+        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16, timed: bool = True,
+        checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:  # fmt: skip
     """Every configuration until the time budget is spent; the rest are listed as skipped. (The
     keyword arguments let the CPU tests run the same code on the tiny preset.) timed=False runs only
     each configuration's warm-up: what bench.warm does in other processes to fill the compile caches,
-    in the order of the timed run (a compiled step's recompiles depend on the order of its shapes)."""
+    in the order of the timed run (a compiled step's recompiles depend on the order of its shapes).
+    checkpoint(rows so far) runs after each timed configuration: a run stopped at a device call's
+    limit keeps what it measured."""
     start = time.time()
     with torch.device(device):
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
@@ -153,6 +157,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                         row["profile"] = profile_decode(model, pixel_values, prompts)
                     except Exception as exc:  # the timing stands without it
                         row["profile"] = {"error": error_text(exc)}
+                if checkpoint is not None:
+                    checkpoint(rows)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows

@@ -140,10 +140,17 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
     return rows
 
 
-def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0) -> list[dict]:
+def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, after_each=None) -> list[dict]:
+    """The end-to-end model benchmark; its results are written after every configuration, and then
+    after_each() runs (gpu_check's archive), so a run cut short keeps what it measured."""
     from bench import model_e2e
 
-    model_rows = model_e2e.run(device, ceilings, budget_s)
+    def checkpoint(rows):
+        model_e2e.write(results_dir, rows)
+        if after_each is not None:
+            after_each()
+
+    model_rows = model_e2e.run(device, ceilings, budget_s, checkpoint=checkpoint)
     model_e2e.write(results_dir, model_rows)
     print(model_e2e.markdown(model_rows))
     return model_rows

@@ -210,8 +210,12 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     from bench import model_e2e
 
     runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+    checkpoints = []
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
-                         dtype=torch.float32)  # fmt: skip
+                         dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)))  # fmt: skip
+    # saved after every timed configuration, so a run stopped at its limit keeps what it measured
+    assert checkpoints == sorted(checkpoints) and checkpoints[-1] == len(rows)
+    assert len(checkpoints) == sum("error" not in r for r in rows)
     assert [(r["compressor"], r["backend"], r["decode"]) for r in rows] == [(c, b, d) for c in ("mlp", "none") for b, d in runs]
     for r in rows:
         if r["decode"] == "cuda_graph" and device.type == "cpu":
@@ -400,7 +404,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
         harness.write_results(results_dir, facts, ceilings, rows)
         return rows
 
-    def run_gpu_model(device, ceilings, results_dir, budget_s):
+    def run_gpu_model(device, ceilings, results_dir, budget_s, after_each=None):
         budgets.append(budget_s)
         raise RuntimeError("CUDA out of memory")  # building the model failed: the rest of the record stands
 
