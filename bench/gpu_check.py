@@ -150,9 +150,11 @@ def summarise(rows: list[dict]) -> list[str]:
             if peers:
                 speedups.append(min(peers) / r["impls"]["ours"]["ms"])
         floor_fracs = [r["impls"]["ours"]["frac_floor"] for r in timed]
+        graph_fracs = [r["impls"]["ours"]["graph_frac_floor"] for r in timed if "graph_frac_floor" in r["impls"]["ours"]]
+        graphed = f"; graph replay {100 * min(graph_fracs):.0f}..{100 * max(graph_fracs):.0f}%" if graph_fracs else ""
         lines.append(
             f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
-            f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%"
+            f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%{graphed}"
         )
     return lines
 

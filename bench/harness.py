@@ -105,6 +105,23 @@ def floors_markdown(cases: list[Case], copy_bandwidth=H100_COPY_BANDWIDTH, gemm_
 # ----------------------------------------------------------------------------- timing (GPU)
 
 
+def source_commit() -> str:
+    """The commit the timed code came from: AURORA_COMMIT when set (a device machine's copy of the
+    tree may carry stale git metadata: one here reported the session's first commit for a later
+    tree), else git's HEAD, marked "-dirty" when tracked files differ from it."""
+    if os.environ.get("AURORA_COMMIT"):
+        return os.environ["AURORA_COMMIT"]
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def device_facts() -> dict:
     facts = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -117,12 +134,7 @@ def device_facts() -> dict:
         facts["triton"] = triton.__version__
     except ImportError:
         pass
-    try:
-        facts["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        facts["commit"] = "unknown"
+    facts["commit"] = source_commit()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         facts.update(
@@ -159,6 +171,28 @@ def bench_ms(fn: Callable[[], object]) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def graph_replay_ms(fn: Callable[[], object]) -> float:
+    """Device time of one call: fn captured alone in a CUDA graph, the graph's replays timed like
+    bench_ms (L2 flushed before each). A small op called eagerly is timed at its host cost (Python,
+    checks, the launch: tens of microseconds), which hides the kernel; the replay shows the kernel
+    (plus the graph launch's few microseconds). Only for code that captures: no host sync."""
+    import triton.testing
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compiled, autotuned and allocated outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    try:
+        return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median"))
+    finally:
+        del graph
 
 
 def measure_ceilings(device: torch.device) -> dict:
@@ -205,9 +239,12 @@ def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tu
     return [peer.prepare(*args, **kwargs) for args, kwargs in sets]
 
 
-def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device, timer=bench_ms) -> dict:
+def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device, timer=bench_ms,
+              graph_timer=None) -> dict:  # fmt: skip
     """One result row: every implementation timed by `timer` (median ms of a callable) over rotating
-    input sets; a missing or failing peer is recorded as such."""
+    input sets; a missing or failing peer is recorded as such. With graph_timer (`graph_replay_ms` on
+    a GPU), ours and our variants are also timed replayed from a CUDA graph ("graph_ms"): the peers
+    are compared on eager calls only, since not every peer captures (the eager reference syncs)."""
     generator = torch.Generator(device=device).manual_seed(0)
     l2_bytes = 50 * 2**20
     if device.type == "cuda":
@@ -248,6 +285,13 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
             "frac_gemm": case.flops / seconds / ceilings["bf16_gemm"],
             "frac_floor": floor_s / seconds,
         }
+        if graph_timer is not None and name.startswith("ours"):
+            try:
+                graph_ms = graph_timer(call)
+            except Exception as exc:  # reported beside the eager timing, which stands
+                row["impls"][name]["graph_error"] = error_text(exc)
+                continue
+            row["impls"][name].update(graph_ms=graph_ms, graph_frac_floor=floor_s / (graph_ms * 1e-3))
     return row
 
 
@@ -269,12 +313,15 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         f"Measured ceilings: copy {ceilings['copy_bandwidth'] / 1e12:.2f} TB/s (read + write), "
         f"bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s.",
         "",
-        "Times are medians in ms. `speed-up` is the best peer's time over ours (our own variants, named \"ours ...\", "
-        "are listed among the peers but not counted as one). `% floor` is the roofline floor over our time "
-        "(100% = at the ceiling).",
+        "Times are medians in ms of eager calls, host cost included. `speed-up` is the best peer's time over ours "
+        "(our own variants, named \"ours ...\", are listed among the peers but not counted as one). `% floor` is "
+        "the roofline floor over our time (100% = at the ceiling). `ours, graph replay` is one call of ours "
+        "replayed from a CUDA graph: the kernel's device time without the host's share, which decides small "
+        "cases (tens of microseconds of Python and launch a call) and is what a CUDA-graphed model pays.",
         "",
-        "| op | shape | dtype | ours | eager | torch.compile | other peers | speed-up | GB/s | % copy BW | TFLOP/s | % GEMM | % floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | shape | dtype | ours | ours, graph replay | eager | torch.compile | other peers | speed-up | GB/s | "
+        "% copy BW | TFLOP/s | % GEMM | % floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def cell(result):
@@ -286,9 +333,14 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
             return f"error ({result['error'][:60]})"
         return f"{result['ms']:.4f}"
 
+    def graph_cell(result):
+        if "graph_ms" in result:
+            return f"{result['graph_ms']:.4f} ({100 * result['graph_frac_floor']:.0f}% floor)"
+        return f"error ({result['graph_error'][:60]})" if "graph_error" in result else "-"
+
     for r in rows:
         if "skipped" in r:
-            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 9)
+            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 10)
             continue
         impls = r["impls"]
         ours = impls.get("ours", {})
@@ -303,7 +355,7 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         )
         other = "; ".join(f"{k} {cell(v)}" for k, v in others.items()) or "-"
         header.append(
-            f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(impls.get('ours'))} | {cell(impls.get('eager'))} | "
+            f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(impls.get('ours'))} | {graph_cell(ours)} | {cell(impls.get('eager'))} | "
             f"{cell(impls.get('torch.compile'))} | {other} | {speedup} | {metrics} |"
         )
     return "\n".join(header) + "\n"

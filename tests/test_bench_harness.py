@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
@@ -29,7 +30,8 @@ def test_report_and_summary_show_every_outcome():
         "op": "rms_norm", "shape": "rows=8", "dtype": "bfloat16", "bytes": 10**6, "flops": 10**6,
         "floor_ms": 0.001, "bound": "memory",
         "impls": {
-            "ours": {"ms": 0.002, "gbps": 500.0, "tflops": 0.5, "frac_copy_bw": 0.5, "frac_gemm": 0.001, "frac_floor": 0.5},
+            "ours": {"ms": 0.002, "gbps": 500.0, "tflops": 0.5, "frac_copy_bw": 0.5, "frac_gemm": 0.001, "frac_floor": 0.5,
+                     "graph_ms": 0.00125, "graph_frac_floor": 0.8},
             "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1},
             "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
             "torch.compile": {"error": "RuntimeError: boom"},
@@ -40,11 +42,11 @@ def test_report_and_summary_show_every_outcome():
     facts = {"name": "Test GPU", "commit": "abc", "date": "today", "torch": torch.__version__, "triton": "x"}
     ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
     md = harness.results_markdown(facts, ceilings, [row])
-    assert "| 0.0020 | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
+    assert "| 0.0020 | 0.0013 (80% floor) | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
     assert "; ours, num_kv_splits=4 0.0010 |" in md
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
-    assert "3.00x..3.00x" in summary[0] and "50..50%" in summary[0]
+    assert "3.00x..3.00x" in summary[0] and "50..50%; graph replay 80..80%" in summary[0]
 
 
 def test_results_record_the_autotuners_choices(tmp_path, monkeypatch):
@@ -259,10 +261,32 @@ def test_time_case_rows_with_a_stand_in_timer(device):
 
     impls = {"ours": harness.Peer(ak.rms_norm), "eager": harness.Peer(reference.rms_norm),
              "liger": harness.Peer(None, "liger_kernel not importable"), "broken": harness.Peer(lambda *a: 1 / 0)}  # fmt: skip
-    row = harness.time_case(case, impls, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, device, timer=timer)
-    assert len(calls) == 6 and all(c.shape == (64, 256) for c in calls)
+    graph_timed = []
+
+    def graph_timer(fn):  # ours only: the peers are compared on eager calls
+        graph_timed.append(fn())
+        return 0.25
+
+    impls["ours, no graph"] = harness.Peer(ak.rms_norm)
+    failing_graph = iter([0.25, RuntimeError("operation not permitted when stream is capturing")])
+
+    def flaky_graph_timer(fn):
+        result = next(failing_graph)
+        if isinstance(result, Exception):
+            raise result
+        return graph_timer(fn)
+
+    row = harness.time_case(case, impls, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, device, timer=timer,
+                            graph_timer=flaky_graph_timer)  # fmt: skip
+    assert len(calls) == 9 and all(c.shape == (64, 256) for c in calls)
+    assert len(graph_timed) == 1 and graph_timed[0].shape == (64, 256)
     ours = row["impls"]["ours"]
     assert ours["ms"] == 0.5 and abs(ours["gbps"] - case.bytes / 5e-4 / 1e9) < 1e-9
+    assert ours["graph_ms"] == 0.25 and abs(ours["graph_frac_floor"] - 2 * ours["frac_floor"]) < 1e-12
+    assert row["impls"]["ours, no graph"]["graph_error"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert "graph_ms" not in row["impls"]["eager"]
+    table = harness.results_markdown({"name": "Stand-in GPU"}, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, [row])
+    assert f"| 0.5000 | 0.2500 ({100 * ours['graph_frac_floor']:.0f}% floor) | 0.5000 |" in table
     assert abs(ours["frac_copy_bw"] - case.bytes / 5e-4 / 1e12) < 1e-12 and row["bound"] == "memory"
     assert row["impls"]["liger"] == {"missing": "liger_kernel not importable"}
     assert row["impls"]["broken"] == {"error": "ZeroDivisionError: division by zero"}
@@ -439,3 +463,15 @@ def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
                            str(tmp_path))  # fmt: skip
     assert rows == [harness.skipped_row(case, "error: RuntimeError: CUDA out of memory")]
     assert "skipped: error: RuntimeError: CUDA out of memory" in (tmp_path / "results.md").read_text()
+
+
+def test_results_name_the_commit_of_the_timed_tree(monkeypatch):
+    """A device machine's copy of the tree may carry stale git metadata: AURORA_COMMIT names the
+    commit outright; otherwise HEAD, marked -dirty when tracked files differ from it."""
+    monkeypatch.setenv("AURORA_COMMIT", "2521b7e")
+    assert harness.source_commit() == "2521b7e"
+    monkeypatch.delenv("AURORA_COMMIT")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    expected = head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else "unknown"  # no git: a tarball
+    assert harness.source_commit() == expected
