@@ -212,6 +212,10 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     from bench import model_e2e
 
     runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+    # the compiled step runs after every batch's other runs: a spent budget takes it, not B=32
+    order = model_e2e.schedule((1, 8), runs)
+    assert order[:3] == [(1, "mlp", runs[0]), (1, "mlp", runs[1]), (1, "mlp", runs[2])]
+    assert order[-4:] == [(b, c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
     checkpoints = []
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
                          dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)))  # fmt: skip
