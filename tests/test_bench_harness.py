@@ -75,6 +75,14 @@ def test_device_slug():
 def test_model_e2e_report_and_summary(tmp_path):
     from bench import model_e2e
 
+    # a graphed decode's step is its replays' time: the eager first step and the capture are set-up
+    assert model_e2e.step_seconds({"decode_s": 0.4, "decode_steps": 101, "graph_setup_s": 0.2}) == 0.2 / 100
+    assert model_e2e.step_seconds({"decode_s": 0.4, "decode_steps": 100}) == 0.4 / 100
+    graphed = {"compressor": "mlp", "visual_tokens": 64, "batch": 1, "floor_ms_per_step": 1.0, "backend": "triton",
+               "decode": "cuda_graph", "ttft_ms": 30.0, "ms_per_step": 1.6, "tokens_per_s": 625.0, "frac_floor": 0.625,
+               "request_ms": 280.0, "graph_setup_ms": 45.5}  # fmt: skip
+    assert "| 1.60 | 1.00 | 62% | 625.0 | 280 | 45.5 |" in model_e2e.markdown([graphed])
+
     assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
     kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28)]
@@ -97,7 +105,7 @@ def test_model_e2e_report_and_summary(tmp_path):
         {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
     ]  # fmt: skip
     md = model_e2e.markdown(rows)
-    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 |" in md
+    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
     assert ("Device kernels: 1.050 ms per step (aurora 0.150 ms, gemm 0.900 ms), 141 launches; measured step: eager 8.000 ms; "
