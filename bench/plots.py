@@ -4,7 +4,7 @@
 
 reads results.json (and model-e2e.json when present) there and writes:
 - `<op>.png` per op: median time of ours and of every peer per benchmark case (log scale), the cases
-  in the order they were registered (growing sizes);
+  in the order they were registered (growing sizes), and ours replayed from a CUDA graph (dashed);
 - `roofline.png`: for every case, our time's fraction of its roofline floor (100% = at the ceiling
   of whichever resource bounds it), bars coloured by op;
 - `model-e2e.png`: decode tokens/s per configuration of the end-to-end model run.
@@ -53,6 +53,10 @@ def plot_ops(rows: list[dict], out_dir: str) -> list[str]:
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", linewidth=2.5 if name == "ours" else 1.2, label=name)
+        graphed = [(i, r["impls"]["ours"]["graph_ms"]) for i, r in enumerate(op_rows) if "graph_ms" in r["impls"].get("ours", {})]
+        if graphed:  # the kernel's device time, without the host's share of an eager call
+            xs, ys = zip(*graphed)
+            ax.plot(xs, ys, marker="s", linestyle="--", linewidth=1.5, label="ours, graph replay")
         ax.set_yscale("log")
         _bar_labels(ax, [r["shape"] for r in op_rows], 30, 7)
         ax.set_ylabel("median time (ms, log)")

@@ -136,7 +136,7 @@ def test_plots_from_a_results_dir(tmp_path):
     from bench import plots
 
     ours = {"ms": 0.01, "frac_floor": 0.8}
-    rows = [{"op": op, "shape": f"n={n}", "impls": {"ours": dict(ours, ms=0.01 * n), "eager": {"ms": 0.05 * n},
+    rows = [{"op": op, "shape": f"n={n}", "impls": {"ours": dict(ours, ms=0.01 * n, graph_ms=0.004 * n), "eager": {"ms": 0.05 * n},
                                                        "flash-attn": {"missing": "not importable"}}}
             for op in ("rms_norm", "attention") for n in (1, 2, 4)]  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps({"device": {}, "ceilings": {}, "rows": rows}))
