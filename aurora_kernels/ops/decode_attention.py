@@ -220,12 +220,7 @@ def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_split
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return H100_SMS
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _cuda_sm_count(index: int) -> int:  # a device property query costs microseconds; it never changes
-    return torch.cuda.get_device_properties(index).multi_processor_count
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: torch.device) -> int:
