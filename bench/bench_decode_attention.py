@@ -10,6 +10,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.model.layers import RotaryTables
+from aurora_kernels.ops import decode_attention as decode_attention_module
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
@@ -171,8 +172,15 @@ def _flash_attn_rotary_peer():
     return peer if peer.fn is None else flash_attn_rotary(peer.fn)
 
 
+def merged_in_last_split(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
+    """The experimental launch whose last split program merges (one launch, not two)."""
+    return decode_attention_module._decode_attention_launch(q, k_cache, v_cache, seqlens, k, v, None, None, None,
+                                                            rotary_cos, rotary_sin, True)  # fmt: skip
+
+
 PEERS_OF_THE_MODELS_CALL = {
     "ours unfused: apply_rotary + decode_attention": lambda: Peer(rotary_then_decode, prepare=_gathered_rows),
+    "ours, merge in the last split": lambda: Peer(merged_in_last_split),
     "torch.compile": compiled(reference.decode_attention),
     "flash-attn (rotary_cos)": _flash_attn_rotary_peer,
 }

@@ -10,7 +10,10 @@ the cache once at full bandwidth:
 - Split-KV (flash-decoding): at small batch B * Hkv programs cannot fill the GPU, so stage 1 splits
   each sequence's cache over `num_kv_splits` programs that each write a normalised partial output and
   its log-sum-exp; stage 2 (`_decode_merge_kernel`) merges them. With one split, stage 1 writes the
-  final output and stage 2 is not launched.
+  final output and stage 2 is not launched. Experimental, not yet in the public op: the last split
+  program of each (b, KV head) to finish merges instead (an atomic counter), one launch a call
+  instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge launch, plus the
+  gap before it, 28 times. The benchmark times it as "ours, merge in the last split".
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
@@ -66,6 +69,9 @@ PROGRAMS_PER_SM = 2
 # partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
 MIN_TOKENS_PER_SPLIT = 64
 H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests see the GPU's choices
+# splits the merge in the last split reads at a time ([MERGE_CHUNK, D] fp32 beside the split kernel's
+# own registers; the whole 128 at once spilled 8 bytes in bf16 under triton 3.9)
+MERGE_CHUNK = 16
 
 
 @triton.jit
@@ -96,7 +102,7 @@ def _load_rotated(ptr, offsets, partner_offsets, mask, cos, sin, sign, ROTARY: t
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
-    rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
+    rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr, split_counters_ptr,
     heads_per_kv, qk_scale_log2, num_kv_splits,
     q_batch_stride, q_head_stride,
     k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
@@ -106,6 +112,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -195,25 +202,56 @@ def _decode_split_kernel(
         tl.store(partial_out_ptr + slots[:, None] * HEAD_DIM + cols[None, :], out_tile, mask=group_ok[:, None] & col_ok[None, :])
         lse = tl.where(has_keys, row_max + tl.math.log2(tl.where(has_keys, row_sum, 1.0)), float("-inf"))
         tl.store(partial_lse_ptr + slots, lse, mask=group_ok)
+        if MERGE_IN_LAST_SPLIT:
+            # the last of this (b, KV head)'s splits to finish merges them all: no stage-2 launch. The
+            # barrier orders every thread's partial stores before the counter's release; the acquire
+            # makes the other splits' partials visible to the merging program; the reset leaves the
+            # counter at 0 for the next call (or graph replay)
+            tl.debug_barrier()
+            counter = split_counters_ptr + batch * tl.num_programs(1) + kv_head
+            if tl.atomic_add(counter, 1, sem="acq_rel") == num_kv_splits - 1:
+                first_row = batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + kv_head * heads_per_kv
+                for group in range(heads_per_kv):
+                    _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, first_row + group, num_kv_splits,
+                                HEAD_DIM, BLOCK_D, BLOCK_S)  # fmt: skip
+                tl.atomic_xchg(counter, 0, sem="relaxed")
+
+
+@triton.jit
+def _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, row, num_kv_splits,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """out[row] = sum_s 2^(lse_s - max) partial_s / sum_s 2^(lse_s - max) over the splits of one
+    query head (row = b * Hq + h, int64), BLOCK_S splits at a time with a running max; all splits
+    empty -> 0. The partials are read from L2 (.cg): in the split kernel's own merge other SMs wrote
+    them, and L1 is not coherent."""
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < HEAD_DIM
+    top = tl.full([], float("-inf"), tl.float32)
+    total = tl.zeros([], tl.float32)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    for first in range(0, num_kv_splits, BLOCK_S):
+        splits = first + tl.arange(0, BLOCK_S)
+        split_ok = splits < num_kv_splits
+        lse = tl.load(partial_lse_ptr + row * num_kv_splits + splits, mask=split_ok, other=float("-inf"), cache_modifier=".cg")
+        new_top = tl.maximum(top, tl.max(lse, 0))
+        base = tl.where(new_top == float("-inf"), 0.0, new_top)
+        rescale = tl.math.exp2(top - base)
+        weights = tl.math.exp2(lse - base)
+        partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
+                          mask=split_ok[:, None] & col_ok[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
+        acc = acc * rescale + tl.sum(weights[:, None] * partial, 0)
+        total = total * rescale + tl.sum(weights, 0)
+        top = new_top
+    out = acc / tl.where(total > 0.0, total, 1.0)
+    tl.store(out_ptr + row * HEAD_DIM + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
 def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_splits,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
-    """out[b, h] = sum_s 2^(lse_s - max) partial_s / sum_s 2^(lse_s - max); all splits empty -> 0."""
-    row = tl.program_id(0).to(tl.int64)  # b * Hq + h
-    splits = tl.arange(0, BLOCK_S)
-    split_ok = splits < num_kv_splits
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < HEAD_DIM
-    lse = tl.load(partial_lse_ptr + row * num_kv_splits + splits, mask=split_ok, other=float("-inf"))
-    top = tl.max(lse, 0)
-    weights = tl.math.exp2(lse - tl.where(top == float("-inf"), 0.0, top))
-    partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
-                      mask=split_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
-    total = tl.sum(weights, 0)
-    out = tl.sum(weights[:, None] * partial, 0) / tl.where(total > 0.0, total, 1.0)
-    tl.store(out_ptr + row * HEAD_DIM + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)
+    """Stage 2: one program per (b, query head)."""
+    _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, tl.program_id(0).to(tl.int64), num_kv_splits,
+                HEAD_DIM, BLOCK_D, BLOCK_S)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,13 +381,35 @@ def decode_attention(
                                     rotary_cos, rotary_sin)  # fmt: skip
 
 
+# One int32 counter per (b, KV head) for the merge in the last split, per device: zero between calls
+# (the merging program resets its own), so it is allocated once, outside any CUDA-graph capture, and
+# grown only between captures. Shared by every call on the device: calls on two streams at once must
+# not both use the merge in the last split.
+_SPLIT_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, count: int) -> torch.Tensor:
+    counters = _SPLIT_COUNTERS.get(device)
+    if counters is None or counters.numel() < count:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"decode_attention: the merge in the last split needs {count} split counters on {device}; "
+                               "make one call of this size before capturing a CUDA graph")  # fmt: skip
+        counters = _SPLIT_COUNTERS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+    return counters
+
+
 @kernel_op("decode_attention", fake=lambda q, *args: q.new_empty(q.shape), mutates_args=("k_cache", "v_cache"))
 def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                              k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
                              softmax_scale: Optional[float], num_kv_splits: Optional[int],
-                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
+                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
+                             merge_in_last_split: bool = False) -> torch.Tensor:  # fmt: skip
     """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
-    (rotated with q when the rotary tables are given) to the caches in place when given."""
+    (rotated with q when the rotary tables are given) to the caches in place when given.
+
+    merge_in_last_split (experimental, off in the public op until a GPU has timed and race-tested it):
+    the last split program of each (b, KV head) to finish merges the partials itself, through an
+    atomic counter, so a split call is one launch instead of two."""
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
@@ -372,9 +432,11 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     rotary = rotary_cos is not None
     cos, sin = (rotary_cos, rotary_sin) if rotary else (q, q)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    merge_here = merge_in_last_split and not single_split
+    counters = _split_counters(q.device, batch * heads_kv) if merge_here else cache_seqlens  # unused without
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
-        cos, sin, partial_out, partial_lse, out,
+        cos, sin, partial_out, partial_lse, out, counters,
         heads_q // heads_kv, scale * LOG2_E, num_kv_splits,
         q.stride(0), q.stride(2),
         *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -383,9 +445,10 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
+        MERGE_IN_LAST_SPLIT=merge_here, BLOCK_S=min(pow2_at_least(num_kv_splits), MERGE_CHUNK) if merge_here else 1,
         **config,
     )  # fmt: skip
-    if not single_split:
+    if not single_split and not merge_here:
         _decode_merge_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, num_kv_splits,
             HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits),
@@ -405,7 +468,7 @@ def _compile_configs():
         "q_ptr": "*T", "k_cache_ptr": "*T", "v_cache_ptr": "*T", "cache_seqlens_ptr": "*i32", "k_new_ptr": "*T",
         "v_new_ptr": "*T", "block_table_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
         "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
-        "out_ptr": "*T", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
+        "out_ptr": "*T", "split_counters_ptr": "*i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
         **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
     }  # fmt: skip
     aligned = tuple(n for n in split_signature if n.endswith(("_ptr", "_stride")))
@@ -415,14 +478,17 @@ def _compile_configs():
         for paged, page_size in ((False, 1), (True, 16), (True, 256)):
             # rotary only with an append; the model's decode appends, its tables in the model's dtype
             for append, rotary in ((False, False), (True, False), (True, True)):
-                for single_split in (False, True):
+                # the merge in the last split (experimental): for the model's call, contiguous cache
+                splits = ("split", "1 split") + (("split, merged in the last",) if (append, rotary, paged) == (True, True, False) else ())
+                for split in splits:
+                    merge_here = split == "split, merged in the last"
                     configs += configs_per_dtype(
                         (dtype,), op="decode_attention", kernel=_decode_split_kernel, signature=split_signature,
                         shape=f"Hq 12 Hkv 2 D 128 {'paged ' + str(page_size) if paged else 'contiguous'}"
-                              f"{' +append' if append else ''}{' +rotary' if rotary else ''}"
-                              f"{' 1 split' if single_split else ' split'}",
+                              f"{' +append' if append else ''}{' +rotary' if rotary else ''} {split}",
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
-                                    "ROTARY": rotary, "SINGLE_SPLIT": single_split, "DOT_IN_FP32": dtype == torch.float32},
+                                    "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
+                                    "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1},
                         aligned=aligned, uses_dot=dtype != torch.float32, **launch,
                     )  # fmt: skip
         configs += configs_per_dtype(

@@ -3,6 +3,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
+from aurora_kernels.ops import decode_attention as decode_attention_module
 from aurora_kernels.ops import reference
 from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
@@ -208,3 +209,56 @@ def test_compiled_and_graph_captured(check, device, gen):
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
     # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
     check(ak.decode_attention, args, expected, torch.bfloat16, "decode_attention")
+
+
+def decode_attention_merged_in_last_split(q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None,
+                                          softmax_scale=None, num_kv_splits=None, rotary_cos=None, rotary_sin=None,
+                                          *, backend="triton"):  # fmt: skip
+    """The experimental launch whose last split program merges (no stage-2 launch)."""
+    assert backend == "triton"
+    return decode_attention_module._decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
+                                                            num_kv_splits, rotary_cos, rotary_sin, True)  # fmt: skip
+
+
+@pytest.mark.parametrize(("dtype", "num_kv_splits", "paged"),
+                         [(torch.float32, 3, False), (torch.float16, 3, True), (torch.bfloat16, 3, False), (torch.bfloat16, 8, True)],
+                         ids=["fp32", "fp16-paged", "bf16", "bf16-8splits-paged"])  # fmt: skip
+def test_merge_in_last_split(dtype, num_kv_splits, paged, device, gen):
+    """The last split program of each (b, KV head) merges the partials: the same answer as the two
+    launches, empty sequences and splits with no tokens included, and every counter back at 0 (the
+    next call, or the next graph replay, starts from there). Under the interpreter programs run one
+    after another, so this checks the merge's logic; its memory ordering needs a GPU."""
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([0, 1, 130, 64], 12, 2, 128, dtype, device, gen,
+                                                        capacity=200, append=True)  # fmt: skip
+    block_table = None
+    if paged:
+        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
+    cos, sin = _rotary_tables(128, device)
+    for _ in range(2):  # a second call finds the counters reset
+        check_op(decode_attention_merged_in_last_split, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v,
+                 block_table, None, num_kv_splits, cos, sin)  # fmt: skip
+        assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
+
+
+def test_merge_in_last_split_over_many_chunks(device, gen):
+    """More splits than one merge chunk (MERGE_CHUNK) holds: sequence 0's 701 keys fill 22 splits of
+    32, over two chunks, so the running max carries across chunks; sequence 1's are mostly empty."""
+    num_kv_splits = 2 * decode_attention_module.MERGE_CHUNK + 8
+    check_op(decode_attention_merged_in_last_split, reference.decode_attention,
+             *_decode_inputs([700, 3], 4, 1, 64, torch.float32, device, gen, append=True), num_kv_splits=num_kv_splits)  # fmt: skip
+
+
+@pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
+def test_merge_in_last_split_gqa(heads, device, gen):
+    check_op(decode_attention_merged_in_last_split, reference.decode_attention,
+             *_decode_inputs([70, 0, 33], *heads, 80, torch.bfloat16, device, gen, append=True), num_kv_splits=4)  # fmt: skip
+
+
+@cuda_only
+def test_merge_in_last_split_counters_are_not_allocated_during_capture(device, gen):
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs([5], 4, 2, 64, torch.float16, device, gen, capacity=64)
+    decode_attention_module._SPLIT_COUNTERS.pop(q.device, None)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="make one call of this size before capturing a CUDA graph"):
+        with torch.cuda.graph(graph):
+            decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, num_kv_splits=2)
