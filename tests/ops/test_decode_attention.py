@@ -102,17 +102,22 @@ def _rotary_tables(head_dim, device, max_positions=300):
     return tables.cos, tables.sin
 
 
+def _model_call_inputs(lengths, capacity, dtype, paged, device, gen):
+    """The model's decode call (Hq 12, Hkv 2, D 128, a new token appended, RoPE tables), its cache
+    contiguous or paged in pages of 16: (q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin)."""
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs(lengths, 12, 2, 128, dtype, device, gen, capacity=capacity, append=True)
+    block_table = None
+    if paged:
+        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
+    return (q, k_cache, v_cache, seqlens, k, v, block_table, *_rotary_tables(128, device))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
 def test_rotary_fused(dtype, paged, device, gen):
     """q and the new k rotated in the kernel at position cache_seqlens[b]: the output, and the key the
     cache now holds, match apply_rotary followed by decode_attention."""
-    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([0, 1, 37, 130], 12, 2, 128, dtype, device, gen,
-                                                        capacity=150, append=True)  # fmt: skip
-    block_table = None
-    if paged:
-        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
-    cos, sin = _rotary_tables(128, device)
+    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs([0, 1, 37, 130], 150, dtype, paged, device, gen)
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v,
                                     block_table, None, None, cos, sin)  # fmt: skip
     unfused_cache = k_cache.clone()
@@ -228,12 +233,7 @@ def test_merge_in_last_split(dtype, num_kv_splits, paged, device, gen):
     launches, empty sequences and splits with no tokens included, and every counter back at 0 (the
     next call, or the next graph replay, starts from there). Under the interpreter programs run one
     after another, so this checks the merge's logic; its memory ordering needs a GPU."""
-    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([0, 1, 130, 64], 12, 2, 128, dtype, device, gen,
-                                                        capacity=200, append=True)  # fmt: skip
-    block_table = None
-    if paged:
-        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
-    cos, sin = _rotary_tables(128, device)
+    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs([0, 1, 130, 64], 200, dtype, paged, device, gen)
     for _ in range(2):  # a second call finds the counters reset
         check_op(decode_attention_merged_in_last_split, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v,
                  block_table, None, num_kv_splits, cos, sin)  # fmt: skip
