@@ -109,7 +109,7 @@ def _model_call_inputs(lengths, capacity, dtype, paged, device, gen):
     block_table = None
     if paged:
         k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, 16, gen)
-    return (q, k_cache, v_cache, seqlens, k, v, block_table, *_rotary_tables(128, device))
+    return (q, k_cache, v_cache, seqlens, k, v, block_table, *_rotary_tables(128, device, capacity))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -262,3 +262,17 @@ def test_merge_in_last_split_counters_are_not_allocated_during_capture(device, g
     with pytest.raises(RuntimeError, match="make one call of this size before capturing a CUDA graph"):
         with torch.cuda.graph(graph):
             decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, num_kv_splits=2)
+
+
+@cuda_only
+def test_merge_in_last_split_is_race_free_on_cuda(device, gen):
+    """Many calls at the model's shape with many splits against the two-launch path: a merge that read
+    a partial before its split had written it (a memory-ordering bug) gives a wrong answer on some
+    call. The interpreter cannot show this: it runs programs one after another."""
+    q, k_cache, v_cache, seqlens, k, v, _, cos, sin = _model_call_inputs([1000, 513, 64, 1, 0, 777, 1000, 300], 1024, torch.bfloat16,
+                                                                         False, device, gen)  # fmt: skip
+    expected = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=64, rotary_cos=cos, rotary_sin=sin)
+    for call in range(300):
+        out = decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=64, rotary_cos=cos, rotary_sin=sin)
+        assert_parity(out, expected.double(), torch.bfloat16, f"call {call}")
+    assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
