@@ -189,10 +189,7 @@ def graph_replay_ms(fn: Callable[[], object]) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    try:
-        return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median"))
-    finally:
-        del graph
+    return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median"))
 
 
 def measure_ceilings(device: torch.device) -> dict:
