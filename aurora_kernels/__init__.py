@@ -9,6 +9,7 @@ from aurora_kernels._validation import set_value_checks, value_checks
 from aurora_kernels.ops import reference
 from aurora_kernels.ops.attention import attention, attention_varlen
 from aurora_kernels.ops.decode_attention import decode_attention
+from aurora_kernels.ops.fused_linear import linear, rms_norm_linear, silu_and_mul_linear
 from aurora_kernels.ops.gelu_tanh import gelu_tanh
 from aurora_kernels.ops.layer_norm import layer_norm
 from aurora_kernels.ops.rms_norm import RMSNorm, rms_norm
@@ -19,7 +20,8 @@ from aurora_kernels.ops.token_pool import token_pool
 
 __version__ = "0.1.0"
 
-# The SPEC's public API table, in its order (the references list the same names).
+# The SPEC's public API table, in its order, then the decode projections with their fused prologues
+# (ops/fused_linear.py); the references list the same names.
 OPS = tuple(reference.__all__)
 
 __all__ = [*OPS, "RMSNorm", "count_calls", "set_value_checks", "value_checks", "OPS"]

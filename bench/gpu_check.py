@@ -174,13 +174,16 @@ def summarise_model(results_dir: str) -> list[str]:
         group = {(r["backend"], r["decode"]): r for r in rows if (r["compressor"], r["batch"]) == key}
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
-        for mode in ("eager", "compile", "cuda_graph"):
-            r = group.get(("triton", mode), {})
+        # the fused run, where the record has it (records before it do not)
+        fused = [("triton-fused", "cuda_graph")] if ("triton-fused", "cuda_graph") in group else []
+        for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *fused]:
+            r = group.get((backend, mode), {})
+            label = mode if backend == "triton" else f"{mode} {backend}"
             if "tokens_per_s" in r:
                 ratio = f" ({r['tokens_per_s'] / base:.1f}x ref)" if base else ""
-                cells.append(f"{mode} {r['tokens_per_s']:.0f} tok/s{ratio}, {r['frac_floor']:.0%} floor")
+                cells.append(f"{label} {r['tokens_per_s']:.0f} tok/s{ratio}, {r['frac_floor']:.0%} floor")
             else:
-                cells.append(f"{mode} {r.get('skipped') or r.get('error') or 'missing'}")
+                cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
     from bench.model_e2e import compressor_speedups, launches_per_step
 

@@ -27,14 +27,21 @@ from bench.harness import error_text
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 128
 # (backend, decode mode), the most telling first in case the time budget runs out; the eager reference
-# reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow)
-RUNS = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+# reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow).
+# "triton-fused": the kernels with LLMConfig.fuse_decode_projections (decode projections as
+# fused_linear kernels instead of cuBLAS plus a norm or activation kernel)
+RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton", "eager"), ("reference", "eager"),
+        ("triton", "compile"))  # fmt: skip
+# a run's backend -> (the model's backend, fuse_decode_projections)
+BACKENDS = {"triton": ("triton", False), "triton-fused": ("triton", True), "reference": ("reference", False)}
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
 COMPRESSORS = ("mlp", "none")
-# where a decode step's device time goes: profiled for these batches (compressor mlp, eager triton run)
+# where a decode step's device time goes: profiled for these batches and runs (compressor mlp; the
+# profile itself times eager steps of the run's model)
 PROFILED_BATCHES = (1, 8)
+PROFILED_RUNS = (("triton", "eager"), ("triton-fused", "cuda_graph"))
 PROFILE_STEPS = 8
 GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
@@ -136,13 +143,14 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         if time.time() - start > budget_s:
             row["skipped"] = f"time budget of {budget_s:.0f} s spent"
             continue
-        model.set_backend(backend)
+        model_backend, fused = BACKENDS[backend]
+        model.set_backend(model_backend).set_fused_decode_projections(fused)
         try:
             # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
             # compiled step guarded on other shapes would recompile inside the timing, and
-            # kernels specialised on other cache sizes would JIT-compile there. The eager
-            # reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
-            warm_up_tokens = new_tokens if backend == "triton" else min(new_tokens, 2)
+            # kernels specialised on other cache sizes would JIT-compile (or autotune) there. The
+            # eager reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
+            warm_up_tokens = new_tokens if model_backend == "triton" else min(new_tokens, 2)
             model.generate(pixel_values, prompts, warm_up_tokens, decode=decode)
             if not timed:
                 continue
@@ -162,7 +170,7 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
               f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
               flush=True)  # fmt: skip
-        if (backend, decode, compressor) == ("triton", "eager", "mlp") and batch in PROFILED_BATCHES:
+        if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
             try:
                 row["profile"] = profile_decode(model, pixel_values, prompts)
             except Exception as exc:  # the timing stands without it
@@ -230,10 +238,10 @@ def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
     against the measured step times (what the kernels do not account for is launch gaps and host time)."""
     profile = row["profile"]
     lines = ["", f"### Where a decode step's time goes: compressor {row['compressor']}, B={row['batch']}, "
-             f"eager triton steps under torch.profiler", ""]  # fmt: skip
+             f"eager {row['backend']} steps under torch.profiler", ""]  # fmt: skip
     if "error" in profile:
         return lines + [f"profile failed: {profile['error']}"]
-    steps = {r["decode"]: r["ms_per_step"] for r in rows if "ms_per_step" in r and r["backend"] == "triton"
+    steps = {r["decode"]: r["ms_per_step"] for r in rows if "ms_per_step" in r and r["backend"] == row["backend"]
              and (r["compressor"], r["batch"]) == (row["compressor"], row["batch"])}  # fmt: skip
     groups = profile["us_per_step_by_group"]
     measured = ", ".join(f"{mode} {ms:.3f} ms" for mode, ms in steps.items())

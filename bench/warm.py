@@ -33,7 +33,7 @@ MODEL_TASK = "model"
 MAX_WORKERS = 8
 # the end-to-end runs that compile something: the Triton kernels at every shape the model meets (the
 # eager triton run launches the same ones) and the compiled decode steps; the reference compiles nothing
-MODEL_RUNS = (("triton", "cuda_graph"), ("triton", "compile"))
+MODEL_RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton", "compile"))
 # of the GPU's memory: the full preset's bf16 weights (4.4 GB), its caches and activations at B=32
 MODEL_MEMORY_FRACTION = 0.15
 
@@ -75,7 +75,7 @@ def warm_model(device: torch.device, **overrides) -> list[str]:
     torch._dynamo.reset()
     rows = model_e2e.run(device, {"copy_bandwidth": harness.H100_COPY_BANDWIDTH}, math.inf, runs=MODEL_RUNS,
                          timed=False, **overrides)  # fmt: skip
-    return [f"{r['compressor']} B={r['batch']} {r['decode']}: {r['error']}" for r in rows if "error" in r]
+    return [f"{r['compressor']} B={r['batch']} {r['backend']} {r['decode']}: {r['error']}" for r in rows if "error" in r]
 
 
 def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:

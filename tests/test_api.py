@@ -35,6 +35,9 @@ def _example_args(name, device, gen):
         "apply_rotary": (q, q, f(3, 16), f(3, 16)),
         "silu_and_mul": (f(3, 16),),
         "gelu_tanh": (f(3, 16),),
+        "linear": (f(3, 16), f(4, 16)),
+        "rms_norm_linear": (f(3, 16), f(16), f(4, 16)),
+        "silu_and_mul_linear": (f(3, 16), f(4, 8)),
     }[name]
 
 

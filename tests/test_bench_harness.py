@@ -103,6 +103,8 @@ def test_model_e2e_report_and_summary(tmp_path):
          "tokens_per_s": 880.0, "frac_floor": 0.12, "request_ms": 1183.0},
         {**base, "backend": "triton", "decode": "compile", "error": "RuntimeError: boom"},
         {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
+        {**base, "compressor": "none", "visual_tokens": 256, "backend": "triton-fused", "decode": "cuda_graph", "ttft_ms": 40.0,
+         "ms_per_step": 4.0, "tokens_per_s": 2000.0, "frac_floor": 0.3, "request_ms": 600.0},
     ]  # fmt: skip
     md = model_e2e.markdown(rows)
     assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
@@ -115,6 +117,7 @@ def test_model_e2e_report_and_summary(tmp_path):
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent")  # fmt: skip
+    assert summary[1].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
     assert "  decode step B=8 (mlp): device kernels 1.050 ms (aurora 0.150, gemm 0.900) in 141 launches vs floor 1.000 ms" in summary
 
 
@@ -221,10 +224,11 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     from aurora_kernels.model import preset
     from bench import model_e2e
 
-    runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+    # triton-fused: the kernels with fuse_decode_projections (on a GPU the benchmark runs it graphed)
+    runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton-fused", "eager"), ("triton", "compile"))
     # the compiled step runs after every batch's other runs: a spent budget takes it, not B=32
     order = model_e2e.schedule((1, 8), runs)
-    assert order[:3] == [(1, "mlp", runs[0]), (1, "mlp", runs[1]), (1, "mlp", runs[2])]
+    assert order[:4] == [(1, "mlp", run) for run in runs[:4]]
     assert order[-4:] == [(b, c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
     checkpoints = []
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
@@ -365,8 +369,8 @@ def test_warm_model_compiles_the_decode_step(device):
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     failures = warm.warm_model(device, preset_name="tiny", batches=(1,), new_tokens=3, dtype=torch.float32)
     if device.type == "cpu":
-        assert failures == [f"{c} B=1 cuda_graph: ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
-                            for c in ("mlp", "none")]  # fmt: skip
+        assert failures == [f"{c} B=1 {b} cuda_graph: ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
+                            for c in ("mlp", "none") for b in ("triton", "triton-fused")]  # fmt: skip
     else:
         assert failures == []
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs

@@ -128,6 +128,15 @@ class AuroraEdgeV(nn.Module):
                 module.backend = backend
         return self
 
+    def set_fused_decode_projections(self, enabled: bool) -> "AuroraEdgeV":
+        """Switch LLMConfig.fuse_decode_projections: decode steps run each projection with the op that
+        feeds it as one kernel (rms_norm_linear, linear, silu_and_mul_linear), weights unchanged."""
+        llm = dataclasses.replace(self.config.llm, fuse_decode_projections=bool(enabled))
+        self.config = dataclasses.replace(self.config, llm=llm)
+        self.llm.cfg = llm
+        self._compiled_decode_step = None  # traced with the other setting
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.llm.embed_tokens.weight.device

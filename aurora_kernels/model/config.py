@@ -53,6 +53,10 @@ class LLMConfig:
     rope_theta: float = 1e6
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = True
+    # Decode steps only: each projection with the norm or activation that feeds it as one kernel
+    # (rms_norm_linear, linear, silu_and_mul_linear) instead of cuBLAS plus a separate op. Off until
+    # a GPU run has timed it against cuBLAS (bench/model_e2e.py runs both).
+    fuse_decode_projections: bool = False
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,11 @@ class DecoderLayer(nn.Module):
         v = qkv[..., q_width + kv_width :].unflatten(-1, (self.num_kv_heads, self.head_dim))
         return q, k, v
 
-    def forward(self, x, residual, attend: Attend):
+    def forward(self, x, residual, attend: Attend, fused_projections: bool = False):
+        """fused_projections: each projection with the op that feeds it in one kernel (ops/fused_linear.py),
+        for decode-sized inputs."""
+        if fused_projections:
+            return self._forward_fused(x, residual, attend)
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
@@ -101,3 +105,14 @@ class DecoderLayer(nn.Module):
         attn = attend(self.index, *self.split_qkv(self.qkv_proj(h)))
         h, residual = self.post_attention_layernorm(self.o_proj(attn.flatten(-2)), residual)
         return self.down_proj(ak.silu_and_mul(self.gate_up_proj(h), backend=self.backend)), residual
+
+    def _forward_fused(self, x, residual, attend: Attend):
+        norm, backend = self.input_layernorm, self.backend
+        normed_qkv = ak.rms_norm_linear(x, norm.weight, self.qkv_proj.weight, self.qkv_proj.bias, norm.eps, residual,
+                                        backend=backend)  # fmt: skip
+        qkv, residual = (normed_qkv, x) if residual is None else normed_qkv
+        attn = attend(self.index, *self.split_qkv(qkv))
+        o = ak.linear(attn.flatten(-2), self.o_proj.weight, backend=backend)
+        norm = self.post_attention_layernorm
+        gate_up, residual = ak.rms_norm_linear(o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend)
+        return ak.silu_and_mul_linear(gate_up, self.down_proj.weight, backend=backend), residual

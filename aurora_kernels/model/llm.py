@@ -26,11 +26,11 @@ class Qwen2LM(nn.Module):
         self.rotary = RotaryTables(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
         self.backend = backend
 
-    def run_layers(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def run_layers(self, x: torch.Tensor, attend: Attend, fused_projections: bool = False) -> torch.Tensor:
         """x [..., C] through every layer (attention and RoPE by `attend`) and the final norm."""
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, attend)
+            x, residual = layer(x, residual, attend, fused_projections)
         return self.norm(x, residual)[0]
 
     def rotated(self, attend: Attend, positions: torch.Tensor) -> Attend:
@@ -68,10 +68,11 @@ class Qwen2LM(nn.Module):
     def decode(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each
         layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
-        appends the K/V there; the caller then advances it."""
+        appends the K/V there; the caller then advances it. With cfg.fuse_decode_projections, each
+        projection runs with the op that feeds it as one kernel."""
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
                                        rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, attend)
+        return self.run_layers(x, attend, self.cfg.fuse_decode_projections)

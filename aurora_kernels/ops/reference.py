@@ -26,6 +26,9 @@ __all__ = [
     "apply_rotary",
     "silu_and_mul",
     "gelu_tanh",
+    "linear",
+    "rms_norm_linear",
+    "silu_and_mul_linear",
 ]
 
 
@@ -223,3 +226,23 @@ def gelu_tanh(x):
     inner = math.sqrt(2.0 / math.pi) * (h + 0.044715 * h.pow(3))
     return (0.5 * h * (1.0 + torch.tanh(inner))).to(x.dtype)
 
+
+def linear(x, weight, bias=None):
+    """x [..., K] @ weight.T + bias -> [..., N] (F.linear)."""
+    out = _up(x) @ _up(weight).T
+    if bias is not None:
+        out = out + _up(bias)
+    return out.to(x.dtype)
+
+
+def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
+    """linear(rms_norm(x, norm_weight, eps, residual), weight, bias); with residual, (y, x + residual)."""
+    if residual is None:
+        return linear(rms_norm(x, norm_weight, eps), weight, bias)
+    normed, h = rms_norm(x, norm_weight, eps, residual)
+    return linear(normed, weight, bias), h
+
+
+def silu_and_mul_linear(x, weight, bias=None):
+    """linear(silu_and_mul(x), weight, bias): x [..., 2I], weight [N, I] -> [..., N]."""
+    return linear(silu_and_mul(x), weight, bias)

@@ -35,9 +35,9 @@ def _decode_step(model, kv):
     return step
 
 
-@pytest.mark.parametrize("page_size", [None, 16], ids=["contiguous", "paged"])
-def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, device, gen):
-    model = tiny_model(device, "mlp", backend="triton")
+@pytest.mark.parametrize("page_size, fused", [(None, False), (16, False), (16, True)], ids=["contiguous", "paged", "paged-fused"])
+def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, fused, device, gen):
+    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=fused)
     kv, tokens = _prefilled(model, device, gen, page_size)
     step = _decode_step(model, kv)
     with torch.no_grad():
@@ -54,7 +54,11 @@ def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, device, gen)
     assert len(graphs) == 1
     targets = {str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"}
     ours = {t.split(".")[1] for t in targets if t.startswith("aurora_kernels.")}
-    assert ours == {"rms_norm", "decode_attention", "silu_and_mul"}, targets  # RoPE inside decode_attention
+    # RoPE inside decode_attention; fused: the projections and the ops feeding them in fused_linear
+    # kernels, and rms_norm only as the final norm
+    assert ours == ({"rms_norm", "decode_attention", "fused_linear"} if fused else {"rms_norm", "decode_attention", "silu_and_mul"}), targets
+    linears = [node for node in graphs[0].graph.nodes if str(node.target) == "<built-in function linear>"]
+    assert len(linears) == (1 if fused else 1 + 4 * model.config.llm.num_layers)  # fused: only the LM head
 
 
 def test_fakes_match_the_kernels(device, gen):
@@ -76,11 +80,11 @@ def test_eager_calls_skip_the_dispatcher(device, gen):
     assert hasattr(torch.ops.aurora_kernels, "gelu_tanh")  # registered for compile, not used in eager
 
 
-def _decode_step_and_expected(device, gen, page_size=16):
+def _decode_step_and_expected(device, gen, page_size=16, fused=False):
     """A bf16 decode step of the tiny model on the kernels, and its eager output: compiled and replayed
     steps must reproduce the eager kernels (against the reference ops a bf16 model differs by more than
     one op's bound, test_half_precision_model_is_as_accurate_as_eager)."""
-    model = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
+    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=fused).to(torch.bfloat16)
     kv, tokens = _prefilled(model, device, gen, page_size)
     step = _decode_step(model, kv)
     with torch.no_grad():
@@ -124,7 +128,8 @@ def test_inductor_updates_the_cache_in_place(page_size, device, gen):
 
 
 @cuda_only
-def test_decode_step_cuda_graph(device, gen):
-    _, _, step, tokens, expected = _decode_step_and_expected(device, gen)
+@pytest.mark.parametrize("fused", [False, True], ids=["cublas", "fused-projections"])
+def test_decode_step_cuda_graph(fused, device, gen):
+    _, _, step, tokens, expected = _decode_step_and_expected(device, gen, fused=fused)
     with torch.no_grad():
         check_cuda_graph(step, (tokens,), expected, torch.bfloat16, "decode step")

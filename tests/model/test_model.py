@@ -11,13 +11,15 @@ from aurora_kernels.testing import assert_parity, rel_error
 from tests.catalogue import cuda_only
 
 PROMPT_LENGTHS = (5, 12, 1)
+FUSED_PROJECTIONS = ("linear", "rms_norm_linear", "silu_and_mul_linear")
 
 
-def tiny_model(device, compressor="mlp", backend="reference", seed=0):
+def tiny_model(device, compressor="mlp", backend="reference", seed=0, **llm):
     """The tiny preset with an untied LM head and N(0, 0.1) weights: greedy tokens then vary step to
-    step (with tied embeddings and small weights a random model mostly repeats its input token)."""
+    step (with tied embeddings and small weights a random model mostly repeats its input token).
+    llm: more LLMConfig fields."""
     torch.manual_seed(seed)
-    model = AuroraEdgeV(preset("tiny", compressor=compressor, llm={"tie_word_embeddings": False}), backend=backend)
+    model = AuroraEdgeV(preset("tiny", compressor=compressor, llm={"tie_word_embeddings": False, **llm}), backend=backend)
     model.reset_parameters(std=0.1)
     return model.to(device)
 
@@ -76,6 +78,7 @@ def test_triton_backend_matches_reference(compressor, device, gen):
         tokens, logits = model.generate(pixel_values, ids, max_new_tokens=4, cache="paged", return_logits=True)
     assert {backend for _, backend in calls} == {"triton"}
     unused = {"mlp": {"token_pool"}, "pool": {"token_mlp_compress"}, "none": {"token_pool", "token_mlp_compress"}}[compressor]
+    unused |= set(FUSED_PROJECTIONS)  # off by default (LLMConfig.fuse_decode_projections)
     assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
     recomputed = model.logits_without_cache(pixel_values, ids, tokens)
     model.set_backend("reference")
@@ -84,6 +87,26 @@ def test_triton_backend_matches_reference(compressor, device, gen):
     for b in range(3):
         assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} triton vs reference")
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} cache vs recompute")
+
+
+def test_fused_decode_projections_match_reference(device, gen):
+    """LLMConfig.fuse_decode_projections: every decode step's projections run as fused_linear kernels
+    (each layer: 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear) and the tokens are those of the
+    unfused eager reference; prefill keeps the unfused ops."""
+    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=True)
+    pixel_values, ids = requests(model, device, gen)
+    new_tokens, layers = 4, model.config.llm.num_layers
+    with ak.count_calls() as calls:
+        tokens, logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, cache="paged", return_logits=True)
+    decode_steps = new_tokens - 1  # the first new token comes from the prefill's logits
+    assert calls[("rms_norm_linear", "triton")] == 2 * layers * decode_steps
+    assert calls[("linear", "triton")] == calls[("silu_and_mul_linear", "triton")] == layers * decode_steps
+    assert {backend for _, backend in calls} == {"triton"}
+    unfused = tiny_model(device, "mlp", backend="reference")
+    ref_tokens, ref_logits = unfused.generate(pixel_values, ids, max_new_tokens=new_tokens, return_logits=True)
+    assert tokens == ref_tokens
+    for b in range(3):
+        assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} fused vs unfused reference")
 
 
 def test_eos_stops_each_request(device, gen):

@@ -1,0 +1,106 @@
+"""The LLM's four decode projections, each with the op that feeds it, at B = 1, 8, 32 rows:
+rms_norm_linear (qkv, gate_up), linear (o_proj), silu_and_mul_linear (down_proj).
+
+What decides whether the model should use them (LLMConfig.fuse_decode_projections) is the row
+"ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
+matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd.
+"""
+
+import torch
+import torch.nn.functional as F
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.ops.fused_linear import MODEL_PROJECTIONS, PROLOGUE_OPS
+from aurora_kernels.testing import randn
+from bench.harness import Case, Peer, register_case, register_op
+
+BATCHES = (1, 8, 32)
+
+
+def _small_linear(dtype, device, gen):
+    return (randn((3, 1, 100), dtype, device, gen), randn((40, 100), dtype, device, gen), randn((40,), dtype, device, gen)), {}
+
+
+def _small_rms_norm_linear(dtype, device, gen):
+    x, residual = (randn((3, 1, 100), dtype, device, gen) for _ in range(2))
+    return (x, randn((100,), dtype, device, gen, shift=1.0), randn((40, 100), dtype, device, gen)), {"residual": residual}
+
+
+def _small_silu_and_mul_linear(dtype, device, gen):
+    return (randn((3, 1, 200), dtype, device, gen), randn((40, 100), dtype, device, gen)), {}
+
+
+register_op("linear", ak.linear, reference.linear, _small_linear)
+register_op("rms_norm_linear", ak.rms_norm_linear, reference.rms_norm_linear, _small_rms_norm_linear)
+register_op("silu_and_mul_linear", ak.silu_and_mul_linear, reference.silu_and_mul_linear, _small_silu_and_mul_linear)
+
+
+# The unfused chains: ours (the model's default decode path: our norm or activation kernel, then
+# cuBLAS) and plain torch ops, eager and compiled. o_proj has no prologue: its peer is F.linear.
+def _ours_unfused(prologue):
+    def rms_norm_then_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
+        normed, h = ak.rms_norm(x, norm_weight, eps, residual)
+        return F.linear(normed, weight, bias), h
+
+    def silu_and_mul_then_linear(x, weight, bias=None):
+        return F.linear(ak.silu_and_mul(x), weight, bias)
+
+    return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear}[prologue]
+
+
+def _torch_chain(prologue):
+    def rms_norm_then_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
+        h = x + residual
+        return F.linear(F.rms_norm(h, (h.shape[-1],), norm_weight, eps), weight, bias), h
+
+    def silu_and_mul_then_linear(x, weight, bias=None):
+        gate, up = x.chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, weight, bias)
+
+    return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear, "none": F.linear}[prologue]
+
+
+def _peers(prologue) -> dict:
+    chain = _torch_chain(prologue)
+    peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
+    if prologue == "none":
+        return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}
+    return {f"ours unfused: {prologue} + cuBLAS": lambda: Peer(_ours_unfused(prologue)), "torch ops": lambda: Peer(chain), **peers}
+
+
+def _inputs(prologue, batch, in_features, out_features, has_bias):
+    def build(device, gen):
+        dtype = torch.bfloat16
+        width = 2 * in_features if prologue == "silu_and_mul" else in_features
+        x = randn((batch, 1, width), dtype, device, gen)
+        weight = randn((out_features, in_features), dtype, device, gen, scale=in_features**-0.5)
+        bias = randn((out_features,), dtype, device, gen) if has_bias else None
+        if prologue == "rms_norm":
+            norm_weight = randn((in_features,), dtype, device, gen, scale=0.1, shift=1.0)
+            return (x, norm_weight, weight, bias), {"residual": randn((batch, 1, in_features), dtype, device, gen)}
+        return (x, weight, bias), {}
+
+    return build
+
+
+def _bytes(prologue, batch, in_features, out_features, has_bias):
+    """Weight + bias, the input rows (gate and up; x and residual in, h out) and the output rows."""
+    activation_rows = {"none": 1, "rms_norm": 3, "silu_and_mul": 2}[prologue]
+    return 2 * (out_features * in_features + out_features * has_bias + batch * (activation_rows * in_features + out_features))
+
+
+# B=1 first: the batch of issue #9's target, timed first when a run's op budget is short
+for batch in BATCHES:
+    for where, prologue, in_features, out_features, _, has_bias in MODEL_PROJECTIONS:
+        register_case(
+            Case(
+                op=PROLOGUE_OPS[prologue],
+                name=f"decode B={batch} {where} K={in_features} N={out_features}",
+                dtype=torch.bfloat16,
+                build=_inputs(prologue, batch, in_features, out_features, has_bias),
+                bytes=_bytes(prologue, batch, in_features, out_features, has_bias),
+                flops=2 * batch * in_features * out_features,
+                peers=_peers(prologue),
+            )
+        )

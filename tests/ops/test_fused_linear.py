@@ -1,0 +1,149 @@
+"""linear, rms_norm_linear and silu_and_mul_linear: one kernel with three prologues, two paths (the
+one-row GEMV, the tensor-core tiles for more rows)."""
+
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.testing import check_compile, check_cuda_graph, check_op, randn, reference_in_float64, strided_view
+from tests.catalogue import DTYPE_IDS, DTYPES, cuda_only
+
+# rows: 1 (the GEMV), 3 and 17 (one and two row blocks of the tile path); K 300 and N 100 are not
+# multiples of any block, and K 300 walks several K chunks
+ROWS = (1, 3, 17)
+K, N = 300, 100
+
+
+def _weights(in_features, out_features, dtype, device, gen, with_bias=True):
+    weight = randn((out_features, in_features), dtype, device, gen, scale=in_features**-0.5)
+    bias = randn((out_features,), dtype, device, gen) if with_bias else None
+    return weight, bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+def test_linear_parity(dtype, rows, with_bias, device, gen):
+    x = randn((rows, K), dtype, device, gen)
+    check_op(ak.linear, reference.linear, x, *_weights(K, N, dtype, device, gen, with_bias))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_rms_norm_linear_parity(dtype, rows, with_residual, device, gen):
+    x = randn((rows, K), dtype, device, gen)
+    residual = randn((rows, K), dtype, device, gen) if with_residual else None
+    norm_weight = randn((K,), dtype, device, gen, scale=0.5, shift=1.0)
+    errors = check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight,
+                      *_weights(K, N, dtype, device, gen), 1e-6, residual)  # fmt: skip
+    assert len(errors) == (2 if with_residual else 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rows", ROWS)
+def test_silu_and_mul_linear_parity(dtype, rows, device, gen):
+    x = randn((rows, 2 * K), dtype, device, gen, scale=2.0)
+    check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, x, *_weights(K, N, dtype, device, gen, False))
+
+
+def test_model_widths_and_decode_shapes(device, gen):
+    """The LLM's hidden width (K 1536, one chunk less than a multiple of the interpreter's 128) and
+    the decode layout [B, 1, C], with an fp32 norm weight on bf16 activations."""
+    x = randn((5, 1, 1536), torch.bfloat16, device, gen)
+    residual = randn((5, 1, 1536), torch.bfloat16, device, gen)
+    norm_weight = randn((1536,), torch.float32, device, gen, scale=0.5, shift=1.0)
+    check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, *_weights(1536, 48, torch.bfloat16, device, gen),
+             1e-6, residual)  # fmt: skip
+
+
+def test_strided_inputs_and_weight_slices(device, gen):
+    """x and residual with padded rows, [B, L] rows with two strides, and weights that are row slices
+    of one fused weight (row stride > K)."""
+    x = strided_view((4, 3, K), torch.float16, device, gen)
+    residual = strided_view((4, 3, K), torch.float16, device, gen, pad=3)
+    fused = randn((3 * N, K + 8), torch.float16, device, gen, scale=K**-0.5)[:, :K]
+    weight = fused[N : 2 * N]
+    assert weight.stride(0) == K + 8
+    norm_weight = randn((K,), torch.float16, device, gen, scale=0.5, shift=1.0)
+    check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, weight, None, 1e-5, residual)
+    check_op(ak.linear, reference.linear, x, weight)
+    gate_up = strided_view((2, 2 * K), torch.float32, device, gen)
+    check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, gate_up, weight.float())
+
+
+def test_empty_rows(device, gen):
+    x = randn((0, 1, K), torch.bfloat16, device, gen)
+    weight, bias = _weights(K, N, torch.bfloat16, device, gen)
+    y, h = ak.rms_norm_linear(x, weight[0], weight, bias, residual=x)
+    assert y.shape == (0, 1, N) and h.shape == (0, 1, K)
+    assert ak.linear(x, weight).shape == (0, 1, N)
+
+
+def test_int64_offsets(device, gen):
+    """Rows of x and of the weight 2**30 + 64 elements apart: row 2 starts past 2**31 elements, where
+    an int32 product of row index and stride wraps (each stride alone fits int32). The storage is
+    allocated but not written, so only the touched pages become real memory."""
+    row_stride, width = 2**30 + 64, 64
+    storage = torch.empty(2 * row_stride + 2 * width, dtype=torch.float16, device=device)
+    x, weight = (storage.as_strided((3, width), (row_stride, 1), offset) for offset in (0, width))
+    for t in (x, weight):
+        t.copy_(randn(t.shape, torch.float16, device, gen))
+    check_op(ak.linear, reference.linear, x, weight)
+    check_op(ak.linear, reference.linear, x[2:], weight)  # one row: the GEMV path
+
+
+def test_matches_the_unfused_ops(device, gen):
+    """backend="triton" of the fused op against the model's unfused chain (rms_norm, then a matmul in
+    the same dtype): the same rounding points, so the same answer up to accumulation order."""
+    x, residual = (randn((3, 1, 256), torch.float32, device, gen) for _ in range(2))
+    norm_weight = randn((256,), torch.float32, device, gen, scale=0.5, shift=1.0)
+    weight, bias = _weights(256, 64, torch.float32, device, gen)
+    y, h = ak.rms_norm_linear(x, norm_weight, weight, bias, 1e-6, residual)
+    normed, h_unfused = ak.rms_norm(x, norm_weight, 1e-6, residual)
+    torch.testing.assert_close(h, h_unfused, rtol=0, atol=0)
+    torch.testing.assert_close(y, torch.nn.functional.linear(normed, weight, bias), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs(device, gen):
+    x = randn((4, 64), torch.float32, device, gen)
+    weight = randn((32, 64), torch.float32, device, gen)
+    with pytest.raises(ValueError, match=r"weight: expected shape \[32, 64\] \[N, K\], got \[32, 48\]"):
+        ak.linear(x, weight[:, :48])
+    with pytest.raises(ValueError, match=r"weight: expected 2 dims \[N, K\]"):
+        ak.linear(x, weight[0])
+    with pytest.raises(TypeError, match="weight: expected dtype torch.float32 \\(the dtype of x\\), got torch.float16"):
+        ak.linear(x, weight.half())
+    with pytest.raises(ValueError, match="weight: expected the last dim to be contiguous"):
+        ak.linear(x, weight.t().contiguous().t())
+    with pytest.raises(ValueError, match="weight: expected at least one output feature"):
+        ak.linear(x, weight[:0])
+    with pytest.raises(ValueError, match=r"bias: expected shape \[32\] \[N\], got \[31\]"):
+        ak.linear(x, weight, weight[0, :31])
+    with pytest.raises(ValueError, match=r"norm_weight: expected shape \[64\] \[K\]"):
+        ak.rms_norm_linear(x, x[0, :32], weight)
+    with pytest.raises(TypeError, match="residual: expected dtype torch.float32"):
+        ak.rms_norm_linear(x, x[0], weight, residual=x.half())
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        ak.rms_norm_linear(x, x[0], weight, residual=x[:2])
+    with pytest.raises(ValueError, match="eps: expected a non-negative float"):
+        ak.rms_norm_linear(x, x[0], weight, eps=-1.0)
+    with pytest.raises(ValueError, match="x: expected an even last dim"):
+        ak.silu_and_mul_linear(x[:, :63], weight)
+    with pytest.raises(ValueError, match=r"weight: expected shape \[32, 32\] \[N, K\], got \[32, 64\]"):
+        ak.silu_and_mul_linear(x, weight)
+    with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
+        ak.linear(x.t(), weight[:, :4])
+
+
+@pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
+                         ids=["torch_compile", "cuda_graph"])  # fmt: skip
+@pytest.mark.parametrize("rows", [1, 8])
+def test_compiled_and_graph_captured(check, rows, device, gen):
+    x, residual = (randn((rows, 1, 256), torch.bfloat16, device, gen) for _ in range(2))
+    norm_weight = randn((256,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
+    weight, bias = _weights(256, 96, torch.bfloat16, device, gen)
+    args = (x, norm_weight, weight, bias, 1e-6, residual)
+    expected = reference_in_float64(reference.rms_norm_linear, *args)[0]
+    check(lambda *a: ak.rms_norm_linear(*a)[0], args, expected, torch.bfloat16, "rms_norm_linear")
