@@ -137,10 +137,11 @@ def _fused_linear_kernel(
 # the rows' block and the prologue. "gemv": one row on the FMA units; "dot_half": fp16/bf16 rows on
 # tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units). None has run on a GPU yet: narrow and
 # deep against wide and shallow tiles, for the autotuner to choose; the compile report checks each
-# (of 8 tensor-core tiles tried, these 3 compiled without spills at every projection under both Tritons).
+# (of 8 tensor-core tiles tried, 3 compiled without spills at every projection under both Tritons;
+# these 2 differ most).
 _GPU_CONFIGS = {
     "gemv": ((8, 512, 4, 2), (4, 1024, 4, 2), (16, 512, 4, 3)),
-    "dot_half": ((16, 256, 4, 3), (16, 256, 4, 2), (64, 128, 8, 3)),
+    "dot_half": ((16, 256, 4, 3), (64, 128, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
 _LAUNCHERS = autotuned_launchers(
@@ -182,11 +183,7 @@ def linear(x, weight, bias=None, *, backend="triton"):
     in_features = check_row_input("x", x, max_cols=2**31 - 1)
     _check_weights(x, in_features, weight, bias)
     check_same_device({"x": x, "weight": weight, "bias": bias})
-    record_call("linear", backend)
-    if backend == "reference":
-        return reference.linear(x, weight, bias)
-    check_triton_device("x", x)
-    return _fused_linear_launch(x, weight, bias, None, None, 0.0, PROLOGUES.index("none"))[0]
+    return _dispatch("linear", backend, (x, weight, bias), (x, weight, bias, None, None, 0.0, PROLOGUES.index("none")))
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, *, backend="triton"):
@@ -205,12 +202,8 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, 
     _check_weights(x, in_features, weight, bias)
     check_same_device({"x": x, "norm_weight": norm_weight, "residual": residual, "weight": weight, "bias": bias})
     check_eps(eps)
-    record_call("rms_norm_linear", backend)
-    if backend == "reference":
-        return reference.rms_norm_linear(x, norm_weight, weight, bias, eps, residual)
-    check_triton_device("x", x)
-    outputs = _fused_linear_launch(x, weight, bias, norm_weight, residual, float(eps), PROLOGUES.index("rms_norm"))
-    return outputs[0] if residual is None else tuple(outputs)
+    return _dispatch("rms_norm_linear", backend, (x, norm_weight, weight, bias, eps, residual),
+                     (x, weight, bias, norm_weight, residual, float(eps), PROLOGUES.index("rms_norm")))  # fmt: skip
 
 
 def silu_and_mul_linear(x, weight, bias=None, *, backend="triton"):
@@ -222,11 +215,18 @@ def silu_and_mul_linear(x, weight, bias=None, *, backend="triton"):
         raise ValueError(f"x: expected an even last dim [..., 2I] (gate and up halves), got {width}")
     _check_weights(x, width // 2, weight, bias)
     check_same_device({"x": x, "weight": weight, "bias": bias})
-    record_call("silu_and_mul_linear", backend)
+    return _dispatch("silu_and_mul_linear", backend, (x, weight, bias),
+                     (x, weight, bias, None, None, 0.0, PROLOGUES.index("silu_and_mul")))  # fmt: skip
+
+
+def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
+    """The checked call of a public op: its reference, or the kernel; y, or (y, h) with a residual."""
+    record_call(op, backend)
     if backend == "reference":
-        return reference.silu_and_mul_linear(x, weight, bias)
-    check_triton_device("x", x)
-    return _fused_linear_launch(x, weight, bias, None, None, 0.0, PROLOGUES.index("silu_and_mul"))[0]
+        return getattr(reference, op)(*reference_args)
+    check_triton_device("x", launch_args[0])
+    outputs = _fused_linear_launch(*launch_args)
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 def _fake(x, weight, bias, norm_weight, residual, eps, prologue):

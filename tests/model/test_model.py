@@ -68,45 +68,34 @@ def test_generation_with_cache_matches_recompute(compressor, cache, device, gen)
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} logits")
 
 
-@pytest.mark.parametrize("compressor", ["mlp", "pool", "none"])
-def test_triton_backend_matches_reference(compressor, device, gen):
-    """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference, logits
-    within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran eager."""
-    model = tiny_model(device, compressor, backend="triton")
-    pixel_values, ids = requests(model, device, gen)
-    with ak.count_calls() as calls:
-        tokens, logits = model.generate(pixel_values, ids, max_new_tokens=4, cache="paged", return_logits=True)
-    assert {backend for _, backend in calls} == {"triton"}
-    unused = {"mlp": {"token_pool"}, "pool": {"token_mlp_compress"}, "none": {"token_pool", "token_mlp_compress"}}[compressor]
-    unused |= set(FUSED_PROJECTIONS)  # off by default (LLMConfig.fuse_decode_projections)
-    assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
-    recomputed = model.logits_without_cache(pixel_values, ids, tokens)
-    model.set_backend("reference")
-    ref_tokens, ref_logits = model.generate(pixel_values, ids, max_new_tokens=4, return_logits=True)
-    assert tokens == ref_tokens
-    for b in range(3):
-        assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} triton vs reference")
-        assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} cache vs recompute")
-
-
-def test_fused_decode_projections_match_reference(device, gen):
-    """LLMConfig.fuse_decode_projections: every decode step's projections run as fused_linear kernels
-    (each layer: 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear) and the tokens are those of the
-    unfused eager reference; prefill keeps the unfused ops."""
-    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=True)
+# mlp with LLMConfig.fuse_decode_projections: the decode steps' projections as fused_linear kernels
+@pytest.mark.parametrize("compressor, fused", [("mlp", True), ("pool", False), ("none", False)], ids=["mlp-fused", "pool", "none"])
+def test_triton_backend_matches_reference(compressor, fused, device, gen):
+    """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference (unfused),
+    logits within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran
+    eager. Fused: each decode step's layer makes 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear
+    calls (prefill keeps the unfused ops)."""
+    model = tiny_model(device, compressor, backend="triton", fuse_decode_projections=fused)
     pixel_values, ids = requests(model, device, gen)
     new_tokens, layers = 4, model.config.llm.num_layers
     with ak.count_calls() as calls:
         tokens, logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, cache="paged", return_logits=True)
-    decode_steps = new_tokens - 1  # the first new token comes from the prefill's logits
-    assert calls[("rms_norm_linear", "triton")] == 2 * layers * decode_steps
-    assert calls[("linear", "triton")] == calls[("silu_and_mul_linear", "triton")] == layers * decode_steps
     assert {backend for _, backend in calls} == {"triton"}
-    unfused = tiny_model(device, "mlp", backend="reference")
-    ref_tokens, ref_logits = unfused.generate(pixel_values, ids, max_new_tokens=new_tokens, return_logits=True)
+    unused = {"mlp": {"token_pool"}, "pool": {"token_mlp_compress"}, "none": {"token_pool", "token_mlp_compress"}}[compressor]
+    if not fused:
+        unused |= set(FUSED_PROJECTIONS)
+    assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
+    if fused:
+        decode_steps = new_tokens - 1  # the first new token comes from the prefill's logits
+        assert calls[("rms_norm_linear", "triton")] == 2 * layers * decode_steps
+        assert calls[("linear", "triton")] == calls[("silu_and_mul_linear", "triton")] == layers * decode_steps
+    recomputed = model.logits_without_cache(pixel_values, ids, tokens)
+    model.set_backend("reference").set_fused_decode_projections(False)
+    ref_tokens, ref_logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, return_logits=True)
     assert tokens == ref_tokens
     for b in range(3):
-        assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} fused vs unfused reference")
+        assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} triton vs reference")
+        assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} cache vs recompute")
 
 
 def test_eos_stops_each_request(device, gen):
