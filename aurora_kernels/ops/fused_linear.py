@@ -19,15 +19,15 @@ weight, and its floor is N*K*itemsize / copy bandwidth. Nothing is reused but th
 Tiling: a program owns BLOCK_N output columns of BLOCK_M rows and walks K in BLOCK_K chunks,
 streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M / BLOCK_M).
 - The prologue is recomputed by every program from the M input rows (a few KB, read from L2):
-  cheaper than a launch. The rms_norm prologue needs the row's norm before its first product, so it
-  makes two passes over the input rows: sums of squares, then the normalised chunks. The programs of
-  the first column block also write h = x + residual, the residual stream's next value.
-- The normalised or activated input is rounded to the input dtype before the product, as the
-  unfused ops' output would be, so both paths give the same answer up to accumulation order.
-- One row (batch-1 decode, USE_DOT False): a GEMV on the FMA units, BLOCK_M = 1. It allows narrow
-  column blocks (BLOCK_N 4..32), so even down_proj's N = 1536 makes hundreds of programs.
+  cheaper than a launch. The programs of the first column block also write h = x + residual, the
+  residual stream's next value.
+- One row (batch-1 decode, USE_DOT False): a GEMV on the FMA units in fp32, BLOCK_M = 1. It allows
+  narrow column blocks (BLOCK_N 4..32), so even down_proj's N = 1536 makes hundreds of programs. The
+  rms_norm's 1/rms is a common factor of a row's products, applied after the loop: one pass.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
-  cost only arithmetic, which is free here).
+  cost only arithmetic, which is free here). The normalised or activated input is rounded to the
+  input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
+  makes two passes: the rows' norms, then the normalised chunks.
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
@@ -73,6 +73,17 @@ def _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL: tl.con
 
 
 @triton.jit
+def _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL: tl.constexpr):
+    """Each row's sum of h^2 over columns k; the programs of column block 0 also write h there (the
+    residual stream's next value, contiguous [rows, K])."""
+    if HAS_RESIDUAL:
+        if pid_n == 0:
+            residual_out = residual_out_ptr + rows.to(tl.int64)[:, None] * in_features + k[None, :]
+            tl.store(residual_out, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
+    return tl.sum(h * h, axis=1)
+
+
+@triton.jit
 def _fused_linear_kernel(
     x_ptr, residual_ptr, norm_weight_ptr, weight_ptr, bias_ptr, out_ptr, residual_out_ptr,
     num_rows, in_features, out_features,
@@ -93,17 +104,17 @@ def _fused_linear_kernel(
     weight_rows = weight_ptr + cols.to(tl.int64)[:, None] * weight_row_stride
     dtype = out_ptr.dtype.element_ty
 
-    if PROLOGUE == 1:  # rms_norm, pass 1: each row's mean square; column block 0 writes h
-        sum_squares = tl.zeros((BLOCK_M,), tl.float32)
+    # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
+    # input rounded to the input dtype before its first product (as the unfused rms_norm writes it),
+    # so it makes a first pass over the rows for their norms. The GEMV keeps its input in fp32 and
+    # applies 1/rms after its loop: it streams the weight from its first step, with no pass before.
+    sum_squares = tl.zeros((BLOCK_M,), tl.float32)
+    if PROLOGUE == 1 and USE_DOT:
         for k_start in range(0, in_features, BLOCK_K):
             k = k_start + tl.arange(0, BLOCK_K)
             mask = row_mask[:, None] & (k < in_features)[None, :]
             h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-            if HAS_RESIDUAL:
-                if pid_n == 0:
-                    residual_out = residual_out_ptr + rows.to(tl.int64)[:, None] * in_features + k[None, :]
-                    tl.store(residual_out, h.to(dtype), mask=mask)
-            sum_squares += tl.sum(h * h, axis=1)
+            sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
         inv_rms = tl.rsqrt(sum_squares / in_features + eps)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -114,18 +125,24 @@ def _fused_linear_kernel(
         if PROLOGUE == 1:
             norm_weight = tl.load(norm_weight_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
             h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-            a = (h * inv_rms[:, None] * norm_weight[None, :]).to(dtype)
+            if USE_DOT:
+                a = h * inv_rms[:, None] * norm_weight[None, :]
+            else:
+                sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+                a = h * norm_weight[None, :]
         elif PROLOGUE == 2:
             gate = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
             up = tl.load(x_ptr + x_rows[:, None] + in_features + k[None, :], mask=mask, other=0.0).to(tl.float32)
-            a = (gate * tl.sigmoid(gate) * up).to(dtype)
+            a = gate * tl.sigmoid(gate) * up
         else:
             a = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0)
         w = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
         if USE_DOT:
-            acc = dot_acc(a, tl.trans(w), acc, DOT_IN_FP32)
-        else:  # BLOCK_M == 1: a GEMV on the FMA units
+            acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
+        else:  # BLOCK_M == 1: a GEMV on the FMA units, in fp32
             acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    if PROLOGUE == 1 and not USE_DOT:
+        acc *= tl.rsqrt(sum_squares / in_features + eps)[:, None]
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -136,12 +153,12 @@ def _fused_linear_kernel(
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
 # the rows' block and the prologue. "gemv": one row on the FMA units; "dot_half": fp16/bf16 rows on
 # tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units). None has run on a GPU yet: narrow and
-# deep against wide and shallow tiles, for the autotuner to choose; the compile report checks each
-# (of 8 tensor-core tiles tried, 3 compiled without spills at every projection under both Tritons;
-# these 2 differ most).
+# deep against wide and shallow tiles, for the autotuner to choose. Each compiles without spills at
+# every projection under Triton 3.6 and 3.9 (the compile report checks); of the tensor-core tiles
+# tried, 16x256 with 3 or 4 stages, 32x128, 64x128 with 4 warps and 128x64 spilled somewhere.
 _GPU_CONFIGS = {
     "gemv": ((8, 512, 4, 2), (4, 1024, 4, 2), (16, 512, 4, 3)),
-    "dot_half": ((16, 256, 4, 3), (64, 128, 8, 3)),
+    "dot_half": ((16, 256, 4, 2), (64, 128, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
 _LAUNCHERS = autotuned_launchers(

@@ -48,11 +48,12 @@ def test_silu_and_mul_linear_parity(dtype, rows, device, gen):
     check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, x, *_weights(K, N, dtype, device, gen, False))
 
 
-def test_model_widths_and_decode_shapes(device, gen):
-    """The LLM's hidden width (K 1536, one chunk less than a multiple of the interpreter's 128) and
-    the decode layout [B, 1, C], with an fp32 norm weight on bf16 activations."""
-    x = randn((5, 1, 1536), torch.bfloat16, device, gen)
-    residual = randn((5, 1, 1536), torch.bfloat16, device, gen)
+@pytest.mark.parametrize("batch", [1, 5])
+def test_model_widths_and_decode_shapes(batch, device, gen):
+    """The LLM's hidden width (K 1536: 12 chunks of the interpreter's 128) and the decode layout
+    [B, 1, C], with an fp32 norm weight on bf16 activations; B=1 is the one-pass GEMV."""
+    x = randn((batch, 1, 1536), torch.bfloat16, device, gen)
+    residual = randn((batch, 1, 1536), torch.bfloat16, device, gen)
     norm_weight = randn((1536,), torch.float32, device, gen, scale=0.5, shift=1.0)
     check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, *_weights(1536, 48, torch.bfloat16, device, gen),
              1e-6, residual)  # fmt: skip
