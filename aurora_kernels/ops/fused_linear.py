@@ -256,6 +256,13 @@ def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          norm_weight: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                          eps: float, prologue: int) -> list[torch.Tensor]:  # fmt: skip
     """[y] or, with residual, [y, x + residual]."""
+    return launch(x, weight, bias, norm_weight, residual, eps, prologue)
+
+
+def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None) -> list:
+    """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
+    autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
+    GPU test run keeps only each autotuner's first (AURORA_AUTOTUNE=0)."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
@@ -282,7 +289,12 @@ def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         "BLOCK_M": block_m,
     }  # fmt: skip
     row_blocks = cdiv(num_rows, block_m)
-    if INTERPRETER:
+    if config is not None:
+        block_n, block_k, warps, stages = config
+        _fused_linear_kernel[(cdiv(out_features, block_n), row_blocks)](
+            *args, **constexprs, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages
+        )
+    elif INTERPRETER:
         blocks = _interpreter_blocks(in_features, out_features)
         _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks)](*args, **constexprs, **blocks)
     else:

@@ -6,7 +6,10 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
-from aurora_kernels.testing import check_compile, check_cuda_graph, check_op, randn, reference_in_float64, strided_view
+from aurora_kernels._dispatch import poisoned_outputs
+from aurora_kernels.ops import fused_linear
+from aurora_kernels.testing import (assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64,
+                                    strided_view)  # fmt: skip
 from tests.catalogue import DTYPE_IDS, DTYPES, cuda_only
 
 # rows: 1 (the GEMV), 3 and 17 (one and two row blocks of the tile path); K 300 and N 100 are not
@@ -136,6 +139,32 @@ def test_bad_inputs(device, gen):
         ak.silu_and_mul_linear(x, weight)
     with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
         ak.linear(x.t(), weight[:, :4])
+
+
+@pytest.mark.parametrize("kind", list(fused_linear._GPU_CONFIGS))
+def test_every_autotune_candidate(kind, device, gen):
+    """Each tile the autotuner may pick, launched on its own with every prologue: a GPU test run keeps
+    only each autotuner's first candidate (AURORA_AUTOTUNE=0), so the others are checked here (on a
+    CPU, their block shapes under the interpreter)."""
+    dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
+    rows = 1 if kind == "gemv" else 17  # 17: two row blocks of 16
+    x, residual = (randn((rows, K), dtype, device, gen) for _ in range(2))
+    gate_up = randn((rows, 2 * K), dtype, device, gen, scale=2.0)
+    norm_weight = randn((K,), dtype, device, gen, scale=0.5, shift=1.0)
+    weight, bias = _weights(K, N, dtype, device, gen)
+    calls = {
+        "none": ((x, weight, bias, None, None, 0.0), reference.linear, (x, weight, bias)),
+        "rms_norm": ((x, weight, bias, norm_weight, residual, 1e-6), reference.rms_norm_linear,
+                     (x, norm_weight, weight, bias, 1e-6, residual)),
+        "silu_and_mul": ((gate_up, weight, None, None, None, 0.0), reference.silu_and_mul_linear, (gate_up, weight)),
+    }  # fmt: skip
+    for config in fused_linear._GPU_CONFIGS[kind]:
+        for prologue, (launch_args, reference_fn, reference_args) in calls.items():
+            with poisoned_outputs():
+                outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), config=config)
+            expected = reference_in_float64(reference_fn, *reference_args)
+            for out, ref in zip(outputs, expected if isinstance(expected, tuple) else (expected,)):
+                assert_parity(out, ref, dtype, f"{kind} {config} {prologue}")
 
 
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
