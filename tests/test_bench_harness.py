@@ -224,11 +224,12 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     from aurora_kernels.model import preset
     from bench import model_e2e
 
-    # triton-fused: the kernels with fuse_decode_projections (on a GPU the benchmark runs it graphed)
-    runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton-fused", "eager"), ("triton", "compile"))
+    # ("triton-fused", "cuda_graph") goes through the same code as ("triton", "cuda_graph"): warm_model's
+    # test runs it, and the model tests check the fused projections themselves
+    runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
     # the compiled step runs after every batch's other runs: a spent budget takes it, not B=32
     order = model_e2e.schedule((1, 8), runs)
-    assert order[:4] == [(1, "mlp", run) for run in runs[:4]]
+    assert order[:3] == [(1, "mlp", run) for run in runs[:3]]
     assert order[-4:] == [(b, c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
     checkpoints = []
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
