@@ -131,6 +131,8 @@ class AuroraEdgeV(nn.Module):
     def set_fused_decode_projections(self, enabled: bool) -> "AuroraEdgeV":
         """Switch LLMConfig.fuse_decode_projections: decode steps run each projection with the op that
         feeds it as one kernel (rms_norm_linear, linear, silu_and_mul_linear), weights unchanged."""
+        if bool(enabled) == self.config.llm.fuse_decode_projections:
+            return self
         llm = dataclasses.replace(self.config.llm, fuse_decode_projections=bool(enabled))
         self.config = dataclasses.replace(self.config, llm=llm)
         self.llm.cfg = llm
