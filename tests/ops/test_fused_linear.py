@@ -125,8 +125,12 @@ def test_bad_inputs(device, gen):
         ak.linear(x, weight[:0])
     with pytest.raises(ValueError, match=r"bias: expected shape \[32\] \[N\], got \[31\]"):
         ak.linear(x, weight, weight[0, :31])
+    with pytest.raises(ValueError, match="bias: expected the last dim to be contiguous"):
+        ak.linear(x, weight, weight[:, 0])
     with pytest.raises(ValueError, match=r"norm_weight: expected shape \[64\] \[K\]"):
         ak.rms_norm_linear(x, x[0, :32], weight)
+    with pytest.raises(ValueError, match="norm_weight: expected the last dim to be contiguous"):
+        ak.rms_norm_linear(x, randn((128,), torch.float32, device, gen)[::2], weight)
     with pytest.raises(TypeError, match="residual: expected dtype torch.float32"):
         ak.rms_norm_linear(x, x[0], weight, residual=x.half())
     with pytest.raises(ValueError, match="residual: expected shape"):
