@@ -22,12 +22,18 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   cheaper than a launch. The programs of the first column block also write h = x + residual, the
   residual stream's next value.
 - One row (batch-1 decode, USE_DOT False): a GEMV on the FMA units in fp32, BLOCK_M = 1. It allows
-  narrow column blocks (BLOCK_N 4..32), so even down_proj's N = 1536 makes hundreds of programs. The
-  rms_norm's 1/rms is a common factor of a row's products, applied after the loop: one pass.
+  narrow column blocks (BLOCK_N 4..16), so even down_proj's N = 1536 makes hundreds of programs.
+  Each lane keeps its own products in a [BLOCK_N, BLOCK_K] fp32 tile, summed over K once after the
+  loop: the loop is loads and FMAs only (the first version reduced at every step: 1.37 ms of a
+  batch-1 step on the H200, against 1.13 ms now). The rms_norm's 1/rms is a common factor of a row's products, applied after
+  the loop: one pass. On the H200 the GEMVs made a batch-1 decode step 1.50 ms against 1.69 with
+  cuBLAS and the separate ops.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
-  makes two passes: the rows' norms, then the normalised chunks.
+  makes two passes: the rows' norms, then the normalised chunks. Correct, but slow: in a B=8
+  decode step on the H200 they took 7.15 ms against cuBLAS's 1.21 ms (too few programs, each
+  walking all of K: down_proj's K = 8960 wants a split-K that is not written yet).
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
@@ -117,7 +123,10 @@ def _fused_linear_kernel(
             sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
         inv_rms = tl.rsqrt(sum_squares / in_features + eps)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    else:  # BLOCK_M == 1: each lane keeps its own products in fp32, reduced over K once, after the loop
+        partial_products = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k_start in range(0, in_features, BLOCK_K):
         k = k_start + tl.arange(0, BLOCK_K)
         k_mask = k < in_features
@@ -139,10 +148,12 @@ def _fused_linear_kernel(
         w = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
         if USE_DOT:
             acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
-        else:  # BLOCK_M == 1: a GEMV on the FMA units, in fp32
-            acc += tl.sum(a.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    if PROLOGUE == 1 and not USE_DOT:
-        acc *= tl.rsqrt(sum_squares / in_features + eps)[:, None]
+        else:  # a [1, BLOCK_K] broadcast over the weight tile: 2-D, no reduction inside the loop
+            partial_products += w.to(tl.float32) * a.to(tl.float32)
+    if not USE_DOT:
+        acc = tl.sum(partial_products, axis=1)[None, :]
+        if PROLOGUE == 1:
+            acc *= tl.rsqrt(sum_squares / in_features + eps)[:, None]
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -152,12 +163,18 @@ def _fused_linear_kernel(
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
 # the rows' block and the prologue. "gemv": one row on the FMA units; "dot_half": fp16/bf16 rows on
-# tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units). None has run on a GPU yet: narrow and
-# deep against wide and shallow tiles, for the autotuner to choose. Each compiles without spills at
-# every projection under Triton 3.6 and 3.9 (the compile report checks); of the tensor-core tiles
-# tried, 16x256 with 3 or 4 stages, 32x128, 64x128 with 4 warps and 128x64 spilled somewhere.
+# tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units). The GEMV tiles are the best of a
+# sweep on the H200 (bench/sweep_fused_linear.py; bench/results/nvidia-h200/gemv-probe/), each best
+# or within 3% of best at one projection: qkv 4x1024/4 warps (3.8 us), o_proj 8x512/4 (2.6 us),
+# gate_up 8x256/2 and 16x512/4 (18.7, 18.8 us), down_proj 8x1024/8 (6.9 us); 1- and 2-column tiles
+# were slower everywhere, and 4x2048/8 (as fast at o_proj) spills in fp32 under Triton 3.6. The loop has no dot, so Triton does not pipeline it (stages 1): a
+# program's bytes in flight are one [BLOCK_N, BLOCK_K] tile, and occupancy does the rest. The
+# tensor-core tiles lost to cuBLAS at 8 and 32 rows (the model keeps cuBLAS there; see
+# model/llm.py). Each compiles without spills at every projection under Triton 3.6 and 3.9 (the
+# compile report checks); of the tensor-core tiles tried, 16x256 with 3 or 4 stages, 32x128,
+# 64x128 with 4 warps and 128x64 spilled somewhere.
 _GPU_CONFIGS = {
-    "gemv": ((8, 512, 4, 2), (4, 1024, 4, 2), (16, 512, 4, 3)),
+    "gemv": ((4, 1024, 4, 1), (8, 512, 4, 1), (8, 256, 2, 1), (16, 512, 4, 1), (8, 1024, 8, 1)),
     "dot_half": ((16, 256, 4, 2), (64, 128, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }

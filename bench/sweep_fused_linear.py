@@ -1,0 +1,111 @@
+"""Time every fused_linear autotune candidate at the model's four decode projections (GPU only),
+beside the path the model runs without fuse_decode_projections (our norm or activation kernel,
+then cuBLAS) and the autotuned public op. Times are CUDA-graph replay medians: device time, the
+host's share out, as a graphed decode step pays it. GB/s counts the weight alone (N*K elements),
+the bytes a decode projection must stream.
+
+Cold weights: a decode step streams 3 GB of weights, so each projection's weight comes from HBM,
+while one call replayed alone finds a weight under the L2's size (all four here, on an H200) in
+L2. So each graph calls the op once on each of enough copies of the weight to fill twice the L2,
+and the time is per call.
+
+The autotuner picks among the same candidates at run time; this table shows by how much, and
+where the list should change.
+
+    PYTHONPATH=. python -m bench.sweep_fused_linear [--rows 1,8] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+import triton
+
+import aurora_kernels as ak
+from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, MODEL_PROJECTIONS, PROLOGUES, _launcher_kind, launch
+from bench.bench_fused_linear import _ours_unfused
+
+
+def projection_inputs(prologue: str, in_features: int, out_features: int, has_residual: bool, has_bias: bool,
+                      rows: int, dtype: torch.dtype, device: str) -> dict:  # fmt: skip
+    def randn(*shape, scale=1.0):
+        return (torch.randn(shape, device=device) * scale).to(dtype)
+
+    width = 2 * in_features if prologue == "silu_and_mul" else in_features
+    return {
+        "x": randn(rows, width),
+        "weight": randn(out_features, in_features, scale=in_features**-0.5),
+        "bias": randn(out_features) if has_bias else None,
+        "norm_weight": randn(in_features, scale=0.1) + 1 if prologue == "rms_norm" else None,
+        "residual": randn(rows, width) if has_residual else None,
+    }
+
+
+def graph_median_ms(fn, weights: list[torch.Tensor]) -> float:
+    """The median time of fn(weight), a call per weight copy in one graph, divided by the copies."""
+    fn(weights[0])  # compile (and autotune) outside the capture
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench_cudagraph(lambda: [fn(w) for w in weights], rep=50, return_mode="median")
+    return ms / len(weights)
+
+
+def cold_copies(weight: torch.Tensor) -> list[torch.Tensor]:
+    """weight and copies of it, together over twice the L2 (so each call reads its weight from HBM)."""
+    l2_bytes = torch.cuda.get_device_properties(weight.device).L2_cache_size
+    count = max(1, -(-2 * l2_bytes // (weight.numel() * weight.element_size())))
+    return [weight] + [weight.clone() for _ in range(count - 1)]
+
+
+def sweep(rows_list, dtype=torch.bfloat16, device="cuda") -> list[dict]:
+    results = []
+    for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+        weight_gb = out_features * in_features * torch.finfo(dtype).bits / 8 / 1e9
+        for rows in rows_list:
+            t = projection_inputs(prologue, in_features, out_features, has_residual, has_bias, rows, dtype, device)
+            prologue_index = PROLOGUES.index(prologue)
+            weights = cold_copies(t["weight"])
+            x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
+            timed = {}
+            kind = _launcher_kind(rows, dtype)
+            for config in _GPU_CONFIGS[kind]:
+                timed[f"{kind} {config}"] = graph_median_ms(
+                    lambda w, c=config: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=c), weights)
+            if prologue == "none":
+                timed["autotuned"] = graph_median_ms(lambda w: ak.linear(x, w, bias), weights)
+                timed["cuBLAS"] = graph_median_ms(lambda w: F.linear(x, w, bias), weights)
+            elif prologue == "rms_norm":
+                timed["autotuned"] = graph_median_ms(lambda w: ak.rms_norm_linear(x, norm_weight, w, bias, residual=residual), weights)
+                timed["unfused (ours + cuBLAS)"] = graph_median_ms(
+                    lambda w: _ours_unfused("rms_norm")(x, norm_weight, w, bias, residual=residual), weights)
+            else:
+                timed["autotuned"] = graph_median_ms(lambda w: ak.silu_and_mul_linear(x, w, bias), weights)
+                timed["unfused (ours + cuBLAS)"] = graph_median_ms(lambda w: _ours_unfused("silu_and_mul")(x, w, bias), weights)
+            for name, ms in timed.items():
+                results.append({"projection": where, "K": in_features, "N": out_features, "rows": rows, "impl": name,
+                                "us": ms * 1e3, "weight_gb_per_s": weight_gb / (ms * 1e-3)})  # fmt: skip
+                print(f"{where:42s} M={rows:<3d} {name:32s} {ms * 1e3:8.2f} us {weight_gb / (ms * 1e-3):8.0f} GB/s", flush=True)
+            del t, weights
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1", help="comma-separated row counts (decode batch sizes)")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("sweep_fused_linear times kernels on a GPU; this machine has none", flush=True)
+        return 2
+    print(torch.cuda.get_device_name(), f"torch {torch.__version__} triton {triton.__version__}", flush=True)
+    results = sweep([int(r) for r in args.rows.split(",")])
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
