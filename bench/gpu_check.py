@@ -193,7 +193,7 @@ def summarise_model(results_dir: str) -> list[str]:
         groups = r.get("profile", {}).get("us_per_step_by_group")
         if groups:
             parts = ", ".join(f"{g} {us / 1e3:.3f}" for g, us in sorted(groups.items()))
-            lines.append(f"  decode step B={r['batch']} ({r['compressor']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
+            lines.append(f"  decode step B={r['batch']} ({r['compressor']}, {r['backend']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
                          f"({parts}) in {launches_per_step(r['profile']):g} launches vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
     return lines
 

@@ -28,12 +28,14 @@ BATCHES = (1, 8, 32)
 NEW_TOKENS = 128
 # (backend, decode mode), the most telling first in case the time budget runs out; the eager reference
 # reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow).
-# "triton-fused": the kernels with LLMConfig.fuse_decode_projections (decode projections as
-# fused_linear kernels instead of cuBLAS plus a norm or activation kernel)
+# "triton-fused": the kernels with LLMConfig.fuse_decode_projections (a one-sequence step's
+# projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel); batched
+# steps run as "triton" with it, so it is timed at B=1 alone (ONE_SEQUENCE_RUNS)
 RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton", "eager"), ("reference", "eager"),
         ("triton", "compile"))  # fmt: skip
 # a run's backend -> (the model's backend, fuse_decode_projections)
 BACKENDS = {"triton": ("triton", False), "triton-fused": ("triton", True), "reference": ("reference", False)}
+ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"),)
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
@@ -41,7 +43,7 @@ COMPRESSORS = ("mlp", "none")
 # where a decode step's device time goes: profiled for these batches and runs (compressor mlp; the
 # profile itself times eager steps of the run's model)
 PROFILED_BATCHES = (1, 8)
-PROFILED_RUNS = (("triton", "eager"), ("triton-fused", "cuda_graph"))
+PROFILED_RUNS = (("triton", "eager"), ("triton-fused", "cuda_graph"))  # the latter at B=1 alone
 PROFILE_STEPS = 8
 GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
@@ -192,10 +194,10 @@ def step_seconds(stats: dict) -> float:
 def schedule(batches, runs) -> list[tuple[int, str, tuple[str, str]]]:
     """(batch, compressor, (backend, decode)) in the order they run: for each batch both compressors
     side by side (a spent budget never leaves one without the other), every run but LAST_RUNS; then
-    LAST_RUNS for every batch."""
+    LAST_RUNS for every batch. ONE_SEQUENCE_RUNS run at B=1 alone."""
     passes = ([r for r in runs if r not in LAST_RUNS], [r for r in runs if r in LAST_RUNS])
     return [(batch, compressor, run) for pass_runs in passes for batch in batches for compressor in COMPRESSORS
-            for run in pass_runs]  # fmt: skip
+            for run in pass_runs if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
 
 
 def markdown(rows: list[dict]) -> str:

@@ -118,7 +118,7 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent")  # fmt: skip
     assert summary[1].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
-    assert "  decode step B=8 (mlp): device kernels 1.050 ms (aurora 0.150, gemm 0.900) in 141 launches vs floor 1.000 ms" in summary
+    assert "  decode step B=8 (mlp, triton): device kernels 1.050 ms (aurora 0.150, gemm 0.900) in 141 launches vs floor 1.000 ms" in summary
 
 
 def test_decode_floor_counts_weights_and_cache():
@@ -231,6 +231,9 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     order = model_e2e.schedule((1, 8), runs)
     assert order[:3] == [(1, "mlp", run) for run in runs[:3]]
     assert order[-4:] == [(b, c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
+    # the fused projections cover one-sequence steps: a batch's fused run would repeat "triton"
+    fused = ("triton-fused", "cuda_graph")
+    assert model_e2e.schedule((1, 8), (fused,)) == [(1, c, fused) for c in ("mlp", "none")]
     checkpoints = []
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, new_tokens=4,
                          dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)))  # fmt: skip

@@ -129,8 +129,9 @@ class AuroraEdgeV(nn.Module):
         return self
 
     def set_fused_decode_projections(self, enabled: bool) -> "AuroraEdgeV":
-        """Switch LLMConfig.fuse_decode_projections: decode steps run each projection with the op that
-        feeds it as one kernel (rms_norm_linear, linear, silu_and_mul_linear), weights unchanged."""
+        """Switch LLMConfig.fuse_decode_projections (on by default): one-sequence decode steps run
+        each projection with the op that feeds it as one kernel (rms_norm_linear, linear,
+        silu_and_mul_linear), weights unchanged; batched steps run cuBLAS either way."""
         if bool(enabled) == self.config.llm.fuse_decode_projections:
             return self
         llm = dataclasses.replace(self.config.llm, fuse_decode_projections=bool(enabled))

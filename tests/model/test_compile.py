@@ -11,12 +11,14 @@ from torch._inductor.utils import run_and_get_code
 import aurora_kernels as ak
 from aurora_kernels.testing import assert_parity, check_cuda_graph
 from tests.catalogue import cuda_only
-from tests.model.test_model import requests, tiny_model
+from tests.model.test_model import PROMPT_LENGTHS, requests, tiny_model
 
 
 def _prefilled(model, device, gen, page_size=None):
-    """A KV cache holding the prefill of 3 requests of different lengths, and a next token for each."""
-    pixel_values, ids = requests(model, device, gen)
+    """A KV cache holding the prefill of 3 requests of different lengths (one request with
+    fuse_decode_projections, which covers one-sequence steps), and a next token for each."""
+    one_sequence = model.config.llm.fuse_decode_projections
+    pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2] if one_sequence else PROMPT_LENGTHS)
     _, kv = model.prefill(pixel_values, ids, 4, cache="paged" if page_size else "contiguous", page_size=page_size or 16)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
     return kv, tokens

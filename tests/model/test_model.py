@@ -68,7 +68,8 @@ def test_generation_with_cache_matches_recompute(compressor, cache, device, gen)
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} logits")
 
 
-# mlp with LLMConfig.fuse_decode_projections: the decode steps' projections as fused_linear kernels
+# mlp with LLMConfig.fuse_decode_projections, one request: its decode steps' projections as
+# fused_linear kernels (batched steps keep cuBLAS: test_batched_decode_steps_keep_unfused_projections)
 @pytest.mark.parametrize("compressor, fused", [("mlp", True), ("pool", False), ("none", False)], ids=["mlp-fused", "pool", "none"])
 def test_triton_backend_matches_reference(compressor, fused, device, gen):
     """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference (unfused),
@@ -76,7 +77,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
     eager. Fused: each decode step's layer makes 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear
     calls (prefill keeps the unfused ops)."""
     model = tiny_model(device, compressor, backend="triton", fuse_decode_projections=fused)
-    pixel_values, ids = requests(model, device, gen)
+    pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2] if fused else PROMPT_LENGTHS)
     new_tokens, layers = 4, model.config.llm.num_layers
     with ak.count_calls() as calls:
         tokens, logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, cache="paged", return_logits=True)
@@ -93,9 +94,22 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
     model.set_backend("reference").set_fused_decode_projections(False)
     ref_tokens, ref_logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, return_logits=True)
     assert tokens == ref_tokens
-    for b in range(3):
+    for b in range(len(ids)):
         assert_parity(logits[b], ref_logits[b].double(), torch.float32, f"request {b} triton vs reference")
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} cache vs recompute")
+
+
+def test_batched_decode_steps_keep_unfused_projections(device, gen):
+    """fuse_decode_projections covers one-sequence steps (the GEMV); a batch's steps run cuBLAS and
+    the separate ops, where the fused ops' tensor-core tiles were slower on the H200."""
+    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=True)
+    pixel_values, ids = requests(model, device, gen)
+    _, kv = model.prefill(pixel_values, ids, 1)
+    tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
+    with ak.count_calls() as calls:
+        model.decode_step(tokens, kv)
+    assert not {op for op, _ in calls} & set(FUSED_PROJECTIONS), calls
+    assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
 
 
 def test_eos_stops_each_request(device, gen):
