@@ -2,12 +2,13 @@
 whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
 270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks what the tests
-left of the run's 540 s (--run-budget) less 120 s kept for the model, 150 s at least (cases
-interleaved over the ops, the rest listed as skipped), then the end-to-end model all that is left,
-120 s at least. While the tests run, bench.warm compiles what the benchmarks will run on the
+left of the run's 540 s (--run-budget) less 120 s kept for the model and 45 s for the sweep, 150 s
+at least (cases interleaved over the ops, the rest listed as skipped), then the fused_linear tile
+sweep (bench.sweep_fused_linear at B=1: every GEMV tile with cold weights, against the autotuned
+op and cuBLAS), then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm compiles what the benchmarks will run on the
 cores the tests leave free, and it is stopped before the first timing, so the budgets go to timing
-rather than to compiling. `--phases tests`, `--phases ops`, `--phases model` split it over several
-device calls when a run needs more.
+rather than to compiling. `--phases tests`, `--phases ops,sweep`, `--phases model` split it over
+several device calls when a run needs more.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -37,6 +39,8 @@ RUN_BUDGET_S = 540
 MIN_OPS_BUDGET_S = 150.0
 # the model's share, reserved before the op benchmarks start; it then gets all the run has left
 MIN_MODEL_BUDGET_S = 120.0
+# the fused_linear tile sweep (bench.sweep_fused_linear, B=1, cold weights), reserved likewise
+SWEEP_BUDGET_S = 45.0
 
 
 def _child_env(**extra) -> dict:
@@ -198,14 +202,28 @@ def summarise_model(results_dir: str) -> list[str]:
     return lines
 
 
-PHASES = ("tests", "ops", "model")
+def run_sweep(results_dir: str) -> list[str]:
+    """The fused_linear tile sweep at B=1 into fused-linear-sweep.json; the summary's lines for it."""
+    from bench import harness, sweep_fused_linear
+
+    try:
+        results = sweep_fused_linear.sweep([1], budget_s=SWEEP_BUDGET_S)
+    except Exception as exc:  # the rest of the record stands
+        return [f"  fused_linear tile sweep failed: {harness.error_text(exc)}"]
+    with open(os.path.join(results_dir, "fused-linear-sweep.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return ["  fused_linear tile sweep (B=1, cold weights, graph replay):",
+            *[f"    {line}" for line in sweep_fused_linear.summary_lines(results)]]  # fmt: skip
+
+
+PHASES = ("tests", "ops", "sweep", "model")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
     parser.add_argument("--phases", default=",".join(PHASES),
-                        help="comma-separated subset of tests,ops,model (one device call each fits its 10 minutes)")
+                        help="comma-separated subset of tests,ops,sweep,model (one device call each fits its 10 minutes)")
     parser.add_argument("--run-budget", type=float, default=RUN_BUDGET_S,
                         help="seconds for all the phases together (a device call's limit less start-up and archive)")
     parser.add_argument("--ops-budget", type=float, help=f"seconds for the op benchmarks (default: what is left of "
@@ -236,7 +254,7 @@ def main(argv=None) -> int:
         if args.archive:
             archive(results_dir, args.archive)
 
-    timing = "ops" in phases or "model" in phases
+    timing = bool({"ops", "sweep", "model"} & set(phases))
     warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
@@ -247,16 +265,22 @@ def main(argv=None) -> int:
     if warm_up is not None:
         warm_up_summary = finish_warm_up(warm_up, results_dir, start)
         print(f"{warm_up_summary} ({time.time() - start:.0f} s); log in {results_dir}/warm-up.log", flush=True)
-    rows, model_error = [], None
+    rows, model_error, sweep_lines = [], None, []
     if timing:
         device, facts, ceilings, results_dir = run.gpu_context(results_dir)
         if "ops" in phases:
             ops_budget = args.ops_budget
             if ops_budget is None:
                 model_budget = (args.model_budget or MIN_MODEL_BUDGET_S) if "model" in phases else 0.0
-                ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget)
+                sweep_budget = SWEEP_BUDGET_S if "sweep" in phases else 0.0
+                ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget - sweep_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
             rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, ops_budget)
+            save_archive()
+        if "sweep" in phases:
+            print(f"fused_linear tile sweep: {SWEEP_BUDGET_S:.0f} s budget", flush=True)
+            sweep_lines = run_sweep(results_dir)
+            print("\n".join(sweep_lines), flush=True)
             save_archive()
         if "model" in phases:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))
@@ -285,6 +309,7 @@ def main(argv=None) -> int:
     skipped = sum("skipped" in r for r in rows)
     if skipped:
         lines.append(f"  {skipped} op cases not timed (time budget, or an error building them): see results.md")
+    lines += sweep_lines
     lines += [f"  model end to end failed: {model_error}"] if model_error else summarise_model(results_dir)
     with open(os.path.join(results_dir, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")

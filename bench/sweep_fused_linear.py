@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -59,36 +61,59 @@ def cold_copies(weight: torch.Tensor) -> list[torch.Tensor]:
     return [weight] + [weight.clone() for _ in range(count - 1)]
 
 
-def sweep(rows_list, dtype=torch.bfloat16, device="cuda") -> list[dict]:
-    results = []
+def _timed_impls(prologue: str, t: dict, prologue_index: int, kind: str):
+    """(name, role, fn(weight)) for each candidate tile, the autotuned op and the unfused baseline."""
+    x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
+    for config in _GPU_CONFIGS[kind]:
+        yield (f"{kind} {config}", "candidate",
+               lambda w, c=config: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=c))  # fmt: skip
+    if prologue == "none":
+        yield "autotuned", "autotuned", lambda w: ak.linear(x, w, bias)
+        yield "cuBLAS", "baseline", lambda w: F.linear(x, w, bias)
+    elif prologue == "rms_norm":
+        yield "autotuned", "autotuned", lambda w: ak.rms_norm_linear(x, norm_weight, w, bias, residual=residual)
+        yield "unfused (ours + cuBLAS)", "baseline", lambda w: _ours_unfused("rms_norm")(x, norm_weight, w, bias, residual=residual)
+    else:
+        yield "autotuned", "autotuned", lambda w: ak.silu_and_mul_linear(x, w, bias)
+        yield "unfused (ours + cuBLAS)", "baseline", lambda w: _ours_unfused("silu_and_mul")(x, w, bias)
+
+
+def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math.inf) -> list[dict]:
+    """A row per (projection, rows, implementation). A projection is started only while budget_s has
+    not run out; those left get one row each with "skipped"."""
+    results, start = [], time.time()
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         weight_gb = out_features * in_features * torch.finfo(dtype).bits / 8 / 1e9
         for rows in rows_list:
+            row = {"projection": where, "K": in_features, "N": out_features, "rows": rows}
+            if time.time() - start > budget_s:
+                results.append({**row, "skipped": f"time budget of {budget_s:.0f} s spent"})
+                continue
             t = projection_inputs(prologue, in_features, out_features, has_residual, has_bias, rows, dtype, device)
-            prologue_index = PROLOGUES.index(prologue)
             weights = cold_copies(t["weight"])
-            x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
-            timed = {}
-            kind = _launcher_kind(rows, dtype)
-            for config in _GPU_CONFIGS[kind]:
-                timed[f"{kind} {config}"] = graph_median_ms(
-                    lambda w, c=config: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=c), weights)
-            if prologue == "none":
-                timed["autotuned"] = graph_median_ms(lambda w: ak.linear(x, w, bias), weights)
-                timed["cuBLAS"] = graph_median_ms(lambda w: F.linear(x, w, bias), weights)
-            elif prologue == "rms_norm":
-                timed["autotuned"] = graph_median_ms(lambda w: ak.rms_norm_linear(x, norm_weight, w, bias, residual=residual), weights)
-                timed["unfused (ours + cuBLAS)"] = graph_median_ms(
-                    lambda w: _ours_unfused("rms_norm")(x, norm_weight, w, bias, residual=residual), weights)
-            else:
-                timed["autotuned"] = graph_median_ms(lambda w: ak.silu_and_mul_linear(x, w, bias), weights)
-                timed["unfused (ours + cuBLAS)"] = graph_median_ms(lambda w: _ours_unfused("silu_and_mul")(x, w, bias), weights)
-            for name, ms in timed.items():
-                results.append({"projection": where, "K": in_features, "N": out_features, "rows": rows, "impl": name,
-                                "us": ms * 1e3, "weight_gb_per_s": weight_gb / (ms * 1e-3)})  # fmt: skip
+            for name, role, fn in _timed_impls(prologue, t, PROLOGUES.index(prologue), _launcher_kind(rows, dtype)):
+                ms = graph_median_ms(fn, weights)
+                results.append({**row, "impl": name, "role": role, "us": ms * 1e3, "weight_gb_per_s": weight_gb / (ms * 1e-3)})
                 print(f"{where:42s} M={rows:<3d} {name:32s} {ms * 1e3:8.2f} us {weight_gb / (ms * 1e-3):8.0f} GB/s", flush=True)
             del t, weights
     return results
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    """A line per (projection, rows): the best candidate tile, the autotuned op and the baseline."""
+    lines = []
+    for key in dict.fromkeys((r["projection"], r["rows"]) for r in results):
+        group = [r for r in results if (r["projection"], r["rows"]) == key]
+        head = f"{key[0]} M={key[1]}: "
+        if "skipped" in group[0]:
+            lines.append(head + group[0]["skipped"])
+            continue
+        best = min((r for r in group if r["role"] == "candidate"), key=lambda r: r["us"])
+        autotuned = next(r for r in group if r["role"] == "autotuned")
+        baseline = next(r for r in group if r["role"] == "baseline")
+        lines.append(head + f"best tile {best['impl']} {best['us']:.1f} us ({best['weight_gb_per_s']:.0f} GB/s), "
+                     f"autotuned {autotuned['us']:.1f} us, {baseline['impl']} {baseline['us']:.1f} us")  # fmt: skip
+    return lines
 
 
 def main(argv=None) -> int:
@@ -101,6 +126,7 @@ def main(argv=None) -> int:
         return 2
     print(torch.cuda.get_device_name(), f"torch {torch.__version__} triton {triton.__version__}", flush=True)
     results = sweep([int(r) for r in args.rows.split(",")])
+    print("\n".join(summary_lines(results)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "results": results}, f, indent=1)

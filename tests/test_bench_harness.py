@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 
-from bench import gpu_check, harness, run
+from aurora_kernels.ops import fused_linear
+from bench import gpu_check, harness, run, sweep_fused_linear
 
 
 def test_every_case_has_a_registered_op_and_a_floor():
@@ -328,7 +329,7 @@ def test_gpu_check_rejects_unknown_phases(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main(["--phases", "tests,plots"])
     assert exit_info.value.code == 2
-    assert "--phases: expected a subset of tests,ops,model, got tests,plots" in capsys.readouterr().err
+    assert "--phases: expected a subset of tests,ops,sweep,model, got tests,plots" in capsys.readouterr().err
 
 
 def _smallest_case_index(op: str) -> int:
@@ -454,25 +455,63 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
         budgets.append(budget_s)
         raise RuntimeError("CUDA out of memory")  # building the model failed: the rest of the record stands
 
+    def sweep(rows_list, budget_s):
+        budgets.append(budget_s)
+        row = {"projection": "o_proj", "K": 1536, "N": 1536, "rows": 1, "weight_gb_per_s": 1000.0}
+        return [{**row, "impl": "gemv (8, 512, 4, 1)", "role": "candidate", "us": 3.0},
+                {**row, "impl": "autotuned", "role": "autotuned", "us": 3.5},
+                {**row, "impl": "cuBLAS", "role": "baseline", "us": 6.0}]  # fmt: skip
+
     ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(run, "gpu_context", lambda d: (torch.device("cpu"), {"name": "Stand-in GPU"}, ceilings, d))
     monkeypatch.setattr(run, "run_gpu_ops", run_gpu_ops)
     monkeypatch.setattr(run, "run_gpu_model", run_gpu_model)
-    code = gpu_check.main(["--phases", "ops,model", "--results-dir", str(results), "--archive", str(archive)])
+    monkeypatch.setattr(sweep_fused_linear, "sweep", sweep)
+    code = gpu_check.main(["--phases", "ops,sweep,model", "--results-dir", str(results), "--archive", str(archive)])
     assert code == 0
-    # the ops leave the model its share; the model then gets what the ops left (they were quick here)
-    ops_budget, model_budget = budgets
-    assert gpu_check.MIN_OPS_BUDGET_S <= ops_budget <= gpu_check.RUN_BUDGET_S - gpu_check.MIN_MODEL_BUDGET_S
+    # the ops leave the sweep and the model their shares; the model then gets what was left (all quick here)
+    ops_budget, sweep_budget, model_budget = budgets
+    assert gpu_check.MIN_OPS_BUDGET_S <= ops_budget <= gpu_check.RUN_BUDGET_S - gpu_check.MIN_MODEL_BUDGET_S - sweep_budget
+    assert sweep_budget == gpu_check.SWEEP_BUDGET_S
     assert gpu_check.RUN_BUDGET_S - 60 <= model_budget <= gpu_check.RUN_BUDGET_S
     summary = (results / "summary.txt").read_text()
     assert "  tests on CUDA: not run (--phases) (exit 0)" in summary and "  compile warm-up: " in summary
     assert "  rms_norm             1 cases; vs best peer 2.00x..2.00x" in summary
+    assert ("    o_proj M=1: best tile gemv (8, 512, 4, 1) 3.0 us (1000 GB/s), autotuned 3.5 us, cuBLAS 6.0 us\n"
+            in summary)  # fmt: skip
     assert "  model end to end failed: RuntimeError: CUDA out of memory" in summary
     assert summary in capsys.readouterr().out
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    assert {f"results/{n}" for n in ("results.json", "results.md", "rms_norm.png", "summary.txt", "warm-up.log")} <= names
+    expected = ("results.json", "results.md", "rms_norm.png", "summary.txt", "warm-up.log", "fused-linear-sweep.json")
+    assert {f"results/{n}" for n in expected} <= names
+
+
+def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch):
+    """bench.sweep_fused_linear's own code on small projections, the timer stood in for: a row per tile,
+    the autotuned op and the baseline, each of which runs; a spent budget skips a projection."""
+    monkeypatch.setattr(sweep_fused_linear, "MODEL_PROJECTIONS", (("qkv", "rms_norm", 64, 24, True, True), ("o_proj", "none", 64, 16, False, False)))
+    monkeypatch.setattr(sweep_fused_linear, "cold_copies", lambda weight: [weight, weight.clone()])
+    calls = []
+
+    def graph_median_ms(fn, weights):
+        for w in weights:
+            fn(w)  # each implementation runs, on each weight copy
+        calls.append(len(weights))
+        return 0.001 * len(calls)
+
+    monkeypatch.setattr(sweep_fused_linear, "graph_median_ms", graph_median_ms)
+    results = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type)
+    tiles = len(fused_linear._GPU_CONFIGS["gemv"])
+    assert len(results) == 2 * (tiles + 2) and calls == [2] * len(results)
+    assert [r["role"] for r in results[: tiles + 2]] == ["candidate"] * tiles + ["autotuned", "baseline"]
+    lines = sweep_fused_linear.summary_lines(results)
+    assert lines[0] == f"qkv M=1: best tile gemv {fused_linear._GPU_CONFIGS['gemv'][0]} 1.0 us ({results[0]['weight_gb_per_s']:.0f} GB/s), " \
+                       f"autotuned {tiles + 1:.1f} us, unfused (ours + cuBLAS) {tiles + 2:.1f} us"
+    assert lines[1].startswith("o_proj M=1: ") and lines[1].endswith(f", cuBLAS {2 * tiles + 4:.1f} us")
+    skipped = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type, budget_s=-1.0)
+    assert sweep_fused_linear.summary_lines(skipped) == ["qkv M=1: time budget of -1 s spent", "o_proj M=1: time budget of -1 s spent"]
 
 
 def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
