@@ -107,6 +107,8 @@ def compile_one(cfg: KernelConfig) -> dict:
     row["tensor_core"] = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if re.search(r"\bmma\.sync", ptx) else "none")
     # 16-byte global loads: vector loads, or the async copies to shared memory that pipelined tiles use
     row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
+    # programmatic dependent launch (USE_PDL): the grid dependency wait must be in the code
+    row["grid_dependency_wait"] = "griddepcontrol.wait" in ptx
     try:
         log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
@@ -153,6 +155,8 @@ def problems(row: dict) -> list[str]:
         found.append("tl.dot did not become a tensor-core instruction")
     if row.get("vector_loads") == 0:
         found.append("no vectorised global load: every load is one element wide")
+    if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
+        found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
     return found
 
 

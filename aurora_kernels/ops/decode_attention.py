@@ -57,6 +57,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import cdiv, pow2_at_least, stride_multiple
+from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
 PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -112,11 +113,12 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
     batch = tl.program_id(2)
+    wait_for_previous_kernel(USE_PDL)  # all it reads (lengths, q, caches) a kernel before it wrote
     cached = tl.load(cache_seqlens_ptr + batch)
     total = cached + APPEND
     # splits are whole BLOCK_N tiles, so only a split's last tile is ragged
@@ -248,8 +250,10 @@ def _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, row, num_kv_splits,
 
 @triton.jit
 def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_splits,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+                         USE_PDL: tl.constexpr):  # fmt: skip
     """Stage 2: one program per (b, query head)."""
+    wait_for_previous_kernel(USE_PDL)
     _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, tl.program_id(0).to(tl.int64), num_kv_splits,
                 HEAD_DIM, BLOCK_D, BLOCK_S)  # fmt: skip
 
@@ -434,6 +438,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     merge_here = merge_in_last_split and not single_split
     counters = _split_counters(q.device, batch * heads_kv) if merge_here else cache_seqlens  # unused without
+    pdl = pdl_options(q.device)
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
         cos, sin, partial_out, partial_lse, out, counters,
@@ -446,12 +451,12 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
         MERGE_IN_LAST_SPLIT=merge_here, BLOCK_S=min(pow2_at_least(num_kv_splits), MERGE_CHUNK) if merge_here else 1,
-        **config,
+        **config, **pdl,
     )  # fmt: skip
     if not single_split and not merge_here:
         _decode_merge_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, num_kv_splits,
-            HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits),
+            HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits), **pdl,
         )  # fmt: skip
     return out
 
@@ -479,7 +484,10 @@ def _compile_configs():
             # rotary only with an append; the model's decode appends, its tables in the model's dtype
             for append, rotary in ((False, False), (True, False), (True, True)):
                 # the merge in the last split (experimental): for the model's call, contiguous cache
-                splits = ("split", "1 split") + (("split, merged in the last",) if (append, rotary, paged) == (True, True, False) else ())
+                # and the model's call with programmatic dependent launch (bf16, the model's dtype)
+                model_call = (append, rotary, paged) == (True, True, False)
+                splits = ("split", "1 split") + (("split, merged in the last",) if model_call else ())
+                splits += ("split, PDL",) if model_call and dtype == torch.bfloat16 else ()
                 for split in splits:
                     merge_here = split == "split, merged in the last"
                     configs += configs_per_dtype(
@@ -488,13 +496,16 @@ def _compile_configs():
                               f"{' +append' if append else ''}{' +rotary' if rotary else ''} {split}",
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
-                                    "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1},
+                                    "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1,
+                                    "USE_PDL": split == "split, PDL"},
                         aligned=aligned, uses_dot=dtype != torch.float32, **launch,
                     )  # fmt: skip
-        configs += configs_per_dtype(
-            (dtype,), op="decode_attention", kernel=_decode_merge_kernel, shape="merge of up to 128 splits, D 128",
-            signature={"partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*T", "num_kv_splits": "i32"},
-            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS},
-            aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1,
-        )  # fmt: skip
+        for use_pdl in (False, True) if dtype == torch.bfloat16 else (False,):
+            configs += configs_per_dtype(
+                (dtype,), op="decode_attention", kernel=_decode_merge_kernel,
+                shape=f"merge of up to 128 splits, D 128{', PDL' if use_pdl else ''}",
+                signature={"partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*T", "num_kv_splits": "i32"},
+                constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS, "USE_PDL": use_pdl},
+                aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1,
+            )  # fmt: skip
     return configs

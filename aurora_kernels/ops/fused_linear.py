@@ -62,6 +62,7 @@ from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple
+from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 
 # The prologue constexpr: what the kernel applies to x before the product; the public op of each.
 PROLOGUES = ("none", "rms_norm", "silu_and_mul")
@@ -90,6 +91,42 @@ def _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_
 
 
 @triton.jit
+def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask, k,
+                 in_features, pid_n, inv_rms, sum_squares,
+                 PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_DOT: tl.constexpr):  # fmt: skip
+    """Columns k of the product's input, the prologue applied, for the programs' rows; and the
+    GEMV's running sum of squares (rms_norm: it applies 1/rms after its loop)."""
+    k_mask = k < in_features
+    mask = row_mask[:, None] & k_mask[None, :]
+    if PROLOGUE == 1:
+        norm_weight = tl.load(norm_weight_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
+        h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
+        if USE_DOT:
+            a = h * inv_rms[:, None] * norm_weight[None, :]
+        else:
+            sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+            a = h * norm_weight[None, :]
+    elif PROLOGUE == 2:
+        gate = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + x_rows[:, None] + in_features + k[None, :], mask=mask, other=0.0).to(tl.float32)
+        a = gate * tl.sigmoid(gate) * up
+    else:
+        a = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0)
+    return a, sum_squares
+
+
+@triton.jit
+def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """The tensor-core path: acc [BLOCK_M, BLOCK_N] += a @ w.T. The GEMV: a [1, BLOCK_K] broadcast
+    over the weight tile into acc [BLOCK_N, BLOCK_K], 2-D, with no reduction inside the loop."""
+    if USE_DOT:
+        acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
+    else:
+        acc += w.to(tl.float32) * a.to(tl.float32)
+    return acc
+
+
+@triton.jit
 def _fused_linear_kernel(
     x_ptr, residual_ptr, norm_weight_ptr, weight_ptr, bias_ptr, out_ptr, residual_out_ptr,
     num_rows, in_features, out_features,
@@ -97,7 +134,7 @@ def _fused_linear_kernel(
     res_outer_stride, res_inner_size, res_inner_stride,
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
@@ -110,11 +147,21 @@ def _fused_linear_kernel(
     weight_rows = weight_ptr + cols.to(tl.int64)[:, None] * weight_row_stride
     dtype = out_ptr.dtype.element_ty
 
+    # Under PDL (ops/_pdl.py) the GEMV loads its first weight tile before waiting for the kernel
+    # before it (weights are not written during a decode step) and makes its first step after the
+    # wait; the tensor-core path waits first.
+    k_first = 0
+    if USE_PDL and not USE_DOT:
+        k = tl.arange(0, BLOCK_K)
+        first_weight_tile = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+    wait_for_previous_kernel(USE_PDL)
+
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
     # input rounded to the input dtype before its first product (as the unfused rms_norm writes it),
     # so it makes a first pass over the rows for their norms. The GEMV keeps its input in fp32 and
     # applies 1/rms after its loop: it streams the weight from its first step, with no pass before.
     sum_squares = tl.zeros((BLOCK_M,), tl.float32)
+    inv_rms = sum_squares  # read by the tensor-core path's rms_norm prologue only
     if PROLOGUE == 1 and USE_DOT:
         for k_start in range(0, in_features, BLOCK_K):
             k = k_start + tl.arange(0, BLOCK_K)
@@ -126,32 +173,21 @@ def _fused_linear_kernel(
     if USE_DOT:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:  # BLOCK_M == 1: each lane keeps its own products in fp32, reduced over K once, after the loop
-        partial_products = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-    for k_start in range(0, in_features, BLOCK_K):
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    if USE_PDL and not USE_DOT:
+        a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
+                                      tl.arange(0, BLOCK_K), in_features, pid_n, inv_rms, sum_squares,
+                                      PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
+        acc = _accumulate(acc, a, first_weight_tile, dtype, USE_DOT, DOT_IN_FP32)
+        k_first = BLOCK_K
+    for k_start in range(k_first, in_features, BLOCK_K):
         k = k_start + tl.arange(0, BLOCK_K)
-        k_mask = k < in_features
-        mask = row_mask[:, None] & k_mask[None, :]
-        if PROLOGUE == 1:
-            norm_weight = tl.load(norm_weight_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-            if USE_DOT:
-                a = h * inv_rms[:, None] * norm_weight[None, :]
-            else:
-                sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
-                a = h * norm_weight[None, :]
-        elif PROLOGUE == 2:
-            gate = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + x_rows[:, None] + in_features + k[None, :], mask=mask, other=0.0).to(tl.float32)
-            a = gate * tl.sigmoid(gate) * up
-        else:
-            a = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0)
-        w = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-        if USE_DOT:
-            acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
-        else:  # a [1, BLOCK_K] broadcast over the weight tile: 2-D, no reduction inside the loop
-            partial_products += w.to(tl.float32) * a.to(tl.float32)
+        a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
+                                      k, in_features, pid_n, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
+        w = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+        acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
     if not USE_DOT:
-        acc = tl.sum(partial_products, axis=1)[None, :]
+        acc = tl.sum(acc, axis=1)[None, :]
         if PROLOGUE == 1:
             acc *= tl.rsqrt(sum_squares / in_features + eps)[:, None]
 
@@ -304,6 +340,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
         "BLOCK_M": block_m,
+        **pdl_options(x.device),
     }  # fmt: skip
     row_blocks = cdiv(num_rows, block_m)
     if config is not None:
@@ -332,14 +369,15 @@ MODEL_PROJECTIONS = (
 @register_compile_configs
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
-    dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode)."""
+    dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode); and with programmatic
+    dependent launch (USE_PDL) in bf16, the model's dtype: the GEMV, and the tensor-core path at 16."""
     configs = []
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes = {"gemv": FLOAT_DTYPES, "dot_half": (torch.float16, torch.bfloat16), "dot_fp32": (torch.float32,)}[kind]
             for block_m in (1,) if kind == "gemv" else (16, MAX_BLOCK_M):
                 for block_n, block_k, warps, stages in candidates:
-                    for dtype in dtypes:
+                    for dtype, use_pdl in [(d, False) for d in dtypes] + [(torch.bfloat16, True)] * (kind != "dot_fp32" and block_m < MAX_BLOCK_M):
                         configs += configs_per_dtype(
                             (dtype,),
                             op=PROLOGUE_OPS[prologue],
@@ -355,7 +393,7 @@ def _compile_configs():
                             },  # fmt: skip
                             constexprs={"PROLOGUE": PROLOGUES.index(prologue), "HAS_RESIDUAL": has_residual,
                                         "HAS_BIAS": has_bias, "USE_DOT": kind != "gemv",
-                                        "DOT_IN_FP32": dtype == torch.float32,
+                                        "DOT_IN_FP32": dtype == torch.float32, "USE_PDL": use_pdl,
                                         "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},  # fmt: skip
                             num_warps=warps,
                             num_stages=stages,

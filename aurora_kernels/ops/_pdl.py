@@ -1,0 +1,74 @@
+"""Programmatic dependent launch (PDL, Hopper and later): the kernels of a batch-1 decode step start
+while the kernel before them finishes.
+
+A batch-1 decode step is ~170 short kernels (a few us each); each pays its launch, its blocks'
+start-up and the latency of its first weight loads with the GPU half idle. With PDL the next kernel
+is launched early; its programs do what depends on no earlier kernel (index math, and in the GEMV
+the first weight tile: weights are never written during a decode step) and then wait in
+`gdc_wait` until the kernel before has finished and its writes are visible. Every program must
+reach `gdc_wait` before it reads or writes anything another kernel of the step touches (inputs,
+outputs, caches, lengths): the output buffer it writes may be memory the kernel before still
+reads. Each PDL kernel also calls `gdc_launch_dependents` after its wait, so at most two kernels
+overlap.
+
+Off by default: it has not run on a GPU yet. `set_programmatic_dependent_launch(True)` (or
+AURORA_PDL=1) turns it on for the kernels that take it: fused_linear and decode_attention, the
+chain of a fused batch-1 decode step. It launches so on CUDA devices of compute capability 9 or
+more. Under the interpreter the kernels take their PDL path with the waits left out (it has no
+grid dependency control, and runs each kernel after the one before anyway), so the CPU tests
+check that path's arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from aurora_kernels.ops._autotune import INTERPRETER
+
+_enabled = os.environ.get("AURORA_PDL", "0") == "1"
+
+
+def set_programmatic_dependent_launch(enabled: bool) -> None:
+    """Launch fused_linear and decode_attention with programmatic dependent launch (process-wide).
+    Launches made before the change keep their setting: a captured CUDA graph replays as captured."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def programmatic_dependent_launch() -> bool:
+    return _enabled
+
+
+@functools.lru_cache(maxsize=None)
+def _supports_pdl(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl_options(device: torch.device) -> dict:
+    """The launch's USE_PDL constexpr and, on a GPU, Triton's launch_pdl option."""
+    if not _enabled:
+        return {"USE_PDL": False}
+    if INTERPRETER:
+        return {"USE_PDL": True}
+    if device.type == "cuda" and _supports_pdl(device.index if device.index is not None else torch.cuda.current_device()):
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
+
+
+_INTERPRETED = tl.constexpr(INTERPRETER)
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+    """Under PDL: wait until the kernel before has finished (its writes visible), then let the next
+    kernel launch. Every program calls it before touching another kernel's data. Without PDL, or
+    under the interpreter, nothing."""
+    if USE_PDL and not _INTERPRETED:
+        gdc_wait()
+        gdc_launch_dependents()

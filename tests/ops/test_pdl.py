@@ -1,0 +1,97 @@
+"""Programmatic dependent launch (ops/_pdl.py): the switch, the ops that take it giving the
+reference's answer with it on, and (on a GPU) a decode chain replayed from a CUDA graph under PDL
+giving bit for bit what it gives without. A missing or misplaced grid dependency wait is a race:
+a kernel reading its input before the kernel before has written it."""
+
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.ops import reference
+from aurora_kernels.ops._pdl import pdl_options
+from aurora_kernels.testing import check_op, randn
+from tests.catalogue import cuda_only
+
+
+@pytest.fixture
+def pdl_on():
+    before = ak.programmatic_dependent_launch()
+    ak.set_programmatic_dependent_launch(True)
+    yield
+    ak.set_programmatic_dependent_launch(before)
+
+
+def test_the_switch_launches_with_pdl_on_hopper_and_later(pdl_on, device):
+    """On a GPU of sm_90+: the PDL path and launch option. Under the interpreter: the PDL path, its
+    waits left out (the next test checks its arithmetic there). Off: neither."""
+    assert ak.programmatic_dependent_launch()
+    if device.type == "cpu":
+        assert pdl_options(device) == {"USE_PDL": True}
+    elif torch.cuda.get_device_capability(device)[0] >= 9:
+        assert pdl_options(device) == {"USE_PDL": True, "launch_pdl": True}
+        assert pdl_options(torch.device("cpu")) == {"USE_PDL": False}
+    ak.set_programmatic_dependent_launch(False)
+    assert pdl_options(device) == {"USE_PDL": False}
+
+
+def test_the_ops_that_take_it_match_the_reference_with_it_on(pdl_on, device, gen):
+    """The GEMV (its first step peeled off the loop, its weight tile read before the wait), the
+    tensor-core tiles, and decode attention's split and merge kernels, each on its PDL path."""
+    dtype = torch.bfloat16
+    for rows in (1, 3):
+        x, residual = randn((rows, 300), dtype, device, gen), randn((rows, 300), dtype, device, gen)
+        norm_weight = randn((300,), dtype, device, gen, scale=0.5, shift=1.0)
+        weight, bias = randn((100, 300), dtype, device, gen, scale=300**-0.5), randn((100,), dtype, device, gen)
+        check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, weight, bias, 1e-6, residual)
+    seqlens = torch.tensor([70, 0, 33], dtype=torch.int32, device=device)
+    q = randn((3, 1, 12, 64), dtype, device, gen)
+    k_cache, v_cache = (randn((3, 96, 2, 64), dtype, device, gen) for _ in range(2))
+    check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, num_kv_splits=4)
+
+
+@cuda_only
+def test_a_decode_chain_under_pdl_replays_bit_for_bit_like_without(pdl_on, device, gen):
+    """Four layers of a one-sequence decode step (norm + qkv GEMV, decode attention appending to its
+    cache, o_proj, norm + gate_up, SwiGLU + down_proj), each kernel reading the one before's output,
+    captured in a CUDA graph with PDL and replayed 50 times: every replay equals the same chain run
+    eagerly without PDL, bit for bit (the same kernels and tiles, so no rounding differs)."""
+    dtype, hidden, heads_q, heads_kv, head_dim, inter = torch.bfloat16, 256, 4, 2, 64, 512
+    layers = [
+        {
+            "norm1": randn((hidden,), dtype, device, gen, scale=0.1, shift=1.0),
+            "qkv": randn(((heads_q + 2 * heads_kv) * head_dim, hidden), dtype, device, gen, scale=hidden**-0.5),
+            "o": randn((hidden, heads_q * head_dim), dtype, device, gen, scale=(heads_q * head_dim) ** -0.5),
+            "norm2": randn((hidden,), dtype, device, gen, scale=0.1, shift=1.0),
+            "gate_up": randn((2 * inter, hidden), dtype, device, gen, scale=hidden**-0.5),
+            "down": randn((hidden, inter), dtype, device, gen, scale=inter**-0.5),
+            "k_cache": randn((1, 512, heads_kv, head_dim), dtype, device, gen),
+            "v_cache": randn((1, 512, heads_kv, head_dim), dtype, device, gen),
+        }
+        for _ in range(4)
+    ]
+    x0 = randn((1, 1, hidden), dtype, device, gen)
+    seqlens = torch.tensor([300], dtype=torch.int32, device=device)
+
+    def step():
+        x, residual = x0, torch.zeros_like(x0)
+        for w in layers:
+            qkv, residual = ak.rms_norm_linear(x, w["norm1"], w["qkv"], None, 1e-6, residual)
+            q, k, v = qkv.view(1, 1, -1, head_dim).split([heads_q, heads_kv, heads_kv], dim=2)
+            attn = ak.decode_attention(q, w["k_cache"], w["v_cache"], seqlens, k, v, num_kv_splits=8)
+            o = ak.linear(attn.flatten(-2), w["o"])
+            gate_up, residual = ak.rms_norm_linear(o, w["norm2"], w["gate_up"], None, 1e-6, residual)
+            x = ak.silu_and_mul_linear(gate_up, w["down"])
+        return x + residual
+
+    ak.set_programmatic_dependent_launch(False)
+    expected = step()
+    ak.set_programmatic_dependent_launch(True)
+    step()  # compiles the PDL kernels outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for replay in range(50):
+        captured.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, expected), f"replay {replay} differs from the chain without PDL"
