@@ -178,8 +178,8 @@ def summarise_model(results_dir: str) -> list[str]:
         group = {(r["backend"], r["decode"]): r for r in rows if (r["compressor"], r["batch"]) == key}
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
-        # the fused run, where the record has it (records before it do not)
-        fused = [("triton-fused", "cuda_graph")] if ("triton-fused", "cuda_graph") in group else []
+        # the fused runs (B=1), where the record has them (records before them do not)
+        fused = [run for run in (("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph")) if run in group]
         for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *fused]:
             r = group.get((backend, mode), {})
             label = mode if backend == "triton" else f"{mode} {backend}"

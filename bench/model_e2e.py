@@ -22,6 +22,7 @@ from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
+from aurora_kernels import programmatic_dependent_launch, set_programmatic_dependent_launch
 from bench.harness import error_text
 
 BATCHES = (1, 8, 32)
@@ -31,11 +32,13 @@ NEW_TOKENS = 128
 # "triton-fused": the kernels with LLMConfig.fuse_decode_projections (a one-sequence step's
 # projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel); batched
 # steps run as "triton" with it, so it is timed at B=1 alone (ONE_SEQUENCE_RUNS)
-RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton", "eager"), ("reference", "eager"),
-        ("triton", "compile"))  # fmt: skip
-# a run's backend -> (the model's backend, fuse_decode_projections)
-BACKENDS = {"triton": ("triton", False), "triton-fused": ("triton", True), "reference": ("reference", False)}
-ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"),)
+# "triton-fused-pdl": the same with programmatic dependent launch (ops/_pdl.py; off by default).
+RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph"), ("triton", "eager"),
+        ("reference", "eager"), ("triton", "compile"))  # fmt: skip
+# a run's backend -> (the model's backend, fuse_decode_projections, programmatic dependent launch)
+BACKENDS = {"triton": ("triton", False, False), "triton-fused": ("triton", True, False),
+            "triton-fused-pdl": ("triton", True, True), "reference": ("reference", False, False)}  # fmt: skip
+ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph"))
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
@@ -126,59 +129,64 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
     model = model.to(dtype).eval()
     rows, requests_of = [], None
-    for batch, compressor, (backend, decode) in schedule(batches, runs):
-        if requests_of != (batch, compressor):
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if compressor != model.config.compressor.kind:
-                model.replace_compressor(compressor)
-            lengths = prompt_lengths(batch)
-            pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
-            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
-            requests_of = (batch, compressor)
-        row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
-               "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
-        rows.append(row)
-        # the table's order, whatever the schedule's
-        rows.sort(key=lambda r: (batches.index(r["batch"]), COMPRESSORS.index(r["compressor"]),
-                                 runs.index((r["backend"], r["decode"]))))  # fmt: skip
-        if time.time() - start > budget_s:
-            row["skipped"] = f"time budget of {budget_s:.0f} s spent"
-            continue
-        model_backend, fused = BACKENDS[backend]
-        model.set_backend(model_backend).set_fused_decode_projections(fused)
-        try:
-            # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
-            # compiled step guarded on other shapes would recompile inside the timing, and
-            # kernels specialised on other cache sizes would JIT-compile (or autotune) there. The
-            # eager reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
-            warm_up_tokens = new_tokens if model_backend == "triton" else min(new_tokens, 2)
-            model.generate(pixel_values, prompts, warm_up_tokens, decode=decode)
-            if not timed:
+    pdl_before = programmatic_dependent_launch()
+    try:
+        for batch, compressor, (backend, decode) in schedule(batches, runs):
+            if requests_of != (batch, compressor):
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if compressor != model.config.compressor.kind:
+                    model.replace_compressor(compressor)
+                lengths = prompt_lengths(batch)
+                pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
+                floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
+                requests_of = (batch, compressor)
+            row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
+                   "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
+            rows.append(row)
+            # the table's order, whatever the schedule's
+            rows.sort(key=lambda r: (batches.index(r["batch"]), COMPRESSORS.index(r["compressor"]),
+                                     runs.index((r["backend"], r["decode"]))))  # fmt: skip
+            if time.time() - start > budget_s:
+                row["skipped"] = f"time budget of {budget_s:.0f} s spent"
                 continue
-            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-            _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
-            if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
-                raise RuntimeError("torch.compile compiled a graph inside the timed run")
-        except Exception as exc:  # reported in the row; one failing configuration does not stop the run
-            row["error"] = error_text(exc)
-            continue
-        per_step = step_seconds(stats)
-        row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
-                   request_ms=(stats["prefill_s"] + stats["decode_s"]) * 1e3,
-                   tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
-        if "graph_setup_s" in stats:
-            row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
-        print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
-              f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
-              flush=True)  # fmt: skip
-        if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
+            model_backend, fused, pdl = BACKENDS[backend]
+            model.set_backend(model_backend).set_fused_decode_projections(fused)
+            set_programmatic_dependent_launch(pdl)
             try:
-                row["profile"] = profile_decode(model, pixel_values, prompts)
-            except Exception as exc:  # the timing stands without it
-                row["profile"] = {"error": error_text(exc)}
-        if checkpoint is not None:
-            checkpoint(rows)
+                # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
+                # compiled step guarded on other shapes would recompile inside the timing, and
+                # kernels specialised on other cache sizes would JIT-compile (or autotune) there. The
+                # eager reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
+                warm_up_tokens = new_tokens if model_backend == "triton" else min(new_tokens, 2)
+                model.generate(pixel_values, prompts, warm_up_tokens, decode=decode)
+                if not timed:
+                    continue
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+                _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
+                if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+                    raise RuntimeError("torch.compile compiled a graph inside the timed run")
+            except Exception as exc:  # reported in the row; one failing configuration does not stop the run
+                row["error"] = error_text(exc)
+                continue
+            per_step = step_seconds(stats)
+            row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
+                       request_ms=(stats["prefill_s"] + stats["decode_s"]) * 1e3,
+                       tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
+            if "graph_setup_s" in stats:
+                row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
+            print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
+                  f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
+                  flush=True)  # fmt: skip
+            if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
+                try:
+                    row["profile"] = profile_decode(model, pixel_values, prompts)
+                except Exception as exc:  # the timing stands without it
+                    row["profile"] = {"error": error_text(exc)}
+            if checkpoint is not None:
+                checkpoint(rows)
+    finally:  # the setting is process-wide: leave it as it was
+        set_programmatic_dependent_launch(pdl_before)
     return rows
 
 
