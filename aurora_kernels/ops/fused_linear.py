@@ -25,9 +25,11 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   narrow column blocks (BLOCK_N 4..16), so even down_proj's N = 1536 makes hundreds of programs.
   Each lane keeps its own products in a [BLOCK_N, BLOCK_K] fp32 tile, summed over K once after the
   loop: the loop is loads and FMAs only (the first version reduced at every step: 1.37 ms of a
-  batch-1 step on the H200, against 1.13 ms now). The rms_norm's 1/rms is a common factor of a row's products, applied after
-  the loop: one pass. On the H200 the GEMVs made a batch-1 decode step 1.50 ms against 1.69 with
-  cuBLAS and the separate ops.
+  batch-1 step on the H200, against 1.13 ms now). The rms_norm's 1/rms is a common factor of a
+  row's products, applied after the loop: one pass. On the H200 the GEMVs made a batch-1 decode
+  step 1.50 ms against 1.69 with cuBLAS and the separate ops. Under programmatic dependent launch
+  (ops/_pdl.py, off by default) its first step is peeled off the loop, so that its weight tile is
+  read before the wait for the kernel before.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
