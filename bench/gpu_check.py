@@ -5,9 +5,9 @@ one-screen summary last. Budgets keep the whole run under the device's 10 minute
 left of the run's 540 s (--run-budget) less 120 s kept for the model and 45 s for the sweep, 150 s
 at least (cases interleaved over the ops, the rest listed as skipped), then the fused_linear tile
 sweep (bench.sweep_fused_linear at B=1: every GEMV tile with cold weights, against the autotuned
-op and cuBLAS), then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm compiles what the benchmarks will run on the
-cores the tests leave free, and it is stopped before the first timing, so the budgets go to timing
-rather than to compiling. `--phases tests`, `--phases ops,sweep`, `--phases model` split it over
+op and cuBLAS), then the end-to-end model all that is left, 120 s at least. While the tests run,
+bench.warm compiles what the benchmarks will run on the cores the tests leave free, and it is
+stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases tests`, `--phases ops,sweep`, `--phases model` split it over
 several device calls when a run needs more.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]

@@ -205,10 +205,10 @@ def _fused_linear_kernel(
 # sweep on the H200 (bench/sweep_fused_linear.py; bench/results/nvidia-h200/gemv-probe/), each best
 # or within 3% of best at one projection: qkv 4x1024/4 warps (3.8 us), o_proj 8x512/4 (2.6 us),
 # gate_up 8x256/2 and 16x512/4 (18.7, 18.8 us), down_proj 8x1024/8 (6.9 us); 1- and 2-column tiles
-# were slower everywhere, and 4x2048/8 (as fast at o_proj) spills in fp32 under Triton 3.6. The loop has no dot, so Triton does not pipeline it (stages 1): a
-# program's bytes in flight are one [BLOCK_N, BLOCK_K] tile, and occupancy does the rest. The
-# tensor-core tiles lost to cuBLAS at 8 and 32 rows (the model keeps cuBLAS there; see
-# model/llm.py). Each compiles without spills at every projection under Triton 3.6 and 3.9 (the
+# were slower everywhere, and 4x2048/8 (as fast at o_proj) spills in fp32 under Triton 3.6. The
+# loop has no dot, so Triton does not pipeline it (stages 1): a program's bytes in flight are one
+# [BLOCK_N, BLOCK_K] tile, and occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8
+# and 32 rows (the model keeps cuBLAS there; see model/llm.py). Each compiles without spills at every projection under Triton 3.6 and 3.9 (the
 # compile report checks); of the tensor-core tiles tried, 16x256 with 3 or 4 stages, 32x128,
 # 64x128 with 4 warps and 128x64 spilled somewhere.
 _GPU_CONFIGS = {
@@ -379,7 +379,8 @@ def _compile_configs():
             dtypes = {"gemv": FLOAT_DTYPES, "dot_half": (torch.float16, torch.bfloat16), "dot_fp32": (torch.float32,)}[kind]
             for block_m in (1,) if kind == "gemv" else (16, MAX_BLOCK_M):
                 for block_n, block_k, warps, stages in candidates:
-                    for dtype, use_pdl in [(d, False) for d in dtypes] + [(torch.bfloat16, True)] * (kind != "dot_fp32" and block_m < MAX_BLOCK_M):
+                    pdl_variants = [(torch.bfloat16, True)] if kind != "dot_fp32" and block_m < MAX_BLOCK_M else []
+                    for dtype, use_pdl in [(d, False) for d in dtypes] + pdl_variants:
                         configs += configs_per_dtype(
                             (dtype,),
                             op=PROLOGUE_OPS[prologue],
