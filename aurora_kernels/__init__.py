@@ -9,7 +9,8 @@ from aurora_kernels._validation import set_value_checks, value_checks
 from aurora_kernels.ops import reference
 from aurora_kernels.ops.attention import attention, attention_varlen
 from aurora_kernels.ops.decode_attention import decode_attention
-from aurora_kernels.ops._pdl import programmatic_dependent_launch, set_programmatic_dependent_launch
+from aurora_kernels.ops._pdl import (programmatic_dependent_launch, set_programmatic_dependent_launch,
+                                     using_programmatic_dependent_launch)  # fmt: skip
 from aurora_kernels.ops.fused_linear import linear, rms_norm_linear, silu_and_mul_linear
 from aurora_kernels.ops.gelu_tanh import gelu_tanh
 from aurora_kernels.ops.layer_norm import layer_norm
@@ -26,4 +27,4 @@ __version__ = "0.1.0"
 OPS = tuple(reference.__all__)
 
 __all__ = [*OPS, "RMSNorm", "count_calls", "set_value_checks", "value_checks", "OPS", "programmatic_dependent_launch",
-           "set_programmatic_dependent_launch"]  # fmt: skip
+           "set_programmatic_dependent_launch", "using_programmatic_dependent_launch"]  # fmt: skip

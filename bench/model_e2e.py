@@ -22,7 +22,7 @@ from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
-from aurora_kernels import programmatic_dependent_launch, set_programmatic_dependent_launch
+from aurora_kernels import programmatic_dependent_launch, set_programmatic_dependent_launch, using_programmatic_dependent_launch
 from bench.harness import error_text
 
 BATCHES = (1, 8, 32)
@@ -129,8 +129,7 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
     model = model.to(dtype).eval()
     rows, requests_of = [], None
-    pdl_before = programmatic_dependent_launch()
-    try:
+    with using_programmatic_dependent_launch(programmatic_dependent_launch()):  # each run sets it; restored after
         for batch, compressor, (backend, decode) in schedule(batches, runs):
             if requests_of != (batch, compressor):
                 if device.type == "cuda":
@@ -185,8 +184,6 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                     row["profile"] = {"error": error_text(exc)}
             if checkpoint is not None:
                 checkpoint(rows)
-    finally:  # the setting is process-wide: leave it as it was
-        set_programmatic_dependent_launch(pdl_before)
     return rows
 
 

@@ -21,6 +21,7 @@ check that path's arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -43,6 +44,17 @@ def set_programmatic_dependent_launch(enabled: bool) -> None:
 
 def programmatic_dependent_launch() -> bool:
     return _enabled
+
+
+@contextlib.contextmanager
+def using_programmatic_dependent_launch(enabled: bool):
+    """set_programmatic_dependent_launch(enabled) inside the block; the setting before it after."""
+    before = _enabled
+    set_programmatic_dependent_launch(enabled)
+    try:
+        yield
+    finally:
+        set_programmatic_dependent_launch(before)
 
 
 @functools.lru_cache(maxsize=None)

@@ -136,10 +136,5 @@ def test_inductor_updates_the_cache_in_place(page_size, device, gen):
 def test_decode_step_cuda_graph(fused, pdl, device, gen):
     """The eager step (without PDL) against its replay from a CUDA graph (with PDL where asked)."""
     _, _, step, tokens, expected = _decode_step_and_expected(device, gen, fused=fused)
-    before = ak.programmatic_dependent_launch()
-    ak.set_programmatic_dependent_launch(pdl)
-    try:
-        with torch.no_grad():
-            check_cuda_graph(step, (tokens,), expected, torch.bfloat16, "decode step")
-    finally:
-        ak.set_programmatic_dependent_launch(before)
+    with ak.using_programmatic_dependent_launch(pdl), torch.no_grad():
+        check_cuda_graph(step, (tokens,), expected, torch.bfloat16, "decode step")

@@ -15,10 +15,8 @@ from tests.catalogue import cuda_only
 
 @pytest.fixture
 def pdl_on():
-    before = ak.programmatic_dependent_launch()
-    ak.set_programmatic_dependent_launch(True)
-    yield
-    ak.set_programmatic_dependent_launch(before)
+    with ak.using_programmatic_dependent_launch(True):
+        yield
 
 
 def test_the_switch_launches_with_pdl_on_hopper_and_later(pdl_on, device):
