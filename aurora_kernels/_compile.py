@@ -18,7 +18,9 @@ class KernelConfig:
 
     signature: the kernel's runtime arguments, name -> Triton type ("*bf16", "i32", "i64", "fp32");
     constexprs: the constexpr arguments; aligned: arguments the launcher's runtime specialisation
-    would see as divisible by 16 (pointers from the caching allocator, strides of aligned rows).
+    would see as divisible by 16 (pointers from the caching allocator, strides of aligned rows);
+    uses_dot: its tl.dot must become tensor-core instructions; barrier_free_loops: its loops must
+    hold no barrier (a stream over memory whose every step would otherwise wait for the block).
     """
 
     op: str
@@ -30,6 +32,7 @@ class KernelConfig:
     num_stages: int
     aligned: tuple = ()
     uses_dot: bool = False
+    barrier_free_loops: bool = False
 
 
 def pointer_type(dtype) -> str:

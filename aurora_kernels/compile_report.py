@@ -6,9 +6,10 @@ the launcher uses. This module compiles each one with `triton.compile(..., GPUTa
 reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags this Triton really
 builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
 in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
-shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX)
-and whether global loads are 16 bytes wide. It catches what the interpreter lets through (dot tiles
-under 16, shared memory over the limit, spills).
+shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX),
+whether global loads are 16 bytes wide and how many barriers the loops hold. It catches what the
+interpreter lets through (dot tiles under 16, shared memory over the limit, spills, a barrier at
+every step of a GEMV's loop).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
@@ -75,6 +76,22 @@ def _assemble_again(ptx: str, cfg: KernelConfig) -> str:
     return printed.getvalue()
 
 
+def loop_barriers(ptx: str) -> int:
+    """The bar.sync instructions inside the PTX's loops: the lines from a label to a branch back to
+    it. A barrier in a loop is a reduction or a layout conversion through shared memory at every
+    step; in a kernel that streams memory, each one holds a warp's next loads until the block is there."""
+    lines = ptx.splitlines()
+    label_lines, in_loops = {}, set()
+    for index, line in enumerate(lines):
+        label = re.match(r"^(\$L__BB\w+):", line)
+        if label:
+            label_lines[label.group(1)] = index
+        branch = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\w+);", line)
+        if branch and branch.group(1) in label_lines:
+            in_loops.update(range(label_lines[branch.group(1)], index))
+    return sum("bar.sync" in lines[index] for index in in_loops)
+
+
 def compile_one(cfg: KernelConfig) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -88,6 +105,7 @@ def compile_one(cfg: KernelConfig) -> dict:
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
         "uses_dot": cfg.uses_dot,
+        "barrier_free_loops": cfg.barrier_free_loops,
     }
     names = cfg.kernel.arg_names
     signature = {name: ("constexpr" if name in cfg.constexprs else cfg.signature[name]) for name in names}
@@ -109,6 +127,7 @@ def compile_one(cfg: KernelConfig) -> dict:
     row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
     # programmatic dependent launch (USE_PDL): the grid dependency wait must be in the code
     row["grid_dependency_wait"] = "griddepcontrol.wait" in ptx
+    row["loop_barriers"] = loop_barriers(ptx)
     try:
         log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
@@ -155,6 +174,8 @@ def problems(row: dict) -> list[str]:
         found.append("tl.dot did not become a tensor-core instruction")
     if row.get("vector_loads") == 0:
         found.append("no vectorised global load: every load is one element wide")
+    if row.get("barrier_free_loops") and row.get("loop_barriers"):
+        found.append(f"{row['loop_barriers']} barriers (bar.sync) inside its loops, which must have none")
     if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
         found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
     return found
@@ -162,8 +183,8 @@ def problems(row: dict) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads | loop barriers | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -172,13 +193,13 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-                f"| - | - | - | - | - | {status} |"
+                f"| - | - | - | - | - | - | {status} |"
             )
             continue
         tc = r["tensor_core"] if r["uses_dot"] else "n/a"
         lines.append(
             f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {status} |"
+            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {r['loop_barriers']} | {status} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -48,6 +48,14 @@ def test_pdl_configs_wait_on_the_kernel_before_and_the_others_do_not(report):
     assert not any(r.get("grid_dependency_wait") for r in report["rows"] if not r["constexprs"].get("USE_PDL"))
 
 
+def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
+    """The one-row fused_linear tiles (the batch-1 decode step's projections) are checked for
+    barriers in their loop, and have none; the other kernels are not held to it."""
+    gemv = [r for r in report["rows"] if r["kernel"] == "_fused_linear_kernel" and not r["constexprs"]["USE_DOT"]]
+    assert gemv and all(r["barrier_free_loops"] and r["loop_barriers"] == 0 for r in gemv)
+    assert not any(r["barrier_free_loops"] for r in report["rows"] if r not in gemv)
+
+
 def test_stride_multiple_claims_only_what_holds():
     """STRIDE_MULTIPLE tells the compiler that row offsets are 16-byte multiples; a wrong claim would
     misalign vector loads on a GPU (the interpreter cannot notice), so the rule itself is tested."""
@@ -83,19 +91,31 @@ def huge_tile(x_ptr, out_ptr, TILE: tl.constexpr):
     tl.store(out_ptr + offsets, x * tl.sum(x, 0)[None, :] + tl.sum(x, 1)[:, None])
 
 
+@triton.jit
+def column_sums_in_loop(x_ptr, out_ptr, num_tiles, TILE: tl.constexpr):
+    offsets = tl.arange(0, TILE)[:, None] * TILE + tl.arange(0, TILE)[None, :]
+    total = tl.zeros((TILE,), tl.float32)
+    for tile in range(0, num_tiles):
+        total += tl.sum(tl.load(x_ptr + tile * TILE * TILE + offsets).to(tl.float32), 0)
+    tl.store(out_ptr + tl.arange(0, TILE), total.to(tl.float16))
+
+
 signature = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
 rows = [
     compile_one(KernelConfig("small dot", "8x8", small_dot, signature, {"TILE": 8}, 4, 1, uses_dot=True)),
     compile_one(KernelConfig("huge tile", "128x128 on one warp", huge_tile, signature, {"TILE": 128}, 1, 1)),
+    compile_one(KernelConfig("reduction in a loop", "64x64 tiles on 4 warps", column_sums_in_loop,
+                             {**signature, "num_tiles": "i32"}, {"TILE": 64}, 4, 1, barrier_free_loops=True)),
 ]
 json.dump([problems(row) for row in rows], sys.stdout)
 '''
 
 
-def test_the_check_fails_on_a_dot_under_16_and_on_a_spill(tmp_path):
+def test_the_check_fails_on_a_dot_under_16_a_spill_and_a_barrier_in_a_loop(tmp_path):
     """What the interpreter accepts but sm_90 does not: an 8x8 tl.dot (the compiler wants M, N, K >= 16)
-    is a "does not compile" row; a 128x128 fp16 tile on one warp (512 values a thread) spills. The check
-    that passes on the shipped configs would fail on these."""
+    is a "does not compile" row; a 128x128 fp16 tile on one warp (512 values a thread) spills; a sum
+    across warps at every step of a loop puts barriers in it, which a GEMV config may not have. The
+    check that passes on the shipped configs would fail on these."""
     import json
     import subprocess
     import sys
@@ -107,6 +127,7 @@ def test_the_check_fails_on_a_dot_under_16_and_on_a_spill(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    small_dot, huge_tile = json.loads(result.stdout.strip().splitlines()[-1])
+    small_dot, huge_tile, reduction_in_loop = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(small_dot) == 1 and small_dot[0].startswith("does not compile"), small_dot
     assert any(p.startswith("spills") for p in huge_tile), huge_tile
+    assert any("barriers (bar.sync) inside its loops" in p for p in reduction_in_loop), reduction_in_loop

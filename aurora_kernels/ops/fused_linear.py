@@ -22,14 +22,19 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   cheaper than a launch. The programs of the first column block also write h = x + residual, the
   residual stream's next value.
 - One row (batch-1 decode, USE_DOT False): a GEMV on the FMA units in fp32, BLOCK_M = 1. It allows
-  narrow column blocks (BLOCK_N 4..16), so even down_proj's N = 1536 makes hundreds of programs.
-  Each lane keeps its own products in a [BLOCK_N, BLOCK_K] fp32 tile, summed over K once after the
-  loop: the loop is loads and FMAs only (the first version reduced at every step: 1.37 ms of a
-  batch-1 step on the H200, against 1.13 ms now). The rms_norm's 1/rms is a common factor of a
-  row's products, applied after the loop: one pass. On the H200 the GEMVs made a batch-1 decode
-  step 1.50 ms against 1.69 with cuBLAS and the separate ops. Under programmatic dependent launch
-  (ops/_pdl.py, off by default) its first step is peeled off the loop, so that its weight tile is
-  read before the wait for the kernel before.
+  narrow column blocks (BLOCK_N 2..8), so even down_proj's N = 1536 makes hundreds of programs.
+  Each lane keeps its own products (and the rms_norm's squares) in a [BLOCK_N, BLOCK_K] fp32 tile,
+  summed over K once after the loop; each warp owns whole 256-column slabs of the tile, the input
+  chunk's own layout; and each step loads its weight tile before its input chunk. So the loop is
+  loads and FMAs only, with no barrier (the compile report checks), and its weight loads do not wait
+  for the input's. The rms_norm's 1/rms is a common factor of a row's products, applied after the
+  loop: one pass. History, on the H200: the first version reduced at every step (1.37 ms of
+  a batch-1 step); the second summed the products once but kept barriers in its loop (2 a step for
+  the squares' sum at qkv and gate_up; 2 more at 4 of its 5 tiles, which sent the input chunk to the
+  weight tile's layout through shared memory) and loaded its weights after its input: 1.13 ms, and
+  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version is not timed yet. Under programmatic
+  dependent launch (ops/_pdl.py, off by default) its first step is peeled off the loop, so that its
+  weight tile is read before the wait for the kernel before.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
@@ -82,14 +87,13 @@ def _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL: tl.con
 
 
 @triton.jit
-def _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL: tl.constexpr):
-    """Each row's sum of h^2 over columns k; the programs of column block 0 also write h there (the
-    residual stream's next value, contiguous [rows, K])."""
+def _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL: tl.constexpr):
+    """The programs of column block 0 write h = x + residual at columns k (the residual stream's
+    next value, contiguous [rows, K])."""
     if HAS_RESIDUAL:
         if pid_n == 0:
             residual_out = residual_out_ptr + rows.to(tl.int64)[:, None] * in_features + k[None, :]
             tl.store(residual_out, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
-    return tl.sum(h * h, axis=1)
 
 
 @triton.jit
@@ -106,15 +110,24 @@ def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows,
         if USE_DOT:
             a = h * inv_rms[:, None] * norm_weight[None, :]
         else:
-            sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+            _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+            sum_squares += h * h
             a = h * norm_weight[None, :]
     elif PROLOGUE == 2:
         gate = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
         up = tl.load(x_ptr + x_rows[:, None] + in_features + k[None, :], mask=mask, other=0.0).to(tl.float32)
-        a = gate * tl.sigmoid(gate) * up
+        if USE_DOT:
+            a = gate * tl.sigmoid(gate) * up
+        else:  # the same value: in the other order, ptxas 13 spilled 4 bytes of the 4-row GEMV tiles
+            a = gate * up * tl.sigmoid(gate)
     else:
         a = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0)
     return a, sum_squares
+
+
+@triton.jit
+def _weight_tile(weight_rows, k, col_mask, in_features):
+    return tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
 
 
 @triton.jit
@@ -155,26 +168,32 @@ def _fused_linear_kernel(
     k_first = 0
     if USE_PDL and not USE_DOT:
         k = tl.arange(0, BLOCK_K)
-        first_weight_tile = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+        first_weight_tile = _weight_tile(weight_rows, k, col_mask, in_features)
     wait_for_previous_kernel(USE_PDL)
 
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
     # input rounded to the input dtype before its first product (as the unfused rms_norm writes it),
     # so it makes a first pass over the rows for their norms. The GEMV keeps its input in fp32 and
     # applies 1/rms after its loop: it streams the weight from its first step, with no pass before.
-    sum_squares = tl.zeros((BLOCK_M,), tl.float32)
-    inv_rms = sum_squares  # read by the tensor-core path's rms_norm prologue only
-    if PROLOGUE == 1 and USE_DOT:
-        for k_start in range(0, in_features, BLOCK_K):
-            k = k_start + tl.arange(0, BLOCK_K)
-            mask = row_mask[:, None] & (k < in_features)[None, :]
-            h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-            sum_squares += _sum_squares_writing_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
-        inv_rms = tl.rsqrt(sum_squares / in_features + eps)
-
     if USE_DOT:
+        sum_squares = tl.zeros((BLOCK_M,), tl.float32)
+        inv_rms = sum_squares  # read by the rms_norm prologue only
+        if PROLOGUE == 1:
+            for k_start in range(0, in_features, BLOCK_K):
+                k = k_start + tl.arange(0, BLOCK_K)
+                mask = row_mask[:, None] & (k < in_features)[None, :]
+                h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
+                _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+                sum_squares += tl.sum(h * h, axis=1)
+            inv_rms = tl.rsqrt(sum_squares / in_features + eps)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    else:  # BLOCK_M == 1: each lane keeps its own products in fp32, reduced over K once, after the loop
+    else:
+        # BLOCK_M == 1. The loop is loads and FMAs only: each lane keeps its own products (and the
+        # rms_norm's squares) in fp32 and they are summed over K once, after the loop. A reduction
+        # inside it would put barriers between one weight tile's loads and the next, and would give
+        # the input chunk a layout of its own, converted through shared memory at every step.
+        sum_squares = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+        inv_rms = tl.zeros((BLOCK_M,), tl.float32)  # unused: the GEMV applies 1/rms after its loop
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     if USE_PDL and not USE_DOT:
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
@@ -184,14 +203,20 @@ def _fused_linear_kernel(
         k_first = BLOCK_K
     for k_start in range(k_first, in_features, BLOCK_K):
         k = k_start + tl.arange(0, BLOCK_K)
+        # The GEMV loads its weight tile first, so that it is in flight while the input chunk comes
+        # from L2 and its prologue is computed: loaded after them, it waited for them (and for the
+        # residual store between). The tensor-core path is pipelined, and loading first spilled there.
+        if not USE_DOT:
+            w = _weight_tile(weight_rows, k, col_mask, in_features)
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       k, in_features, pid_n, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
-        w = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+        if USE_DOT:
+            w = _weight_tile(weight_rows, k, col_mask, in_features)
         acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
     if not USE_DOT:
         acc = tl.sum(acc, axis=1)[None, :]
         if PROLOGUE == 1:
-            acc *= tl.rsqrt(sum_squares / in_features + eps)[:, None]
+            acc *= tl.rsqrt(tl.sum(sum_squares, axis=1) / in_features + eps)[:, None]
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -201,18 +226,22 @@ def _fused_linear_kernel(
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
 # the rows' block and the prologue. "gemv": one row on the FMA units; "dot_half": fp16/bf16 rows on
-# tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units). The GEMV tiles are the best of a
-# sweep on the H200 (bench/sweep_fused_linear.py; bench/results/nvidia-h200/gemv-probe/), each best
-# or within 3% of best at one projection: qkv 4x1024/4 warps (3.8 us), o_proj 8x512/4 (2.6 us),
-# gate_up 8x256/2 and 16x512/4 (18.7, 18.8 us), down_proj 8x1024/8 (6.9 us); 1- and 2-column tiles
-# were slower everywhere, and 4x2048/8 (as fast at o_proj) spills in fp32 under Triton 3.6. The
-# loop has no dot, so Triton does not pipeline it (stages 1): a program's bytes in flight are one
-# [BLOCK_N, BLOCK_K] tile, and occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8
-# and 32 rows (the model keeps cuBLAS there; see model/llm.py). Each compiles without spills at every projection under Triton 3.6 and 3.9 (the
-# compile report checks); of the tensor-core tiles tried, 16x256 with 3 or 4 stages, 32x128,
-# 64x128 with 4 warps and 128x64 spilled somewhere.
+# tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units).
+# The GEMV tiles each give every warp a whole [BLOCK_N, 256] slab of the tile (BLOCK_K = 256 x warps:
+# 32 lanes x 16 bytes in bf16/fp16, twice over in fp32). Then the input chunk's natural layout is the
+# weight tile's: the loop needs no layout conversion and no barrier (the compile report checks
+# `loop_barriers`). Narrower BLOCK_K per warp splits a tile's rows over the warps instead, and the
+# input chunk went through shared memory at every step, behind 2 to 4 barriers: so it was for 4 of
+# the 5 tiles the H200 sweep picked before (bench/results/nvidia-h200/gemv-probe/). More warps split
+# K within a program (more bytes in flight for the small-N projections: qkv, o_proj and down_proj
+# make only 192 to 256 programs of 8 columns); fewer columns make more programs. The loop has no
+# dot, so Triton does not pipeline it (stages 1): a warp's bytes in flight are its slab, and
+# occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8 and 32 rows (the model keeps
+# cuBLAS there; see model/llm.py). Each tile compiles without spills at every projection under
+# Triton 3.6 and 3.9 (the compile report checks); of the tensor-core tiles tried, 16x256 with 3 or
+# 4 stages, 32x128, 64x128 with 4 warps and 128x64 spilled somewhere.
 _GPU_CONFIGS = {
-    "gemv": ((4, 1024, 4, 1), (8, 512, 4, 1), (8, 256, 2, 1), (16, 512, 4, 1), (8, 1024, 8, 1)),
+    "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
     "dot_half": ((16, 256, 4, 2), (64, 128, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
@@ -405,5 +434,6 @@ def _compile_configs():
                                      "res_outer_stride", "weight_row_stride"),  # fmt: skip
                             # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
                             uses_dot=kind == "dot_half",
+                            barrier_free_loops=kind == "gemv",
                         )
     return configs
