@@ -220,8 +220,9 @@ def document(report: dict) -> str:
     return (
         "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
         "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
-        "per thread, spills, shared memory, whether the dots became tensor-core instructions, and how many "
-        f"16-byte global loads the PTX has.\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
+        "per thread, spills, shared memory, whether the dots became tensor-core instructions, how many "
+        "16-byte global loads the PTX has, and how many barriers (bar.sync) its loops hold: a GEMV's must "
+        f"hold none.\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
         + markdown(report["rows"])
     )
 
