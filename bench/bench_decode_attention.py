@@ -10,7 +10,6 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.model.layers import RotaryTables
-from aurora_kernels.ops import decode_attention as decode_attention_module
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
@@ -174,8 +173,8 @@ def _flash_attn_rotary_peer():
 
 def merged_in_last_split(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
     """The experimental launch whose last split program merges (one launch, not two)."""
-    return decode_attention_module._decode_attention_launch(q, k_cache, v_cache, seqlens, k, v, None, None, None,
-                                                            rotary_cos, rotary_sin, True)  # fmt: skip
+    return ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
+                               merge_in_last_split=True)
 
 
 PEERS_OF_THE_MODELS_CALL = {

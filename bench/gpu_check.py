@@ -168,6 +168,8 @@ def summarise_model(results_dir: str) -> list[str]:
     close the CUDA-graphed step comes to its floor."""
     import json
 
+    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, launches_per_step
+
     path = os.path.join(results_dir, "model-e2e.json")
     if not os.path.exists(path):
         return ["  model end to end: no results"]
@@ -179,7 +181,7 @@ def summarise_model(results_dir: str) -> list[str]:
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
         # the fused runs (B=1), where the record has them (records before them do not)
-        fused = [run for run in (("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph")) if run in group]
+        fused = [run for run in ONE_SEQUENCE_RUNS if run in group]
         for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *fused]:
             r = group.get((backend, mode), {})
             label = mode if backend == "triton" else f"{mode} {backend}"
@@ -189,8 +191,6 @@ def summarise_model(results_dir: str) -> list[str]:
             else:
                 cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
-    from bench.model_e2e import compressor_speedups, launches_per_step
-
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
     for r in rows:

@@ -32,13 +32,16 @@ NEW_TOKENS = 128
 # "triton-fused": the kernels with LLMConfig.fuse_decode_projections (a one-sequence step's
 # projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel); batched
 # steps run as "triton" with it, so it is timed at B=1 alone (ONE_SEQUENCE_RUNS)
-# "triton-fused-pdl": the same with programmatic dependent launch (ops/_pdl.py; off by default).
-RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph"), ("triton", "eager"),
-        ("reference", "eager"), ("triton", "compile"))  # fmt: skip
-# a run's backend -> (the model's backend, fuse_decode_projections, programmatic dependent launch)
-BACKENDS = {"triton": ("triton", False, False), "triton-fused": ("triton", True, False),
-            "triton-fused-pdl": ("triton", True, True), "reference": ("reference", False, False)}  # fmt: skip
-ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph"))
+# "triton-fused-pdl": the same with programmatic dependent launch (ops/_pdl.py; off by default);
+# "...-merge": with decode_attention's merge in the last split (one launch a layer instead of two;
+# off by default). These are the B=1 experiments toward #9's target; each costs seconds on a GPU.
+# a run's backend -> (the model's backend, fuse_decode_projections, programmatic dependent launch,
+# decode_merge_in_last_split)
+BACKENDS = {"triton": ("triton", False, False, False), "triton-fused": ("triton", True, False, False),
+            "triton-fused-pdl": ("triton", True, True, False), "triton-fused-merge": ("triton", True, False, True),
+            "triton-fused-pdl-merge": ("triton", True, True, True), "reference": ("reference", False, False, False)}  # fmt: skip
+ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if backend.startswith("triton-fused"))
+RUNS = (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS, ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
@@ -149,8 +152,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
             if time.time() - start > budget_s:
                 row["skipped"] = f"time budget of {budget_s:.0f} s spent"
                 continue
-            model_backend, fused, pdl = BACKENDS[backend]
-            model.set_backend(model_backend).set_fused_decode_projections(fused)
+            model_backend, fused, pdl, merge_in_last_split = BACKENDS[backend]
+            model.set_backend(model_backend).set_fused_decode_projections(fused).set_decode_merge_in_last_split(merge_in_last_split)
             set_programmatic_dependent_launch(pdl)
             try:
                 # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from bench import harness, run
+from bench import harness, model_e2e, run
 
 MODEL_TASK = "model"
 # each worker holds a CUDA context and a torch import (GBs of host memory): a bound, whatever the core
@@ -33,7 +33,7 @@ MODEL_TASK = "model"
 MAX_WORKERS = 8
 # the end-to-end runs that compile something: the Triton kernels at every shape the model meets (the
 # eager triton run launches the same ones) and the compiled decode steps; the reference compiles nothing
-MODEL_RUNS = (("triton", "cuda_graph"), ("triton-fused", "cuda_graph"), ("triton-fused-pdl", "cuda_graph"), ("triton", "compile"))
+MODEL_RUNS = (("triton", "cuda_graph"), *model_e2e.ONE_SEQUENCE_RUNS, ("triton", "compile"))
 # of the GPU's memory: the full preset's bf16 weights (4.4 GB), its caches and activations at B=32
 MODEL_MEMORY_FRACTION = 0.15
 
@@ -70,7 +70,6 @@ def warm_case(case: harness.Case, device: torch.device) -> list[str]:
 def warm_model(device: torch.device, **overrides) -> list[str]:
     """bench.model_e2e's runs that compile, untimed, in the timed run's order (`overrides` let the CPU
     tests use the tiny preset)."""
-    from bench import model_e2e
 
     torch._dynamo.reset()
     rows = model_e2e.run(device, {"copy_bandwidth": harness.H100_COPY_BANDWIDTH}, math.inf, runs=MODEL_RUNS,

@@ -132,9 +132,17 @@ class AuroraEdgeV(nn.Module):
         """Switch LLMConfig.fuse_decode_projections (on by default): one-sequence decode steps run
         each projection with the op that feeds it as one kernel (rms_norm_linear, linear,
         silu_and_mul_linear), weights unchanged; batched steps run cuBLAS either way."""
-        if bool(enabled) == self.config.llm.fuse_decode_projections:
+        return self._set_llm_option("fuse_decode_projections", enabled)
+
+    def set_decode_merge_in_last_split(self, enabled: bool) -> "AuroraEdgeV":
+        """Switch LLMConfig.decode_merge_in_last_split (experimental, off by default): decode steps
+        call decode_attention with merge_in_last_split, one launch a layer instead of two."""
+        return self._set_llm_option("decode_merge_in_last_split", enabled)
+
+    def _set_llm_option(self, name: str, enabled: bool) -> "AuroraEdgeV":
+        if bool(enabled) == getattr(self.config.llm, name):
             return self
-        llm = dataclasses.replace(self.config.llm, fuse_decode_projections=bool(enabled))
+        llm = dataclasses.replace(self.config.llm, **{name: bool(enabled)})
         self.config = dataclasses.replace(self.config, llm=llm)
         self.llm.cfg = llm
         self._compiled_decode_step = None  # traced with the other setting

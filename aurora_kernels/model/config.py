@@ -59,6 +59,9 @@ class LLMConfig:
     # there the ops' tensor-core tiles lost (B=8: 7.6 against 1.7 ms a step). bench/model_e2e.py
     # times both settings.
     fuse_decode_projections: bool = True
+    # decode_attention's merge_in_last_split (experimental, off): one launch a layer instead of two
+    # in a decode step whose attention splits; untimed on a GPU (bench/model_e2e.py times it at B=1).
+    decode_merge_in_last_split: bool = False
 
 
 @dataclass(frozen=True)

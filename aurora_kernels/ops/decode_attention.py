@@ -10,10 +10,12 @@ the cache once at full bandwidth:
 - Split-KV (flash-decoding): at small batch B * Hkv programs cannot fill the GPU, so stage 1 splits
   each sequence's cache over `num_kv_splits` programs that each write a normalised partial output and
   its log-sum-exp; stage 2 (`_decode_merge_kernel`) merges them. With one split, stage 1 writes the
-  final output and stage 2 is not launched. Experimental, not yet in the public op: the last split
-  program of each (b, KV head) to finish merges instead (an atomic counter), one launch a call
-  instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge launch, plus the
-  gap before it, 28 times. The benchmark times it as "ours, merge in the last split".
+  final output and stage 2 is not launched. Experimental, off by default (`merge_in_last_split`):
+  the last split program of each (b, KV head) to finish merges instead (an atomic counter), one
+  launch a call instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge
+  launch, plus the gap before it, 28 times. Race-free in 300 calls on the H200, not yet timed in a
+  CUDA graph: the op benchmark times it as "ours, merge in the last split", the model's as
+  "triton-fused-pdl-merge".
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
@@ -360,7 +362,7 @@ def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None, *, backend="triton",
+    rotary_cos=None, rotary_sin=None, *, merge_in_last_split=False, backend="triton",
 ):  # fmt: skip
     """Attention of one query token per sequence over its KV cache.
 
@@ -373,16 +375,23 @@ def decode_attention(
     or fp32; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
     position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
+    merge_in_last_split (experimental, off until a GPU has timed it; the same answer either way):
+    with more than one split, the last split program of each (b, KV head) to finish merges the
+    partials, through an atomic counter, instead of a second launch. The first such call on a device
+    allocates the counters: make one before capturing a CUDA graph. Calls on two streams at once
+    must not both use it.
     """
     check_backend(backend)
     _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
+    if not isinstance(merge_in_last_split, bool):
+        raise TypeError(f"merge_in_last_split: expected a bool, got {type(merge_in_last_split).__name__}")
     record_call("decode_attention", backend)
     if backend == "reference":
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
                                           rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
     check_triton_device("q", q)
     return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits,
-                                    rotary_cos, rotary_sin)  # fmt: skip
+                                    rotary_cos, rotary_sin, merge_in_last_split)  # fmt: skip
 
 
 # One int32 counter per (b, KV head) for the merge in the last split, per device: zero between calls
@@ -411,9 +420,8 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
     (rotated with q when the rotary tables are given) to the caches in place when given.
 
-    merge_in_last_split (experimental, off in the public op until a GPU has timed and race-tested it):
-    the last split program of each (b, KV head) to finish merges the partials itself, through an
-    atomic counter, so a split call is one launch instead of two."""
+    merge_in_last_split: the last split program of each (b, KV head) to finish merges the partials
+    itself, through an atomic counter, so a split call is one launch instead of two."""
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
@@ -483,13 +491,13 @@ def _compile_configs():
         for paged, page_size in ((False, 1), (True, 16), (True, 256)):
             # rotary only with an append; the model's decode appends, its tables in the model's dtype
             for append, rotary in ((False, False), (True, False), (True, True)):
-                # the merge in the last split (experimental): for the model's call, contiguous cache
-                # and the model's call with programmatic dependent launch (bf16, the model's dtype)
+                # the merge in the last split (experimental): for the model's call, contiguous cache;
+                # programmatic dependent launch, with and without it: the model's call in bf16 (its dtype)
                 model_call = (append, rotary, paged) == (True, True, False)
                 splits = ("split", "1 split") + (("split, merged in the last",) if model_call else ())
-                splits += ("split, PDL",) if model_call and dtype == torch.bfloat16 else ()
+                splits += ("split, PDL", "split, merged in the last, PDL") if model_call and dtype == torch.bfloat16 else ()
                 for split in splits:
-                    merge_here = split == "split, merged in the last"
+                    merge_here = split.startswith("split, merged in the last")
                     configs += configs_per_dtype(
                         (dtype,), op="decode_attention", kernel=_decode_split_kernel, signature=split_signature,
                         shape=f"Hq 12 Hkv 2 D 128 {'paged ' + str(page_size) if paged else 'contiguous'}"
@@ -497,7 +505,7 @@ def _compile_configs():
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
                                     "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1,
-                                    "USE_PDL": split == "split, PDL"},
+                                    "USE_PDL": split.endswith("PDL")},
                         aligned=aligned, uses_dot=dtype != torch.float32, **launch,
                     )  # fmt: skip
         for use_pdl in (False, True) if dtype == torch.bfloat16 else (False,):

@@ -112,6 +112,20 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
     assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
 
 
+def test_decode_merge_in_last_split_reaches_every_decode_attention_call(device, gen, monkeypatch):
+    """LLMConfig.decode_merge_in_last_split (off by default) is passed to each layer's decode_attention
+    (the op's own tests check the merge; the tiny preset's caches make one split, where it is moot)."""
+    model = tiny_model(device, "mlp")
+    pixel_values, ids = requests(model, device, gen)
+    _, kv = model.prefill(pixel_values, ids, 2)
+    tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
+    seen, decode_attention = [], ak.decode_attention
+    monkeypatch.setattr(ak, "decode_attention", lambda *a, **kw: seen.append(kw["merge_in_last_split"]) or decode_attention(*a, **kw))
+    model.decode_step(tokens, kv)
+    model.set_decode_merge_in_last_split(True).decode_step(tokens, kv)
+    assert seen == [False] * model.config.llm.num_layers + [True] * model.config.llm.num_layers
+
+
 def test_eos_stops_each_request(device, gen):
     model = tiny_model(device)
     pixel_values, ids = requests(model, device, gen)

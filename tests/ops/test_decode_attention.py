@@ -202,6 +202,8 @@ def test_bad_num_kv_splits(device, gen):
         ak.decode_attention(*args, num_kv_splits=0)
     with pytest.raises(ValueError, match="num_kv_splits: expected at most 128, got 129"):
         ak.decode_attention(*args, num_kv_splits=129)
+    with pytest.raises(TypeError, match="merge_in_last_split: expected a bool, got int"):
+        ak.decode_attention(*args, merge_in_last_split=1)
 
 
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
@@ -216,13 +218,8 @@ def test_compiled_and_graph_captured(check, device, gen):
     check(ak.decode_attention, args, expected, torch.bfloat16, "decode_attention")
 
 
-def decode_attention_merged_in_last_split(q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None,
-                                          softmax_scale=None, num_kv_splits=None, rotary_cos=None, rotary_sin=None,
-                                          *, backend="triton"):  # fmt: skip
-    """The experimental launch whose last split program merges (no stage-2 launch)."""
-    assert backend == "triton"
-    return decode_attention_module._decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
-                                                            num_kv_splits, rotary_cos, rotary_sin, True)  # fmt: skip
+def decode_attention_merged_in_last_split(*args, **kwargs):
+    return ak.decode_attention(*args, merge_in_last_split=True, **kwargs)
 
 
 @pytest.mark.parametrize(("dtype", "num_kv_splits", "paged"),
@@ -262,6 +259,27 @@ def test_merge_in_last_split_counters_are_not_allocated_during_capture(device, g
     with pytest.raises(RuntimeError, match="make one call of this size before capturing a CUDA graph"):
         with torch.cuda.graph(graph):
             decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, num_kv_splits=2)
+
+
+@cuda_only
+def test_merge_in_last_split_replays_from_a_cuda_graph(device, gen):
+    """The model's use: captured once (after a first call has allocated the counters), replayed many
+    times; each replay finds every counter back at 0 and writes the whole output."""
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
+                                                        capacity=256, append=True)  # fmt: skip
+    cos, sin = _rotary_tables(128, device)
+    args = (q, k_cache, v_cache, seqlens, k, v, None, None, 4, cos, sin)
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
+    decode_attention_merged_in_last_split(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = decode_attention_merged_in_last_split(*args)
+    for replay in range(20):
+        captured.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_parity(captured, expected, torch.bfloat16, f"replay {replay}")
+    assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
 
 
 @cuda_only
