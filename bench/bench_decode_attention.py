@@ -97,9 +97,11 @@ NOT_COMPILED = {"torch.compile": lambda: Peer(None, f"not compiled at B > {MAX_C
 
 # The split rule (`default_num_kv_splits`: programs per SM, tokens per split) is not tuned on a GPU
 # yet: at the small batches where it matters, the run also times fixed split counts beside "ours" (the
-# rule's pick), which is the data to tune it with.
+# rule's pick), which is the data to tune it with. B=1 ctx=320 is near the model's one-sequence
+# decode (a 32-token prompt, 64 or 256 visual tokens, 128 new: caches of 224 or 416 tokens), where
+# the rule makes 4 or 7 splits and a merge launch: one split, with no merge, may be faster there.
 SPLIT_SWEEP = (1, 4, 16, 32, 64, 128)
-SWEPT = {(1, 1024), (1, 4096), (8, 4096)}  # (batch, context), uniform contiguous
+SWEPT = {(1, 320), (1, 1024), (1, 4096), (8, 4096)}  # (batch, context), uniform contiguous
 
 
 def split_sweep_peers() -> dict:
