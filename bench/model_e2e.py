@@ -153,7 +153,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                 row["skipped"] = f"time budget of {budget_s:.0f} s spent"
                 continue
             model_backend, fused, pdl, merge_in_last_split = BACKENDS[backend]
-            model.set_backend(model_backend).set_fused_decode_projections(fused).set_decode_merge_in_last_split(merge_in_last_split)
+            model.set_backend(model_backend).set_fused_decode_projections(fused)
+            model.set_decode_merge_in_last_split(merge_in_last_split)
             set_programmatic_dependent_launch(pdl)
             try:
                 # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a

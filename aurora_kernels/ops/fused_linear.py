@@ -32,9 +32,9 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   a batch-1 step); the second summed the products once but kept barriers in its loop (2 a step for
   the squares' sum at qkv and gate_up; 2 more at 4 of its 5 tiles, which sent the input chunk to the
   weight tile's layout through shared memory) and loaded its weights after its input: 1.13 ms, and
-  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version is not timed yet. Under programmatic
-  dependent launch (ops/_pdl.py, off by default) its first step is peeled off the loop, so that its
-  weight tile is read before the wait for the kernel before.
+  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version is
+  not timed yet. Under programmatic dependent launch (ops/_pdl.py, off by default) its first step
+  is peeled off the loop, so that its weight tile is read before the wait for the kernel before.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue

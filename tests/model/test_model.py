@@ -120,7 +120,12 @@ def test_decode_merge_in_last_split_reaches_every_decode_attention_call(device, 
     _, kv = model.prefill(pixel_values, ids, 2)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
     seen, decode_attention = [], ak.decode_attention
-    monkeypatch.setattr(ak, "decode_attention", lambda *a, **kw: seen.append(kw["merge_in_last_split"]) or decode_attention(*a, **kw))
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["merge_in_last_split"])
+        return decode_attention(*args, **kwargs)
+
+    monkeypatch.setattr(ak, "decode_attention", recording)
     model.decode_step(tokens, kv)
     model.set_decode_merge_in_last_split(True).decode_step(tokens, kv)
     assert seen == [False] * model.config.llm.num_layers + [True] * model.config.llm.num_layers
