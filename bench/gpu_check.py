@@ -160,6 +160,19 @@ def summarise(rows: list[dict]) -> list[str]:
             f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
             f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%{graphed}"
         )
+    return lines + variant_lines(rows)
+
+
+def variant_lines(rows: list[dict]) -> list[str]:
+    """A line per case that times our own variants (a fixed split count, the merge in the last split,
+    the unfused pair) replayed from a CUDA graph: each one's device time beside ours, the data for
+    choosing the default. Eager times of these small cases measure the host."""
+    lines = []
+    for r in rows:
+        graphed = {name: impl["graph_ms"] for name, impl in r["impls"].items() if name.startswith("ours") and "graph_ms" in impl}
+        if len(graphed) > 1:
+            cells = ", ".join(f"{name} {ms * 1e3:.1f}" for name, ms in graphed.items())
+            lines.append(f"  {r['op']} [{r['shape']}] graph replay us: {cells}; fastest: {min(graphed, key=graphed.get)}")
     return lines
 
 

@@ -37,7 +37,8 @@ def test_report_and_summary_show_every_outcome():
             "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
             "torch.compile": {"error": "RuntimeError: boom"},
             # our own variant: listed, but "the best peer" is someone else's implementation
-            "ours, num_kv_splits=4": {"ms": 0.001, "gbps": 1, "tflops": 1, "frac_copy_bw": 1, "frac_gemm": 1, "frac_floor": 1},
+            "ours, num_kv_splits=4": {"ms": 0.001, "gbps": 1, "tflops": 1, "frac_copy_bw": 1, "frac_gemm": 1, "frac_floor": 1,
+                                      "graph_ms": 0.0009, "graph_frac_floor": 1.0},
         },
     }  # fmt: skip
     facts = {"name": "Test GPU", "commit": "abc", "date": "today", "torch": torch.__version__, "triton": "x"}
@@ -48,6 +49,8 @@ def test_report_and_summary_show_every_outcome():
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
     assert "3.00x..3.00x" in summary[0] and "50..50%; graph replay 80..80%" in summary[0]
+    # our variants' device times side by side, for choosing the default
+    assert summary[1] == "  rms_norm [rows=8] graph replay us: ours 1.2, ours, num_kv_splits=4 0.9; fastest: ours, num_kv_splits=4"
 
 
 def test_results_record_the_autotuners_choices(tmp_path, monkeypatch):
