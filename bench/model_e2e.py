@@ -119,8 +119,8 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
 
 
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
-        batches=BATCHES, runs=RUNS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16, timed: bool = True,
-        checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:  # fmt: skip
+        batches=BATCHES, runs=RUNS, compressors=COMPRESSORS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16,
+        timed: bool = True, checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:  # fmt: skip
     """Every configuration until the time budget is spent; the rest are listed as skipped. (The
     keyword arguments let the CPU tests run the same code on the tiny preset.) timed=False runs only
     each configuration's warm-up: what bench.warm does in other processes to fill the compile caches,
@@ -133,7 +133,7 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
     model = model.to(dtype).eval()
     rows, requests_of = [], None
     with using_programmatic_dependent_launch(programmatic_dependent_launch()):  # each run sets it; restored after
-        for batch, compressor, (backend, decode) in schedule(batches, runs):
+        for batch, compressor, (backend, decode) in schedule(batches, runs, compressors):
             if requests_of != (batch, compressor):
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -147,7 +147,7 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                    "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
             rows.append(row)
             # the table's order, whatever the schedule's
-            rows.sort(key=lambda r: (batches.index(r["batch"]), COMPRESSORS.index(r["compressor"]),
+            rows.sort(key=lambda r: (batches.index(r["batch"]), compressors.index(r["compressor"]),
                                      runs.index((r["backend"], r["decode"]))))  # fmt: skip
             if time.time() - start > budget_s:
                 row["skipped"] = f"time budget of {budget_s:.0f} s spent"
@@ -200,12 +200,12 @@ def step_seconds(stats: dict) -> float:
     return stats["decode_s"] / stats["decode_steps"]
 
 
-def schedule(batches, runs) -> list[tuple[int, str, tuple[str, str]]]:
+def schedule(batches, runs, compressors=COMPRESSORS) -> list[tuple[int, str, tuple[str, str]]]:
     """(batch, compressor, (backend, decode)) in the order they run: for each batch both compressors
     side by side (a spent budget never leaves one without the other), every run but LAST_RUNS; then
     LAST_RUNS for every batch. ONE_SEQUENCE_RUNS run at B=1 alone."""
     passes = ([r for r in runs if r not in LAST_RUNS], [r for r in runs if r in LAST_RUNS])
-    return [(batch, compressor, run) for pass_runs in passes for batch in batches for compressor in COMPRESSORS
+    return [(batch, compressor, run) for pass_runs in passes for batch in batches for compressor in compressors
             for run in pass_runs if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
 
 
