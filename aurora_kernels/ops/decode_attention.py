@@ -15,7 +15,7 @@ the cache once at full bandwidth:
   launch a call instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge
   launch, plus the gap before it, 28 times. Race-free in 300 calls on the H200, not yet timed in a
   CUDA graph: the op benchmark times it as "ours, merge in the last split", the model's as
-  "triton-fused-pdl-merge".
+  "triton-fused-merge" (and with PDL "triton-fused-pdl-merge").
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
