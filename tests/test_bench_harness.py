@@ -508,13 +508,17 @@ def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch)
 
     monkeypatch.setattr(sweep_fused_linear, "graph_median_ms", graph_median_ms)
     results = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type)
-    tiles = len(fused_linear._GPU_CONFIGS["gemv"])
-    assert len(results) == 2 * (tiles + 2) and calls == [2] * len(results)
-    assert [r["role"] for r in results[: tiles + 2]] == ["candidate"] * tiles + ["autotuned", "baseline"]
+    tiles, unrolled = len(fused_linear._GPU_CONFIGS["gemv"]), sweep_fused_linear.UNROLLED_TILES
+    per_projection = tiles + 2 + unrolled
+    assert len(results) == 2 * per_projection and calls == [2] * len(results)
+    assert [r["role"] for r in results[:per_projection]] == ["candidate"] * tiles + ["autotuned", "baseline"] + ["candidate"] * unrolled
+    # the fastest tiles (here the first ones: the stand-in timer counts up) again, unrolled
+    configs = fused_linear._GPU_CONFIGS["gemv"]
+    assert [r["impl"] for r in results[tiles + 2 : per_projection]] == [f"gemv {c} unroll 2" for c in configs[:unrolled]]
     lines = sweep_fused_linear.summary_lines(results)
-    assert lines[0] == f"qkv M=1: best tile gemv {fused_linear._GPU_CONFIGS['gemv'][0]} 1.0 us ({results[0]['weight_gb_per_s']:.0f} GB/s), " \
+    assert lines[0] == f"qkv M=1: best tile gemv {configs[0]} 1.0 us ({results[0]['weight_gb_per_s']:.0f} GB/s), " \
                        f"autotuned {tiles + 1:.1f} us, unfused (ours + cuBLAS) {tiles + 2:.1f} us"
-    assert lines[1].startswith("o_proj M=1: ") and lines[1].endswith(f", cuBLAS {2 * tiles + 4:.1f} us")
+    assert lines[1].startswith("o_proj M=1: ") and lines[1].endswith(f", cuBLAS {per_projection + tiles + 2:.1f} us")
     skipped = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type, budget_s=-1.0)
     assert sweep_fused_linear.summary_lines(skipped) == ["qkv M=1: time budget of -1 s spent", "o_proj M=1: time budget of -1 s spent"]
 

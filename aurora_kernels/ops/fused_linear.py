@@ -150,7 +150,7 @@ def _fused_linear_kernel(
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -201,7 +201,9 @@ def _fused_linear_kernel(
                                       PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         acc = _accumulate(acc, a, first_weight_tile, dtype, USE_DOT, DOT_IN_FP32)
         k_first = BLOCK_K
-    for k_start in range(k_first, in_features, BLOCK_K):
+    # UNROLL > 1 (tried by bench/sweep_fused_linear.py only, not shipped): the GEMV issues that many
+    # steps' weight loads before their FMAs, more bytes in flight per warp
+    for k_start in tl.range(k_first, in_features, BLOCK_K, loop_unroll_factor=UNROLL):
         k = k_start + tl.arange(0, BLOCK_K)
         # The GEMV loads its weight tile first, so that it is in flight while the input chunk comes
         # from L2 and its prologue is computed: loaded after them, it waited for them (and for the
@@ -343,10 +345,12 @@ def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     return launch(x, weight, bias, norm_weight, residual, eps, prologue)
 
 
-def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None) -> list:
+def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None,
+           unroll: int = 1) -> list:  # fmt: skip
     """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
-    GPU test run keeps only each autotuner's first (AURORA_AUTOTUNE=0)."""
+    GPU test run keeps only each autotuner's first (AURORA_AUTOTUNE=0). unroll: the K loop's unroll
+    factor (1 in every shipped config; the tile sweep also tries 2)."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
@@ -371,6 +375,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
         "BLOCK_M": block_m,
+        "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
     row_blocks = cdiv(num_rows, block_m)
@@ -426,7 +431,7 @@ def _compile_configs():
                             constexprs={"PROLOGUE": PROLOGUES.index(prologue), "HAS_RESIDUAL": has_residual,
                                         "HAS_BIAS": has_bias, "USE_DOT": kind != "gemv",
                                         "DOT_IN_FP32": dtype == torch.float32, "USE_PDL": use_pdl,
-                                        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k},  # fmt: skip
+                                        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "UNROLL": 1},  # fmt: skip
                             num_warps=warps,
                             num_stages=stages,
                             aligned=("x_ptr", "residual_ptr", "norm_weight_ptr", "weight_ptr", "bias_ptr", "out_ptr",
