@@ -7,9 +7,11 @@ reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags t
 builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
 in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
 shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX),
-whether global loads are 16 bytes wide and how many barriers the loops hold. It catches what the
-interpreter lets through (dot tiles under 16, shared memory over the limit, spills, a barrier at
-every step of a GEMV's loop).
+whether global loads are 16 bytes wide, how many barriers the loops hold and, where a config asks,
+how many global loads the SASS (by the nvdisasm that ships with Triton) issues behind its first
+barrier. It catches what the interpreter lets through (dot tiles under 16, shared memory over the
+limit, spills, a barrier at every step of a GEMV's loop, a latency-bound kernel going to memory
+twice in a row before its first product).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
@@ -92,6 +94,28 @@ def loop_barriers(ptx: str) -> int:
     return sum("bar.sync" in lines[index] for index in in_loops)
 
 
+def loads_behind_barrier(sass: str) -> int:
+    """The global loads (LDG, LDGSTS) in the SASS between its first barrier (BAR.SYNC) and its first
+    tensor-core product (HMMA/HGMMA): loads the program issues only once the loads before that
+    barrier have arrived, although the product waits for both."""
+    first_barrier = re.search(r"\bBAR\.SYNC", sass)
+    first_product = re.search(r"\bHG?MMA\.", sass)
+    if not first_barrier or not first_product or first_product.start() < first_barrier.start():
+        return 0
+    return len(re.findall(r"\bLDG(?:STS)?\.", sass[first_barrier.start():first_product.start()]))
+
+
+def _sass(cubin: bytes) -> str:
+    """The cubin's SASS, by the nvdisasm that ships with this Triton."""
+    import triton
+
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+
+
 def compile_one(cfg: KernelConfig) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -106,6 +130,7 @@ def compile_one(cfg: KernelConfig) -> dict:
         "num_stages": cfg.num_stages,
         "uses_dot": cfg.uses_dot,
         "barrier_free_loops": cfg.barrier_free_loops,
+        "loads_before_barrier": cfg.loads_before_barrier,
     }
     names = cfg.kernel.arg_names
     signature = {name: ("constexpr" if name in cfg.constexprs else cfg.signature[name]) for name in names}
@@ -128,6 +153,8 @@ def compile_one(cfg: KernelConfig) -> dict:
     # programmatic dependent launch (USE_PDL): the grid dependency wait must be in the code
     row["grid_dependency_wait"] = "griddepcontrol.wait" in ptx
     row["loop_barriers"] = loop_barriers(ptx)
+    if cfg.loads_before_barrier:
+        row["loads_behind_barrier"] = loads_behind_barrier(_sass(compiled.asm["cubin"]))
     try:
         log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
@@ -176,6 +203,8 @@ def problems(row: dict) -> list[str]:
         found.append("no vectorised global load: every load is one element wide")
     if row.get("barrier_free_loops") and row.get("loop_barriers"):
         found.append(f"{row['loop_barriers']} barriers (bar.sync) inside its loops, which must have none")
+    if row.get("loads_behind_barrier"):
+        found.append(f"{row['loads_behind_barrier']} global loads behind its first barrier, ahead of its first product")
     if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
         found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
     return found
@@ -183,8 +212,9 @@ def problems(row: dict) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads | loop barriers | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads "
+        "| loop barriers | loads behind a barrier | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -193,13 +223,14 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-                f"| - | - | - | - | - | - | {status} |"
+                f"| - | - | - | - | - | - | - | {status} |"
             )
             continue
         tc = r["tensor_core"] if r["uses_dot"] else "n/a"
+        behind = r.get("loads_behind_barrier", "-")
         lines.append(
             f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {r['loop_barriers']} | {status} |"
+            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {r['loop_barriers']} | {behind} | {status} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -221,8 +252,9 @@ def document(report: dict) -> str:
         "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
         "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
         "per thread, spills, shared memory, whether the dots became tensor-core instructions, how many "
-        "16-byte global loads the PTX has, and how many barriers (bar.sync) its loops hold: a GEMV's must "
-        f"hold none.\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
+        "16-byte global loads the PTX has, how many barriers (bar.sync) its loops hold (a GEMV's must "
+        "hold none) and, for the latency-bound decode attention, how many global loads its SASS issues behind "
+        f"its first barrier, ahead of its first product (must be none).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
         + markdown(report["rows"])
     )
 

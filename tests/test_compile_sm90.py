@@ -56,6 +56,15 @@ def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
     assert not any(r["barrier_free_loops"] for r in report["rows"] if r not in gemv)
 
 
+def test_the_decode_attention_issues_its_loads_before_its_first_barrier(report):
+    """The split kernel's fp16/bf16 configs (tensor-core products) are checked for global loads behind
+    their first barrier, and have none: a batch-1 call is one K/V tile a program, so each load behind
+    a barrier is a second trip to memory before the product. The other kernels are not held to it."""
+    split = [r for r in report["rows"] if r["kernel"] == "_decode_split_kernel" and r["uses_dot"]]
+    assert split and all(r["loads_before_barrier"] and r["loads_behind_barrier"] == 0 for r in split)
+    assert not any(r["loads_before_barrier"] for r in report["rows"] if r not in split)
+
+
 def test_stride_multiple_claims_only_what_holds():
     """STRIDE_MULTIPLE tells the compiler that row offsets are 16-byte multiples; a wrong claim would
     misalign vector loads on a GPU (the interpreter cannot notice), so the rule itself is tested."""
@@ -100,22 +109,35 @@ def column_sums_in_loop(x_ptr, out_ptr, num_tiles, TILE: tl.constexpr):
     tl.store(out_ptr + tl.arange(0, TILE), total.to(tl.float16))
 
 
+@triton.jit
+def load_after_a_sum(x_ptr, out_ptr, TILE: tl.constexpr):
+    offsets = tl.arange(0, TILE)[:, None] * TILE + tl.arange(0, TILE)[None, :]
+    x = tl.load(x_ptr + offsets)
+    rows = tl.sum(x.to(tl.float32), 0).to(tl.int32) & (TILE - 1)  # a sum across warps: a barrier
+    y = tl.load(x_ptr + rows[:, None] * TILE + tl.arange(0, TILE)[None, :])  # addressed by it
+    tl.store(out_ptr + offsets, tl.dot(x, y).to(tl.float16))
+
+
 signature = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
 rows = [
     compile_one(KernelConfig("small dot", "8x8", small_dot, signature, {"TILE": 8}, 4, 1, uses_dot=True)),
     compile_one(KernelConfig("huge tile", "128x128 on one warp", huge_tile, signature, {"TILE": 128}, 1, 1)),
     compile_one(KernelConfig("reduction in a loop", "64x64 tiles on 4 warps", column_sums_in_loop,
                              {**signature, "num_tiles": "i32"}, {"TILE": 64}, 4, 1, barrier_free_loops=True)),
+    compile_one(KernelConfig("load after a sum", "64x64 tiles on 4 warps", load_after_a_sum, signature, {"TILE": 64}, 4, 1,
+                             uses_dot=True, loads_before_barrier=True)),
 ]
 json.dump([problems(row) for row in rows], sys.stdout)
 '''
 
 
-def test_the_check_fails_on_a_dot_under_16_a_spill_and_a_barrier_in_a_loop(tmp_path):
+def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_load_behind_a_barrier(tmp_path):
     """What the interpreter accepts but sm_90 does not: an 8x8 tl.dot (the compiler wants M, N, K >= 16)
     is a "does not compile" row; a 128x128 fp16 tile on one warp (512 values a thread) spills; a sum
-    across warps at every step of a loop puts barriers in it, which a GEMV config may not have. The
-    check that passes on the shipped configs would fail on these."""
+    across warps at every step of a loop puts barriers in it, which a GEMV config may not have; a load
+    addressed by a sum across warps is issued behind that sum's barrier, which the decode attention's
+    configs may not have ahead of their first product. The check that passes on the shipped configs
+    would fail on these."""
     import json
     import subprocess
     import sys
@@ -127,7 +149,8 @@ def test_the_check_fails_on_a_dot_under_16_a_spill_and_a_barrier_in_a_loop(tmp_p
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    small_dot, huge_tile, reduction_in_loop = json.loads(result.stdout.strip().splitlines()[-1])
+    small_dot, huge_tile, reduction_in_loop, load_after_a_sum = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(small_dot) == 1 and small_dot[0].startswith("does not compile"), small_dot
     assert any(p.startswith("spills") for p in huge_tile), huge_tile
     assert any("barriers (bar.sync) inside its loops" in p for p in reduction_in_loop), reduction_in_loop
+    assert any("global loads behind its first barrier" in p for p in load_after_a_sum), load_after_a_sum

@@ -24,6 +24,11 @@ the cache once at full bandwidth:
   at position cache_seqlens[b] before using them. A decode step then needs no apply_rotary launch and
   no gather of table rows per layer: 2 * D table elements read per program against the cache's
   2 * L * D, and one fewer launch in each of the 28 layers.
+- Two trips to memory before the first product: the length, then everything it locates (the first
+  K/V tile, q, the rotary rows, the new token), all in flight at once. Before, the chain was five
+  trips long (the kernel's comment says why). The price is registers: the model's config went from
+  143 to 188 a thread under triton 3.6's ptxas, so at large batch 2 programs fit an SM instead of 3.
+  Not timed on a GPU yet.
 
 What is checked: shapes, dtypes, devices and strides always; on CPU tensors (or under
 `value_checks("always")`) also that 0 <= cache_seqlens[b] (+1 with an append) fits the cache and that
@@ -91,15 +96,43 @@ def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache
 
 
 @triton.jit
-def _load_rotated(ptr, offsets, partner_offsets, mask, cos, sin, sign, ROTARY: tl.constexpr):
-    """x = ptr[offsets] (rows of D elements), rotated rotate-half style when ROTARY:
-    x * cos + sign * x[partner] * sin, with partner = the other half's column and sign -1 on the first
-    half. Rounded back to x's dtype, as apply_rotary's output would be."""
-    x = tl.load(ptr + offsets, mask=mask, other=0.0)
+def _rotate(x, partner, cos, sin, sign, ROTARY: tl.constexpr):
+    """x rotated rotate-half style when ROTARY: x * cos + sign * partner * sin, where partner holds
+    x's other-half column and sign is -1 on the first half; rounded back to x's dtype, as
+    apply_rotary's output would be."""
     if ROTARY:
-        partner = tl.load(ptr + partner_offsets, mask=mask, other=0.0)
-        x = (x.to(tl.float32) * cos + sign * partner.to(tl.float32) * sin).to(x.dtype)
+        x = (x.to(tl.float32) * cos.to(tl.float32) + sign * partner.to(tl.float32) * sin.to(tl.float32)).to(x.dtype)
     return x
+
+
+@triton.jit
+def _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
+             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
+             BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
+    """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at positions key_start +
+    [0, BLOCK_N) of one sequence and KV head, 0 past cached_end; and which keys are real."""
+    positions = key_start + tl.arange(0, BLOCK_N)
+    key_ok = positions < cached_end
+    k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride,
+                         PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride,
+                         PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
+    v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+    return k, v, key_ok
+
+
+@triton.jit
+def _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32: tl.constexpr):
+    """The online softmax's step over one tile of keys: (row_max, row_sum, acc) updated."""
+    scores = dot_acc(q, k, tl.zeros((q.shape[0], k.shape[1]), tl.float32), DOT_IN_FP32) * qk_scale_log2
+    scores = tl.where(key_ok[None, :], scores, float("-inf"))
+    new_max = tl.maximum(row_max, tl.max(scores, 1))
+    p = tl.math.exp2(scores - new_max[:, None])
+    alpha = tl.math.exp2(row_max - new_max)
+    row_sum = row_sum * alpha + tl.sum(p, 1)
+    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
+    return new_max, row_sum, acc
 
 
 @triton.jit
@@ -120,7 +153,30 @@ def _decode_split_kernel(
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
     batch = tl.program_id(2)
+    groups = tl.arange(0, BLOCK_G)
+    group_ok = groups < heads_per_kv
+    heads = (kv_head * heads_per_kv + groups).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < HEAD_DIM
+    first_half = cols < HEAD_DIM // 2
+    partner = tl.where(first_half, cols + HEAD_DIM // 2, cols - HEAD_DIM // 2)
+    sign = tl.where(first_half, -1.0, 1.0)
+    q_rows = tl.multiple_of(batch.to(tl.int64) * q_batch_stride + heads * q_head_stride, STRIDE_MULTIPLE)
+    q_mask = group_ok[:, None] & col_ok[None, :]
+    block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
+    k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
+    v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
     wait_for_previous_kernel(USE_PDL)  # all it reads (lengths, q, caches) a kernel before it wrote
+
+    # Latency first. At batch 1 a split is usually one tile (MIN_TOKENS_PER_SPLIT == BLOCK_N) of a
+    # cache of a few hundred tokens, and a call took 4.7 us on the H200: with q rotated before the
+    # loop, the length, the rotary rows, q and the first K/V tile (loaded by the pipelined loop, after
+    # the rotation) were read one after another, each behind a barrier (a conversion through shared
+    # memory). Now the program goes to memory twice before its first product: for the length, then
+    # for everything the length locates, all issued before any value is used: the split's first tile
+    # is peeled off the loop, the tables are read in q's layout, and q is loaded after the tile (an
+    # unrotated q goes to shared memory for the dot right after its load, behind a barrier). The
+    # compile report checks that no global load is issued behind a barrier ahead of the first product.
     cached = tl.load(cache_seqlens_ptr + batch)
     total = cached + APPEND
     # splits are whole BLOCK_N tiles, so only a split's last tile is ragged
@@ -128,58 +184,50 @@ def _decode_split_kernel(
     start = split * split_len
     end = tl.minimum(start + split_len, total)
     cached_end = tl.minimum(end, cached)
-
-    groups = tl.arange(0, BLOCK_G)
-    group_ok = groups < heads_per_kv
-    heads = (kv_head * heads_per_kv + groups).to(tl.int64)
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < HEAD_DIM
-    # rotary: the table row at the new token's position (cache_seqlens[b]); columns past D read 0
-    # from both tables, so padded columns stay 0
-    first_half = cols < HEAD_DIM // 2
-    partner = tl.where(first_half, cols + HEAD_DIM // 2, cols - HEAD_DIM // 2)
-    sign = tl.where(first_half, -1.0, 1.0)
-    cos = tl.zeros((BLOCK_D,), tl.float32)
-    sin = tl.zeros((BLOCK_D,), tl.float32)
+    # rotary: the table row at the new token's position (cache_seqlens[b]); columns past D read 0, so
+    # padded columns stay 0. Read in q's [BLOCK_G, BLOCK_D] layout, every group row the same (L1
+    # serves the repeats): a 1-D row went to q's layout through shared memory, a barrier.
+    cols_q = tl.zeros((BLOCK_G, 1), tl.int32) + cols[None, :]
+    cos = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
+    sin = cos
     if ROTARY:
-        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols, mask=col_ok, other=0.0).to(tl.float32)
-    q_rows = tl.multiple_of(batch.to(tl.int64) * q_batch_stride + heads * q_head_stride, STRIDE_MULTIPLE)
-    q = _load_rotated(q_ptr, q_rows[:, None] + cols[None, :], q_rows[:, None] + partner[None, :],
-                      group_ok[:, None] & col_ok[None, :], cos[None, :], sin[None, :], sign[None, :], ROTARY)  # fmt: skip
-    block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
-    k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
-    v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
+        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
+        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
+    k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, start, cached_end, batch, cols, col_ok,
+                            k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
+                            BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
+    q_partner = q
+    if ROTARY:
+        q_partner = tl.load(q_ptr + q_rows[:, None] + partner[None, :], mask=q_mask, other=0.0)
+    if APPEND:
+        # the program whose split holds position cache_seqlens[b] appends the new token
+        appends = (start <= cached) & (cached < end)
+        new_mask = tl.where(appends, col_ok, False)  # not `&`: triton 3.9's interpreter makes a bool scalar & vector int32
+        k_new_row = k_new_ptr + batch.to(tl.int64) * k_new_batch_stride + kv_head.to(tl.int64) * k_new_head_stride
+        k_new = tl.load(k_new_row + cols, mask=new_mask, other=0.0)
+        k_new_partner = k_new
+        if ROTARY:
+            k_new_partner = tl.load(k_new_row + partner, mask=new_mask, other=0.0)
+        v_new_row = v_new_ptr + batch.to(tl.int64) * v_new_batch_stride + kv_head.to(tl.int64) * v_new_head_stride
+        v_new = tl.load(v_new_row + cols, mask=new_mask, other=0.0)
+    q = _rotate(q, q_partner, cos, sin, sign[None, :], ROTARY)
 
     # row_max starts finite (-1e30), so masked keys (-inf) give p = 0 and never a NaN
     row_max = tl.full((BLOCK_G,), -1.0e30, tl.float32)
     row_sum = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-    for key_start in range(start, cached_end, BLOCK_N):
-        positions = key_start + tl.arange(0, BLOCK_N)
-        key_ok = positions < cached_end
-        k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride,
-                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-        v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride,
-                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-        k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
-        scores = dot_acc(q, k, tl.zeros((BLOCK_G, BLOCK_N), tl.float32), DOT_IN_FP32) * qk_scale_log2
-        scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        p = tl.math.exp2(scores - new_max[:, None])
-        alpha = tl.math.exp2(row_max - new_max)
-        row_sum = row_sum * alpha + tl.sum(p, 1)
-        v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], DOT_IN_FP32)
-        row_max = new_max
+    row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
+    for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
+        k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
+                                k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
+                                BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+        row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
 
     if APPEND:
-        if (start <= cached) & (cached < end):
-            k_new_row = batch.to(tl.int64) * k_new_batch_stride + kv_head.to(tl.int64) * k_new_head_stride
-            k_new = _load_rotated(k_new_ptr, k_new_row + cols, k_new_row + partner, col_ok, cos, sin, sign, ROTARY)
-            v_new = tl.load(v_new_ptr + batch.to(tl.int64) * v_new_batch_stride + kv_head.to(tl.int64) * v_new_head_stride + cols,
-                            mask=col_ok, other=0.0)  # fmt: skip
-            new_score = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * qk_scale_log2
+        if appends:
+            k_new_q = _rotate(k_new[None, :], k_new_partner[None, :], cos, sin, sign[None, :], ROTARY)
+            new_score = tl.sum(q.to(tl.float32) * k_new_q.to(tl.float32), 1) * qk_scale_log2
             new_max = tl.maximum(row_max, new_score)
             alpha = tl.math.exp2(row_max - new_max)
             p_new = tl.math.exp2(new_score - new_max)
@@ -188,11 +236,12 @@ def _decode_split_kernel(
             row_max = new_max
             position = tl.full((1,), 0, tl.int32) + cached
             k_row = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride,
-                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+                                PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
             v_row = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride,
-                            PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-            tl.store(k_head_base + k_row[:, None] + cols[None, :], k_new[None, :], mask=col_ok[None, :])
-            tl.store(v_head_base + v_row[:, None] + cols[None, :], v_new[None, :], mask=col_ok[None, :])
+                                PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            first_row = (groups == 0)[:, None] & col_ok[None, :]  # the rows of k_new and v_new are copies
+            tl.store(k_head_base + k_row[:, None] + cols_q, k_new_q, mask=first_row)
+            tl.store(v_head_base + v_row + cols, v_new, mask=col_ok)
 
     # a split (or sequence) with no tokens has row_sum 0: output 0, log-sum-exp -inf
     has_keys = row_sum > 0.0
@@ -506,7 +555,8 @@ def _compile_configs():
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
                                     "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1,
                                     "USE_PDL": split.endswith("PDL")},
-                        aligned=aligned, uses_dot=dtype != torch.float32, **launch,
+                        aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
+                        **launch,
                     )  # fmt: skip
         for use_pdl in (False, True) if dtype == torch.bfloat16 else (False,):
             configs += configs_per_dtype(
