@@ -21,9 +21,10 @@ class KernelConfig:
     would see as divisible by 16 (pointers from the caching allocator, strides of aligned rows);
     uses_dot: its tl.dot must become tensor-core instructions; barrier_free_loops: its loops must
     hold no barrier (a stream over memory whose every step would otherwise wait for the block);
-    loads_before_barrier: every global load ahead of its first tensor-core product must be issued
-    before its first barrier (a latency-bound kernel: a load issued behind a barrier waits for the
-    values that barrier waits for, so the program goes to memory twice in a row).
+    loads_before_barrier: every global load ahead of its first tensor-core product (or, with none,
+    its first global store) must be issued before its first barrier (a latency-bound kernel: a load
+    issued behind a barrier waits for the values that barrier waits for, so the program goes to
+    memory twice in a row).
     """
 
     op: str

@@ -96,10 +96,11 @@ def loop_barriers(ptx: str) -> int:
 
 def loads_behind_barrier(sass: str) -> int:
     """The global loads (LDG, LDGSTS) in the SASS between its first barrier (BAR.SYNC) and its first
-    tensor-core product (HMMA/HGMMA): loads the program issues only once the loads before that
-    barrier have arrived, although the product waits for both."""
+    tensor-core product (HMMA/HGMMA), or its first global store in a kernel with no product: loads
+    the program issues only once the loads before that barrier have arrived, although the product
+    (or the result) waits for both."""
     first_barrier = re.search(r"\bBAR\.SYNC", sass)
-    first_product = re.search(r"\bHG?MMA\.", sass)
+    first_product = re.search(r"\bHG?MMA\.", sass) or re.search(r"\bSTG\.", sass)
     if not first_barrier or not first_product or first_product.start() < first_barrier.start():
         return 0
     return len(re.findall(r"\bLDG(?:STS)?\.", sass[first_barrier.start():first_product.start()]))
@@ -253,8 +254,8 @@ def document(report: dict) -> str:
         "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
         "per thread, spills, shared memory, whether the dots became tensor-core instructions, how many "
         "16-byte global loads the PTX has, how many barriers (bar.sync) its loops hold (a GEMV's must "
-        "hold none) and, for the latency-bound decode attention, how many global loads its SASS issues behind "
-        f"its first barrier, ahead of its first product (must be none).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
+        "hold none) and, for the latency-bound decode attention's kernels, how many global loads the SASS issues "
+        f"behind the first barrier, ahead of the first product or store (must be none).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
         + markdown(report["rows"])
     )
 

@@ -285,13 +285,15 @@ def _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, row, num_kv_splits,
     for first in range(0, num_kv_splits, BLOCK_S):
         splits = first + tl.arange(0, BLOCK_S)
         split_ok = splits < num_kv_splits
+        # both loads before the max: loaded after it, the partials waited behind its barriers for
+        # the log-sum-exps, a second trip to memory
         lse = tl.load(partial_lse_ptr + row * num_kv_splits + splits, mask=split_ok, other=float("-inf"), cache_modifier=".cg")
+        partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
+                          mask=split_ok[:, None] & col_ok[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
         new_top = tl.maximum(top, tl.max(lse, 0))
         base = tl.where(new_top == float("-inf"), 0.0, new_top)
         rescale = tl.math.exp2(top - base)
         weights = tl.math.exp2(lse - base)
-        partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
-                          mask=split_ok[:, None] & col_ok[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
         acc = acc * rescale + tl.sum(weights[:, None] * partial, 0)
         total = total * rescale + tl.sum(weights, 0)
         top = new_top
@@ -564,6 +566,6 @@ def _compile_configs():
                 shape=f"merge of up to 128 splits, D 128{', PDL' if use_pdl else ''}",
                 signature={"partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*T", "num_kv_splits": "i32"},
                 constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS, "USE_PDL": use_pdl},
-                aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1,
+                aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1, loads_before_barrier=True,
             )  # fmt: skip
     return configs
