@@ -77,9 +77,10 @@ PROGRAMS_PER_SM = 2
 # partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
 MIN_TOKENS_PER_SPLIT = 64
 H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests see the GPU's choices
-# splits the merge in the last split reads at a time ([MERGE_CHUNK, D] fp32 beside the split kernel's
-# own registers; the whole 128 at once spilled 8 bytes in bf16 under triton 3.9)
-MERGE_CHUNK = 16
+# (query head, split) partials the merge in the last split reads at a time, for all the query heads
+# of its KV head at once: [MERGE_ROWS, D] fp32 beside the split kernel's own registers (the model's
+# 6 heads (8 padded) x 8 splits; reading one head at a time made a trip to memory per head)
+MERGE_ROWS = 64
 
 
 @triton.jit
@@ -148,7 +149,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
+    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -264,41 +265,44 @@ def _decode_split_kernel(
             counter = split_counters_ptr + batch * tl.num_programs(1) + kv_head
             if tl.atomic_add(counter, 1, sem="acq_rel") == num_kv_splits - 1:
                 first_row = batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + kv_head * heads_per_kv
-                for group in range(heads_per_kv):
-                    _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, first_row + group, num_kv_splits,
-                                HEAD_DIM, BLOCK_D, BLOCK_S)  # fmt: skip
+                _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, heads_per_kv, num_kv_splits,
+                            HEAD_DIM, BLOCK_D, BLOCK_H, BLOCK_S)  # fmt: skip
                 tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
 @triton.jit
-def _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, row, num_kv_splits,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
-    """out[row] = sum_s 2^(lse_s - max) partial_s / sum_s 2^(lse_s - max) over the splits of one
-    query head (row = b * Hq + h, int64), BLOCK_S splits at a time with a running max; all splits
-    empty -> 0. The partials are read from L2 (.cg): in the split kernel's own merge other SMs wrote
-    them, and L1 is not coherent."""
+def _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, num_rows, num_kv_splits,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """out[row] = sum_s 2^(lse_s - max) partial_s / sum_s 2^(lse_s - max) over the splits, for the
+    query heads row = first_row + [0, num_rows) (row = b * Hq + h, int64) at once, BLOCK_S splits at
+    a time with a running max per row; all splits empty -> 0. Each chunk's log-sum-exps and partials
+    are loaded before anything is reduced: loaded after the max, the partials waited behind its
+    barriers for the log-sum-exps. The partials are read from L2 (.cg): in the split kernel's own
+    merge other SMs wrote them, and L1 is not coherent."""
+    rows = first_row + tl.arange(0, BLOCK_H)
+    row_ok = tl.arange(0, BLOCK_H) < num_rows
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < HEAD_DIM
-    top = tl.full([], float("-inf"), tl.float32)
-    total = tl.zeros([], tl.float32)
-    acc = tl.zeros((BLOCK_D,), tl.float32)
+    top = tl.full((BLOCK_H,), float("-inf"), tl.float32)
+    total = tl.zeros((BLOCK_H,), tl.float32)
+    acc = tl.zeros((BLOCK_H, BLOCK_D), tl.float32)
     for first in range(0, num_kv_splits, BLOCK_S):
         splits = first + tl.arange(0, BLOCK_S)
-        split_ok = splits < num_kv_splits
-        # both loads before the max: loaded after it, the partials waited behind its barriers for
-        # the log-sum-exps, a second trip to memory
-        lse = tl.load(partial_lse_ptr + row * num_kv_splits + splits, mask=split_ok, other=float("-inf"), cache_modifier=".cg")
-        partial = tl.load(partial_out_ptr + (row * num_kv_splits + splits)[:, None] * HEAD_DIM + cols[None, :],
-                          mask=split_ok[:, None] & col_ok[None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
-        new_top = tl.maximum(top, tl.max(lse, 0))
+        slots = rows[:, None] * num_kv_splits + splits[None, :]
+        slot_ok = row_ok[:, None] & (splits < num_kv_splits)[None, :]
+        lse = tl.load(partial_lse_ptr + slots, mask=slot_ok, other=float("-inf"), cache_modifier=".cg")
+        partial = tl.load(partial_out_ptr + slots[:, :, None] * HEAD_DIM + cols[None, None, :],
+                          mask=slot_ok[:, :, None] & col_ok[None, None, :], other=0.0, cache_modifier=".cg")  # fmt: skip
+        new_top = tl.maximum(top, tl.max(lse, 1))
         base = tl.where(new_top == float("-inf"), 0.0, new_top)
         rescale = tl.math.exp2(top - base)
-        weights = tl.math.exp2(lse - base)
-        acc = acc * rescale + tl.sum(weights[:, None] * partial, 0)
-        total = total * rescale + tl.sum(weights, 0)
+        weights = tl.math.exp2(lse - base[:, None])
+        acc = acc * rescale[:, None] + tl.sum(weights[:, :, None] * partial, 1)
+        total = total * rescale + tl.sum(weights, 1)
         top = new_top
-    out = acc / tl.where(total > 0.0, total, 1.0)
-    tl.store(out_ptr + row * HEAD_DIM + cols, out.to(out_ptr.dtype.element_ty), mask=col_ok)
+    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + cols[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
 
 
 @triton.jit
@@ -307,8 +311,8 @@ def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_split
                          USE_PDL: tl.constexpr):  # fmt: skip
     """Stage 2: one program per (b, query head)."""
     wait_for_previous_kernel(USE_PDL)
-    _merge_head(partial_out_ptr, partial_lse_ptr, out_ptr, tl.program_id(0).to(tl.int64), num_kv_splits,
-                HEAD_DIM, BLOCK_D, BLOCK_S)  # fmt: skip
+    _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, tl.program_id(0).to(tl.int64), 1, num_kv_splits,
+                HEAD_DIM, BLOCK_D, 1, BLOCK_S)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=None)
@@ -327,6 +331,13 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     wanted = cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
     by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))
     return max(1, min(wanted, by_length, MAX_KV_SPLITS))
+
+
+def merge_blocks(heads_per_kv: int, num_kv_splits: int) -> dict:
+    """The merge in the last split's tile: all BLOCK_H query heads of a KV head, BLOCK_S splits at a
+    time, at most MERGE_ROWS (head, split) rows."""
+    block_h = pow2_at_least(heads_per_kv)
+    return {"BLOCK_H": block_h, "BLOCK_S": min(pow2_at_least(num_kv_splits), max(1, MERGE_ROWS // block_h))}
 
 
 def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
@@ -509,7 +520,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
-        MERGE_IN_LAST_SPLIT=merge_here, BLOCK_S=min(pow2_at_least(num_kv_splits), MERGE_CHUNK) if merge_here else 1,
+        MERGE_IN_LAST_SPLIT=merge_here, **(merge_blocks(heads_q // heads_kv, num_kv_splits) if merge_here else {"BLOCK_H": 1, "BLOCK_S": 1}),
         **config, **pdl,
     )  # fmt: skip
     if not single_split and not merge_here:
@@ -555,7 +566,8 @@ def _compile_configs():
                               f"{' +append' if append else ''}{' +rotary' if rotary else ''} {split}",
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
-                                    "MERGE_IN_LAST_SPLIT": merge_here, "BLOCK_S": MERGE_CHUNK if merge_here else 1,
+                                    "MERGE_IN_LAST_SPLIT": merge_here,
+                                    **(merge_blocks(heads_q // heads_kv, 8) if merge_here else {"BLOCK_H": 1, "BLOCK_S": 1}),
                                     "USE_PDL": split.endswith("PDL")},
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
                         **launch,

@@ -238,9 +238,11 @@ def test_merge_in_last_split(dtype, num_kv_splits, paged, device, gen):
 
 
 def test_merge_in_last_split_over_many_chunks(device, gen):
-    """More splits than one merge chunk (MERGE_CHUNK) holds: sequence 0's 701 keys fill 22 splits of
-    32, over two chunks, so the running max carries across chunks; sequence 1's are mostly empty."""
-    num_kv_splits = 2 * decode_attention_module.MERGE_CHUNK + 8
+    """More splits than one merge chunk holds (16 for 4 query heads a KV head): sequence 0's 701 keys
+    fill 22 splits of 32, over two chunks, so each head's running max carries across chunks;
+    sequence 1's are mostly empty."""
+    num_kv_splits = 2 * 16 + 8
+    assert decode_attention_module.merge_blocks(4, num_kv_splits) == {"BLOCK_H": 4, "BLOCK_S": 16}
     check_op(decode_attention_merged_in_last_split, reference.decode_attention,
              *_decode_inputs([700, 3], 4, 1, 64, torch.float32, device, gen, append=True), num_kv_splits=num_kv_splits)  # fmt: skip
 
