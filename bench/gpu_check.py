@@ -181,7 +181,7 @@ def summarise_model(results_dir: str) -> list[str]:
     close the CUDA-graphed step comes to its floor."""
     import json
 
-    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, launches_per_step
+    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, kernel_notes, launches_per_step
 
     path = os.path.join(results_dir, "model-e2e.json")
     if not os.path.exists(path):
@@ -212,6 +212,7 @@ def summarise_model(results_dir: str) -> list[str]:
             parts = ", ".join(f"{g} {us / 1e3:.3f}" for g, us in sorted(groups.items()))
             lines.append(f"  decode step B={r['batch']} ({r['compressor']}, {r['backend']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
                          f"({parts}) in {launches_per_step(r['profile']):g} launches vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
+            lines += [f"    {note}" for note in kernel_notes(r["profile"])]
     return lines
 
 

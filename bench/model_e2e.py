@@ -21,7 +21,7 @@ import torch
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
-from aurora_kernels.model.cost import kv_cache_bytes, part_parameters
+from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes
 from aurora_kernels import programmatic_dependent_launch, set_programmatic_dependent_launch, using_programmatic_dependent_launch
 from bench.harness import error_text
 
@@ -184,6 +184,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
             if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
                 try:
                     row["profile"] = profile_decode(model, pixel_values, prompts)
+                    row["profile"].update(projection_weight_bytes=projection_weight_bytes(model.config.llm, torch.finfo(dtype).bits // 8),
+                                          copy_bandwidth=ceilings["copy_bandwidth"])  # fmt: skip
                 except Exception as exc:  # the timing stands without it
                     row["profile"] = {"error": error_text(exc)}
             if checkpoint is not None:
@@ -244,6 +246,23 @@ def launches_per_step(profile: dict) -> float:
     return sum(k["launches_per_step"] for k in profile["kernels"])
 
 
+def kernel_notes(profile: dict) -> list[str]:
+    """The kernels a batch-1 step is judged by: the projections' GEMV against the bytes of weights it
+    streams (achieved TB/s and the fraction of the measured copy bandwidth), and decode attention's
+    time per call (latency: a few hundred cached tokens a call)."""
+    by_name = {k["name"]: k for k in profile.get("kernels", [])}
+    notes = []
+    gemv, weight_bytes, bandwidth = by_name.get("_fused_linear_kernel"), profile.get("projection_weight_bytes"), profile.get("copy_bandwidth")
+    if gemv and weight_bytes and bandwidth:
+        rate = weight_bytes / (gemv["us_per_step"] * 1e-6)
+        notes.append(f"_fused_linear_kernel: {gemv['us_per_step']:.1f} us a step for {weight_bytes / 1e6:.0f} MB of layer weights, "
+                     f"{rate / 1e12:.2f} TB/s, {rate / bandwidth:.0%} of the copy bandwidth")  # fmt: skip
+    for name in ("_decode_split_kernel", "_decode_merge_kernel"):
+        if name in by_name:
+            notes.append(f"{name}: {by_name[name]['us_per_step'] / by_name[name]['launches_per_step']:.2f} us a call")
+    return notes
+
+
 def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
     """A profiled row's breakdown: device time per step by kernel group and the top kernels, set
     against the measured step times (what the kernels do not account for is launch gaps and host time)."""
@@ -263,7 +282,8 @@ def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
         f"floor {row['floor_ms_per_step']:.3f} ms."
     )
     calls = ", ".join(f"{op} {n:g}" for op, n in profile["op_calls_per_step"].items())
-    lines += [f"Calls of this package's ops per step: {calls}.", ""]
+    lines.append(f"Calls of this package's ops per step: {calls}.")
+    lines += [f"- {note}." for note in kernel_notes(profile)] + [""]
     if profile["kernels"]:
         lines += ["| kernel | group | us / step | launches / step |", "| --- | --- | ---: | ---: |"]
         lines += [f"| {k['name'][:80]} | {k['group']} | {k['us_per_step']:.1f} | {k['launches_per_step']:g} |"

@@ -89,14 +89,22 @@ def test_model_e2e_report_and_summary(tmp_path):
 
     assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
-    kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28)]
+    kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28),
+               ("_fused_linear_kernel", 1000.0, 112)]  # fmt: skip
     profile = {
         "steps": 8,
         "kernels": [{"name": n, "group": model_e2e.kernel_group(n), "us_per_step": us, "launches_per_step": k} for n, us, k in kernels],
-        "us_per_step_by_group": {"gemm": 900.0, "aurora": 150.0},
+        "us_per_step_by_group": {"gemm": 900.0, "aurora": 1150.0},
         "op_calls_per_step": {"decode_attention (triton)": 28},
+        "projection_weight_bytes": 2.5e9,
+        "copy_bandwidth": 4e12,
     }  # fmt: skip
-    assert [k["group"] for k in profile["kernels"]] == ["gemm", "aurora"]
+    assert [k["group"] for k in profile["kernels"]] == ["gemm", "aurora", "aurora"]
+    # the GEMV's achieved bandwidth over the weights it streams; decode attention per call
+    assert model_e2e.kernel_notes(profile) == [
+        "_fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth",
+        "_decode_split_kernel: 5.36 us a call",
+    ]
     assert model_e2e.kernel_group("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>") == "other"
     rows = [
         {**base, "backend": "reference", "decode": "eager", "ttft_ms": 50.0, "ms_per_step": 40.0, "tokens_per_s": 200.0, "frac_floor": 0.025,
@@ -114,15 +122,17 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
-    assert ("Device kernels: 1.050 ms per step (aurora 0.150 ms, gemm 0.900 ms), 141 launches; measured step: eager 8.000 ms; "
+    assert ("Device kernels: 2.050 ms per step (aurora 1.150 ms, gemm 0.900 ms), 253 launches; measured step: eager 8.000 ms; "
             "floor 1.000 ms.") in md
+    assert "- _decode_split_kernel: 5.36 us a call." in md
     assert "| _decode_split_kernel | aurora | 150.0 | 28 |" in md and "decode_attention (triton) 28." in md
     model_e2e.write(str(tmp_path), rows)
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent")  # fmt: skip
     assert summary[1].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
-    assert "  decode step B=8 (mlp, triton): device kernels 1.050 ms (aurora 0.150, gemm 0.900) in 141 launches vs floor 1.000 ms" in summary
+    assert "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms" in summary
+    assert "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
 
 
 def test_decode_floor_counts_weights_and_cache():

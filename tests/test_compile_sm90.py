@@ -11,7 +11,12 @@ import aurora_kernels as ak
 from aurora_kernels.compile_report import problems, run_report
 from tests.conftest import TEST_DEVICE
 
-pytestmark = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the ahead-of-time check is for CPU machines")
+pytestmark = [
+    pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the ahead-of-time check is for CPU machines"),
+    # one xdist worker runs this module (`make test` passes --dist loadgroup), so each report is made
+    # once: split over two workers, each made its own copy of the module-scoped report
+    pytest.mark.xdist_group("compile_sm90"),
+]
 
 # `make test` installs the GPU machines' Triton in a folder and names it here
 GPU_IMAGE_TRITON = os.environ.get("AURORA_GPU_IMAGE_TRITON")

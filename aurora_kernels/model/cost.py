@@ -23,6 +23,14 @@ def _decoder_layer_params(cfg: LLMConfig) -> int:
     return 2 * cfg.hidden_size + qkv * (cfg.hidden_size + 1) + cfg.num_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
 
 
+def projection_weight_bytes(cfg: LLMConfig, dtype_bytes: int = 2) -> int:
+    """The bytes of the decoder layers' four projection weights (qkv, o, gate_up, down), all layers:
+    what a decode step's GEMVs stream."""
+    qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+    per_layer = (qkv + cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size) * cfg.hidden_size
+    return cfg.num_layers * per_layer * dtype_bytes
+
+
 def part_parameters(config: AuroraConfig) -> dict[str, int]:
     v, llm, comp = config.vision, config.llm, config.compressor
     c, width = llm.hidden_size, llm.num_heads * llm.head_dim

@@ -6,7 +6,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.model import AuroraEdgeV, preset
-from aurora_kernels.model.cost import parameter_count
+from aurora_kernels.model.cost import parameter_count, projection_weight_bytes
 from aurora_kernels.testing import assert_parity, rel_error
 from tests.catalogue import cuda_only
 
@@ -40,6 +40,10 @@ def test_full_preset_has_about_2b_parameters():
     assert 1.9e9 < count < 2.2e9, count
     assert config.visual_tokens == 64 and config.vision.num_patches == 256 and config.vision.head_dim == 72
     assert preset("aurora-edge-v-2b", compressor="none").visual_tokens == 256
+    # what a decode step's GEMVs stream: the four projection weights of every layer, counted from the model
+    projections = sum(getattr(layer, name).weight.numel() for layer in model.llm.layers
+                      for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"))  # fmt: skip
+    assert projection_weight_bytes(config.llm, 2) == 2 * projections
     assert preset("aurora-edge-v-2b", compressor="pool").visual_tokens == 64
 
 
