@@ -39,7 +39,7 @@ $(GPU_IMAGE_TRITON_STAMP): | $(STAMP)
 
 # CPU: every kernel runs under the Triton interpreter on CPU tensors.
 test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
-	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests
+	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 # CPU: interpreter parity at small shapes, the sm_90 compile report (venv triton and 3.6), the H100 roofline floors.
 # GPU: times every op against its peers.

@@ -27,3 +27,9 @@ def device():
 def gen(request, device):
     """A generator seeded from the test's id: fresh inputs for every test, reproducible run to run."""
     return make_generator(zlib.crc32(request.node.nodeid.encode()), device)
+
+
+def pytest_collection_modifyitems(items):
+    """The sm_90 compile reports' tests first (a stable sort): their minutes of compiling then run
+    beside the interpreter tests of the other xdist worker, not alone at the end of the session."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_compile_sm90.py"))

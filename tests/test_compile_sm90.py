@@ -3,33 +3,42 @@ spills, within shared memory, with its dots on tensor cores and its global loads
 on a CPU, ahead of time, with the installed Triton and with the GPU machines' Triton (3.6), whose
 ptxas allocates registers differently."""
 
+import json
 import os
 
 import pytest
+from filelock import FileLock
 
 import aurora_kernels as ak
 from aurora_kernels.compile_report import problems, run_report
 from tests.conftest import TEST_DEVICE
 
-pytestmark = [
-    pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the ahead-of-time check is for CPU machines"),
-    # one xdist worker runs this module (`make test` passes --dist loadgroup), so each report is made
-    # once: split over two workers, each made its own copy of the module-scoped report
-    pytest.mark.xdist_group("compile_sm90"),
-]
+pytestmark = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the ahead-of-time check is for CPU machines")
 
 # `make test` installs the GPU machines' Triton in a folder and names it here
 GPU_IMAGE_TRITON = os.environ.get("AURORA_GPU_IMAGE_TRITON")
 GPU_IMAGE_TRITON_VERSION = "3.6"
 
 
+def _made_once(name: str, make, tmp_path_factory):
+    """make() once per test session: the xdist workers share the result through a file (each worker
+    would otherwise make its own copy of a module-scoped report: minutes of compiling, twice)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make()
+    path = tmp_path_factory.getbasetemp().parent / f"{name}.json"  # the session's, shared by its workers
+    with FileLock(f"{path}.lock"):
+        if not path.is_file():
+            path.write_text(json.dumps(make()))
+        return json.loads(path.read_text())
+
+
 @pytest.fixture(scope="module", params=["installed", "gpu-image"])
-def report(request):
+def report(request, tmp_path_factory):
     if request.param == "installed":
-        return run_report()
+        return _made_once("compile-report-installed", run_report, tmp_path_factory)
     if not GPU_IMAGE_TRITON:
         pytest.skip("AURORA_GPU_IMAGE_TRITON is not set (`make test` sets it): triton 3.6 not checked")
-    result = run_report(triton_path=GPU_IMAGE_TRITON)
+    result = _made_once("compile-report-gpu-image", lambda: run_report(triton_path=GPU_IMAGE_TRITON), tmp_path_factory)
     # the folder must really hold the other Triton, else this would check the installed one twice
     assert result["toolchain"]["triton"].startswith(GPU_IMAGE_TRITON_VERSION + "."), result["toolchain"]
     return result
@@ -145,7 +154,6 @@ def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_loa
     addressed by a sum across warps is issued behind that sum's barrier, which the decode attention's
     configs may not have ahead of their first product. The check that passes on the shipped configs
     would fail on these."""
-    import json
     import subprocess
     import sys
 

@@ -550,7 +550,8 @@ def _compile_configs():
     for dtype in FLOAT_DTYPES:
         config = decode_config(head_dim, heads_q // heads_kv, dtype)
         launch = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
-        for paged, page_size in ((False, 1), (True, 16), (True, 256)):
+        # paged: the model's page size (16); a page size changes a constant of the gather, not the code's shape
+        for paged, page_size in ((False, 1), (True, 16)):
             # rotary only with an append; the model's decode appends, its tables in the model's dtype
             for append, rotary in ((False, False), (True, False), (True, True)):
                 # the merge in the last split (experimental): for the model's call, contiguous cache;
