@@ -209,7 +209,7 @@ def problems(row: dict) -> list[str]:
     if row.get("barrier_free_loops") and row.get("loop_barriers"):
         found.append(f"{row['loop_barriers']} barriers (bar.sync) inside its loops, which must have none")
     if row.get("loads_behind_barrier"):
-        found.append(f"{row['loads_behind_barrier']} global loads behind its first barrier, ahead of its first product")
+        found.append(f"{row['loads_behind_barrier']} global loads behind its first barrier, ahead of its first product or store")
     if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
         found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
     return found

@@ -18,17 +18,24 @@ import dataclasses
 from aurora_kernels.model.config import PRESETS, AuroraConfig, LLMConfig, preset
 
 
+def _qkv_width(cfg: LLMConfig) -> int:
+    return (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+
+
+def _layer_projection_params(cfg: LLMConfig) -> int:
+    """One decoder layer's four projection weights: qkv, o, gate_up, down."""
+    return (_qkv_width(cfg) + cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size) * cfg.hidden_size
+
+
 def _decoder_layer_params(cfg: LLMConfig) -> int:
-    qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    return 2 * cfg.hidden_size + qkv * (cfg.hidden_size + 1) + cfg.num_heads * cfg.head_dim * cfg.hidden_size + 3 * cfg.hidden_size * cfg.intermediate_size
+    """The projections, the qkv bias and the two RMSNorm weights."""
+    return _layer_projection_params(cfg) + _qkv_width(cfg) + 2 * cfg.hidden_size
 
 
 def projection_weight_bytes(cfg: LLMConfig, dtype_bytes: int = 2) -> int:
     """The bytes of the decoder layers' four projection weights (qkv, o, gate_up, down), all layers:
     what a decode step's GEMVs stream."""
-    qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    per_layer = (qkv + cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size) * cfg.hidden_size
-    return cfg.num_layers * per_layer * dtype_bytes
+    return cfg.num_layers * _layer_projection_params(cfg) * dtype_bytes
 
 
 def part_parameters(config: AuroraConfig) -> dict[str, int]:
@@ -58,9 +65,7 @@ class StageCost:
 
 def _layer_flops(cfg: LLMConfig, tokens: int, attended_pairs: int) -> int:
     """One decoder layer over `tokens` new tokens that see `attended_pairs` query-key pairs in all."""
-    qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    matmuls = 2 * tokens * cfg.hidden_size * (qkv + cfg.num_heads * cfg.head_dim + 3 * cfg.intermediate_size)
-    return matmuls + 4 * cfg.head_dim * cfg.num_heads * attended_pairs
+    return 2 * tokens * _layer_projection_params(cfg) + 4 * cfg.head_dim * cfg.num_heads * attended_pairs
 
 
 def _causal_pairs(length: int) -> int:
