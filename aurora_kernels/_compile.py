@@ -38,6 +38,7 @@ class KernelConfig:
     uses_dot: bool = False
     barrier_free_loops: bool = False
     loads_before_barrier: bool = False
+    dtype: str = ""  # the label of the dtype the config is typed for ("bf16", "fp16", "fp32")
 
 
 def pointer_type(dtype) -> str:
@@ -76,5 +77,6 @@ def configs_per_dtype(dtypes, *, shape: str, signature: dict, **fields) -> list[
         multiples = {name: 16 // size for name, size in (("STRIDE_MULTIPLE", dtype.itemsize), ("TABLE_STRIDE_MULTIPLE", 4))
                      if name in kernel_args}  # fmt: skip
         per_dtype = {**fields, "constexprs": {**multiples, **fields.get("constexprs", {})}}
-        configs.append(KernelConfig(shape=f"{shape} {DTYPE_LABELS[str(dtype)]}", signature=typed, **per_dtype))
+        label = DTYPE_LABELS[str(dtype)]
+        configs.append(KernelConfig(shape=f"{shape} {label}", signature=typed, dtype=label, **per_dtype))
     return configs

@@ -14,14 +14,17 @@ limit, spills, a barrier at every step of a GEMV's loop, a latency-bound kernel 
 twice in a row before its first product).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
-3.9's did not), so the check runs twice in CI: with the installed Triton, and with the Triton of the
-GPU machines (3.6) installed beside it in a folder (`run_report(triton_path=...)`).
+3.9's did not), so the check runs twice: with the installed Triton, and with the Triton of the GPU
+machines (3.6) installed beside it in a folder (`run_report(triton_path=...)`). `make bench` checks
+every config with both. The CI tests check every config with 3.6, the compiler of the GPU runs, and
+the model's dtype (bf16) with the installed one (`--dtype`): the whole list cold is minutes of
+compiling for each Triton, and fp16 compiles to bf16's code but for its conversions.
 
 It must run without TRITON_INTERPRET (under the interpreter `@triton.jit` gives interpreted functions
 that cannot be compiled): `run_report()` starts `python -m aurora_kernels.compile_report` in a
 subprocess with that variable removed.
 
-    python -m aurora_kernels.compile_report [--json FILE] [--markdown FILE]
+    python -m aurora_kernels.compile_report [--json FILE] [--markdown FILE] [--op OP] [--dtype bf16]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 
-from aurora_kernels._compile import H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
+from aurora_kernels._compile import DTYPE_LABELS, H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
 
 def _ptxas() -> str:
     """The ptxas this Triton itself assembles sm_90 code with: triton 3.6 uses its CUDA 12.8 `ptxas`,
@@ -264,17 +267,19 @@ def document(report: dict) -> str:
     )
 
 
-def run_report(timeout: float = 900, triton_path: str | None = None) -> dict:
+def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tuple = ()) -> dict:
     """Run the report in a subprocess without TRITON_INTERPRET; returns {"toolchain", "rows"}.
     triton_path: a folder holding another Triton (`pip install --target DIR triton==3.6.0`), put first
-    on the subprocess's path, to check the kernels with the compiler a GPU machine has."""
+    on the subprocess's path, to check the kernels with the compiler a GPU machine has. dtypes: only
+    the configs of these dtype labels ("bf16", "fp16", "fp32"); all when empty."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(triton_path), env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         subprocess.run(
-            [sys.executable, "-m", "aurora_kernels.compile_report", "--json", out, "--quiet"],
+            [sys.executable, "-m", "aurora_kernels.compile_report", "--json", out, "--quiet",
+             *[arg for label in dtypes for arg in ("--dtype", label)]],
             env=env,
             check=False,  # exit status 1 means some config has problems: the caller reads them from the rows
             timeout=timeout,
@@ -289,11 +294,14 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the table as Markdown here")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     parser.add_argument("--op", action="append", help="only this op's configs (repeatable)")
+    parser.add_argument("--dtype", action="append", choices=sorted(DTYPE_LABELS.values()),
+                        help="only the configs of this dtype (repeatable)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
-    rows = compile_all([cfg for cfg in all_configs() if not args.op or cfg.op in args.op])
+    rows = compile_all([cfg for cfg in all_configs()
+                        if (not args.op or cfg.op in args.op) and (not args.dtype or cfg.dtype in args.dtype)])
     report = {"toolchain": toolchain(), "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,8 @@
 """Every launch config the launchers can pick at the model's shapes compiles for sm_90 (H100) with no
 spills, within shared memory, with its dots on tensor cores and its global loads vectorised: checked
-on a CPU, ahead of time, with the installed Triton and with the GPU machines' Triton (3.6), whose
-ptxas allocates registers differently."""
+on a CPU, ahead of time, with the GPU machines' Triton (3.6), and in the model's dtype (bf16) with the
+installed Triton, whose ptxas allocates registers differently (`make bench` checks every dtype with
+both; cold, each Triton's whole list is minutes of compiling)."""
 
 import json
 import os
@@ -35,7 +36,9 @@ def _made_once(name: str, make, tmp_path_factory):
 @pytest.fixture(scope="module", params=["installed", "gpu-image"])
 def report(request, tmp_path_factory):
     if request.param == "installed":
-        return _made_once("compile-report-installed", run_report, tmp_path_factory)
+        result = _made_once("compile-report-installed", lambda: run_report(dtypes=("bf16",)), tmp_path_factory)
+        assert {row["shape"].split()[-1] for row in result["rows"]} == {"bf16"}
+        return result
     if not GPU_IMAGE_TRITON:
         pytest.skip("AURORA_GPU_IMAGE_TRITON is not set (`make test` sets it): triton 3.6 not checked")
     result = _made_once("compile-report-gpu-image", lambda: run_report(triton_path=GPU_IMAGE_TRITON), tmp_path_factory)

@@ -6,9 +6,11 @@ q [..., L, Hq, D], k [..., L, Hkv, D] (dense [B, L, H, D] or packed [T, H, D]); 
 
 Work per token: reads (Hq + Hkv) * D of q/k and 2D of cos/sin, writes (Hq + Hkv) * D: memory bound.
 The fusion is in reading cos/sin once per token for all heads of q and k (the eager op reads them
-once per head and materialises rotate_half). A program takes TOKENS_PER_PROGRAM tokens; per token it
-loads the two halves of every head as [BLOCK_H, BLOCK_HALF] tiles (head dims 72/80 give halves of
-36/40, padded to 64 with masks). q and k may be strided slices of a fused qkv projection.
+once per head and materialises rotate_half). A program takes a block of TOKENS_PER_PROGRAM tokens
+and loads the two halves of all their heads at once, [BLOCK_T, BLOCK_H, BLOCK_HALF] tiles (head dims
+72/80 give halves of 36/40, padded to 64 with masks), with the tables' [BLOCK_T, 1, BLOCK_HALF]
+broadcast over the heads: every load of the block in flight together, rather than a token at a time.
+q and k may be strided slices of a fused qkv projection.
 """
 
 from __future__ import annotations
@@ -28,28 +30,37 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._autotune import INTERPRETER
 from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple, warps_for
 
 MAX_HEAD_DIM = 512
+TOKENS_PER_PROGRAM = 4  # on a GPU
 
 
 @triton.jit
 def _rotate_heads(
-    x_ptr, out_ptr, token, x_token_start, head_stride, num_heads, half_dim, cos1, cos2, sin1, sin2,
+    x_ptr, out_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, half_dim, cos1, cos2, sin1, sin2,
     STRIDE_MULTIPLE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
-    """Rotate every head of one token: x is [num_heads, 2 * half_dim] at x_token_start."""
+    """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * half_dim] at
+    x_token_starts[t]; the tables' halves are [BLOCK_T, 1, BLOCK_HALF], shared by the heads."""
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
-    mask = (heads < num_heads)[:, None] & (dims < half_dim)[None, :]
-    head_starts = tl.multiple_of(x_token_start + heads.to(tl.int64) * head_stride, STRIDE_MULTIPLE)
-    first = head_starts[:, None] + dims[None, :]
+    mask = token_mask[:, None, None] & (heads < num_heads)[None, :, None] & (dims < half_dim)[None, None, :]
+    head_offsets = tl.multiple_of(heads.to(tl.int64) * head_stride, STRIDE_MULTIPLE)
+    first = (x_token_starts[:, None] + head_offsets[None, :])[:, :, None] + dims[None, None, :]
     x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_ptr + first + half_dim, mask=mask, other=0.0).to(tl.float32)
-    out_first = token.to(tl.int64) * num_heads * 2 * half_dim + heads[:, None] * 2 * half_dim + dims[None, :]
+    out_first = ((tokens.to(tl.int64) * num_heads)[:, None] + heads[None, :])[:, :, None] * (2 * half_dim) + dims[None, None, :]
     dtype = out_ptr.dtype.element_ty
-    tl.store(out_ptr + out_first, (x1 * cos1[None, :] - x2 * sin1[None, :]).to(dtype), mask=mask)
-    tl.store(out_ptr + out_first + half_dim, (x2 * cos2[None, :] + x1 * sin2[None, :]).to(dtype), mask=mask)
+    tl.store(out_ptr + out_first, (x1 * cos1 - x2 * sin1).to(dtype), mask=mask)
+    tl.store(out_ptr + out_first + half_dim, (x2 * cos2 + x1 * sin2).to(dtype), mask=mask)
+
+
+@triton.jit
+def _table_half(table_ptr, token_starts, dims, mask):
+    """[BLOCK_T, 1, BLOCK_HALF] of a cos/sin table, in fp32, to broadcast over the heads."""
+    return tl.load(table_ptr + token_starts[:, None] + dims[None, :], mask=mask, other=0.0).to(tl.float32)[:, None, :]
 
 
 @triton.jit
@@ -61,38 +72,40 @@ def _rotary_kernel(
     cos_outer_stride, cos_inner_size, cos_inner_stride,
     sin_outer_stride, sin_inner_size, sin_inner_stride,
     STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr,
-    TOKENS_PER_PROGRAM: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
+    tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    token_mask = tokens < num_tokens
     dims = tl.arange(0, BLOCK_HALF)
-    dim_mask = dims < half_dim
-    for i in range(TOKENS_PER_PROGRAM):
-        token = tl.program_id(0) * TOKENS_PER_PROGRAM + i
-        if token < num_tokens:
-            cos_start = row_starts(token, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
-            sin_start = row_starts(token, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
-            cos1 = tl.load(cos_ptr + cos_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
-            cos2 = tl.load(cos_ptr + cos_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
-            sin1 = tl.load(sin_ptr + sin_start + dims, mask=dim_mask, other=0.0).to(tl.float32)
-            sin2 = tl.load(sin_ptr + sin_start + half_dim + dims, mask=dim_mask, other=0.0).to(tl.float32)
-            q_start = row_starts(token, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
-            _rotate_heads(q_ptr, q_out_ptr, token, q_start, q_head_stride, num_heads_q, half_dim,
-                          cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
-            k_start = row_starts(token, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
-            _rotate_heads(k_ptr, k_out_ptr, token, k_start, k_head_stride, num_heads_kv, half_dim,
-                          cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+    table_mask = token_mask[:, None] & (dims < half_dim)[None, :]
+    cos_starts = row_starts(tokens, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
+    sin_starts = row_starts(tokens, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
+    cos1 = _table_half(cos_ptr, cos_starts, dims, table_mask)
+    cos2 = _table_half(cos_ptr, cos_starts + half_dim, dims, table_mask)
+    sin1 = _table_half(sin_ptr, sin_starts, dims, table_mask)
+    sin2 = _table_half(sin_ptr, sin_starts + half_dim, dims, table_mask)
+    q_starts = row_starts(tokens, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
+    _rotate_heads(q_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q, half_dim,
+                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+    k_starts = row_starts(tokens, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
+    _rotate_heads(k_ptr, k_out_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv, half_dim,
+                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
 
 
 def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
     block_half = pow2_at_least(head_dim // 2, 16)
     block_hq, block_hkv = pow2_at_least(num_heads_q), pow2_at_least(num_heads_kv)
+    # the interpreter's cost grows with programs, not tile size: a block of 32 tokens (the tests'
+    # 37-token case still spans two programs)
+    block_t = 32 if INTERPRETER else TOKENS_PER_PROGRAM
     return {
-        "TOKENS_PER_PROGRAM": 4,
+        "BLOCK_T": block_t,
         "BLOCK_HQ": block_hq,
         "BLOCK_HKV": block_hkv,
         "BLOCK_HALF": block_half,
-        # the live tiles are a head block's two halves, [BLOCK_H, BLOCK_HALF] each: counting one of them
-        # (8 warps for both spilled 4 bytes under triton 3.9's ptxas flags at the ViT's 16 heads)
-        "num_warps": warps_for(block_hq * block_half),
+        # the live tiles are a head block's two halves, [BLOCK_T, BLOCK_H, BLOCK_HALF] each: counting one of
+        # them (8 warps for both spilled 4 bytes under triton 3.9's ptxas flags at the ViT's 16 heads)
+        "num_warps": warps_for(TOKENS_PER_PROGRAM * block_hq * block_half),
     }
 
 
@@ -148,7 +161,7 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
     if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0:
         cfg = _launch_config(num_heads_q, num_heads_kv, head_dim)
-        grid = (cdiv(q_rows.num_rows, cfg["TOKENS_PER_PROGRAM"]),)
+        grid = (cdiv(q_rows.num_rows, cfg["BLOCK_T"]),)
         _rotary_kernel[grid](
             q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
             *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:],
