@@ -23,6 +23,23 @@ MODEL_WIDTHS = (128, 1152, 1536)
 ODD_WIDTHS = (1, 3, 100, 300)
 
 
+# A dim-0 stride past which entry 2 starts beyond 2**31 elements, where an int32 product of index and
+# stride wraps (the stride alone fits int32, so only an int64 product reaches that entry).
+FAR_STRIDE = 2**30 + 64
+
+
+def far_apart(shape, dtype, device, generator):
+    """A random tensor of `shape` whose dim-0 entries lie FAR_STRIDE elements apart (the other dims
+    contiguous). The storage is allocated but only the entries are written, so only their pages
+    become real memory."""
+    from aurora_kernels.testing import randn
+
+    inner = torch.Size(shape[1:]).numel()
+    storage = torch.empty(FAR_STRIDE * (shape[0] - 1) + inner, dtype=dtype, device=device)
+    t = storage.as_strided(shape, (FAR_STRIDE, *torch.empty(shape[1:], device="meta").stride()))
+    return t.copy_(randn(shape, dtype, device, generator))
+
+
 def fused_qkv(tokens_shape, heads_q, heads_kv, head_dim, dtype, device, generator):
     """q, k, v as strided views of one fused projection [..., (Hq + 2 Hkv) * D] (no copies)."""
     from aurora_kernels.testing import randn

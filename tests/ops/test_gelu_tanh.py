@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn, strided_view
-from tests.catalogue import DTYPE_IDS, DTYPES
+from tests.catalogue import DTYPE_IDS, DTYPES, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -27,3 +27,7 @@ def test_extreme_values_stay_finite(device):
 def test_bad_inputs(device, gen):
     with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
         ak.gelu_tanh(randn((8, 8), torch.float32, device, gen).t())
+
+
+def test_int64_offsets(device, gen):
+    check_op(ak.gelu_tanh, reference.gelu_tanh, far_apart((3, 100), torch.bfloat16, device, gen))

@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn, strided_view
-from tests.catalogue import DTYPE_IDS, DTYPES, MODEL_WIDTHS, ODD_WIDTHS
+from tests.catalogue import DTYPE_IDS, DTYPES, MODEL_WIDTHS, ODD_WIDTHS, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -36,3 +36,8 @@ def test_bad_inputs(device, gen):
         ak.layer_norm(x.double(), x[0], x[0])
     with pytest.raises(TypeError, match="weight: expected a torch.Tensor"):
         ak.layer_norm(x, None, x[0])
+
+
+def test_int64_offsets(device, gen):
+    weight, bias = randn((64,), torch.float16, device, gen), randn((64,), torch.float16, device, gen)
+    check_op(ak.layer_norm, reference.layer_norm, far_apart((3, 64), torch.float16, device, gen), weight, bias)

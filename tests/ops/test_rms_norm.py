@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn, strided_view
-from tests.catalogue import DTYPE_IDS, DTYPES, MODEL_WIDTHS, ODD_WIDTHS
+from tests.catalogue import DTYPE_IDS, DTYPES, MODEL_WIDTHS, ODD_WIDTHS, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -60,3 +60,9 @@ def test_bad_inputs(device, gen):
         ak.rms_norm(x.t(), x[:, 0])
     with pytest.raises(ValueError, match="eps"):
         ak.rms_norm(x, x[0], eps=-1.0)
+
+
+def test_int64_offsets(device, gen):
+    x = far_apart((3, 64), torch.float16, device, gen)
+    residual = randn((3, 64), torch.float16, device, gen)
+    check_op(ak.rms_norm, reference.rms_norm, x, randn((64,), torch.float16, device, gen), residual=residual)

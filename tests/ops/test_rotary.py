@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn
-from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, fused_qkv
+from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, far_apart, fused_qkv
 
 
 def _tables(shape, head_dim, dtype, device, gen):
@@ -45,3 +45,11 @@ def test_bad_inputs(device, gen):
     odd_q = randn((2, 5, 4, 63), torch.float32, device, gen)
     with pytest.raises(ValueError, match="q: expected an even head dim"):
         ak.apply_rotary(odd_q, odd_q, cos[..., :63], sin[..., :63])
+
+
+def test_int64_offsets(device, gen):
+    """q's tokens FAR_STRIDE elements apart (k, cos, sin contiguous)."""
+    q = far_apart((3, 4, 64), torch.float16, device, gen)
+    k = randn((3, 2, 64), torch.float16, device, gen)
+    cos, sin = _tables((3,), 64, torch.float32, device, gen)
+    check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin)

@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn, strided_view
-from tests.catalogue import DTYPE_IDS, DTYPES
+from tests.catalogue import DTYPE_IDS, DTYPES, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -24,3 +24,7 @@ def test_bad_inputs(device, gen):
         ak.silu_and_mul(randn((4, 33), torch.float32, device, gen))
     with pytest.raises(ValueError, match="x: expected at least 1 dim"):
         ak.silu_and_mul(randn((), torch.float32, device, gen))
+
+
+def test_int64_offsets(device, gen):
+    check_op(ak.silu_and_mul, reference.silu_and_mul, far_apart((3, 2 * 48), torch.bfloat16, device, gen))

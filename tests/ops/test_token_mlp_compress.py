@@ -4,7 +4,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn
-from tests.catalogue import DTYPE_IDS, DTYPES
+from tests.catalogue import DTYPE_IDS, DTYPES, far_apart
 
 
 def _inputs(batch, tokens, hidden, out_tokens, channels, dtype, device, gen):
@@ -54,3 +54,8 @@ def test_bad_inputs(device, gen):
     big_w2 = randn((300, 32), torch.float32, device, gen)
     with pytest.raises(ValueError, match="w2: expected at most 256 output tokens"):
         ak.token_mlp_compress(x, w1, b1, big_w2, randn((300,), torch.float32, device, gen))
+
+
+def test_int64_offsets(device, gen):
+    _, w1, b1, w2, b2 = _inputs(3, 16, 24, 4, 8, torch.float16, device, gen)
+    check_op(ak.token_mlp_compress, reference.token_mlp_compress, far_apart((3, 16, 8), torch.float16, device, gen), w1, b1, w2, b2)

@@ -6,7 +6,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, randn, strided_view
-from tests.catalogue import DTYPE_IDS, DTYPES
+from tests.catalogue import DTYPE_IDS, DTYPES, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -54,3 +54,7 @@ def test_bad_inputs(device, gen):
         ak.token_pool(x, (4, 4), 2.0)
     with pytest.raises(ValueError, match="x: expected 3 dims \\[B, H\\*W, C\\]"):
         ak.token_pool(x[0], (4, 4))
+
+
+def test_int64_offsets(device, gen):
+    check_op(ak.token_pool, reference.token_pool, far_apart((3, 16, 8), torch.float16, device, gen), (4, 4), 2, "avg")
