@@ -53,3 +53,15 @@ def test_int64_offsets(device, gen):
     k = randn((3, 2, 64), torch.float16, device, gen)
     cos, sin = _tables((3,), 64, torch.float32, device, gen)
     check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin)
+
+
+def test_the_gpu_token_block(device, gen, monkeypatch):
+    """The GPU's block of TOKENS_PER_PROGRAM tokens (the interpreter otherwise takes 32 at a time):
+    11 tokens make three programs, the last one partly masked."""
+    from aurora_kernels.ops import rotary
+
+    monkeypatch.setattr(rotary, "INTERPRETER", False)
+    assert rotary._launch_config(12, 2, 128)["BLOCK_T"] == rotary.TOKENS_PER_PROGRAM < 11
+    q, k, _ = fused_qkv((11,), 12, 2, 128, torch.bfloat16, device, gen)
+    cos, sin = _tables((11,), 128, torch.float32, device, gen)
+    check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin)
