@@ -546,7 +546,9 @@ def _compile_configs():
         "out_ptr": "*T", "split_counters_ptr": "*i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
         **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
     }  # fmt: skip
-    aligned = tuple(n for n in split_signature if n.endswith(("_ptr", "_stride")))
+    # what the launcher's specialisation sees as 16-divisible at the model's shapes: pointers and the
+    # tensors' strides (D 128, Hkv 2); not the block table's, a count of pages that follows the capacity
+    aligned = tuple(n for n in split_signature if n.endswith(("_ptr", "_stride")) and n != "block_table_stride")
     for dtype in FLOAT_DTYPES:
         config = decode_config(head_dim, heads_q // heads_kv, dtype)
         launch = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}

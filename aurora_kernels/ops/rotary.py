@@ -31,7 +31,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER
-from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple, warps_for
+from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple
 
 MAX_HEAD_DIM = 512
 TOKENS_PER_PROGRAM = 4  # on a GPU
@@ -39,57 +39,57 @@ TOKENS_PER_PROGRAM = 4  # on a GPU
 
 @triton.jit
 def _rotate_heads(
-    x_ptr, out_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, half_dim, cos1, cos2, sin1, sin2,
-    STRIDE_MULTIPLE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    x_ptr, out_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, cos1, cos2, sin1, sin2,
+    STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
-    """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * half_dim] at
+    """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * HALF_DIM] at
     x_token_starts[t]; the tables' halves are [BLOCK_T, 1, BLOCK_HALF], shared by the heads."""
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
-    mask = token_mask[:, None, None] & (heads < num_heads)[None, :, None] & (dims < half_dim)[None, None, :]
+    mask = token_mask[:, None, None] & (heads < num_heads)[None, :, None] & (dims < HALF_DIM)[None, None, :]
     head_offsets = tl.multiple_of(heads.to(tl.int64) * head_stride, STRIDE_MULTIPLE)
     first = (x_token_starts[:, None] + head_offsets[None, :])[:, :, None] + dims[None, None, :]
     x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + first + half_dim, mask=mask, other=0.0).to(tl.float32)
-    out_first = ((tokens.to(tl.int64) * num_heads)[:, None] + heads[None, :])[:, :, None] * (2 * half_dim) + dims[None, None, :]
+    x2 = tl.load(x_ptr + first + HALF_DIM, mask=mask, other=0.0).to(tl.float32)
+    out_first = ((tokens.to(tl.int64) * num_heads)[:, None] + heads[None, :])[:, :, None] * (2 * HALF_DIM) + dims[None, None, :]
     dtype = out_ptr.dtype.element_ty
     tl.store(out_ptr + out_first, (x1 * cos1 - x2 * sin1).to(dtype), mask=mask)
-    tl.store(out_ptr + out_first + half_dim, (x2 * cos2 + x1 * sin2).to(dtype), mask=mask)
+    tl.store(out_ptr + out_first + HALF_DIM, (x2 * cos2 + x1 * sin2).to(dtype), mask=mask)
 
 
 @triton.jit
 def _table_half(table_ptr, token_starts, dims, mask):
     """[BLOCK_T, 1, BLOCK_HALF] of a cos/sin table, in fp32, to broadcast over the heads."""
-    return tl.load(table_ptr + token_starts[:, None] + dims[None, :], mask=mask, other=0.0).to(tl.float32)[:, None, :]
+    return tl.load(table_ptr + token_starts[:, None, None] + dims[None, None, :], mask=mask[:, None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
-    num_tokens, num_heads_q, num_heads_kv, half_dim,
+    num_tokens, num_heads_q, num_heads_kv,
     q_outer_stride, q_inner_size, q_inner_stride, q_head_stride,
     k_outer_stride, k_inner_size, k_inner_stride, k_head_stride,
     cos_outer_stride, cos_inner_size, cos_inner_stride,
     sin_outer_stride, sin_inner_size, sin_inner_stride,
-    STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < num_tokens
     dims = tl.arange(0, BLOCK_HALF)
-    table_mask = token_mask[:, None] & (dims < half_dim)[None, :]
+    table_mask = token_mask[:, None] & (dims < HALF_DIM)[None, :]
     cos_starts = row_starts(tokens, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
     sin_starts = row_starts(tokens, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
     cos1 = _table_half(cos_ptr, cos_starts, dims, table_mask)
-    cos2 = _table_half(cos_ptr, cos_starts + half_dim, dims, table_mask)
+    cos2 = _table_half(cos_ptr, cos_starts + HALF_DIM, dims, table_mask)
     sin1 = _table_half(sin_ptr, sin_starts, dims, table_mask)
-    sin2 = _table_half(sin_ptr, sin_starts + half_dim, dims, table_mask)
+    sin2 = _table_half(sin_ptr, sin_starts + HALF_DIM, dims, table_mask)
     q_starts = row_starts(tokens, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
-    _rotate_heads(q_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q, half_dim,
-                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(q_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q,
+                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
     k_starts = row_starts(tokens, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
-    _rotate_heads(k_ptr, k_out_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv, half_dim,
-                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(k_ptr, k_out_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv,
+                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
 
 
 def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
@@ -99,14 +99,26 @@ def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
     # 37-token case still spans two programs)
     block_t = 32 if INTERPRETER else TOKENS_PER_PROGRAM
     return {
+        # a constexpr, so the compiler knows the halves' mask and offset: 36 (D 72) is a multiple of 4, and
+        # its loads are 8-byte vectors; as a runtime argument it is 16-divisible or nothing, and D 72's
+        # loads were one element wide
+        "HALF_DIM": head_dim // 2,
         "BLOCK_T": block_t,
         "BLOCK_HQ": block_hq,
         "BLOCK_HKV": block_hkv,
         "BLOCK_HALF": block_half,
-        # the live tiles are a head block's two halves, [BLOCK_T, BLOCK_H, BLOCK_HALF] each: counting one of
-        # them (8 warps for both spilled 4 bytes under triton 3.9's ptxas flags at the ViT's 16 heads)
-        "num_warps": warps_for(TOKENS_PER_PROGRAM * block_hq * block_half),
+        "num_warps": _warps(TOKENS_PER_PROGRAM * block_hq * block_half, head_dim // 2),
     }
+
+
+def _warps(tile: int, half_dim: int) -> int:
+    """Warps for a [BLOCK_T, BLOCK_HQ, BLOCK_HALF] tile: each thread one 16-byte vector of a 16-bit
+    dtype (8 elements), or 4 elements where the half is not a multiple of 8 (D 72). There the second
+    half's address is only 4-aligned: with 8 elements a thread, its store took a layout of its own,
+    converted through shared memory, and triton 3.6 spilled; with 4, every load and store shares one
+    layout. (Fewer warps, more elements a thread, converted layouts at D 128 too.)"""
+    per_thread = 8 if half_dim % 8 == 0 else 4
+    return max(1, min(32, tile // (32 * per_thread)))
 
 
 def _check_args(q, k, cos, sin):
@@ -163,7 +175,7 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
         cfg = _launch_config(num_heads_q, num_heads_kv, head_dim)
         grid = (cdiv(q_rows.num_rows, cfg["BLOCK_T"]),)
         _rotary_kernel[grid](
-            q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv, head_dim // 2,
+            q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv,
             *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:],
             STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_rows.outer_stride, q_rows.inner_stride, q.stride(-2),
                                                                k_rows.outer_stride, k_rows.inner_stride, k.stride(-2))),
@@ -187,7 +199,7 @@ def _compile_configs():
             kernel=_rotary_kernel,
             signature={
                 "q_ptr": "*T", "k_ptr": "*T", "cos_ptr": "*T", "sin_ptr": "*T", "q_out_ptr": "*T", "k_out_ptr": "*T",
-                "num_tokens": "i32", "num_heads_q": "i32", "num_heads_kv": "i32", "half_dim": "i32",
+                "num_tokens": "i32", "num_heads_q": "i32", "num_heads_kv": "i32",
                 "q_outer_stride": "i64", "q_inner_size": "i32", "q_inner_stride": "i32", "q_head_stride": "i32",
                 "k_outer_stride": "i64", "k_inner_size": "i32", "k_inner_stride": "i32", "k_head_stride": "i32",
                 "cos_outer_stride": "i64", "cos_inner_size": "i32", "cos_inner_stride": "i32",
@@ -196,6 +208,6 @@ def _compile_configs():
             constexprs=cfg,
             num_warps=warps,
             num_stages=1,
-            aligned=("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr", "half_dim"),
+            aligned=("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr"),
         )
     return configs
