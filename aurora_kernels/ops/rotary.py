@@ -6,7 +6,7 @@ q [..., L, Hq, D], k [..., L, Hkv, D] (dense [B, L, H, D] or packed [T, H, D]); 
 
 Work per token: reads (Hq + Hkv) * D of q/k and 2D of cos/sin, writes (Hq + Hkv) * D: memory bound.
 The fusion is in reading cos/sin once per token for all heads of q and k (the eager op reads them
-once per head and materialises rotate_half). A program takes a block of TOKENS_PER_PROGRAM tokens
+once per head and materialises rotate_half). A program takes a block of up to TOKENS_PER_PROGRAM tokens
 and loads the two halves of all their heads at once, [BLOCK_T, BLOCK_H, BLOCK_HALF] tiles (head dims
 72/80 give halves of 36/40, padded to 64 with masks), with the tables' [BLOCK_T, 1, BLOCK_HALF]
 broadcast over the heads: every load of the block in flight together, rather than a token at a time.
@@ -34,7 +34,8 @@ from aurora_kernels.ops._autotune import INTERPRETER
 from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple
 
 MAX_HEAD_DIM = 512
-TOKENS_PER_PROGRAM = 4  # on a GPU
+TOKENS_PER_PROGRAM = 4  # on a GPU, at most...
+MAX_TILE = 4096  # ...and no more elements in its [BLOCK_T, BLOCK_HQ, BLOCK_HALF] tile (the LLM's 12 heads x 64: 4 tokens)
 
 
 @triton.jit
@@ -97,7 +98,8 @@ def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
     block_hq, block_hkv = pow2_at_least(num_heads_q), pow2_at_least(num_heads_kv)
     # the interpreter's cost grows with programs, not tile size: a block of 32 tokens (the tests'
     # 37-token case still spans two programs)
-    block_t = 32 if INTERPRETER else TOKENS_PER_PROGRAM
+    gpu_block_t = max(1, min(TOKENS_PER_PROGRAM, MAX_TILE // (block_hq * block_half)))
+    block_t = 32 if INTERPRETER else gpu_block_t
     return {
         # a constexpr, so the compiler knows the halves' mask and offset: 36 (D 72) is a multiple of 4, and
         # its loads are 8-byte vectors; as a runtime argument it is 16-divisible or nothing, and D 72's
@@ -107,7 +109,7 @@ def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
         "BLOCK_HQ": block_hq,
         "BLOCK_HKV": block_hkv,
         "BLOCK_HALF": block_half,
-        "num_warps": _warps(TOKENS_PER_PROGRAM * block_hq * block_half, head_dim // 2),
+        "num_warps": _warps(gpu_block_t * block_hq * block_half, head_dim // 2),
     }
 
 
