@@ -172,3 +172,11 @@ def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_loa
     assert any(p.startswith("spills") for p in huge_tile), huge_tile
     assert any("barriers (bar.sync) inside its loops" in p for p in reduction_in_loop), reduction_in_loop
     assert any("global loads behind its first barrier" in p for p in load_after_a_sum), load_after_a_sum
+
+
+def test_the_report_names_a_bad_dtype_filter(capsys):
+    from aurora_kernels.compile_report import main
+
+    with pytest.raises(SystemExit):
+        main(["--dtype", "fp8"])
+    assert "--dtype: invalid choice: 'fp8'" in capsys.readouterr().err

@@ -96,9 +96,9 @@ def _rotary_kernel(
 def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
     block_half = pow2_at_least(head_dim // 2, 16)
     block_hq, block_hkv = pow2_at_least(num_heads_q), pow2_at_least(num_heads_kv)
+    gpu_block_t = max(1, min(TOKENS_PER_PROGRAM, MAX_TILE // (block_hq * block_half)))
     # the interpreter's cost grows with programs, not tile size: a block of 32 tokens (the tests'
     # 37-token case still spans two programs)
-    gpu_block_t = max(1, min(TOKENS_PER_PROGRAM, MAX_TILE // (block_hq * block_half)))
     block_t = 32 if INTERPRETER else gpu_block_t
     return {
         # a constexpr, so the compiler knows the halves' mask and offset: 36 (D 72) is a multiple of 4, and
