@@ -333,9 +333,11 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     return max(1, min(wanted, by_length, MAX_KV_SPLITS))
 
 
-def merge_blocks(heads_per_kv: int, num_kv_splits: int) -> dict:
+def merge_blocks(heads_per_kv: int, num_kv_splits: int, merge_here: bool = True) -> dict:
     """The merge in the last split's tile: all BLOCK_H query heads of a KV head, BLOCK_S splits at a
-    time, at most MERGE_ROWS (head, split) rows."""
+    time, at most MERGE_ROWS (head, split) rows; 1 x 1 (unused) where the split kernel does not merge."""
+    if not merge_here:
+        return {"BLOCK_H": 1, "BLOCK_S": 1}
     block_h = pow2_at_least(heads_per_kv)
     return {"BLOCK_H": block_h, "BLOCK_S": min(pow2_at_least(num_kv_splits), max(1, MERGE_ROWS // block_h))}
 
@@ -520,7 +522,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
-        MERGE_IN_LAST_SPLIT=merge_here, **(merge_blocks(heads_q // heads_kv, num_kv_splits) if merge_here else {"BLOCK_H": 1, "BLOCK_S": 1}),
+        MERGE_IN_LAST_SPLIT=merge_here, **merge_blocks(heads_q // heads_kv, num_kv_splits, merge_here),
         **config, **pdl,
     )  # fmt: skip
     if not single_split and not merge_here:
@@ -570,7 +572,7 @@ def _compile_configs():
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
                                     "MERGE_IN_LAST_SPLIT": merge_here,
-                                    **(merge_blocks(heads_q // heads_kv, 8) if merge_here else {"BLOCK_H": 1, "BLOCK_S": 1}),
+                                    **merge_blocks(heads_q // heads_kv, 8, merge_here),
                                     "USE_PDL": split.endswith("PDL")},
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
                         **launch,
