@@ -4,12 +4,18 @@ AURORA_AUTOTUNE=0 keeps only each list's first candidate (the default config): n
 key's first call and one compile instead of several, which is what a correctness run on a GPU (the
 test suite in `make gpu-check`) wants; benchmarks and users keep the autotuner. Under the Triton
 interpreter nothing is autotuned: the launchers pick large blocks themselves.
+
+A key's first call times its candidates, and timing synchronizes the device: inside a CUDA graph
+capture that ends the capture with an error from deep inside Triton. So the launchers refuse it
+there with an error that says what to do (one call of those shapes before the capture, as
+`AuroraEdgeV.generate` makes its first decode step eagerly); a key already tuned launches as usual.
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
@@ -32,13 +38,34 @@ def power_of_4_class(value: int, smallest: int, largest: int) -> int:
 _AUTOTUNERS: dict = {}
 
 
+def _triton_benchmarker():
+    return triton.runtime.driver.active.get_benchmarker()
+
+
+def benchmark_outside_capture(kernel_name: str):
+    """The autotuner's benchmark for `kernel_name`'s launchers: Triton's own, refused (before it
+    touches the device) while the current stream is capturing a CUDA graph."""
+
+    def benchmark(kernel_call, quantiles):
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"{kernel_name}: these shapes (a new autotune key) are first seen inside a CUDA graph capture, "
+                "where timing the candidate configs would end the capture; call the op once with the same "
+                "shapes before capturing (or set AURORA_AUTOTUNE=0 for each kernel's default config)"
+            )
+        return _triton_benchmarker()(kernel_call, quantiles=quantiles)
+
+    return benchmark
+
+
 def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str]) -> dict:
     """kind -> triton.autotune(kernel) over `to_config(candidate)` for each candidate of that kind
     ({} under the interpreter)."""
     if INTERPRETER:
         return {}
     launchers = {
-        kind: triton.autotune(configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])], key=key)(kernel)
+        kind: triton.autotune(configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])], key=key,
+                              do_bench=benchmark_outside_capture(kernel.__name__))(kernel)  # fmt: skip
         for kind, candidates in candidates_by_kind.items()
     }
     _AUTOTUNERS.update({f"{kernel.__name__}[{kind}]": launcher for kind, launcher in launchers.items()})

@@ -1,0 +1,76 @@
+"""The autotuned launchers inside CUDA graph capture: a key's first call times its candidates, which
+would end a capture; it is refused with an error that says what to do, and a tuned key launches."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from aurora_kernels.ops import _autotune
+from tests.catalogue import cuda_only
+
+
+@triton.jit
+def _scale_kernel(x_ptr, out_ptr, n, scale, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(out_ptr + offsets, tl.load(x_ptr + offsets, mask=mask) * scale, mask=mask)
+
+
+def _scale_launchers(monkeypatch):
+    """A two-candidate launcher built as the ops build theirs, with the autotuner on whatever the
+    environment says (the GPU test run sets AURORA_AUTOTUNE=0) and outside the interpreter."""
+    monkeypatch.setattr(_autotune, "INTERPRETER", False)
+    monkeypatch.setattr(_autotune, "AUTOTUNE", True)
+    monkeypatch.setattr(_autotune, "_AUTOTUNERS", {})
+    return _autotune.autotuned_launchers(
+        _scale_kernel, {"any": (64, 128)}, lambda block: triton.Config({"BLOCK": block}, num_warps=1), key=["n"]
+    )
+
+
+def test_the_benchmark_is_refused_while_capturing(monkeypatch):
+    timed = []
+    monkeypatch.setattr(_autotune, "_triton_benchmarker", lambda: lambda call, quantiles: timed.append(quantiles) or [1.0])
+    benchmark = _autotune.benchmark_outside_capture("_fused_linear_kernel")
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match=r"_fused_linear_kernel: .* inside a CUDA graph capture.*call the op once"):
+        benchmark(lambda: None, quantiles=(0.5,))
+    assert timed == []
+
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert benchmark(lambda: None, quantiles=(0.5,)) == [1.0]
+    assert timed == [(0.5,)]
+
+
+def test_every_autotuned_launcher_benchmarks_through_the_guard(monkeypatch):
+    launcher = _scale_launchers(monkeypatch)["any"]
+    assert len(launcher.configs) == 2
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    with pytest.raises(RuntimeError, match="_scale_kernel: .* inside a CUDA graph capture"):
+        launcher.do_bench(lambda: None, quantiles=(0.5,))
+
+
+@cuda_only
+def test_a_new_key_inside_a_capture_is_refused_and_a_tuned_one_replays(monkeypatch, device, gen):
+    launcher = _scale_launchers(monkeypatch)["any"]
+    x = torch.randn(1000, device=device, generator=gen)
+    out = torch.full_like(x, float("nan"))
+
+    def call():
+        launcher[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, out, x.numel(), 3.0)
+
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="before capturing"):
+        with torch.cuda.graph(graph):
+            call()
+
+    call()  # tunes the key outside the capture
+    out.fill_(float("nan"))
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, x * 3.0)
