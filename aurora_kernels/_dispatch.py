@@ -68,6 +68,23 @@ CUSTOM_OP_NAMESPACE = "aurora_kernels"
 _LIBRARY = torch.library.Library(CUSTOM_OP_NAMESPACE, "DEF")
 
 
+def on_first_tensors_device(launch: Callable) -> Callable:
+    """launch(*args) with args[0]'s CUDA device current. Triton launches on the current device (and
+    its current stream), whatever device the tensors are on: inputs on cuda:1 while cuda:0 is current
+    would be handed to a kernel on cuda:0. Switching costs microseconds, so it is done only when the
+    devices differ."""
+
+    @functools.wraps(launch)
+    def launch_on_device(*args):
+        device = args[0].device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return launch(*args)
+        return launch(*args)
+
+    return launch_on_device
+
+
 def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
     """Decorator: register `launch` as torch.ops.aurora_kernels.<name> with `fake`.
 
@@ -78,8 +95,9 @@ def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
 
     def register(launch: Callable) -> Callable:
         _LIBRARY.define(name + torch.library.infer_schema(launch, mutates_args=mutates_args))
+        launch_on_device = on_first_tensors_device(launch)
         for dispatch_key in ("CPU", "CUDA"):
-            _LIBRARY.impl(name, launch, dispatch_key)
+            _LIBRARY.impl(name, launch_on_device, dispatch_key)
         torch.library.register_fake(f"{CUSTOM_OP_NAMESPACE}::{name}", fake, lib=_LIBRARY)
         packet = getattr(getattr(torch.ops, CUSTOM_OP_NAMESPACE), name)
 
@@ -87,7 +105,7 @@ def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
         def call(*args):
             if torch.compiler.is_compiling():
                 return packet(*args)
-            return launch(*args)
+            return launch_on_device(*args)
 
         call.custom_op = packet
         return call

@@ -9,6 +9,7 @@ Requests are packed (varlen) through the fusion and the prefill, so nothing is p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import torch
@@ -61,6 +62,21 @@ class _Clock:
         now = time.perf_counter()
         elapsed, self.last = now - self.last, now
         return elapsed
+
+
+def _on_model_device(method):
+    """The method with the model's CUDA device current. CUDA graphs are captured and replayed, and
+    streams made, on the current device: a model on cuda:1 while cuda:0 is current would capture
+    nothing of its own step."""
+
+    @functools.wraps(method)
+    def on_device(self, *args, **kwargs):
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                return method(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return on_device
 
 
 class _GraphedStep:
@@ -195,6 +211,7 @@ class AuroraEdgeV(nn.Module):
         return torch.cat(pieces), _positions(lengths, device), lengths
 
     @torch.no_grad()
+    @_on_model_device
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
                  page_size: int = 16, decode: str = "eager", return_logits: bool = False,
                  stats: dict | None = None):  # fmt: skip
