@@ -85,12 +85,52 @@ def on_first_tensors_device(launch: Callable) -> Callable:
     return launch_on_device
 
 
+# Inference only: the kernels have no backward. Without an autograd formula a gradient through an op
+# would be dropped without a word (eager outputs came back detached, and a compiled graph's backward
+# only warned), so a model trained through the ops would silently learn wrong. Each functional op's
+# formula emits `no_backward` into the backward graph instead, which raises when (and only when) a
+# backward runs: the forward still works in grad mode, and torch.compile still traces it. Ops that
+# write their inputs (decode_attention's cache) cannot take a formula: they refuse grad mode outright.
+_LIBRARY.define("no_backward(Tensor grad, str op) -> Tensor")
+
+
+def _no_backward(grad: torch.Tensor, op: str) -> torch.Tensor:
+    raise RuntimeError(
+        f"{op}: aurora_kernels' Triton kernels have no backward (inference only); run inference under "
+        "torch.no_grad() or torch.inference_mode(), or use backend='reference' (eager PyTorch) to train"
+    )
+
+
+for _dispatch_key in ("CPU", "CUDA"):
+    _LIBRARY.impl("no_backward", _no_backward, _dispatch_key)
+torch.library.register_fake(f"{CUSTOM_OP_NAMESPACE}::no_backward", lambda grad, op: grad.new_empty(()), lib=_LIBRARY)
+
+
+def _needs_grad(args) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def _register_no_backward(name: str) -> None:
+    def setup_context(ctx, inputs, output):
+        ctx.input_meta = [(t.shape, t.dtype) if isinstance(t, torch.Tensor) else None for t in inputs]
+
+    def backward(ctx, *grads):
+        # one grad per output; an op that returns Tensor[] gets them as one list
+        flat = [g for grad in grads for g in (grad if isinstance(grad, (list, tuple)) else (grad,))]
+        signal = torch.ops.aurora_kernels.no_backward(next(g for g in flat if g is not None), name)
+        return tuple(signal.expand(meta[0]).to(meta[1]) if meta is not None and needed else None
+                     for meta, needed in zip(ctx.input_meta, ctx.needs_input_grad))  # fmt: skip
+
+    torch.library.register_autograd(f"{CUSTOM_OP_NAMESPACE}::{name}", backward, setup_context=setup_context, lib=_LIBRARY)
+
+
 def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
     """Decorator: register `launch` as torch.ops.aurora_kernels.<name> with `fake`.
 
     The returned function calls `launch` directly in eager mode (even a plain dispatcher round trip
     costs microseconds a call, which a decode step's ~250 launches would feel) and goes through the
-    registered op while torch.compile traces. The ops have no autograd formula: inference only.
+    registered op while torch.compile traces, and in grad mode where an input requires grad (its
+    autograd formula raises if a backward runs: inference only; see `no_backward`).
     """
 
     def register(launch: Callable) -> Callable:
@@ -99,10 +139,19 @@ def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
         for dispatch_key in ("CPU", "CUDA"):
             _LIBRARY.impl(name, launch_on_device, dispatch_key)
         torch.library.register_fake(f"{CUSTOM_OP_NAMESPACE}::{name}", fake, lib=_LIBRARY)
+        if not mutates_args:
+            _register_no_backward(name)
         packet = getattr(getattr(torch.ops, CUSTOM_OP_NAMESPACE), name)
 
         @functools.wraps(launch)
         def call(*args):
+            if _needs_grad(args):
+                if mutates_args:
+                    raise RuntimeError(
+                        f"{name}: writes {', '.join(mutates_args)} in place and has no backward (inference only): "
+                        "call it under torch.no_grad() or torch.inference_mode(), or detach the inputs that require grad"
+                    )
+                return packet(*args)
             if torch.compiler.is_compiling():
                 return packet(*args)
             return launch_on_device(*args)

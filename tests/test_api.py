@@ -48,3 +48,25 @@ def test_calls_are_counted_per_backend(name, device, gen):
         getattr(ak, name)(*args, backend="reference")
         getattr(ak, name)(*args)
     assert dict(calls) == {(name, "reference"): 1, (name, "triton"): 1}
+
+
+@pytest.mark.parametrize("name", ak.OPS)
+def test_the_kernels_are_inference_only(name, device, gen):
+    """In grad mode an op still runs (the same kernel, the same answer), and a backward through it
+    raises, where it used to drop the gradient without a word; decode_attention, which writes its
+    cache in place and so cannot take an autograd formula, refuses grad mode outright."""
+    args = _example_args(name, device, gen)
+    with torch.no_grad():
+        expected = getattr(ak, name)(*args)
+    args = (args[0].detach().requires_grad_(), *args[1:])
+    if name == "decode_attention":
+        with pytest.raises(RuntimeError, match=r"decode_attention: writes k_cache, v_cache in place .* torch.no_grad\(\)"):
+            getattr(ak, name)(*args)
+        return
+    out = getattr(ak, name)(*args)
+    outs, expected = (out, expected) if isinstance(out, tuple) else ((out,), (expected,))
+    for o, e in zip(outs, expected):
+        torch.testing.assert_close(o.detach(), e, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"no backward \(inference only\).*backend='reference'"):
+        sum(o.sum() for o in outs).backward()
+    assert args[0].grad is None

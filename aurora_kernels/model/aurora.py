@@ -297,6 +297,7 @@ class AuroraEdgeV(nn.Module):
         kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
         return self.llm.logits(hidden[last_rows]), kv
 
+    @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, kv: KVCache) -> torch.Tensor:
         """One greedy-decoding step for every sequence: tokens [B] (int64) at positions kv.seqlens ->
         logits [B, vocab]; each layer appends its K/V to kv, then kv.seqlens advances by one. Static

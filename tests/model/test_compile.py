@@ -75,6 +75,20 @@ def test_fakes_match_the_kernels(device, gen):
         assert_parity(torch.compile(step, fullgraph=True, backend="aot_eager")(tokens), expected.double(), torch.float32)
 
 
+def test_a_compiled_backward_through_an_op_raises(device, gen):
+    """Compiled in grad mode, the op's autograd formula is traced into the backward graph (the forward
+    compiles and runs as without grad), and running that backward raises."""
+    x = torch.randn(4, 32, device=device, generator=gen)
+    weight = torch.randn(32, device=device, generator=gen).requires_grad_()
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x, weight: ak.rms_norm(x, weight) * 2, fullgraph=True, backend="aot_eager")
+    out = compiled(x, weight)
+    with torch.no_grad():
+        torch.testing.assert_close(out.detach(), ak.rms_norm(x, weight) * 2, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"rms_norm: .* no backward \(inference only\)"):
+        out.sum().backward()
+
+
 def test_eager_calls_skip_the_dispatcher(device, gen):
     x = torch.randn(4, 32, device=device)
     with ak.count_calls() as calls:
