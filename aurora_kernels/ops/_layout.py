@@ -10,6 +10,7 @@ q = qkv[..., :Hq*D].view(B, L, Hq, D) (groups (B*L, stride of L) and (Hq, D)).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -58,6 +59,22 @@ def collapse_strided_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowL
         f"{name}: expected leading dims that collapse into at most two strided groups (as a contiguous "
         f"tensor or a slice of one does), got shape {list(t.shape)} with strides {list(t.stride())}"
     )
+
+
+H100_SMS = 132  # what grid rules assume for CPU tensors (interpreter), so tests see a GPU's choices
+
+
+def sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors (H100_SMS for a CPU tensor), for launchers that size their
+    grid to fill the GPU."""
+    if device.type != "cuda":
+        return H100_SMS
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 # Host-side arithmetic of the launchers in plain Python: triton.cdiv and triton.next_power_of_2 are

@@ -63,7 +63,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import cdiv, pow2_at_least, stride_multiple
+from aurora_kernels.ops._layout import cdiv, pow2_at_least, sm_count, stride_multiple
 from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
@@ -76,7 +76,6 @@ PROGRAMS_PER_SM = 2
 # At B 1, Hkv 2, 4k context that is 64 splits: 128 programs, about one per SM of an H100, and the
 # partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
 MIN_TOKENS_PER_SPLIT = 64
-H100_SMS = 132  # what the rule assumes for CPU tensors (interpreter), so tests see the GPU's choices
 # (query head, split) partials the merge in the last split reads at a time, for all the query heads
 # of its KV head at once: [MERGE_ROWS, D] fp32 beside the split kernel's own registers (the model's
 # 6 heads (8 padded) x 8 splits; reading one head at a time made a trip to memory per head)
@@ -316,19 +315,13 @@ def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_split
 
 
 @functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return H100_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: torch.device) -> int:
     """Split count from the shapes alone (no host sync): enough programs for PROGRAMS_PER_SM on every
     SM, no split under MIN_TOKENS_PER_SPLIT cache tokens, at most MAX_KV_SPLITS. max_context is the
     cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
     real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 64 splits; B 128: 2; B 256: 1."""
     programs = max(1, batch * heads_kv)
-    wanted = cdiv(PROGRAMS_PER_SM * _sm_count(device), programs)
+    wanted = cdiv(PROGRAMS_PER_SM * sm_count(device), programs)
     by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))
     return max(1, min(wanted, by_length, MAX_KV_SPLITS))
 

@@ -38,9 +38,11 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
-  makes two passes: the rows' norms, then the normalised chunks. Correct, but slow: in a B=8
-  decode step on the H200 they took 7.15 ms against cuBLAS's 1.21 ms (too few programs, each
-  walking all of K: down_proj's K = 8960 wants a split-K that is not written yet).
+  makes two passes: the rows' norms, then the normalised chunks. In a B=8 decode step on the H200
+  these tiles took 7.15 ms against cuBLAS's 1.21 ms: too few programs (24 for down_proj), each
+  walking all of K. So K is now split over programs where the column blocks alone would leave SMs
+  idle (`k_splits`: down_proj at 8 rows makes 9 splits of 1024), each split's fp32 sums added up by a
+  second kernel. Untimed: the model keeps cuBLAS for batched steps until a GPU run says otherwise.
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
@@ -68,7 +70,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple
+from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, sm_count, stride_multiple
 from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 
 # The prologue constexpr: what the kernel applies to x before the product; the public op of each.
@@ -87,18 +89,18 @@ def _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL: tl.con
 
 
 @triton.jit
-def _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL: tl.constexpr):
-    """The programs of column block 0 write h = x + residual at columns k (the residual stream's
-    next value, contiguous [rows, K])."""
+def _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL: tl.constexpr):
+    """The programs of column block 0 (and K split 0) write h = x + residual at columns k (the
+    residual stream's next value, contiguous [rows, K])."""
     if HAS_RESIDUAL:
-        if pid_n == 0:
+        if writes_h:
             residual_out = residual_out_ptr + rows.to(tl.int64)[:, None] * in_features + k[None, :]
             tl.store(residual_out, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask, k,
-                 in_features, pid_n, inv_rms, sum_squares,
+                 in_features, writes_h, inv_rms, sum_squares,
                  PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_DOT: tl.constexpr):  # fmt: skip
     """Columns k of the product's input, the prologue applied, for the programs' rows; and the
     GEMV's running sum of squares (rms_norm: it applies 1/rms after its loop)."""
@@ -110,7 +112,7 @@ def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows,
         if USE_DOT:
             a = h * inv_rms[:, None] * norm_weight[None, :]
         else:
-            _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+            _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL)
             sum_squares += h * h
             a = h * norm_weight[None, :]
     elif PROLOGUE == 2:
@@ -143,16 +145,28 @@ def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP
 
 @triton.jit
 def _fused_linear_kernel(
-    x_ptr, residual_ptr, norm_weight_ptr, weight_ptr, bias_ptr, out_ptr, residual_out_ptr,
-    num_rows, in_features, out_features,
+    x_ptr, residual_ptr, norm_weight_ptr, weight_ptr, bias_ptr, out_ptr, residual_out_ptr, partial_ptr,
+    num_rows, in_features, out_features, k_per_split,
     x_outer_stride, x_inner_size, x_inner_stride,
     res_outer_stride, res_inner_size, res_inner_stride,
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, SPLIT_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
+    # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
+    # of BLOCK_K, so no chunk crosses into the next split; its fp32 sums go to partial_ptr and
+    # _sum_k_splits_kernel adds the splits and the bias
+    pid_k = 0
+    k_begin = 0
+    k_end = in_features
+    writes_h = pid_n == 0
+    if SPLIT_K:
+        pid_k = tl.program_id(2)
+        k_begin = pid_k * k_per_split
+        k_end = tl.minimum(k_begin + k_per_split, in_features)
+        writes_h = writes_h & (pid_k == 0)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_rows
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -183,7 +197,7 @@ def _fused_linear_kernel(
                 k = k_start + tl.arange(0, BLOCK_K)
                 mask = row_mask[:, None] & (k < in_features)[None, :]
                 h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-                _write_h(h, residual_out_ptr, rows, k, mask, in_features, pid_n, HAS_RESIDUAL)
+                _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL)
                 sum_squares += tl.sum(h * h, axis=1)
             inv_rms = tl.rsqrt(sum_squares / in_features + eps)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
@@ -197,13 +211,13 @@ def _fused_linear_kernel(
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     if USE_PDL and not USE_DOT:
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
-                                      tl.arange(0, BLOCK_K), in_features, pid_n, inv_rms, sum_squares,
+                                      tl.arange(0, BLOCK_K), in_features, writes_h, inv_rms, sum_squares,
                                       PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         acc = _accumulate(acc, a, first_weight_tile, dtype, USE_DOT, DOT_IN_FP32)
         k_first = BLOCK_K
     # UNROLL > 1 (tried by bench/sweep_fused_linear.py only, not shipped): the GEMV issues that many
     # steps' weight loads before their FMAs, more bytes in flight per warp
-    for k_start in tl.range(k_first, in_features, BLOCK_K, loop_unroll_factor=UNROLL):
+    for k_start in tl.range(k_begin + k_first, k_end, BLOCK_K, loop_unroll_factor=UNROLL):
         k = k_start + tl.arange(0, BLOCK_K)
         # The GEMV loads its weight tile first, so that it is in flight while the input chunk comes
         # from L2 and its prologue is computed: loaded after them, it waited for them (and for the
@@ -211,7 +225,7 @@ def _fused_linear_kernel(
         if not USE_DOT:
             w = _weight_tile(weight_rows, k, col_mask, in_features)
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
-                                      k, in_features, pid_n, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
+                                      k, in_features, writes_h, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         if USE_DOT:
             w = _weight_tile(weight_rows, k, col_mask, in_features)
         acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
@@ -220,10 +234,32 @@ def _fused_linear_kernel(
         if PROLOGUE == 1:
             acc *= tl.rsqrt(tl.sum(sum_squares, axis=1) / in_features + eps)[:, None]
 
+    out_mask = row_mask[:, None] & col_mask[None, :]
+    if SPLIT_K:
+        partial = partial_ptr + (pid_k * num_rows + rows).to(tl.int64)[:, None] * out_features + cols[None, :]
+        tl.store(partial, acc, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        out = out_ptr + rows.to(tl.int64)[:, None] * out_features + cols[None, :]
+        tl.store(out, acc.to(dtype), mask=out_mask)
+
+
+@triton.jit
+def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_stride, out_features,
+                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """out[row, cols] = the K splits' fp32 sums [num_k_splits, rows, N] added up, + bias, rounded."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < out_features
+    partial = partial_ptr + tl.program_id(1).to(tl.int64) * out_features + cols
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    for _ in range(num_k_splits):
+        acc += tl.load(partial, mask=col_mask, other=0.0)
+        partial += split_stride
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    out = out_ptr + rows.to(tl.int64)[:, None] * out_features + cols[None, :]
-    tl.store(out, acc.to(dtype), mask=row_mask[:, None] & col_mask[None, :])
+        acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    out = out_ptr + tl.program_id(1).to(tl.int64) * out_features + cols
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
@@ -238,13 +274,16 @@ def _fused_linear_kernel(
 # K within a program (more bytes in flight for the small-N projections: qkv, o_proj and down_proj
 # make only 192 to 256 programs of 8 columns); fewer columns make more programs. The loop has no
 # dot, so Triton does not pipeline it (stages 1): a warp's bytes in flight are its slab, and
-# occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8 and 32 rows (the model keeps
-# cuBLAS there; see model/llm.py). Each tile compiles without spills at every projection under
-# Triton 3.6 and 3.9 (the compile report checks); of the tensor-core tiles tried, 16x256 with 3 or
-# 4 stages, 32x128, 64x128 with 4 warps and 128x64 spilled somewhere.
+# occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8 and 32 rows before K was
+# split (`k_splits`; the model keeps cuBLAS there until a GPU has timed the split: see model/llm.py).
+# Each tile compiles without spills at every projection under Triton 3.6 and 3.9 (the compile report
+# checks). Of the tensor-core tiles tried: before the split, 16x256 with 3 or 4 stages, 32x128,
+# 64x128 with 4 warps and 128x64 spilled somewhere; with it, 16x256 with 4 warps (8 B under 3.9, at
+# 32 rows) and 64x128 with 8 warps, 32x128 with 4 and 64x64 with 4 (8 to 24 B, the SwiGLU prologue
+# at 16 rows), so these two take 8 warps.
 _GPU_CONFIGS = {
     "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
-    "dot_half": ((16, 256, 4, 2), (64, 128, 8, 3)),
+    "dot_half": ((16, 256, 8, 2), (64, 64, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
 _LAUNCHERS = autotuned_launchers(
@@ -252,6 +291,30 @@ _LAUNCHERS = autotuned_launchers(
     lambda c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3]),
     key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL"],
 )  # fmt: skip
+
+
+# The tensor-core path splits K where its column and row blocks alone would leave SMs idle: at 8 and
+# 32 rows, down_proj (N 1536, K 8960) made 24 programs of BLOCK_N 64, each walking all of K, and took
+# 0.22 ms a call on the H200 against 0.03 ms for silu_and_mul + cuBLAS (whose kernel splits K). Each
+# split writes fp32 sums and `_sum_k_splits_kernel` adds them up (+ the bias): one more launch, and
+# [splits, rows, N] fp32 written and read again, a few hundred KB at decode sizes. A split is a
+# multiple of K_SPLIT_MULTIPLE columns, which every tensor-core candidate's BLOCK_K divides (and the
+# interpreter's 128), so no chunk crosses into the next split. The rms_norm prologue's first pass
+# still reads whole rows in every split (8 rows of 1536: 24 KB a program, from L2), for the norm.
+# Not yet timed on a GPU.
+K_SPLIT_MULTIPLE = 256
+DOT_PROGRAMS_PER_SM = 2
+_WIDEST_DOT_BLOCK_N = max(c[0] for kind in ("dot_half", "dot_fp32") for c in _GPU_CONFIGS[kind])
+
+
+def k_splits(in_features: int, out_features: int, row_blocks: int, device: torch.device) -> tuple[int, int]:
+    """(num_k_splits, k_per_split) of the tensor-core path: enough programs for DOT_PROGRAMS_PER_SM on
+    every SM, counting the columns in blocks of the widest candidate's BLOCK_N. At 8 rows on 132 SMs:
+    down_proj 9 splits of 1024, qkv and o_proj 6 of 256, gate_up (280 column blocks) none."""
+    programs = cdiv(out_features, _WIDEST_DOT_BLOCK_N) * row_blocks
+    wanted = cdiv(DOT_PROGRAMS_PER_SM * sm_count(device), programs)
+    k_per_split = cdiv(cdiv(in_features, wanted), K_SPLIT_MULTIPLE) * K_SPLIT_MULTIPLE
+    return cdiv(in_features, k_per_split), k_per_split
 
 
 def _launcher_kind(num_rows: int, dtype: torch.dtype) -> str:
@@ -361,10 +424,13 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         return [out] if residual is None else [out, residual_out]
     use_dot = num_rows > 1
     block_m = min(pow2_at_least(num_rows, 16), MAX_BLOCK_M) if use_dot else 1
+    row_blocks = cdiv(num_rows, block_m)
+    num_k_splits, k_per_split = k_splits(in_features, out_features, row_blocks, x.device) if use_dot else (1, in_features)
+    partial = new_output((num_k_splits, num_rows, out_features), torch.float32, x.device) if num_k_splits > 1 else out
     args = (
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
-        bias if bias is not None else x, out, residual_out if residual is not None else out,
-        num_rows, in_features, out_features, *x_rows[1:], *res_rows[1:], weight.stride(0), eps,
+        bias if bias is not None else x, out, residual_out if residual is not None else out, partial,
+        num_rows, in_features, out_features, k_per_split, *x_rows[1:], *res_rows[1:], weight.stride(0), eps,
     )  # fmt: skip
     constexprs = {
         "PROLOGUE": prologue,
@@ -374,23 +440,37 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "DOT_IN_FP32": dot_in_fp32(x.dtype),
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
+        "SPLIT_K": num_k_splits > 1,
         "BLOCK_M": block_m,
         "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
-    row_blocks = cdiv(num_rows, block_m)
     if config is not None:
         block_n, block_k, warps, stages = config
-        _fused_linear_kernel[(cdiv(out_features, block_n), row_blocks)](
+        _fused_linear_kernel[(cdiv(out_features, block_n), row_blocks, num_k_splits)](
             *args, **constexprs, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages
         )
     elif INTERPRETER:
         blocks = _interpreter_blocks(in_features, out_features)
-        _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks)](*args, **constexprs, **blocks)
+        _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs, **blocks)
     else:
         launcher = _LAUNCHERS[_launcher_kind(num_rows, x.dtype)]
-        launcher[lambda meta: (cdiv(out_features, meta["BLOCK_N"]), row_blocks)](*args, **constexprs)
+        launcher[lambda meta: (cdiv(out_features, meta["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs)
+    if num_k_splits > 1:
+        block_n = _sum_block_n(out_features)
+        _sum_k_splits_kernel[(cdiv(out_features, block_n), num_rows)](
+            partial, bias if bias is not None else partial, out, num_k_splits, num_rows * out_features, out_features,
+            HAS_BIAS=bias is not None, BLOCK_N=block_n, num_warps=SUM_WARPS,
+        )  # fmt: skip
     return [out] if residual is None else [out, residual_out]
+
+
+SUM_WARPS = 4
+
+
+def _sum_block_n(out_features: int) -> int:
+    """Columns a program of the split sum takes: up to 1024 (8 fp32 a thread of 4 warps)."""
+    return min(pow2_at_least(out_features, 16), 1024)
 
 
 # The model's four decode projections: (where, prologue, K, N, has_residual, has_bias)
@@ -405,10 +485,12 @@ MODEL_PROJECTIONS = (
 @register_compile_configs
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
-    dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode); and with programmatic
-    dependent launch (USE_PDL) in bf16, the model's dtype: the GEMV, and the tensor-core path at 16."""
+    dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode, K split as `k_splits`
+    splits it on an H100); and with programmatic dependent launch (USE_PDL) in bf16, the model's
+    dtype: the GEMV, and the tensor-core path at 16. Then the split sum, in each dtype."""
     configs = []
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+        split_k = k_splits(in_features, out_features, 1, torch.device("cpu"))[0] > 1
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes = {"gemv": FLOAT_DTYPES, "dot_half": (torch.float16, torch.bfloat16), "dot_fp32": (torch.float32,)}[kind]
             for block_m in (1,) if kind == "gemv" else (16, MAX_BLOCK_M):
@@ -422,8 +504,8 @@ def _compile_configs():
                             kernel=_fused_linear_kernel,
                             signature={
                                 "x_ptr": "*T", "residual_ptr": "*T", "norm_weight_ptr": "*T", "weight_ptr": "*T",
-                                "bias_ptr": "*T", "out_ptr": "*T", "residual_out_ptr": "*T",
-                                "num_rows": "i32", "in_features": "i32", "out_features": "i32",
+                                "bias_ptr": "*T", "out_ptr": "*T", "residual_out_ptr": "*T", "partial_ptr": "*fp32",
+                                "num_rows": "i32", "in_features": "i32", "out_features": "i32", "k_per_split": "i32",
                                 "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32",
                                 "res_outer_stride": "i64", "res_inner_size": "i32", "res_inner_stride": "i32",
                                 "weight_row_stride": "i32", "eps": "fp32",
@@ -431,14 +513,27 @@ def _compile_configs():
                             constexprs={"PROLOGUE": PROLOGUES.index(prologue), "HAS_RESIDUAL": has_residual,
                                         "HAS_BIAS": has_bias, "USE_DOT": kind != "gemv",
                                         "DOT_IN_FP32": dtype == torch.float32, "USE_PDL": use_pdl,
+                                        "SPLIT_K": split_k and kind != "gemv",
                                         "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "UNROLL": 1},  # fmt: skip
                             num_warps=warps,
                             num_stages=stages,
                             aligned=("x_ptr", "residual_ptr", "norm_weight_ptr", "weight_ptr", "bias_ptr", "out_ptr",
-                                     "residual_out_ptr", "in_features", "out_features", "x_outer_stride",
-                                     "res_outer_stride", "weight_row_stride"),  # fmt: skip
+                                     "residual_out_ptr", "partial_ptr", "in_features", "out_features", "k_per_split",
+                                     "x_outer_stride", "res_outer_stride", "weight_row_stride"),  # fmt: skip
                             # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
                             uses_dot=kind == "dot_half",
                             barrier_free_loops=kind == "gemv",
                         )
+    configs += configs_per_dtype(
+        FLOAT_DTYPES,
+        op="linear",
+        shape="sum of the K splits, N=1536 (o_proj, down_proj)",
+        kernel=_sum_k_splits_kernel,
+        signature={"partial_ptr": "*fp32", "bias_ptr": "*T", "out_ptr": "*T", "num_k_splits": "i32",
+                   "split_stride": "i64", "out_features": "i32"},  # fmt: skip
+        constexprs={"HAS_BIAS": False, "BLOCK_N": _sum_block_n(1536)},
+        num_warps=SUM_WARPS,
+        num_stages=1,
+        aligned=("partial_ptr", "bias_ptr", "out_ptr", "split_stride", "out_features"),
+    )
     return configs

@@ -175,6 +175,19 @@ def test_every_autotune_candidate(kind, device, gen):
                 assert_parity(out, ref, dtype, f"{kind} {config} unroll {unroll} {prologue}")
 
 
+def test_k_split_rule():
+    """More rows than one take the tensor-core path, which splits K where its column blocks alone would
+    leave SMs idle (down_proj's 24 blocks walked all of K = 8960), in whole multiples of every
+    candidate's BLOCK_K; the parity tests above run split (K 300 in 256 + 44) and unsplit calls."""
+    cpu = torch.device("cpu")  # the rule then assumes an H100's 132 SMs
+    splits = {where: fused_linear.k_splits(k, n, 1, cpu) for where, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS}
+    assert list(splits.values()) == [(6, 256), (6, 256), (1, 1536), (9, 1024)], splits
+    assert fused_linear.k_splits(K, N, 1, cpu) == (2, 256)
+    assert fused_linear.k_splits(K, 40_000, 1, cpu) == (1, 512)  # enough column blocks: one split
+    for kind in ("dot_half", "dot_fp32"):
+        assert all(fused_linear.K_SPLIT_MULTIPLE % block_k == 0 for _, block_k, _, _ in fused_linear._GPU_CONFIGS[kind])
+
+
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
                          ids=["torch_compile", "cuda_graph"])  # fmt: skip
 @pytest.mark.parametrize("rows", [1, 8])
