@@ -22,8 +22,7 @@ from torch.nn import functional as F
 
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
-
-ATTENTION_NAME = "aurora"
+from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
 
 
 def _rms_norm_forward(self, hidden_states):
@@ -56,32 +55,6 @@ def _rotary(backend: str):
     return apply_rotary_pos_emb
 
 
-def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, **kwargs):
-    if attention_mask is not None:
-        raise ValueError(
-            "attention_mask: the aurora attention runs causal attention without a padding mask, got a mask "
-            "(prompts of different lengths padded into one batch): run them one by one, or use "
-            "aurora_kernels.model, which packs them"
-        )
-    if sliding_window is not None:
-        raise ValueError(f"sliding_window: expected None (full attention), got {sliding_window}")
-    if dropout:
-        raise ValueError(f"dropout: expected 0 (inference only), got {dropout}")
-    backend = getattr(module, "_aurora_backend", "triton")
-    out = ak.attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), causal=True,
-                       softmax_scale=scaling, backend=backend)  # fmt: skip
-    return out, None
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(ATTENTION_NAME, _attention)
-    # sdpa's mask builder returns None when the batch has no padding: the only case _attention runs
-    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
-
-
 def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, backend="triton"):
     """Patch a transformers Qwen2ForCausalLM (or Qwen2Model) in place; returns it."""
     from transformers.models.qwen2 import modeling_qwen2 as qwen2
@@ -101,6 +74,6 @@ def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, 
     if rotary:
         qwen2.apply_rotary_pos_emb = _rotary(backend)
     if attention:
-        _register_attention()
+        register_attention()
         model.set_attn_implementation(ATTENTION_NAME)
     return model

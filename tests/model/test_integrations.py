@@ -1,4 +1,5 @@
-"""aurora_kernels.integrations.patch_qwen2 on a tiny randomly initialised transformers Qwen2."""
+"""aurora_kernels.integrations: patch_qwen2 and patch_siglip on tiny randomly initialised transformers
+models (Qwen2, and SigLIP's vision tower)."""
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def test_padding_mask_is_refused(device, gen):
     ids = torch.randint(1, 500, (2, 6), device=device)
     mask = torch.ones_like(ids)
     mask[0, :2] = 0  # left padding
-    with pytest.raises(ValueError, match="attention_mask: the aurora attention runs causal attention without a padding mask"):
+    with pytest.raises(ValueError, match="attention_mask: the aurora attention runs without a padding mask"):
         patched(ids, attention_mask=mask)
 
 
@@ -89,3 +90,46 @@ def test_rejects_a_non_swiglu_mlp(gen):
                                       num_attention_heads=2, num_key_value_heads=1, hidden_act="gelu")  # fmt: skip
     with pytest.raises(ValueError, match="model.config.hidden_act: expected 'silu' \\(SwiGLU\\), got 'gelu'"):
         patch_qwen2(transformers.Qwen2ForCausalLM(config), attention=False, rotary=False)
+
+
+def _tiny_siglip(gen, **config):
+    from tests.model.test_loading import SIGLIP_VISION_CONFIG
+
+    torch.manual_seed(gen.initial_seed() % 2**31)
+    model = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**{**SIGLIP_VISION_CONFIG, **config})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return model
+
+
+def test_patched_siglip_matches(device, gen):
+    """The vision tower's outputs (after the final LayerNorm, and the pooling head's) with every
+    LayerNorm, GELU and attention on the kernels, at SigLIP's head dim 72 (2 heads of a width of 144)."""
+    from aurora_kernels.integrations import patch_siglip
+
+    model = _tiny_siglip(gen, hidden_size=144).to(device)
+    pixel_values = torch.randn((2, 3, 64, 64), generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.no_grad():
+        expected = model(pixel_values)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    patch_siglip(model)
+    with torch.no_grad(), ak.count_calls() as calls:
+        got = model(pixel_values)
+    assert_parity(got.last_hidden_state, expected.last_hidden_state.double(), torch.float32, "patched SigLIP hidden states")
+    assert_parity(got.pooler_output, expected.pooler_output.double(), torch.float32, "patched SigLIP pooled output")
+    layers = model.config.num_hidden_layers
+    # two LayerNorms a layer, the final one and the pooling head's; an MLP a layer and the head's
+    assert dict(calls) == {("layer_norm", "triton"): 2 * layers + 2, ("gelu_tanh", "triton"): layers + 1,
+                           ("attention", "triton"): layers}  # fmt: skip
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_patch_siglip_rejects_what_it_cannot_run(gen):
+    from aurora_kernels.integrations import patch_siglip
+
+    with pytest.raises(TypeError, match="model: expected a transformers SiglipVisionModel, got Linear"):
+        patch_siglip(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="model.config.hidden_act: expected 'gelu_pytorch_tanh', got 'gelu'"):
+        patch_siglip(_tiny_siglip(gen, hidden_act="gelu"))

@@ -1,0 +1,62 @@
+"""patch_siglip: a transformers SiglipVisionModel (the ViT of AuroraEdge-V) on this package's kernels:
+LayerNorm, the MLP's tanh GELU, and attention.
+
+Inference only. What changes, per part:
+- LayerNorm: each nn.LayerNorm of the model (both of every layer, the final one and the pooling
+  head's) runs `layer_norm`.
+- MLP: the activation between fc1 and fc2 (every layer's MLP and the pooling head's) becomes
+  `gelu_tanh` (SigLIP's "gelu_pytorch_tanh").
+- Attention: the "aurora" entry of transformers' attention registry (`attention`, not causal: at
+  SigLIP's head dim 72 the kernel runs it as 64 + 16), selected on this model. The pooling head's
+  torch.nn.MultiheadAttention is left as it is.
+The state dict is unchanged.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels._validation import check_backend
+from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+
+
+def _layer_norm_forward(self, x):
+    # the first layer's input is the patch embedding plus the position embedding, which keeps the
+    # convolution's channels-first strides ([B, C, N] transposed); the kernel reads rows of C
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return ak.layer_norm(x, self.weight, self.bias, self.eps, backend=self._aurora_backend)
+
+
+def _gelu_tanh_forward(self, x):
+    return ak.gelu_tanh(x, backend=self._aurora_backend)
+
+
+def patch_siglip(model, *, layer_norm=True, mlp=True, attention=True, backend="triton"):
+    """Patch a transformers SiglipVisionModel in place; returns it."""
+    from transformers.models.siglip import modeling_siglip as siglip
+
+    check_backend(backend)
+    if not isinstance(model, siglip.SiglipVisionModel):
+        raise TypeError(f"model: expected a transformers SiglipVisionModel, got {type(model).__name__}")
+    if mlp and model.config.hidden_act != "gelu_pytorch_tanh":  # checked before anything is patched
+        raise ValueError(f"model.config.hidden_act: expected 'gelu_pytorch_tanh', got {model.config.hidden_act!r}")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] if layer_norm else []
+    for norm in norms:
+        if norm.weight is None or norm.bias is None or len(norm.normalized_shape) != 1:
+            raise ValueError(f"model: expected LayerNorms over the last dim with weight and bias, got {norm}")
+    for module in model.modules():
+        module._aurora_backend = backend
+    for norm in norms:
+        norm.forward = types.MethodType(_layer_norm_forward, norm)
+    if mlp:
+        for module in model.modules():
+            if isinstance(module, siglip.SiglipMLP):
+                module.activation_fn.forward = types.MethodType(_gelu_tanh_forward, module.activation_fn)
+    if attention:
+        register_attention()
+        model.set_attn_implementation(ATTENTION_NAME)
+    return model
