@@ -181,7 +181,7 @@ def summarise_model(results_dir: str) -> list[str]:
     close the CUDA-graphed step comes to its floor."""
     import json
 
-    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, kernel_notes, launches_per_step
+    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, kernel_notes, launches_per_step, prefill_line
 
     path = os.path.join(results_dir, "model-e2e.json")
     if not os.path.exists(path):
@@ -213,6 +213,8 @@ def summarise_model(results_dir: str) -> list[str]:
             lines.append(f"  decode step B={r['batch']} ({r['compressor']}, {r['backend']}): device kernels {sum(groups.values()) / 1e3:.3f} ms "
                          f"({parts}) in {launches_per_step(r['profile']):g} launches vs floor {r['floor_ms_per_step']:.3f} ms")  # fmt: skip
             lines += [f"    {note}" for note in kernel_notes(r["profile"])]
+            if "prefill" in r["profile"]:
+                lines.append(f"    {prefill_line(r)}")
     return lines
 
 

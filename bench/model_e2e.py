@@ -88,34 +88,51 @@ def kernel_group(name: str) -> str:
     return "gemm" if GEMM_KERNEL.search(name) else "other"
 
 
+def _device_kernels(prof, calls_per: int = 1) -> list[dict]:
+    """Each device kernel in a torch.profiler trace: time and launches per step (of `calls_per`
+    steps), this package's Triton kernels ("aurora"), GEMMs and the rest told apart, slowest first."""
+    from torch.autograd import DeviceType
+
+    return sorted(
+        ({"name": e.key, "group": kernel_group(e.key), "us_per_step": e.device_time_total / calls_per,
+          "launches_per_step": e.count / calls_per}
+         for e in prof.key_averages() if e.device_type == DeviceType.CUDA),
+        key=lambda k: -k["us_per_step"],
+    )  # fmt: skip
+
+
 def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> dict:
     """Where an eager decode step's time goes, from torch.profiler over `steps` steps after a warm-up
     step: each device kernel's time and launches per step, grouped into this package's Triton
     kernels ("aurora"), GEMMs (cuBLAS/CUTLASS: the weights' reads) and the rest; and how many calls
-    of each of this package's ops a step makes, per backend (host side, any device)."""
-    from torch.autograd import DeviceType
+    of each of this package's ops a step makes, per backend (host side, any device). Also the
+    prefill of the same requests ("prefill"): its device kernels' time and launches, and its op
+    calls, to set against the measured time to first token (what the kernels do not account for is
+    the host's)."""
     from torch.profiler import ProfilerActivity, profile
 
-    logits, kv = model.prefill(pixel_values, prompts, steps + 2)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=activities) as prof, count_calls() as prefill_calls:
+        logits, kv = model.prefill(pixel_values, prompts, steps + 2)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+    prefill_kernels = _device_kernels(prof)
+    prefill = {"device_ms": sum(k["us_per_step"] for k in prefill_kernels) / 1e3,
+               "launches": sum(k["launches_per_step"] for k in prefill_kernels),
+               "op_calls": {f"{op} ({backend})": n for (op, backend), n in sorted(prefill_calls.items())}}  # fmt: skip
     with torch.no_grad():
         logits = model.decode_step(logits.argmax(-1), kv)  # kernels compiled, caches warm
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
         with profile(activities=activities) as prof, count_calls() as calls:
             for _ in range(steps):
                 logits = model.decode_step(logits.argmax(-1), kv)
             if model.device.type == "cuda":
                 torch.cuda.synchronize(model.device)
-    events = prof.key_averages()
-    kernels = sorted(
-        ({"name": e.key, "group": kernel_group(e.key), "us_per_step": e.device_time_total / steps, "launches_per_step": e.count / steps}
-         for e in events if e.device_type == DeviceType.CUDA),
-        key=lambda k: -k["us_per_step"],
-    )  # fmt: skip
+    kernels = _device_kernels(prof, steps)
     groups = {}
     for k in kernels:
         groups[k["group"]] = groups.get(k["group"], 0.0) + k["us_per_step"]
     ops = {f"{op} ({backend})": n / steps for (op, backend), n in sorted(calls.items())}
-    return {"steps": steps, "kernels": kernels, "us_per_step_by_group": groups, "op_calls_per_step": ops}
+    return {"steps": steps, "kernels": kernels, "us_per_step_by_group": groups, "op_calls_per_step": ops, "prefill": prefill}
 
 
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
@@ -283,12 +300,22 @@ def profile_markdown(row: dict, rows: list[dict], top: int = 12) -> list[str]:
     )
     calls = ", ".join(f"{op} {n:g}" for op, n in profile["op_calls_per_step"].items())
     lines.append(f"Calls of this package's ops per step: {calls}.")
+    if "prefill" in profile:
+        lines.append(prefill_line(row))
     lines += [f"- {note}." for note in kernel_notes(profile)] + [""]
     if profile["kernels"]:
         lines += ["| kernel | group | us / step | launches / step |", "| --- | --- | ---: | ---: |"]
         lines += [f"| {k['name'][:80]} | {k['group']} | {k['us_per_step']:.1f} | {k['launches_per_step']:g} |"
                   for k in profile["kernels"][:top]]  # fmt: skip
     return lines
+
+
+def prefill_line(row: dict) -> str:
+    """The profiled prefill's device time and launches against the row's measured time to first token."""
+    prefill = row["profile"]["prefill"]
+    ttft = f"{row['ttft_ms']:.1f} ms" if "ttft_ms" in row else "not timed"
+    return (f"Prefill of the same requests: device kernels {prefill['device_ms']:.3f} ms in {prefill['launches']:g} "
+            f"launches, {sum(prefill['op_calls'].values()):g} calls of this package's ops; measured time to first token {ttft}.")
 
 
 def compressor_speedups(rows: list[dict]) -> list[tuple]:

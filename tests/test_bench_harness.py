@@ -98,6 +98,7 @@ def test_model_e2e_report_and_summary(tmp_path):
         "op_calls_per_step": {"decode_attention (triton)": 28},
         "projection_weight_bytes": 2.5e9,
         "copy_bandwidth": 4e12,
+        "prefill": {"device_ms": 6.25, "launches": 640, "op_calls": {"attention (triton)": 27, "attention_varlen (triton)": 30}},
     }  # fmt: skip
     assert [k["group"] for k in profile["kernels"]] == ["gemm", "aurora", "aurora"]
     # the GEMV's achieved bandwidth over the weights it streams; decode attention per call
@@ -133,6 +134,10 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert summary[1].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
     assert "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms" in summary
     assert "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
+    # the prefill's device time and launches beside the measured time to first token (host-bound when far apart)
+    prefill = ("Prefill of the same requests: device kernels 6.250 ms in 640 launches, 57 calls of this package's ops; "
+               "measured time to first token 20.0 ms.")  # fmt: skip
+    assert prefill in md and f"    {prefill}" in summary
 
 
 def test_decode_floor_counts_weights_and_cache():
@@ -278,10 +283,20 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
         "decode_attention (triton)": layers,  # with RoPE inside: no apply_rotary in a decode step
         "rms_norm (triton)": 2 * layers + 1, "silu_and_mul (triton)": layers,
     }  # fmt: skip
+    # and the prefill of the same requests: every layer's ops, ViT and LLM, in one call each
+    prefill = profiled["profile"]["prefill"]
+    vision_layers = preset("tiny").vision.num_layers
+    # and the fusion's two: its cross-attention to the image, then its decoder layer's self-attention
+    assert prefill["op_calls"]["attention_varlen (triton)"] == layers + 2
+    assert prefill["op_calls"]["layer_norm (triton)"] == 2 * vision_layers + 1
     if device.type == "cuda":
         assert profiled["profile"]["us_per_step_by_group"]["aurora"] > 0
         assert "_decode_split_kernel" in {k["name"] for k in profiled["profile"]["kernels"]}
+        assert prefill["device_ms"] > 0 and prefill["launches"] > 0
+    else:
+        assert prefill["device_ms"] == prefill["launches"] == 0
     assert "### Where a decode step's time goes: compressor mlp, B=1" in model_e2e.markdown(rows)
+    assert f"measured time to first token {profiled['ttft_ms']:.1f} ms" in model_e2e.markdown(rows)
 
 
 def test_time_case_rows_with_a_stand_in_timer(device):
