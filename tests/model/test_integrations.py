@@ -133,3 +133,10 @@ def test_patch_siglip_rejects_what_it_cannot_run(gen):
         patch_siglip(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="model.config.hidden_act: expected 'gelu_pytorch_tanh', got 'gelu'"):
         patch_siglip(_tiny_siglip(gen, hidden_act="gelu"))
+    model = _tiny_siglip(gen)
+    name = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm))  # where transformers keeps it
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent), attr, torch.nn.LayerNorm(model.config.hidden_size, elementwise_affine=False))
+    with pytest.raises(ValueError, match="model: expected LayerNorms over the last dim with weight and bias, got LayerNorm"):
+        patch_siglip(model)
+    assert not hasattr(model, "_aurora_backend")  # refused before anything was patched
