@@ -193,9 +193,9 @@ def summarise_model(results_dir: str) -> list[str]:
         group = {(r["backend"], r["decode"]): r for r in rows if (r["compressor"], r["batch"]) == key}
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
-        # the fused runs (B=1), where the record has them (records before them do not)
-        fused = [run for run in ONE_SEQUENCE_RUNS if run in group]
-        for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *fused]:
+        # the runs beside the defaults (without PDL; the fused runs, B=1), where the record has them
+        others = [run for run in (("triton-no-pdl", "cuda_graph"), *ONE_SEQUENCE_RUNS) if run in group]
+        for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *others]:
             r = group.get((backend, mode), {})
             label = mode if backend == "triton" else f"{mode} {backend}"
             if "tokens_per_s" in r:

@@ -22,26 +22,25 @@ from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes
-from aurora_kernels import programmatic_dependent_launch, set_programmatic_dependent_launch, using_programmatic_dependent_launch
+from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 from bench.harness import error_text
 
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 128
 # (backend, decode mode), the most telling first in case the time budget runs out; the eager reference
 # reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow).
-# "triton-fused": the kernels with LLMConfig.fuse_decode_projections (a one-sequence step's
-# projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel); batched
-# steps run as "triton" with it, so it is timed at B=1 alone (ONE_SEQUENCE_RUNS)
-# "triton-fused-pdl": the same with programmatic dependent launch (ops/_pdl.py; off by default);
-# "...-merge": with decode_attention's merge in the last split (one launch a layer instead of two;
-# off by default). These are the B=1 experiments toward #9's target; each costs seconds on a GPU.
-# a run's backend -> (the model's backend, fuse_decode_projections, programmatic dependent launch,
-# decode_merge_in_last_split)
-BACKENDS = {"triton": ("triton", False, False, False), "triton-fused": ("triton", True, False, False),
-            "triton-fused-pdl": ("triton", True, True, False), "triton-fused-merge": ("triton", True, False, True),
-            "triton-fused-pdl-merge": ("triton", True, True, True), "reference": ("reference", False, False, False)}  # fmt: skip
+# "triton": the kernels with the model's defaults but cuBLAS projections, which is what batched
+# steps run; "triton-fused": the model's defaults (LLMConfig.fuse_decode_projections: a one-sequence
+# step's projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel),
+# timed at B=1 alone (ONE_SEQUENCE_RUNS). Both launch with programmatic dependent launch
+# (LLMConfig.programmatic_dependent_launch, on by default since run 4; "-no-pdl" without it; run 4's
+# "triton" and "triton-fused" rows are the "-no-pdl" ones here).
+# a run's backend -> (the model's backend, fuse_decode_projections, programmatic_dependent_launch)
+BACKENDS = {"triton": ("triton", False, True), "triton-no-pdl": ("triton", False, False),
+            "triton-fused": ("triton", True, True), "triton-fused-no-pdl": ("triton", True, False),
+            "reference": ("reference", False, False)}  # fmt: skip
 ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if backend.startswith("triton-fused"))
-RUNS = (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS, ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), *ONE_SEQUENCE_RUNS, ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
@@ -108,7 +107,8 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
     of each of this package's ops a step makes, per backend (host side, any device). Also the
     prefill of the same requests ("prefill"): its device kernels' time and launches, and its op
     calls, to set against the measured time to first token (what the kernels do not account for is
-    the host's)."""
+    the host's). Without programmatic dependent launch, whatever the model's setting: a kernel
+    launched early would count its wait for the one before as its own time."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
@@ -120,7 +120,7 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
     prefill = {"device_ms": sum(k["us_per_step"] for k in prefill_kernels) / 1e3,
                "launches": sum(k["launches_per_step"] for k in prefill_kernels),
                "op_calls": {f"{op} ({backend})": n for (op, backend), n in sorted(prefill_calls.items())}}  # fmt: skip
-    with torch.no_grad():
+    with torch.no_grad(), using_programmatic_dependent_launch(False):
         logits = model.decode_step(logits.argmax(-1), kv)  # kernels compiled, caches warm
         with profile(activities=activities) as prof, count_calls() as calls:
             for _ in range(steps):
@@ -149,64 +149,61 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
     model = model.to(dtype).eval()
     rows, requests_of = [], None
-    with using_programmatic_dependent_launch(programmatic_dependent_launch()):  # each run sets it; restored after
-        for batch, compressor, (backend, decode) in schedule(batches, runs, compressors):
-            if requests_of != (batch, compressor):
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if compressor != model.config.compressor.kind:
-                    model.replace_compressor(compressor)
-                lengths = prompt_lengths(batch)
-                pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
-                floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
-                requests_of = (batch, compressor)
-            row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
-                   "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
-            rows.append(row)
-            # the table's order, whatever the schedule's
-            rows.sort(key=lambda r: (batches.index(r["batch"]), compressors.index(r["compressor"]),
-                                     runs.index((r["backend"], r["decode"]))))  # fmt: skip
-            if time.time() - start > budget_s:
-                row["skipped"] = f"time budget of {budget_s:.0f} s spent"
+    for batch, compressor, (backend, decode) in schedule(batches, runs, compressors):
+        if requests_of != (batch, compressor):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            if compressor != model.config.compressor.kind:
+                model.replace_compressor(compressor)
+            lengths = prompt_lengths(batch)
+            pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
+            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
+            requests_of = (batch, compressor)
+        row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
+               "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
+        rows.append(row)
+        # the table's order, whatever the schedule's
+        rows.sort(key=lambda r: (batches.index(r["batch"]), compressors.index(r["compressor"]),
+                                 runs.index((r["backend"], r["decode"]))))  # fmt: skip
+        if time.time() - start > budget_s:
+            row["skipped"] = f"time budget of {budget_s:.0f} s spent"
+            continue
+        model_backend, fused, pdl = BACKENDS[backend]
+        model.set_backend(model_backend).set_fused_decode_projections(fused).set_programmatic_dependent_launch(pdl)
+        try:
+            # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
+            # compiled step guarded on other shapes would recompile inside the timing, and
+            # kernels specialised on other cache sizes would JIT-compile (or autotune) there. The
+            # eager reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
+            warm_up_tokens = new_tokens if model_backend == "triton" else min(new_tokens, 2)
+            model.generate(pixel_values, prompts, warm_up_tokens, decode=decode)
+            if not timed:
                 continue
-            model_backend, fused, pdl, merge_in_last_split = BACKENDS[backend]
-            model.set_backend(model_backend).set_fused_decode_projections(fused)
-            model.set_decode_merge_in_last_split(merge_in_last_split)
-            set_programmatic_dependent_launch(pdl)
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
+            if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
+                raise RuntimeError("torch.compile compiled a graph inside the timed run")
+        except Exception as exc:  # reported in the row; one failing configuration does not stop the run
+            row["error"] = error_text(exc)
+            continue
+        per_step = step_seconds(stats)
+        row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
+                   request_ms=(stats["prefill_s"] + stats["decode_s"]) * 1e3,
+                   tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
+        if "graph_setup_s" in stats:
+            row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
+        print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
+              f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
+              flush=True)  # fmt: skip
+        if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
             try:
-                # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
-                # compiled step guarded on other shapes would recompile inside the timing, and
-                # kernels specialised on other cache sizes would JIT-compile (or autotune) there. The
-                # eager reference compiles nothing: two steps warm it (its B=32 run alone takes a minute)
-                warm_up_tokens = new_tokens if model_backend == "triton" else min(new_tokens, 2)
-                model.generate(pixel_values, prompts, warm_up_tokens, decode=decode)
-                if not timed:
-                    continue
-                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-                _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
-                if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
-                    raise RuntimeError("torch.compile compiled a graph inside the timed run")
-            except Exception as exc:  # reported in the row; one failing configuration does not stop the run
-                row["error"] = error_text(exc)
-                continue
-            per_step = step_seconds(stats)
-            row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
-                       request_ms=(stats["prefill_s"] + stats["decode_s"]) * 1e3,
-                       tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
-            if "graph_setup_s" in stats:
-                row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
-            print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
-                  f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
-                  flush=True)  # fmt: skip
-            if (backend, decode) in PROFILED_RUNS and compressor == "mlp" and batch in PROFILED_BATCHES:
-                try:
-                    row["profile"] = profile_decode(model, pixel_values, prompts)
-                    row["profile"].update(projection_weight_bytes=projection_weight_bytes(model.config.llm, torch.finfo(dtype).bits // 8),
-                                          copy_bandwidth=ceilings["copy_bandwidth"])  # fmt: skip
-                except Exception as exc:  # the timing stands without it
-                    row["profile"] = {"error": error_text(exc)}
-            if checkpoint is not None:
-                checkpoint(rows)
+                row["profile"] = profile_decode(model, pixel_values, prompts)
+                row["profile"].update(projection_weight_bytes=projection_weight_bytes(model.config.llm, torch.finfo(dtype).bits // 8),
+                                      copy_bandwidth=ceilings["copy_bandwidth"])  # fmt: skip
+            except Exception as exc:  # the timing stands without it
+                row["profile"] = {"error": error_text(exc)}
+        if checkpoint is not None:
+            checkpoint(rows)
     return rows
 
 

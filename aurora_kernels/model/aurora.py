@@ -22,6 +22,7 @@ from aurora_kernels.model.fusion import Fusion
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.llm import Qwen2LM
 from aurora_kernels.model.vision import VisionTower
+from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 
 CACHE_LAYOUTS = ("contiguous", "paged")
 # How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
@@ -77,6 +78,19 @@ def _on_model_device(method):
         return method(self, *args, **kwargs)
 
     return on_device
+
+
+def _with_model_pdl(method):
+    """The method with programmatic dependent launch as LLMConfig.programmatic_dependent_launch
+    says (the process-wide setting restored after). Set around the method rather than inside the
+    decode step: the launchers read it when they launch, and a CUDA graph keeps what its capture saw."""
+
+    @functools.wraps(method)
+    def with_pdl(self, *args, **kwargs):
+        with using_programmatic_dependent_launch(self.config.llm.programmatic_dependent_launch):
+            return method(self, *args, **kwargs)
+
+    return with_pdl
 
 
 class _GraphedStep:
@@ -155,6 +169,12 @@ class AuroraEdgeV(nn.Module):
         call decode_attention with merge_in_last_split, one launch a layer instead of two."""
         return self._set_llm_option("decode_merge_in_last_split", enabled)
 
+    def set_programmatic_dependent_launch(self, enabled: bool) -> "AuroraEdgeV":
+        """Switch LLMConfig.programmatic_dependent_launch (on by default): generate launches
+        fused_linear and decode_attention with PDL on sm_90+ GPUs. Calls of decode_step outside
+        generate follow the process-wide `aurora_kernels.set_programmatic_dependent_launch`."""
+        return self._set_llm_option("programmatic_dependent_launch", enabled)
+
     def _set_llm_option(self, name: str, enabled: bool) -> "AuroraEdgeV":
         if bool(enabled) == getattr(self.config.llm, name):
             return self
@@ -212,6 +232,7 @@ class AuroraEdgeV(nn.Module):
 
     @torch.no_grad()
     @_on_model_device
+    @_with_model_pdl
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
                  page_size: int = 16, decode: str = "eager", return_logits: bool = False,
                  stats: dict | None = None):  # fmt: skip

@@ -60,8 +60,14 @@ class LLMConfig:
     # times both settings.
     fuse_decode_projections: bool = True
     # decode_attention's merge_in_last_split (experimental, off): one launch a layer instead of two
-    # in a decode step whose attention splits; untimed on a GPU (bench/model_e2e.py times it at B=1).
+    # in a decode step whose attention splits. No gain on an H100 (run 4: 1.53 against 1.54 ms a
+    # CUDA-graphed B=1 step; equal under PDL).
     decode_merge_in_last_split: bool = False
+    # generate launches fused_linear and decode_attention with programmatic dependent launch on
+    # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes. An H100 step
+    # at B=1, fused, CUDA-graphed: 1.42 against 1.54 ms (run 4). Scoped to generate, where no
+    # kernel writes the weights: the GEMV loads its first weight tile before its wait.
+    programmatic_dependent_launch: bool = True
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ the cache once at full bandwidth:
   final output and stage 2 is not launched. Experimental, off by default (`merge_in_last_split`):
   the last split program of each (b, KV head) to finish merges instead (an atomic counter), one
   launch a call instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge
-  launch, plus the gap before it, 28 times. Race-free in 300 calls on the H200, not yet timed in a
-  CUDA graph: the op benchmark times it as "ours, merge in the last split", the model's as
-  "triton-fused-merge" (and with PDL "triton-fused-pdl-merge").
+  launch, plus the gap before it, 28 times. Race-free in 300 calls on the H200. Timed in CUDA graphs
+  on an H100 (run 4), it gained nothing: a model step of 1.53 against 1.54 ms (equal under PDL), and
+  as an op 18.1 against 12.1 us at B=1 ctx=4096 ("ours, merge in the last split"). So it stays off.
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
@@ -432,7 +432,7 @@ def decode_attention(
     or fp32; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
     position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
-    merge_in_last_split (experimental, off until a GPU has timed it; the same answer either way):
+    merge_in_last_split (experimental, off: no faster on an H100; the same answer either way):
     with more than one split, the last split program of each (b, KV head) to finish merges the
     partials, through an atomic counter, instead of a second launch. The first such call on a device
     allocates the counters: make one before capturing a CUDA graph. Calls on two streams at once

@@ -32,9 +32,11 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   a batch-1 step); the second summed the products once but kept barriers in its loop (2 a step for
   the squares' sum at qkv and gate_up; 2 more at 4 of its 5 tiles, which sent the input chunk to the
   weight tile's layout through shared memory) and loaded its weights after its input: 1.13 ms, and
-  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version is
-  not timed yet. Under programmatic dependent launch (ops/_pdl.py, off by default) its first step
-  is peeled off the loop, so that its weight tile is read before the wait for the kernel before.
+  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version, on
+  an H100 (run 4): 1.15 ms of a batch-1 step for 2.62 GB of weights, 2.29 TB/s (77% of the copy
+  bandwidth), and a step of 1.54 ms against 1.89 unfused. Under programmatic dependent launch
+  (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that its
+  weight tile is read before the wait for the kernel before.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
@@ -274,8 +276,9 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # K within a program (more bytes in flight for the small-N projections: qkv, o_proj and down_proj
 # make only 192 to 256 programs of 8 columns); fewer columns make more programs. The loop has no
 # dot, so Triton does not pipeline it (stages 1): a warp's bytes in flight are its slab, and
-# occupancy does the rest. The tensor-core tiles lost to cuBLAS at 8 and 32 rows before K was
-# split (`k_splits`; the model keeps cuBLAS there until a GPU has timed the split: see model/llm.py).
+# occupancy does the rest. On an H100's cold-weight sweep (run 4) the autotuner's pick was within
+# 0.1 us of the best tile at each projection, and UNROLL 2 gained 0.1 us at qkv alone. The
+# tensor-core tiles lose to cuBLAS at 8 and 32 rows, split or not (`k_splits`; model/llm.py).
 # Each tile compiles without spills at every projection under Triton 3.6 and 3.9 (the compile report
 # checks). Of the tensor-core tiles tried: before the split, 16x256 with 3 or 4 stages, 32x128,
 # 64x128 with 4 warps and 128x64 spilled somewhere; with it, 16x256 with 4 warps (8 B under 3.9, at
@@ -301,7 +304,9 @@ _LAUNCHERS = autotuned_launchers(
 # multiple of K_SPLIT_MULTIPLE columns, which every tensor-core candidate's BLOCK_K divides (and the
 # interpreter's 128), so no chunk crosses into the next split. The rms_norm prologue's first pass
 # still reads whole rows in every split (8 rows of 1536: 24 KB a program, from L2), for the norm.
-# Not yet timed on a GPU.
+# On an H100 (run 4, graph replay) the split brought down_proj at 8 rows to 43 us, still behind
+# silu_and_mul + cuBLAS's 24 us (qkv 23 against 13, gate_up 46 against 35): the model keeps cuBLAS
+# for batched steps.
 K_SPLIT_MULTIPLE = 256
 DOT_PROGRAMS_PER_SM = 2
 _WIDEST_DOT_BLOCK_N = max(c[0] for kind in ("dot_half", "dot_fp32") for c in _GPU_CONFIGS[kind])

@@ -135,6 +135,35 @@ def test_decode_merge_in_last_split_reaches_every_decode_attention_call(device, 
     assert seen == [False] * model.config.llm.num_layers + [True] * model.config.llm.num_layers
 
 
+def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_setting(device, gen, monkeypatch):
+    """LLMConfig.programmatic_dependent_launch (on by default) holds for every launch of the ops that
+    take PDL inside generate, prefill and decode steps alike; the process-wide switch (off by
+    default, for the ops called on their own) is what it was before, after."""
+    from aurora_kernels.ops import decode_attention, fused_linear
+
+    model = tiny_model(device, "mlp", backend="triton")
+    pixel_values, ids = requests(model, device, gen, lengths=[5])  # one sequence: fused projections too
+    seen = []
+    for module in (decode_attention, fused_linear):
+        pdl_options = module.pdl_options
+
+        def recording(launch_device, pdl_options=pdl_options, name=module.__name__):
+            seen.append((name.rsplit(".", 1)[1], ak.programmatic_dependent_launch()))
+            return pdl_options(launch_device)
+
+        monkeypatch.setattr(module, "pdl_options", recording)
+    assert model.config.llm.programmatic_dependent_launch and not ak.programmatic_dependent_launch()
+    with_pdl = model.generate(pixel_values, ids, max_new_tokens=3)
+    assert {name for name, _ in seen} == {"decode_attention", "fused_linear"}
+    assert all(on for _, on in seen) and not ak.programmatic_dependent_launch()
+    seen.clear()
+    with ak.using_programmatic_dependent_launch(True):
+        without = model.set_programmatic_dependent_launch(False).generate(pixel_values, ids, max_new_tokens=3)
+        assert ak.programmatic_dependent_launch()
+    assert seen and not any(on for _, on in seen)
+    assert with_pdl == without
+
+
 def test_eos_stops_each_request(device, gen):
     model = tiny_model(device)
     pixel_values, ids = requests(model, device, gen)
