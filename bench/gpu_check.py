@@ -194,7 +194,8 @@ def summarise_model(results_dir: str) -> list[str]:
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
         # the runs beside the defaults (without PDL; the fused runs, B=1), where the record has them
-        others = [run for run in (("triton-no-pdl", "cuda_graph"), *ONE_SEQUENCE_RUNS) if run in group]
+        others = [run for run in (("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS)
+                  if run in group]  # fmt: skip
         for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *others]:
             r = group.get((backend, mode), {})
             label = mode if backend == "triton" else f"{mode} {backend}"
@@ -204,6 +205,10 @@ def summarise_model(results_dir: str) -> list[str]:
             else:
                 cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
+        ttft = [f"{backend} {mode} {group[(backend, mode)]['ttft_ms']:.1f}" for backend, mode in
+                (("triton", "cuda_graph"), ("triton-encoder-graph", "cuda_graph")) if "ttft_ms" in group.get((backend, mode), {})]  # fmt: skip
+        if ttft:
+            lines.append("    time to first token, ms: " + ", ".join(ttft))
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
     for r in rows:

@@ -34,13 +34,18 @@ NEW_TOKENS = 128
 # step's projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel),
 # timed at B=1 alone (ONE_SEQUENCE_RUNS). Both launch with programmatic dependent launch
 # (LLMConfig.programmatic_dependent_launch, on by default since run 4; "-no-pdl" without it; run 4's
-# "triton" and "triton-fused" rows are the "-no-pdl" ones here).
-# a run's backend -> (the model's backend, fuse_decode_projections, programmatic_dependent_launch)
-BACKENDS = {"triton": ("triton", False, True), "triton-no-pdl": ("triton", False, False),
-            "triton-fused": ("triton", True, True), "triton-fused-no-pdl": ("triton", True, False),
-            "reference": ("reference", False, False)}  # fmt: skip
+# "triton" and "triton-fused" rows are the "-no-pdl" ones here). "triton-encoder-graph": "triton"
+# with prefill's image encoder replayed from a CUDA graph (set_encoder_cuda_graphs, off by
+# default): read its time to first token against "triton"'s.
+# a run's backend -> (the model's backend, fuse_decode_projections, programmatic_dependent_launch,
+# encoder_cuda_graphs)
+BACKENDS = {"triton": ("triton", False, True, False), "triton-no-pdl": ("triton", False, False, False),
+            "triton-encoder-graph": ("triton", False, True, True),
+            "triton-fused": ("triton", True, True, False), "triton-fused-no-pdl": ("triton", True, False, False),
+            "reference": ("reference", False, False, False)}  # fmt: skip
 ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if backend.startswith("triton-fused"))
-RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), *ONE_SEQUENCE_RUNS, ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
+RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
+        ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
@@ -168,8 +173,9 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         if time.time() - start > budget_s:
             row["skipped"] = f"time budget of {budget_s:.0f} s spent"
             continue
-        model_backend, fused, pdl = BACKENDS[backend]
+        model_backend, fused, pdl, encoder_graphs = BACKENDS[backend]
         model.set_backend(model_backend).set_fused_decode_projections(fused).set_programmatic_dependent_launch(pdl)
+        model.set_encoder_cuda_graphs(encoder_graphs)
         try:
             # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
             # compiled step guarded on other shapes would recompile inside the timing, and

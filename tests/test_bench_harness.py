@@ -118,6 +118,8 @@ def test_model_e2e_report_and_summary(tmp_path):
         {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
         {**base, "compressor": "none", "visual_tokens": 256, "backend": "triton-fused", "decode": "cuda_graph", "ttft_ms": 40.0,
          "ms_per_step": 4.0, "tokens_per_s": 2000.0, "frac_floor": 0.3, "request_ms": 600.0},
+        {**base, "backend": "triton-encoder-graph", "decode": "cuda_graph", "ttft_ms": 12.5, "ms_per_step": 4.0, "tokens_per_s": 2000.0,
+         "frac_floor": 0.25, "request_ms": 520.0},
     ]  # fmt: skip
     md = model_e2e.markdown(rows)
     assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
@@ -130,8 +132,9 @@ def test_model_e2e_report_and_summary(tmp_path):
     model_e2e.write(str(tmp_path), rows)
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
-                          "cuda_graph time budget of 240 s spent")  # fmt: skip
-    assert summary[1].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
+                          "cuda_graph time budget of 240 s spent; cuda_graph triton-encoder-graph 2000 tok/s (10.0x ref), 25% floor")  # fmt: skip
+    assert summary[1] == "    time to first token, ms: triton-encoder-graph cuda_graph 12.5"  # the rows that have one
+    assert summary[2].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
     assert "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms" in summary
     assert "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
     # the prefill's device time and launches beside the measured time to first token (host-bound when far apart)

@@ -93,31 +93,41 @@ def _with_model_pdl(method):
     return with_pdl
 
 
-class _GraphedStep:
-    """A decode step captured in a CUDA graph: static input tokens, static logits, the KV cache and
-    its lengths updated in place by the replay. The step must have run once (kernels compiled)."""
+def _graphs_supported(device: torch.device) -> bool:
+    return device.type == "cuda"
 
-    @staticmethod
-    def warm_up(step, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the step once on a side stream, as CUDA-graph capture wants (lazy library state is set
-        up outside the capture)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            logits = step(tokens)
-        torch.cuda.current_stream().wait_stream(side)
-        return logits
 
-    def __init__(self, step, tokens: torch.Tensor):
-        self.tokens = tokens.clone()
+def _run_on_side_stream(fn, x: torch.Tensor):
+    """fn(x) on a side stream, as CUDA-graph capture wants its first run (lazy library state is set
+    up outside the capture; the kernels compile and autotune there)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn(x)
+    torch.cuda.current_stream().wait_stream(side)
+    return out
+
+
+class _Graphed:
+    """fn of one tensor captured in a CUDA graph: a static input, static outputs that each replay
+    overwrites, and whatever fn writes in place (a decode step's KV cache and lengths). fn must have
+    run once at these shapes (`_run_on_side_stream`): capture refuses to compile or autotune."""
+
+    def __init__(self, fn, x: torch.Tensor):
+        self.input = x.clone()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = step(self.tokens)
+            self.output = fn(self.input)
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.tokens.copy_(tokens)
+    def __call__(self, x: torch.Tensor):
+        self.input.copy_(x)
         self.graph.replay()
-        return self.logits
+        return self.output
+
+
+# Image encoder graphs kept per model, least recently used dropped first: one per batch shape, each
+# holding its own memory pool (the ViT's activations at that batch).
+MAX_ENCODER_GRAPHS = 4
 
 
 class AuroraEdgeV(nn.Module):
@@ -131,6 +141,8 @@ class AuroraEdgeV(nn.Module):
         self.fusion = Fusion(config.llm, backend)
         self.llm = Qwen2LM(config.llm, backend)
         self._compiled_decode_step = None
+        self.encoder_cuda_graphs = False
+        self._encoder_graphs: dict = {}  # key -> _Graphed, least recently used first
         self.reset_parameters()
 
     @torch.no_grad()
@@ -156,6 +168,20 @@ class AuroraEdgeV(nn.Module):
         for module in self.modules():
             if hasattr(module, "backend"):
                 module.backend = backend
+        self._encoder_graphs.clear()  # captured with the other backend's kernels
+        return self
+
+    def set_encoder_cuda_graphs(self, enabled: bool) -> "AuroraEdgeV":
+        """Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a
+        B=1 prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on
+        that shape's first prefill and kept (MAX_ENCODER_GRAPHS, least recently used dropped): a
+        prefill is host-bound (an H100, run 4: 3.9 ms of kernels against 40 ms to the first token).
+        Needs the model on a CUDA device; in grad mode the encoder runs eagerly (a graph holds no
+        autograd history). Off by default until a GPU has timed it. A graph is keyed on the encoder's
+        parameter addresses too, so replaced weights are captured anew, never read stale."""
+        self.encoder_cuda_graphs = bool(enabled)
+        if not enabled:
+            self._encoder_graphs.clear()
         return self
 
     def set_fused_decode_projections(self, enabled: bool) -> "AuroraEdgeV":
@@ -216,8 +242,7 @@ class AuroraEdgeV(nn.Module):
                 f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
             )
         device = self.device
-        visual = self.projector(self.vision(pixel_values.to(device)))  # V [B, N, C]
-        compressed = self.compressor(visual)  # Vc [B, M, C]
+        visual, compressed = self._encode(pixel_values.to(device))
         prompts = self.llm.embed_tokens(torch.cat(list(input_ids)).to(device))
         cos, sin = self.llm.rotary(_positions(prompt_lengths, device))
         fused = self.fusion(prompts, visual, _offsets(prompt_lengths, device), max(prompt_lengths), cos, sin)
@@ -229,6 +254,35 @@ class AuroraEdgeV(nn.Module):
             start += length
         lengths = [compressed.shape[1] + n + g for n, g in zip(prompt_lengths, extra)]
         return torch.cat(pieces), _positions(lengths, device), lengths
+
+    def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values [B, 3, H, W] -> (V [B, N, C], the projected visual tokens the fusion attends
+        to; Vc [B, M, C], the compressed ones the LLM reads)."""
+        visual = self.projector(self.vision(pixel_values))
+        return visual, self.compressor(visual)
+
+    def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encode_images, from a cached CUDA graph where set_encoder_cuda_graphs asks for one. Its
+        outputs are the graph's buffers, overwritten by the next replay: prefill consumes them first."""
+        if not self.encoder_cuda_graphs:
+            return self.encode_images(pixel_values)
+        if not _graphs_supported(pixel_values.device):
+            raise ValueError(f"set_encoder_cuda_graphs: CUDA graphs need the model on a CUDA device, got {pixel_values.device}")
+        if torch.is_grad_enabled():
+            return self.encode_images(pixel_values)
+        parts = (self.vision, self.projector, self.compressor)
+        key = (tuple(pixel_values.shape), pixel_values.dtype, pixel_values.device, self.config.compressor,
+               tuple(p.data_ptr() for part in parts for p in part.parameters()))  # fmt: skip
+        graphed = self._encoder_graphs.pop(key, None)
+        if graphed is None:
+            outputs = _run_on_side_stream(self.encode_images, pixel_values)  # compiles and autotunes
+            graphed = _Graphed(self.encode_images, pixel_values)
+            while len(self._encoder_graphs) >= MAX_ENCODER_GRAPHS:
+                self._encoder_graphs.pop(next(iter(self._encoder_graphs)))
+            self._encoder_graphs[key] = graphed
+            return outputs
+        self._encoder_graphs[key] = graphed  # now the most recently used
+        return graphed(pixel_values)
 
     @torch.no_grad()
     @_on_model_device
@@ -283,8 +337,8 @@ class AuroraEdgeV(nn.Module):
             if index == max_new_tokens - 1:
                 break
             if decode == "cuda_graph" and index == 0:
-                logits = _GraphedStep.warm_up(step, tokens)  # a real step, and it compiles the kernels
-                run_step = _GraphedStep(step, tokens)
+                logits = _run_on_side_stream(step, tokens)  # a real step, and it compiles the kernels
+                run_step = _Graphed(step, tokens)
                 if clock is not None:
                     graph_setup_s = stats["graph_setup_s"] = clock.lap()
             else:
@@ -337,6 +391,7 @@ class AuroraEdgeV(nn.Module):
         with torch.no_grad():
             for name, param in self.compressor.named_parameters():
                 _init_parameter(name, param, std=0.02)
+        self._encoder_graphs.clear()  # captured with the other compressor
         return self
 
     @torch.no_grad()

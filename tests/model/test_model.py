@@ -229,6 +229,92 @@ def test_decode_mode_errors(device, gen):
             model.generate(pixel_values, ids, 2, decode="cuda_graph")
 
 
+class _EagerGraph:
+    """Stands in for a captured graph on a CPU: fn runs at each replay, on the static input."""
+
+    captured: list = []
+
+    def __init__(self, fn, x):
+        self.fn, self.input = fn, x.clone()
+        _EagerGraph.captured.append(tuple(x.shape))
+
+    def __call__(self, x):
+        self.input.copy_(x)
+        return self.fn(self.input)
+
+
+def test_encoder_graphs_are_keyed_on_shape_weights_and_compressor(device, gen, monkeypatch):
+    """The cache of set_encoder_cuda_graphs, with the capture mocked (a CPU cannot capture): the
+    first prefill of a batch shape captures, the next replays with the new pixels; a replaced
+    parameter, another compressor or backend captures anew; at most MAX_ENCODER_GRAPHS are kept,
+    least recently used dropped; grad mode runs eagerly. The answer is eager's every time."""
+    from aurora_kernels.model import aurora
+
+    monkeypatch.setattr(aurora, "_graphs_supported", lambda device: True)
+    monkeypatch.setattr(aurora, "_run_on_side_stream", lambda fn, x: fn(x))
+    monkeypatch.setattr(aurora, "_Graphed", _EagerGraph)
+    monkeypatch.setattr(_EagerGraph, "captured", [])
+    model = tiny_model(device, "mlp")
+    graphed = tiny_model(device, "mlp").set_encoder_cuda_graphs(True)
+
+    def check(batch):
+        pixel_values, _ = requests(model, device, gen, lengths=[3] * batch)
+        with torch.no_grad():
+            expected = model.encode_images(pixel_values)
+            for got, want in zip(graphed._encode(pixel_values), expected):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+    check(3), check(3)
+    assert [shape[0] for shape in _EagerGraph.captured] == [3]
+    for module in (model, graphed):
+        module.vision.post_layernorm.weight = torch.nn.Parameter(module.vision.post_layernorm.weight * 1.5)
+    check(3)
+    assert len(_EagerGraph.captured) == 2 and len(graphed._encoder_graphs) == 2
+    for batch in (1, 2, 1):
+        check(batch)
+    assert len(_EagerGraph.captured) == 4 and len(graphed._encoder_graphs) == aurora.MAX_ENCODER_GRAPHS
+    check(3)  # a replay: now the most recently used
+    check(4), check(5)  # drop the least recently used: batch 3 with the old weights, then batch 2
+    check(3)
+    assert len(_EagerGraph.captured) == 6 and len(graphed._encoder_graphs) == aurora.MAX_ENCODER_GRAPHS
+    assert [key[0][0] for key in graphed._encoder_graphs] == [1, 4, 5, 3]
+    for module in (model, graphed):
+        module.replace_compressor("pool")
+    assert not graphed._encoder_graphs
+    check(1)
+    assert len(_EagerGraph.captured) == 7
+    graphed.set_backend("reference")
+    assert not graphed._encoder_graphs
+    pixel_values, _ = requests(model, device, gen, lengths=[4])
+    with torch.enable_grad():
+        graphed._encode(pixel_values)
+    assert len(_EagerGraph.captured) == 7 and not graphed._encoder_graphs
+
+
+def test_encoder_graphs_need_a_cuda_device(device, gen):
+    model = tiny_model(device).set_encoder_cuda_graphs(True)
+    pixel_values, ids = requests(model, device, gen)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="set_encoder_cuda_graphs: CUDA graphs need the model on a CUDA device"):
+            model.generate(pixel_values, ids, 2)
+
+
+@cuda_only
+def test_encoder_graphs_give_eager_answers_on_a_gpu(device, gen):
+    """Captured for real: prefill's logits bit for bit those of the eager encoder (same kernels and
+    weights), on the capturing call and on a replay with new pixels, and the same greedy tokens."""
+    eager = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
+    graphed = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16).set_encoder_cuda_graphs(True)
+    for _ in range(2):  # capture, then replay with other pixels
+        pixel_values, ids = requests(eager, device, gen)
+        pixel_values = pixel_values.to(torch.bfloat16)
+        eager_logits, _ = eager.prefill(pixel_values, ids, 4)
+        graphed_logits, _ = graphed.prefill(pixel_values, ids, 4)
+        torch.testing.assert_close(graphed_logits, eager_logits, rtol=0, atol=0)
+        assert graphed.generate(pixel_values, ids, 4, decode="cuda_graph") == eager.generate(pixel_values, ids, 4, decode="cuda_graph")
+    assert len(graphed._encoder_graphs) == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_half_precision_model_is_as_accurate_as_eager(dtype, device, gen):
     """The whole model in bf16/fp16: its first-token logits on the kernels are as close to the fp32
