@@ -7,16 +7,16 @@
   as uint16 and would multiply the raw bits (SPEC, Environments).
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from aurora_kernels.ops._autotune import INTERPRETER
+
 
 def dot_in_fp32(dtype: torch.dtype) -> bool:
     """Whether a kernel's dots on `dtype` operands run in fp32 (the DOT_IN_FP32 constexpr)."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1")
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and INTERPRETER)
 
 
 @triton.jit

@@ -504,17 +504,19 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     merge_here = merge_in_last_split and not single_split
     counters = _split_counters(q.device, batch * heads_kv) if merge_here else cache_seqlens  # unused without
     pdl = pdl_options(q.device)
+    # a decode step makes this call once a layer: each tensor's strides read once (host time)
+    q_strides, k_new_strides, v_new_strides = q.stride(), k_new.stride(), v_new.stride()
+    cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
         cos, sin, partial_out, partial_lse, out, counters,
         heads_q // heads_kv, scale * LOG2_E, num_kv_splits,
-        q.stride(0), q.stride(2),
-        *k_cache.stride()[:3], *v_cache.stride()[:3],
-        k_new.stride(0), k_new.stride(2), v_new.stride(0), v_new.stride(2),
+        q_strides[0], q_strides[2], *cache_strides,
+        k_new_strides[0], k_new_strides[2], v_new_strides[0], v_new_strides[2],
         block_table.stride(0) if paged else 0, cos.stride(0), sin.stride(0),
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
-        STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q.stride(0), q.stride(2), *k_cache.stride()[:3], *v_cache.stride()[:3])),
+        STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_strides[0], q_strides[2], *cache_strides)),
         MERGE_IN_LAST_SPLIT=merge_here, **merge_blocks(heads_q // heads_kv, num_kv_splits, merge_here),
         **config, **pdl,
     )  # fmt: skip
