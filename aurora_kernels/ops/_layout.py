@@ -145,7 +145,17 @@ def elementwise_tile(num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_s
     return x_offsets, out_offsets, mask
 
 
-def launch_elementwise_rows(kernel, x, out, num_cols: int) -> None:
+# A contiguous input of an op whose output element i reads input element i alone is walked as rows
+# of FLAT_COLS elements where its size allows: every tile full but the last. Over its own rows, a
+# ViT MLP row of 4304 fills 5 tiles of 1024 at 84%, and masked lanes move no bytes.
+FLAT_COLS = 1024
+
+
+def launch_elementwise_rows(kernel, x, out, num_cols: int, same_positions: bool = False) -> None:
+    """kernel over x's rows, out contiguous with num_cols columns a row. same_positions: out has x's
+    shape and element i of out depends on element i of x alone (the FLAT_COLS walk is then allowed)."""
+    if same_positions and x.is_contiguous() and x.numel() % FLAT_COLS == 0:
+        x, num_cols = x.view(-1, FLAT_COLS), FLAT_COLS
     rows = collapse_rows("x", x)
     if rows.num_rows == 0:
         return

@@ -8,10 +8,24 @@ from tests.catalogue import DTYPE_IDS, DTYPES, far_apart
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", [(1,), (7, 100), (2, 3, 4304)])
+# (2, 1536) and (64, 4304) are walked as rows of 1024 (FLAT_COLS); the others over their own rows
+@pytest.mark.parametrize("shape", [(1,), (7, 100), (2, 3, 4304), (2, 1536), (64, 4304)])
 def test_parity(dtype, shape, device, gen):
     # scale 4 reaches both saturated ends of the tanh
     check_op(ak.gelu_tanh, reference.gelu_tanh, randn(shape, dtype, device, gen, scale=4.0))
+
+
+def test_contiguous_inputs_are_walked_in_full_tiles_where_their_size_allows(device, gen, monkeypatch):
+    """The tile config is asked for FLAT_COLS columns for a contiguous input of a multiple of
+    FLAT_COLS elements, for its own row width otherwise (a strided input, or another size)."""
+    from aurora_kernels.ops import _layout
+
+    widths, tile_config = [], _layout.elementwise_tile_config
+    monkeypatch.setattr(_layout, "elementwise_tile_config", lambda num_cols: widths.append(num_cols) or tile_config(num_cols))
+    for x in (randn((64, 4304), torch.bfloat16, device, gen), randn((3, 4304), torch.bfloat16, device, gen),
+              strided_view((64, 2, 512), torch.bfloat16, device, gen)):  # fmt: skip
+        check_op(ak.gelu_tanh, reference.gelu_tanh, x)
+    assert widths == [_layout.FLAT_COLS, 4304, 512] and _layout.FLAT_COLS == 1024
 
 
 def test_strided_rows(device, gen):
