@@ -156,9 +156,11 @@ def summarise(rows: list[dict]) -> list[str]:
         floor_fracs = [r["impls"]["ours"]["frac_floor"] for r in timed]
         graph_fracs = [r["impls"]["ours"]["graph_frac_floor"] for r in timed if "graph_frac_floor" in r["impls"]["ours"]]
         graphed = f"; graph replay {100 * min(graph_fracs):.0f}..{100 * max(graph_fracs):.0f}%" if graph_fracs else ""
+        host = [r["impls"]["ours"]["host_us"] for r in timed if "host_us" in r["impls"]["ours"]]
+        host_cost = f"; host {min(host):.0f}..{max(host):.0f} us a call" if host else ""
         lines.append(
             f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
-            f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%{graphed}"
+            f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%{graphed}{host_cost}"
         )
     return lines + variant_lines(rows)
 

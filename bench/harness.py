@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from typing import Callable
 
 import torch
@@ -192,6 +193,22 @@ def graph_replay_ms(fn: Callable[[], object]) -> float:
     return float(triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median"))
 
 
+def host_us_per_call(fn: Callable[[], object], calls: int = 100) -> float:
+    """The host's cost of issuing one call, in us (Python, argument checks, allocation, the launch):
+    `calls` calls back to back without a sync, on the host clock, after one call and a sync. The
+    device runs behind and its queue holds far more than these launches, so for a case whose kernels
+    are shorter than the host's issue time this is what an eager caller pays per call whatever the
+    kernel. (Eager medians of such cases swing: do_bench's L2 flush between calls hides part of it.)"""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def measure_ceilings(device: torch.device) -> dict:
     """Copy bandwidth (bytes read + written) and bf16 GEMM rate, measured once per run."""
     src = torch.empty(2**28, dtype=torch.bfloat16, device=device).normal_()
@@ -236,12 +253,19 @@ def prepared_inputs(peer: Peer, sets: list[tuple[tuple, dict]]) -> list[tuple[tu
     return [peer.prepare(*args, **kwargs) for args, kwargs in sets]
 
 
+# host_us_per_call makes 101 calls: only where a call's eager median is under this, the cases where
+# the host's cost is what a caller pays (and the eager reference's 10 to 50 ms calls are spared)
+HOST_TIMED_BELOW_MS = 0.1
+
+
 def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.device, timer=bench_ms,
-              graph_timer=None) -> dict:  # fmt: skip
+              graph_timer=None, host_timer=None, host_timed_below_ms: float = HOST_TIMED_BELOW_MS) -> dict:  # fmt: skip
     """One result row: every implementation timed by `timer` (median ms of a callable) over rotating
     input sets; a missing or failing peer is recorded as such. With graph_timer (`graph_replay_ms` on
     a GPU), ours and our variants are also timed replayed from a CUDA graph ("graph_ms"): the peers
-    are compared on eager calls only, since not every peer captures (the eager reference syncs)."""
+    are compared on eager calls only, since not every peer captures (the eager reference syncs). With
+    host_timer (`host_us_per_call` on a GPU), the host's cost a call ("host_us") of every
+    implementation whose median is under host_timed_below_ms."""
     generator = torch.Generator(device=device).manual_seed(0)
     l2_bytes = 50 * 2**20
     if device.type == "cuda":
@@ -282,6 +306,11 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
             "frac_gemm": case.flops / seconds / ceilings["bf16_gemm"],
             "frac_floor": floor_s / seconds,
         }
+        if host_timer is not None and ms < host_timed_below_ms:
+            try:
+                row["impls"][name]["host_us"] = host_timer(call)
+            except Exception as exc:  # reported beside the eager timing, which stands
+                row["impls"][name]["host_error"] = error_text(exc)
         if graph_timer is not None and name.startswith("ours"):
             try:
                 graph_ms = graph_timer(call)
@@ -314,11 +343,13 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         "(our own variants, named \"ours ...\", are listed among the peers but not counted as one). `% floor` is "
         "the roofline floor over our time (100% = at the ceiling). `ours, graph replay` is one call of ours "
         "replayed from a CUDA graph: the kernel's device time without the host's share, which decides small "
-        "cases (tens of microseconds of Python and launch a call) and is what a CUDA-graphed model pays.",
+        "cases (tens of microseconds of Python and launch a call) and is what a CUDA-graphed model pays. "
+        "`host us / call`: what issuing one call costs the host (ours; the peer that costs least), which "
+        "is what an eager caller pays a call in the small cases.",
         "",
         "| op | shape | dtype | ours | ours, graph replay | eager | torch.compile | other peers | speed-up | GB/s | "
-        "% copy BW | TFLOP/s | % GEMM | % floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "% copy BW | TFLOP/s | % GEMM | % floor | host us / call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def cell(result):
@@ -335,9 +366,16 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
             return f"{result['graph_ms']:.4f} ({100 * result['graph_frac_floor']:.0f}% floor)"
         return f"error ({result['graph_error'][:60]})" if "graph_error" in result else "-"
 
+    def host_cell(impls):
+        peers = {k: v["host_us"] for k, v in impls.items() if not k.startswith("ours") and "host_us" in v}
+        if "host_us" not in impls.get("ours", {}):
+            return "-"
+        least = min(peers, key=peers.get) if peers else None
+        return f"{impls['ours']['host_us']:.1f}" + (f"; {least} {peers[least]:.1f}" if least else "")
+
     for r in rows:
         if "skipped" in r:
-            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 10)
+            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
         impls = r["impls"]
         ours = impls.get("ours", {})
@@ -353,7 +391,7 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         other = "; ".join(f"{k} {cell(v)}" for k, v in others.items()) or "-"
         header.append(
             f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(impls.get('ours'))} | {graph_cell(ours)} | {cell(impls.get('eager'))} | "
-            f"{cell(impls.get('torch.compile'))} | {other} | {speedup} | {metrics} |"
+            f"{cell(impls.get('torch.compile'))} | {other} | {speedup} | {metrics} | {host_cell(impls)} |"
         )
     return "\n".join(header) + "\n"
 

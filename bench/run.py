@@ -127,7 +127,8 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
             continue
         torch._dynamo.reset()  # a fresh compile per case: dynamo's recompile limit would fall back to eager
         try:
-            row = harness.time_case(case, harness.implementations(case), ceilings, device, graph_timer=harness.graph_replay_ms)
+            row = harness.time_case(case, harness.implementations(case), ceilings, device, graph_timer=harness.graph_replay_ms,
+                                    host_timer=harness.host_us_per_call)  # fmt: skip
         except Exception as exc:  # its inputs could not be built (out of memory, say): the row says so
             row = harness.skipped_row(case, f"error: {harness.error_text(exc)}")
         rows.append(row)

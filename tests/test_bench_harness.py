@@ -32,8 +32,8 @@ def test_report_and_summary_show_every_outcome():
         "floor_ms": 0.001, "bound": "memory",
         "impls": {
             "ours": {"ms": 0.002, "gbps": 500.0, "tflops": 0.5, "frac_copy_bw": 0.5, "frac_gemm": 0.001, "frac_floor": 0.5,
-                     "graph_ms": 0.00125, "graph_frac_floor": 0.8},
-            "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1},
+                     "graph_ms": 0.00125, "graph_frac_floor": 0.8, "host_us": 21.4},
+            "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1, "host_us": 48.0},
             "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
             "torch.compile": {"error": "RuntimeError: boom"},
             # our own variant: listed, but "the best peer" is someone else's implementation
@@ -48,7 +48,8 @@ def test_report_and_summary_show_every_outcome():
     assert "; ours, num_kv_splits=4 0.0010 |" in md
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
-    assert "3.00x..3.00x" in summary[0] and "50..50%; graph replay 80..80%" in summary[0]
+    assert "3.00x..3.00x" in summary[0] and summary[0].endswith("50..50%; graph replay 80..80%; host 21..21 us a call")
+    assert "| 21.4; eager 48.0 |" in md
     # our variants' device times side by side, for choosing the default
     assert summary[1] == "  rms_norm [rows=8] graph replay us: ours 1.2, ours, num_kv_splits=4 0.9; fastest: ours, num_kv_splits=4"
 
@@ -338,8 +339,17 @@ def test_time_case_rows_with_a_stand_in_timer(device):
             raise result
         return graph_timer(fn)
 
+    host_costs = iter([12.5, 30.0, RuntimeError("host timer broke")])  # ours, eager, ours no graph
+
+    def host_timer(fn):  # every implementation that ran
+        fn()
+        cost = next(host_costs)
+        if isinstance(cost, Exception):
+            raise cost
+        return cost
+
     row = harness.time_case(case, impls, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, device, timer=timer,
-                            graph_timer=flaky_graph_timer)  # fmt: skip
+                            graph_timer=flaky_graph_timer, host_timer=host_timer, host_timed_below_ms=1.0)  # fmt: skip
     assert len(calls) == 9 and all(c.shape == (64, 256) for c in calls)
     assert len(graph_timed) == 1 and graph_timed[0].shape == (64, 256)
     ours = row["impls"]["ours"]
@@ -347,8 +357,15 @@ def test_time_case_rows_with_a_stand_in_timer(device):
     assert ours["graph_ms"] == 0.25 and abs(ours["graph_frac_floor"] - 2 * ours["frac_floor"]) < 1e-12
     assert row["impls"]["ours, no graph"]["graph_error"] == "RuntimeError: operation not permitted when stream is capturing"
     assert "graph_ms" not in row["impls"]["eager"]
+    assert ours["host_us"] == 12.5 and row["impls"]["eager"]["host_us"] == 30.0
+    assert row["impls"]["ours, no graph"]["host_error"] == "RuntimeError: host timer broke"
     table = harness.results_markdown({"name": "Stand-in GPU"}, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, [row])
     assert f"| 0.5000 | 0.2500 ({100 * ours['graph_frac_floor']:.0f}% floor) | 0.5000 |" in table
+    assert table.rstrip().endswith("| 12.5; eager 30.0 |")  # ours; the peer that costs the host least
+    # a call of 0.5 ms is device-bound: its host cost is not timed by default (101 calls each)
+    slow = harness.time_case(case, {"ours": harness.Peer(ak.rms_norm)}, {"copy_bandwidth": 1e12, "bf16_gemm": 1e15}, device,
+                             timer=timer, host_timer=lambda fn: pytest.fail("host timed"))  # fmt: skip
+    assert "host_us" not in slow["impls"]["ours"]
     assert abs(ours["frac_copy_bw"] - case.bytes / 5e-4 / 1e12) < 1e-12 and row["bound"] == "memory"
     assert row["impls"]["liger"] == {"missing": "liger_kernel not importable"}
     assert row["impls"]["broken"] == {"error": "ZeroDivisionError: division by zero"}
