@@ -301,8 +301,9 @@ def test_encoder_graphs_need_a_cuda_device(device, gen):
 
 @cuda_only
 def test_encoder_graphs_give_eager_answers_on_a_gpu(device, gen):
-    """Captured for real: prefill's logits bit for bit those of the eager encoder (same kernels and
-    weights), on the capturing call and on a replay with new pixels, and the same greedy tokens."""
+    """Captured for real: prefill's logits those of the eager encoder (same kernels and weights; within
+    the bf16 bound, should cuBLAS pick another GEMM inside a capture), on the capturing call and on a
+    replay with new pixels (a stale replay would be far off), and the same greedy tokens."""
     eager = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
     graphed = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16).set_encoder_cuda_graphs(True)
     for _ in range(2):  # capture, then replay with other pixels
@@ -310,7 +311,7 @@ def test_encoder_graphs_give_eager_answers_on_a_gpu(device, gen):
         pixel_values = pixel_values.to(torch.bfloat16)
         eager_logits, _ = eager.prefill(pixel_values, ids, 4)
         graphed_logits, _ = graphed.prefill(pixel_values, ids, 4)
-        torch.testing.assert_close(graphed_logits, eager_logits, rtol=0, atol=0)
+        assert_parity(graphed_logits, eager_logits.double(), torch.bfloat16, "prefill logits, encoder graph")
         assert graphed.generate(pixel_values, ids, 4, decode="cuda_graph") == eager.generate(pixel_values, ids, 4, decode="cuda_graph")
     assert len(graphed._encoder_graphs) == 1
 
