@@ -207,10 +207,11 @@ def summarise_model(results_dir: str) -> list[str]:
             else:
                 cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
         lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
-        ttft = [f"{backend} {mode} {group[(backend, mode)]['ttft_ms']:.1f}" for backend, mode in
-                (("triton", "cuda_graph"), ("triton-encoder-graph", "cuda_graph")) if "ttft_ms" in group.get((backend, mode), {})]  # fmt: skip
-        if ttft:
-            lines.append("    time to first token, ms: " + ", ".join(ttft))
+        prefill = [f"{backend} {mode} {group[(backend, mode)]['prefill_ms_median']:.1f}" for backend, mode in
+                   (("triton", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"))
+                   if "prefill_ms_median" in group.get((backend, mode), {})]  # fmt: skip
+        if prefill:
+            lines.append("    prefill ms (median of its repeats): " + ", ".join(prefill))
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
     for r in rows:

@@ -54,6 +54,7 @@ COMPRESSORS = ("mlp", "none")
 # profile itself times eager steps of the run's model)
 PROFILED_BATCHES = (1, 8)
 PROFILED_RUNS = (("triton", "eager"), ("triton-fused", "cuda_graph"))  # the latter at B=1 alone
+PREFILL_REPEATS = 5  # prefills timed apart, per configuration of the kernels: their median
 PROFILE_STEPS = 8
 GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
@@ -140,9 +141,26 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
     return {"steps": steps, "kernels": kernels, "us_per_step_by_group": groups, "op_calls_per_step": ops, "prefill": prefill}
 
 
+def median_prefill_ms(model, pixel_values, prompts, new_tokens: int, repeats: int) -> float:
+    """Median of `repeats` prefills of the requests, each timed alone (device synchronised before and
+    after): time to first token, steadier than the one request a generate call times (run 4 saw 40
+    to 74 ms for one configuration), which is what comparing prefill paths needs."""
+    times = []
+    for _ in range(repeats):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        start = time.perf_counter()
+        model.prefill(pixel_values, prompts, new_tokens)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e3
+
+
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
         batches=BATCHES, runs=RUNS, compressors=COMPRESSORS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16,
-        timed: bool = True, checkpoint: Callable[[list[dict]], None] | None = None) -> list[dict]:  # fmt: skip
+        timed: bool = True, checkpoint: Callable[[list[dict]], None] | None = None,
+        prefill_repeats: int = PREFILL_REPEATS) -> list[dict]:  # fmt: skip
     """Every configuration until the time budget is spent; the rest are listed as skipped. (The
     keyword arguments let the CPU tests run the same code on the tiny preset.) timed=False runs only
     each configuration's warm-up: what bench.warm does in other processes to fill the compile caches,
@@ -198,6 +216,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                    tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
         if "graph_setup_s" in stats:
             row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
+        if model_backend == "triton":  # the eager reference's prefill takes up to 0.7 s (B=32): spared
+            row["prefill_ms_median"] = median_prefill_ms(model, pixel_values, prompts, new_tokens, prefill_repeats)
         print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
               f"step {row['ms_per_step']:7.2f} ms ({row['frac_floor']:.0%} of floor)  {row['tokens_per_s']:8.1f} tok/s",
               flush=True)  # fmt: skip
@@ -239,17 +259,21 @@ def markdown(rows: list[dict]) -> str:
         "the capture are the graph set-up, counted in the whole request. Floor: LLM weights + KV cache read per "
         "step over the measured copy bandwidth.",
         "",
-        "| compressor | B | backend | decode | TTFT ms | ms / step | floor ms / step | % of floor | tokens/s | whole request ms | "
-        "graph set-up ms |",
-        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"Prefill ms: the median of {PREFILL_REPEATS} prefills of the same requests timed apart (TTFT is the one "
+        "request's), the figure to compare prefill paths by.",
+        "",
+        "| compressor | B | backend | decode | TTFT ms | prefill ms | ms / step | floor ms / step | % of floor | tokens/s | "
+        "whole request ms | graph set-up ms |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         head = f"| {r['compressor']} ({r['visual_tokens']}) | {r['batch']} | {r['backend']} | {r['decode']} |"
         if "ms_per_step" not in r:
-            lines.append(f"{head} {r.get('skipped') or r.get('error')} | | {r['floor_ms_per_step']:.2f} | | | | |")
+            lines.append(f"{head} {r.get('skipped') or r.get('error')} | | | {r['floor_ms_per_step']:.2f} | | | | |")
             continue
         setup = f"{r['graph_setup_ms']:.1f}" if "graph_setup_ms" in r else "-"
-        lines.append(f"{head} {r['ttft_ms']:.1f} | {r['ms_per_step']:.2f} | {r['floor_ms_per_step']:.2f} | "
+        prefill = f"{r['prefill_ms_median']:.1f}" if "prefill_ms_median" in r else "-"
+        lines.append(f"{head} {r['ttft_ms']:.1f} | {prefill} | {r['ms_per_step']:.2f} | {r['floor_ms_per_step']:.2f} | "
                      f"{r['frac_floor']:.0%} | {r['tokens_per_s']:.1f} | {r['request_ms']:.0f} | {setup} |")  # fmt: skip
     lines += ["", "Compressor mlp (64 visual tokens) against none (256), whole request (prefill + 127 decode steps):", ""]
     for batch, backend, decode, speedup in compressor_speedups(rows):

@@ -119,11 +119,11 @@ def test_model_e2e_report_and_summary(tmp_path):
         {**base, "backend": "triton", "decode": "cuda_graph", "skipped": "time budget of 240 s spent"},
         {**base, "compressor": "none", "visual_tokens": 256, "backend": "triton-fused", "decode": "cuda_graph", "ttft_ms": 40.0,
          "ms_per_step": 4.0, "tokens_per_s": 2000.0, "frac_floor": 0.3, "request_ms": 600.0},
-        {**base, "backend": "triton-encoder-graph", "decode": "cuda_graph", "ttft_ms": 12.5, "ms_per_step": 4.0, "tokens_per_s": 2000.0,
-         "frac_floor": 0.25, "request_ms": 520.0},
+        {**base, "backend": "triton-encoder-graph", "decode": "cuda_graph", "ttft_ms": 12.5, "prefill_ms_median": 11.5, "ms_per_step": 4.0,
+         "tokens_per_s": 2000.0, "frac_floor": 0.25, "request_ms": 520.0},
     ]  # fmt: skip
     md = model_e2e.markdown(rows)
-    assert "| mlp (64) | 8 | triton | eager | 20.0 | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
+    assert "| mlp (64) | 8 | triton | eager | 20.0 | - | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
     assert ("Device kernels: 2.050 ms per step (aurora 1.150 ms, gemm 0.900 ms), 253 launches; measured step: eager 8.000 ms; "
@@ -134,7 +134,8 @@ def test_model_e2e_report_and_summary(tmp_path):
     summary = gpu_check.summarise_model(str(tmp_path))
     assert summary[0] == ("  model mlp  B= 8: eager 1000 tok/s (5.0x ref), 12% floor; compile RuntimeError: boom; "
                           "cuda_graph time budget of 240 s spent; cuda_graph triton-encoder-graph 2000 tok/s (10.0x ref), 25% floor")  # fmt: skip
-    assert summary[1] == "    time to first token, ms: triton-encoder-graph cuda_graph 12.5"  # the rows that have one
+    assert summary[1] == "    prefill ms (median of its repeats): triton-encoder-graph cuda_graph 11.5"  # the rows that have one
+    assert "| mlp (64) | 8 | triton-encoder-graph | cuda_graph | 12.5 | 11.5 | 4.00 |" in md
     assert summary[2].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
     assert "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms" in summary
     assert "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
@@ -267,7 +268,8 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     # compressor "mlp" alone (the profiled one), to halve the time: the swap to "none" runs in
     # test_warm_model_compiles_the_decode_step, the mlp-vs-none lines in test_model_e2e_report_and_summary
     rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, compressors=("mlp",),
-                         new_tokens=4, dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)))  # fmt: skip
+                         new_tokens=4, dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)),
+                         prefill_repeats=1)  # fmt: skip
     # saved after every timed configuration, so a run stopped at its limit keeps what it measured
     assert checkpoints == sorted(checkpoints) and checkpoints[-1] == len(rows)
     assert len(checkpoints) == sum("error" not in r for r in rows)
@@ -279,6 +281,8 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
             assert "error" not in r and r["ms_per_step"] > 0 and r["request_ms"] > r["ttft_ms"] > 0 and 0 < r["frac_floor"], r
     assert {r["visual_tokens"] for r in rows} == {16}  # the tiny preset's 64 patches, compressed 4x
     assert "| mlp (16) | 1 | triton | eager |" in model_e2e.markdown(rows)
+    assert all(r["prefill_ms_median"] > 0 for r in rows if "ms_per_step" in r and r["backend"] == "triton")
+    assert "prefill_ms_median" not in rows[runs.index(("reference", "eager"))]
     # the decode step's profile: this package's op calls per step (host side) and, on a GPU, kernel times
     [profiled] = [r for r in rows if "profile" in r]
     assert (profiled["compressor"], profiled["backend"], profiled["decode"]) == ("mlp", "triton", "eager")
