@@ -55,9 +55,9 @@ class LLMConfig:
     tie_word_embeddings: bool = True
     # One-sequence decode steps only: each projection with the norm or activation that feeds it as
     # one kernel (rms_norm_linear, linear, silu_and_mul_linear: a GEMV) instead of cuBLAS plus a
-    # separate op: 1.50 against 1.69 ms a CUDA-graphed step on the H200. Batched steps keep cuBLAS:
-    # there the ops' tensor-core tiles lost (B=8: 7.6 against 1.7 ms a step). bench/model_e2e.py
-    # times both settings.
+    # separate op: 1.54 against 1.89 ms a CUDA-graphed step on an H100 (run 4). Batched steps keep
+    # cuBLAS: there the ops' tensor-core tiles lose, K split or not (down_proj at 8 rows, H100: 43
+    # against 24 us). bench/model_e2e.py times both settings.
     fuse_decode_projections: bool = True
     # decode_attention's merge_in_last_split (experimental, off): one launch a layer instead of two
     # in a decode step whose attention splits. No gain on an H100 (run 4: 1.53 against 1.54 ms a
