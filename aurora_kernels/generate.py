@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     for b, (prompt, new) in enumerate(zip(prompts, tokens)):
         print(f"request {b}: prompt {prompt.numel()} tokens -> {new}")
     print(f"prefill: {stats['prefill_s'] * 1e3:.1f} ms (vision, compressor, fusion, LLM prefill, first token)")
-    print(f"decode: {stats['decode_steps']} steps in {stats['decode_s'] * 1e3:.1f} ms, "
+    print(f"decode ({stats['decode']}): {stats['decode_steps']} steps in {stats['decode_s'] * 1e3:.1f} ms, "
           f"{stats['decode_tokens_per_s']:.1f} tokens/s over {args.batch} request(s)")  # fmt: skip
     return 0
 

@@ -219,6 +219,27 @@ def test_decode_modes_match_eager(decode, device, gen):
         assert_parity(fast_logits[b].bfloat16(), logits[b].double(), torch.bfloat16, f"request {b}, decode={decode}")
 
 
+def test_auto_decode_mode_graphs_the_kernels_on_a_gpu_where_it_pays():
+    from aurora_kernels.model.aurora import AUTO_GRAPH_MIN_NEW_TOKENS, auto_decode_mode
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert auto_decode_mode(cuda, "triton", AUTO_GRAPH_MIN_NEW_TOKENS) == "cuda_graph"
+    assert auto_decode_mode(cuda, "triton", AUTO_GRAPH_MIN_NEW_TOKENS - 1) == "eager"  # the capture would not pay
+    assert auto_decode_mode(cuda, "reference", 128) == "eager"  # reads cache lengths on the host: not capturable
+    assert auto_decode_mode(cpu, "triton", 128) == "eager"
+
+
+def test_generate_decodes_in_the_auto_mode_by_default(device, gen):
+    """generate's default decode is "auto"; stats say which mode ran, and it gives eager's tokens (on a
+    CPU auto is eager whatever the backend: the reference, which is quick there, stands in)."""
+    model = tiny_model(device, "mlp", backend="triton" if device.type == "cuda" else "reference").to(torch.bfloat16)
+    pixel_values, ids = requests(model, device, gen)
+    stats = {}
+    tokens = model.generate(pixel_values, ids, max_new_tokens=8, stats=stats)
+    assert stats["decode"] == ("cuda_graph" if device.type == "cuda" else "eager")
+    assert tokens == model.generate(pixel_values, ids, max_new_tokens=8, decode="eager")
+
+
 def test_decode_mode_errors(device, gen):
     model = tiny_model(device)
     pixel_values, ids = requests(model, device, gen)
