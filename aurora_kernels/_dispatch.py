@@ -2,58 +2,60 @@
 
 Every public op calls `record_call(op, backend)` once per call, after validation. `count_calls()`
 lets a test (or a user) see what a model really ran, so a silent fall back to the eager reference
-shows up as a count on the wrong backend.
+shows up as a count on the wrong backend. Counters and output poisoning belong to the thread that
+set them up: a counter counts its own thread's calls, never another's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections import Counter
 from typing import Callable
 
 import torch
 
-_active_counters: list[Counter] = []
+_this_thread = threading.local()  # .counters: the calling thread's active Counters; .poison: bool
 
 
 def record_call(op: str, backend: str) -> None:
-    for counter in _active_counters:
+    for counter in getattr(_this_thread, "counters", ()):
         counter[(op, backend)] += 1
 
 
 @contextlib.contextmanager
 def count_calls():
-    """Yields a Counter of (op, backend) -> calls made inside the block."""
+    """Yields a Counter of (op, backend) -> calls made inside the block, by the calling thread."""
     counter: Counter = Counter()
-    _active_counters.append(counter)
+    counters = _this_thread.__dict__.setdefault("counters", [])
+    counters.append(counter)
     try:
         yield counter
     finally:
-        _active_counters.remove(counter)
+        counters.remove(counter)
 
 
 # Output buffers. Launchers allocate through `new_output` so tests can poison every output with NaN
 # (`poisoned_outputs()`) and an element the kernel forgets to write fails the parity check.
-_poison_outputs = False
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     out = torch.empty(shape, dtype=dtype, device=device)
-    if _poison_outputs:
+    if getattr(_this_thread, "poison", False):
         out.fill_(float("nan"))
     return out
 
 
 @contextlib.contextmanager
 def poisoned_outputs(enabled: bool = True):
-    global _poison_outputs
-    previous = _poison_outputs
-    _poison_outputs = enabled
+    """Every output the calling thread's op calls allocate inside the block starts as NaN."""
+    previous = getattr(_this_thread, "poison", False)
+    _this_thread.poison = enabled
     try:
         yield
     finally:
-        _poison_outputs = previous
+        _this_thread.poison = previous
 
 
 # Custom ops. Each op's launcher (typed; allocates the outputs, launches the kernels) is registered as

@@ -4,20 +4,27 @@ Every check raises before any kernel launches: TypeError for a wrong type or dty
 wrong shape, device, layout or value, each naming the argument and what was expected.
 
 Two kinds of check:
-- metadata checks (type, dtype, shape, device, strides, divisibility) read only tensor metadata and
-  always run;
-- value checks (cu_seqlens monotonic, max_seqlen covering the real lengths, cache_seqlens within the
-  cache, block_table entries in range) read tensor contents. On CUDA that is a host sync, which costs
-  time in a decode loop and breaks CUDA-graph capture, so by default they run only on CPU tensors.
-  `value_checks("always")` turns them on for CUDA too (for debugging); they never run while a CUDA
-  graph is being captured or torch.compile is tracing. On CUDA with the default, staying inside the
-  limits is the caller's contract, as with flash-attn.
+- metadata checks (type, dtype, shape, device, strides, overlap, divisibility) read only tensor
+  metadata and always run, in the public function (under torch.compile, while it traces);
+- value checks (cu_seqlens monotonic and within the packed rows, max_seqlen covering the real
+  lengths, cache_seqlens within the cache, block_table entries in range) read tensor contents. They
+  run inside the op, when it runs: eagerly, and in a compiled graph at run time, never at trace time.
+  On CUDA a value check is a host sync, which costs time in a decode loop and breaks CUDA-graph
+  capture, so by default they run only on CPU tensors; `value_checks("always")` turns them on for
+  CUDA too (for debugging); they never run while a CUDA graph is being captured. Where they do not
+  run, the kernels still clamp what they read from index tensors to the real bounds (the packed rows,
+  the cache's capacity, the pages of the pool), so a bad value gives a wrong output at worst, never a
+  read or write outside the tensors the op was given.
+
+The value-check mode is a process-wide default (`set_value_checks`) that `value_checks(...)`
+overrides in the calling thread only, for the length of a `with` block.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from typing import Iterable, Sequence
 
 import torch
@@ -25,7 +32,8 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("triton", "reference")
 _VALUE_CHECK_MODES = ("auto", "always", "never")
-_value_check_mode = "auto"
+_default_value_check_mode = "auto"
+_this_thread = threading.local()  # .value_check_mode: the calling thread's override (None: the default)
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
@@ -39,23 +47,35 @@ def _fmt_shape(shape: Sequence) -> str:
 # ----------------------------------------------------------------------------- value-check policy
 
 
-def set_value_checks(mode: str) -> None:
-    """"auto" (value checks on CPU tensors only), "always" or "never"."""
-    global _value_check_mode
+def _check_mode(mode) -> None:
     if mode not in _VALUE_CHECK_MODES:
         raise ValueError(f"mode: expected one of {_VALUE_CHECK_MODES}, got {mode!r}")
-    _value_check_mode = mode
+
+
+def set_value_checks(mode: str) -> None:
+    """The process-wide default: "auto" (value checks on CPU tensors only), "always" or "never".
+    A thread inside `value_checks(...)` keeps its own mode until the block ends."""
+    global _default_value_check_mode
+    _check_mode(mode)
+    _default_value_check_mode = mode
+
+
+def value_check_mode() -> str:
+    """The mode in force in the calling thread."""
+    return getattr(_this_thread, "value_check_mode", None) or _default_value_check_mode
 
 
 @contextlib.contextmanager
 def value_checks(mode: str = "always"):
-    """Context manager form of `set_value_checks`."""
-    previous = _value_check_mode
-    set_value_checks(mode)
+    """Value checks in `mode` for the calling thread only, inside the block (other threads keep
+    theirs)."""
+    _check_mode(mode)
+    previous = getattr(_this_thread, "value_check_mode", None)
+    _this_thread.value_check_mode = mode
     try:
         yield
     finally:
-        set_value_checks(previous)
+        _this_thread.value_check_mode = previous
 
 
 def _tracing() -> bool:
@@ -67,9 +87,10 @@ def _tracing() -> bool:
 
 def should_check_values(t: torch.Tensor) -> bool:
     """Whether value checks (which read tensor contents) run for a tensor on t's device."""
-    if _value_check_mode == "never" or _tracing():
+    mode = value_check_mode()
+    if mode == "never" or _tracing():
         return False
-    return _value_check_mode == "always" or t.device.type == "cpu"
+    return mode == "always" or t.device.type == "cpu"
 
 
 # ----------------------------------------------------------------------------- metadata checks
@@ -197,16 +218,53 @@ def check_triton_device(name: str, t: torch.Tensor) -> None:
     )
 
 
+# ----------------------------------------------------------------------------- written tensors
+
+
+def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
+    """t is written in place: no two of its indices may address one element (an expand()ed tensor's
+    stride 0, an overlapping as_strided view), as torch refuses in-place writes into such tensors.
+    Sufficient test: with the dims of size > 1 sorted by stride, each stride exceeds the largest
+    offset the smaller dims reach."""
+    reach = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= reach:
+            raise ValueError(
+                f"{name}: expected a tensor whose elements do not overlap (it is written in place), got shape "
+                f"{list(t.shape)} with strides {list(t.stride())} (an expand()ed or overlapping view); "
+                "pass a tensor with its own memory (.contiguous() or .clone())"
+            )
+        reach += stride * (size - 1)
+
+
 # ----------------------------------------------------------------------------- index tensors
+# The kernels read index tensors (cu_seqlens, cache_seqlens, block_table) through a pointer as raw
+# memory, so a view's strides must be what the kernel assumes: the last dim contiguous (a 1-D index
+# tensor contiguous; a block table's row stride is honoured). A column of a 2-D tensor or a [::2]
+# slice is refused by name rather than read as the memory underneath it.
 
 
-def check_cu_seqlens(name: str, cu_seqlens, device: torch.device, total: int, max_seqlen, max_name: str) -> None:
-    """int32 [batch + 1] offsets on `device`: starts at 0, non-decreasing, ends at `total` rows, and no
-    sequence longer than `max_seqlen` (the last three are value checks)."""
-    check_tensor(name, cu_seqlens, ndim=1, layout="[batch + 1]", dtypes=(torch.int32,), device=device)
+def check_index_tensor(name: str, t, shape: Sequence, layout: str, device) -> None:
+    """int32, of `shape`, on `device`, last dim contiguous."""
+    check_tensor(name, t, shape=shape, layout=layout, dtypes=(torch.int32,), device=device)
+    if t.ndim and t.shape[-1] > 1 and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name}: expected the last dim to be contiguous (stride 1; the kernel reads it as raw memory), got "
+            f"strides {list(t.stride())}; pass {name}.contiguous()"
+        )
+
+
+def check_cu_seqlens(name: str, cu_seqlens, device: torch.device, max_seqlen, max_name: str) -> None:
+    """int32 [batch + 1] offsets on `device`, contiguous, and an int max_seqlen >= 0 (metadata)."""
+    check_index_tensor(name, cu_seqlens, shape=(None,), layout="[batch + 1]", device=device)
     if cu_seqlens.numel() < 1:
         raise ValueError(f"{name}: expected at least one offset ([batch + 1]), got an empty tensor")
     check_int(max_name, max_seqlen, minimum=0)
+
+
+def check_cu_seqlens_values(name: str, cu_seqlens: torch.Tensor, total: int, max_seqlen: int, max_name: str) -> None:
+    """Value check: starts at 0, non-decreasing, ends at `total` rows, no sequence longer than
+    `max_seqlen`."""
     if not should_check_values(cu_seqlens):
         return
     offsets = cu_seqlens.tolist()
@@ -222,9 +280,8 @@ def check_cu_seqlens(name: str, cu_seqlens, device: torch.device, total: int, ma
         raise ValueError(f"{max_name}: expected >= the longest sequence in {name} ({longest}), got {max_seqlen}")
 
 
-def check_cache_seqlens(name: str, cache_seqlens, batch: int, device, capacity: torch.Tensor | int, appended: int) -> None:
-    """int32 [batch] token counts; value check: 0 <= n and n + appended <= capacity (per sequence)."""
-    check_tensor(name, cache_seqlens, shape=(batch,), layout="[B]", dtypes=(torch.int32,), device=device)
+def check_cache_seqlens_values(name: str, cache_seqlens: torch.Tensor, capacity: torch.Tensor | int, appended: int) -> None:
+    """Value check: 0 <= n and n + appended <= capacity (per sequence)."""
     if not should_check_values(cache_seqlens):
         return
     lengths = cache_seqlens.long()
@@ -239,13 +296,11 @@ def check_cache_seqlens(name: str, cache_seqlens, batch: int, device, capacity: 
         raise ValueError(f"{name}: sequence {b} needs {int(lengths[b])}{extra} positions but its cache holds {cap}")
 
 
-def check_block_table(
-    name: str, block_table, batch: int, device, num_blocks: int, block_size: int, cache_seqlens, appended: int
+def check_block_table_values(
+    name: str, block_table: torch.Tensor, num_blocks: int, block_size: int, cache_seqlens: torch.Tensor, appended: int
 ) -> None:
-    """int32 [batch, max_blocks]; value check: the entries a sequence uses (its first
-    ceil((cache_seqlens[b] + appended) / block_size)) are in [0, num_blocks). Unused entries may hold
-    anything (-1 padding, say)."""
-    check_tensor(name, block_table, shape=(batch, None), layout="[B, max_blocks]", dtypes=(torch.int32,), device=device)
+    """Value check: the entries a sequence uses (its first ceil((cache_seqlens[b] + appended) /
+    block_size)) are in [0, num_blocks). Unused entries may hold anything (-1 padding, say)."""
     if not should_check_values(block_table) or block_table.numel() == 0:
         return
     used_blocks = (cache_seqlens.long() + appended + block_size - 1) // block_size

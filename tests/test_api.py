@@ -67,6 +67,7 @@ def test_the_kernels_are_inference_only(name, device, gen):
     outs, expected = (out, expected) if isinstance(out, tuple) else ((out,), (expected,))
     for o, e in zip(outs, expected):
         torch.testing.assert_close(o.detach(), e, rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match=r"no backward \(inference only\).*backend='reference'"):
+    # the message names the function the user called (attention_varlen, rms_norm_linear), not a shared kernel
+    with pytest.raises(RuntimeError, match=rf"^{name}: .*no backward \(inference only\).*backend='reference'"):
         sum(o.sum() for o in outs).backward()
     assert args[0].grad is None

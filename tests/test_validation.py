@@ -142,7 +142,7 @@ def test_decode_cache_limits(backend, paged, f32, device):
     new_kv = f32(2, 1, 2, 16)
     with ak.value_checks("always"):
         with pytest.raises(ValueError, match=f"cache_seqlens: sequence 1 needs {capacity} \\+ 1 appended token positions"):
-            ak.decode_attention(q, k_cache, k_cache, too_long, k=new_kv, v=new_kv, block_table=block_table, backend=backend)
+            ak.decode_attention(q, k_cache, k_cache.clone(), too_long, k=new_kv, v=new_kv, block_table=block_table, backend=backend)
     with pytest.raises(TypeError, match="cache_seqlens: expected dtype int32"):
         ak.decode_attention(q, k_cache, k_cache, seqlens.long(), block_table=block_table, backend=backend)
     with pytest.raises(ValueError, match="k, v: expected both"):
@@ -186,7 +186,7 @@ def test_decode_rotary_tables(backend, f32, device):
         ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=f32(16, 64).t(), rotary_sin=table, backend=backend)
     with ak.value_checks("always"):
         with pytest.raises(ValueError, match="rotary_cos: expected a row for every position cache_seqlens\\[b\\], got 20 rows and position 20"):
-            ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table[:20], rotary_sin=table[:20], backend=backend)
+            ak.decode_attention(q, k_cache, k_cache.clone(), seqlens, new_kv, new_kv, rotary_cos=table[:20], rotary_sin=table[:20], backend=backend)
     odd_q, odd_cache, odd_kv, odd_table = f32(2, 1, 4, 15), f32(2, 40, 2, 15), f32(2, 1, 2, 15), f32(64, 15)
     with pytest.raises(ValueError, match="q: expected an even head dim D with rotary_cos/rotary_sin, got 15"):
         ak.decode_attention(odd_q, odd_cache, odd_cache, seqlens, odd_kv, odd_kv, rotary_cos=odd_table, rotary_sin=odd_table, backend=backend)

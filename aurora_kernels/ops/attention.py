@@ -37,6 +37,7 @@ from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
     check_cu_seqlens,
+    check_cu_seqlens_values,
     check_same_device,
     check_same_dtype,
     check_softmax_scale,
@@ -119,7 +120,7 @@ def _attend_key_block(
 @triton.jit(do_not_specialize=["query_rows_class"])
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-    seqlen_q, seqlen_k, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths (packed: unused)
+    seqlen_q, seqlen_k, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths, or the packed rows
     q_batch_stride, q_token_stride, q_head_stride,
     k_batch_stride, k_token_stride, k_head_stride,
     v_batch_stride, v_token_stride, v_head_stride,
@@ -145,10 +146,13 @@ def _attention_kernel(
     v_offset = batch64 * v_batch_stride + kv_head * v_head_stride
     o_offset = batch64 * out_batch_stride + head.to(tl.int64) * out_head_stride
     if IS_VARLEN:
-        q_first = tl.load(cu_seqlens_q_ptr + batch)
-        len_q = tl.load(cu_seqlens_q_ptr + batch + 1) - q_first
-        k_first = tl.load(cu_seqlens_k_ptr + batch)
-        len_k = tl.load(cu_seqlens_k_ptr + batch + 1) - k_first
+        # Offsets clamped to the packed rows (seqlen_q/k here): where cu_seqlens went unchecked (CUDA,
+        # value checks off) a bad offset gives a wrong output at worst, never a read or a write outside
+        # q, k, v and out. For valid offsets the clamps change nothing.
+        q_first = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + batch), 0), seqlen_q)
+        len_q = tl.minimum(tl.maximum(tl.load(cu_seqlens_q_ptr + batch + 1), q_first), seqlen_q) - q_first
+        k_first = tl.minimum(tl.maximum(tl.load(cu_seqlens_k_ptr + batch), 0), seqlen_k)
+        len_k = tl.minimum(tl.maximum(tl.load(cu_seqlens_k_ptr + batch + 1), k_first), seqlen_k) - k_first
         q_offset += q_first.to(tl.int64) * q_token_stride
         o_offset += q_first.to(tl.int64) * out_token_stride
         k_offset += k_first.to(tl.int64) * k_token_stride
@@ -207,8 +211,14 @@ def _attention_kernel(
             HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32,
         )  # fmt: skip
 
-    # a row that saw no key (empty key sequence, or above the causal diagonal) has row_sum 0 and acc 0
-    inv_sum = 1.0 / tl.where(row_sum > 0.0, row_sum, 1.0)
+    # A row that saw no key (empty key sequence, or above the causal diagonal) has row_sum 0 and acc
+    # 0: output 0. A row that saw keys whose scores were all -inf (q.k x scale overflowed) has row_sum
+    # 0 too: NaN, as torch's softmax gives; so does a NaN among the scores (row_sum NaN).
+    if CAUSAL:
+        saw_a_key = tl.where(len_k > 0, rows + causal_shift >= 0, False)
+    else:
+        saw_a_key = len_k > 0
+    inv_sum = tl.where(row_sum > 0.0, 1.0 / tl.where(row_sum > 0.0, row_sum, 1.0), tl.where(saw_a_key, float("nan"), 1.0))
     out_rows = o_base + rows64[:, None] * out_token_stride
     out_dtype = out_ptr.dtype.element_ty
     tl.store(out_rows + cols[None, :], (acc * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM))
@@ -257,8 +267,10 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
 
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     block_d, block_d_tail = head_dim_blocks(head_dim)
+    # the kernel's lengths: the dense ones, or the packed rows that bound every packed sequence
+    lengths = (q.shape[0], k.shape[0]) if packed else (max_seqlen_q, max_seqlen_k)
     args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
-            max_seqlen_q, max_seqlen_k, heads_q // k.shape[-2], scale * LOG2_E,
+            *lengths, heads_q // k.shape[-2], scale * LOG2_E,
             *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype),
@@ -274,15 +286,32 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     return out
 
 
-@kernel_op("attention", fake=lambda q, *args: q.new_empty(q.shape))
-def _attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: Optional[torch.Tensor],
-                      cu_seqlens_k: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int, causal: bool,
-                      softmax_scale: Optional[float]) -> torch.Tensor:  # fmt: skip
+def _launch_new(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale):
     """Dense (cu_seqlens None, max_seqlen the lengths) or packed attention into a new output."""
     out = new_output(q.shape, q.dtype, q.device)
     if out.numel() == 0 or max_seqlen_q == 0:
         return out
     return _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
+
+
+@kernel_op("attention", fake=lambda q, *args: q.new_empty(q.shape))
+def _attention_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                      softmax_scale: Optional[float]) -> torch.Tensor:  # fmt: skip
+    return _launch_new(q, k, v, None, None, q.shape[1], k.shape[1], causal, softmax_scale)
+
+
+def _check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) -> None:
+    check_cu_seqlens_values("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "max_seqlen_q")
+    check_cu_seqlens_values("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, "max_seqlen_k")
+
+
+@kernel_op("attention_varlen", fake=lambda q, *args: q.new_empty(q.shape))
+def _attention_varlen_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                             cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int, causal: bool,
+                             softmax_scale: Optional[float]) -> torch.Tensor:  # fmt: skip
+    # the value checks run here, inside the op: eagerly, and at run time in a compiled graph
+    _check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _launch_new(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale)
 
 
 def check_qkv(q, k, v, packed: bool) -> None:
@@ -319,7 +348,7 @@ def attention(q, k, v, causal=False, softmax_scale=None, *, backend="triton"):
     if backend == "reference":
         return reference.attention(q, k, v, bool(causal), softmax_scale)
     check_triton_device("q", q)
-    return _attention_launch(q, k, v, None, None, q.shape[1], k.shape[1], bool(causal), softmax_scale)
+    return _attention_launch(q, k, v, bool(causal), softmax_scale)
 
 
 def attention_varlen(
@@ -335,18 +364,20 @@ def attention_varlen(
     """
     check_backend(backend)
     check_qkv(q, k, v, packed=True)
-    check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, q.shape[0], max_seqlen_q, "max_seqlen_q")
+    check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.device, max_seqlen_q, "max_seqlen_q")
     check_tensor("cu_seqlens_k", cu_seqlens_k, shape=tuple(cu_seqlens_q.shape), layout="(the shape of cu_seqlens_q)",
                  dtypes=(torch.int32,))  # fmt: skip
-    check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, k.shape[0], max_seqlen_k, "max_seqlen_k")
+    check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, max_seqlen_k, "max_seqlen_k")
     check_softmax_scale(softmax_scale)
     record_call("attention_varlen", backend)
     if backend == "reference":
+        _check_varlen_values(q, k, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         return reference.attention_varlen(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale
         )
     check_triton_device("q", q)
-    return _attention_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal), softmax_scale)
+    return _attention_varlen_launch(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, bool(causal),
+                                    softmax_scale)  # fmt: skip
 
 
 def _signature(packed_label: str) -> dict:

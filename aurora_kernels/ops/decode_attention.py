@@ -30,10 +30,15 @@ the cache once at full bandwidth:
   143 to 188 a thread under triton 3.6's ptxas, so at large batch 2 programs fit an SM instead of 3.
   Not timed on a GPU yet.
 
-What is checked: shapes, dtypes, devices and strides always; on CPU tensors (or under
-`value_checks("always")`) also that 0 <= cache_seqlens[b] (+1 with an append) fits the cache and that
-the block_table entries a sequence uses are valid block indices. On CUDA by default those value
-checks would cost a host sync per call, so they are the caller's contract, as in flash-attn.
+What is checked: shapes, dtypes, devices and strides always, and with an append that the caches
+have no internal overlap (each sequence's token lands in memory of its own); inside the op (so in a
+compiled graph too), on CPU tensors or under `value_checks("always")`, also that 0 <=
+cache_seqlens[b] (+1 with an append) fits the cache and that the block_table entries a sequence uses
+are valid block indices. On CUDA by default those value checks would cost a host sync per call, so
+they are the caller's contract, as in flash-attn; the kernel clamps the lengths into the cache and
+skips pages outside the pool, so a broken contract gives a wrong output, never a read or a write
+outside the cache. Two sequences whose block tables share a page, both appending, write the same
+rows: that too is the caller's contract.
 """
 
 from __future__ import annotations
@@ -51,9 +56,11 @@ from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
-    check_block_table,
-    check_cache_seqlens,
+    check_block_table_values,
+    check_cache_seqlens_values,
+    check_index_tensor,
     check_int,
+    check_no_internal_overlap,
     check_same_device,
     check_same_dtype,
     check_softmax_scale,
@@ -80,19 +87,26 @@ MIN_TOKENS_PER_SPLIT = 64
 # of its KV head at once: [MERGE_ROWS, D] fp32 beside the split kernel's own registers (the model's
 # 6 heads (8 padded) x 8 splits; reading one head at a time made a trip to memory per head)
 MERGE_ROWS = 64
+# The log-sum-exp of a split whose keys all scored -inf (-FLT_MAX: no finite score comes this low, and
+# beside any split with a finite one its weight is 0)
+OVERFLOWED_LSE: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache_token_stride,
+def _cache_rows(block_table_row_ptr, positions, valid, batch, cache_batch_stride, cache_token_stride, num_pages,
                 PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
     """Element offsets (int64) of cache positions `positions` of one sequence (multiples of
-    STRIDE_MULTIPLE, as the launcher checked the strides are)."""
+    STRIDE_MULTIPLE, as the launcher checked the strides are), and which of the `valid` positions
+    lie in the cache: the block table is read only at valid positions (all within the sequence's
+    row), and a page index outside [0, num_pages) (a bad block table, unchecked on CUDA) is not
+    a row of the pool, so it is neither read nor written."""
     if PAGED:
-        pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE).to(tl.int64)
-        rows = pages * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
+        pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE, mask=valid, other=0)
+        valid = valid & (pages >= 0) & (pages < num_pages)
+        rows = pages.to(tl.int64) * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
     else:
         rows = batch.to(tl.int64) * cache_batch_stride + positions.to(tl.int64) * cache_token_stride
-    return tl.multiple_of(rows, STRIDE_MULTIPLE)
+    return tl.multiple_of(rows, STRIDE_MULTIPLE), valid
 
 
 @triton.jit
@@ -107,16 +121,16 @@ def _rotate(x, partner, cos, sin, sign, ROTARY: tl.constexpr):
 
 @triton.jit
 def _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
-             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
+             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, num_pages,
              BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
     """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at positions key_start +
     [0, BLOCK_N) of one sequence and KV head, 0 past cached_end; and which keys are real."""
     positions = key_start + tl.arange(0, BLOCK_N)
     key_ok = positions < cached_end
-    k_rows = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride,
-                         PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-    v_rows = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride,
-                         PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    k_rows, key_ok = _cache_rows(block_table_row, positions, key_ok, batch, k_cache_batch_stride, k_cache_token_stride,
+                                 num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    v_rows, key_ok = _cache_rows(block_table_row, positions, key_ok, batch, v_cache_batch_stride, v_cache_token_stride,
+                                 num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
     v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
     return k, v, key_ok
@@ -139,7 +153,7 @@ def _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_F
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
     rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr, split_counters_ptr,
-    heads_per_kv, qk_scale_log2, num_kv_splits,
+    heads_per_kv, qk_scale_log2, num_kv_splits, capacity, num_pages, rotary_rows,
     q_batch_stride, q_head_stride,
     k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
     v_cache_batch_stride, v_cache_token_stride, v_cache_head_stride,
@@ -177,8 +191,12 @@ def _decode_split_kernel(
     # is peeled off the loop, the tables are read in q's layout, and q is loaded after the tile (an
     # unrotated q goes to shared memory for the dot right after its load, behind a barrier). The
     # compile report checks that no global load is issued behind a barrier ahead of the first product.
-    cached = tl.load(cache_seqlens_ptr + batch)
-    total = cached + APPEND
+    # The length clamped into the cache (capacity: S_max, or the block table's pages x PAGE_SIZE):
+    # where cache_seqlens went unchecked (CUDA, value checks off) a bad length gives a wrong output at
+    # worst, never a read or a write outside the cache; a full cache takes no append. For valid
+    # lengths the clamps change nothing.
+    cached = tl.minimum(tl.maximum(tl.load(cache_seqlens_ptr + batch), 0), capacity)
+    total = tl.minimum(cached + APPEND, capacity)
     # splits are whole BLOCK_N tiles, so only a split's last tile is ragged
     split_len = tl.cdiv(tl.cdiv(total, num_kv_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
@@ -191,11 +209,12 @@ def _decode_split_kernel(
     cos = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
     sin = cos
     if ROTARY:
-        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
-        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
+        table_mask = tl.where(cached < rotary_rows, cols_q < HEAD_DIM, False)  # a position past the tables reads 0
+        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols_q, mask=table_mask, other=0.0)
+        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols_q, mask=table_mask, other=0.0)
     k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, start, cached_end, batch, cols, col_ok,
                             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                            BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+                            num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
     q_partner = q
     if ROTARY:
@@ -221,7 +240,7 @@ def _decode_split_kernel(
     for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
         k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
                                 k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                                BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+                                num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
         row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
 
     if APPEND:
@@ -235,25 +254,32 @@ def _decode_split_kernel(
             acc = acc * alpha[:, None] + p_new[:, None] * v_new.to(tl.float32)[None, :]
             row_max = new_max
             position = tl.full((1,), 0, tl.int32) + cached
-            k_row = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride,
-                                PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-            v_row = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride,
-                                PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            in_cache = position < capacity  # true here: a full cache has no appending program
+            k_row, k_ok = _cache_rows(block_table_row, position, in_cache, batch, k_cache_batch_stride,
+                                      k_cache_token_stride, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            v_row, v_ok = _cache_rows(block_table_row, position, in_cache, batch, v_cache_batch_stride,
+                                      v_cache_token_stride, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
             first_row = (groups == 0)[:, None] & col_ok[None, :]  # the rows of k_new and v_new are copies
-            tl.store(k_head_base + k_row[:, None] + cols_q, k_new_q, mask=first_row)
-            tl.store(v_head_base + v_row + cols, v_new, mask=col_ok)
+            tl.store(k_head_base + k_row[:, None] + cols_q, k_new_q, mask=first_row & k_ok[:, None])
+            tl.store(v_head_base + v_row + cols, v_new, mask=col_ok & v_ok)
 
-    # a split (or sequence) with no tokens has row_sum 0: output 0, log-sum-exp -inf
+    # A split (or sequence) with no tokens has row_sum 0: output 0, log-sum-exp -inf. One whose keys
+    # all scored -inf (q.k x scale overflowed) has row_sum 0 too, but torch's softmax makes such a
+    # row NaN: a single split writes NaN, a split writes the log-sum-exp OVERFLOWED_LSE, which the
+    # merge turns into NaN when no split had a finite score. A NaN score leaves acc NaN either way.
     has_keys = row_sum > 0.0
+    split_had_keys = end > start
     out_tile = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
     if SINGLE_SPLIT:
+        out_tile = tl.where(tl.where(split_had_keys, has_keys, True)[:, None], out_tile, float("nan"))
         tl.store(out_ptr + (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads)[:, None] * HEAD_DIM + cols[None, :],
                  out_tile.to(out_ptr.dtype.element_ty), mask=group_ok[:, None] & col_ok[None, :])  # fmt: skip
     else:
         # partials [B, Hq, num_kv_splits, D] and log-sum-exps (base 2) [B, Hq, num_kv_splits], fp32
         slots = (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads) * num_kv_splits + split
         tl.store(partial_out_ptr + slots[:, None] * HEAD_DIM + cols[None, :], out_tile, mask=group_ok[:, None] & col_ok[None, :])
-        lse = tl.where(has_keys, row_max + tl.math.log2(tl.where(has_keys, row_sum, 1.0)), float("-inf"))
+        lse = tl.where(has_keys, row_max + tl.math.log2(tl.where(has_keys, row_sum, 1.0)),
+                       tl.where(split_had_keys, OVERFLOWED_LSE, float("-inf")))  # fmt: skip
         tl.store(partial_lse_ptr + slots, lse, mask=group_ok)
         if MERGE_IN_LAST_SPLIT:
             # the last of this (b, KV head)'s splits to finish merges them all: no stage-2 launch. The
@@ -300,6 +326,7 @@ def _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, num_rows, 
         total = total * rescale + tl.sum(weights, 1)
         top = new_top
     out = acc / tl.where(total > 0.0, total, 1.0)[:, None]
+    out = tl.where((top == OVERFLOWED_LSE)[:, None], float("nan"), out)  # keys, but every score -inf
     tl.store(out_ptr + rows[:, None] * HEAD_DIM + cols[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
 
@@ -372,19 +399,17 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_tensor("v", v, shape=(batch, 1, heads_kv, head_dim), layout="[B, 1, Hkv, D]", unit_stride_last=True)
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
+        # written in place: each sequence's token must land in memory of its own
+        check_no_internal_overlap("k_cache", k_cache)
+        check_no_internal_overlap("v_cache", v_cache)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
                        "k": k, "v": v, "block_table": block_table})  # fmt: skip
-    appended = 0 if k is None else 1
+    check_index_tensor("cache_seqlens", cache_seqlens, shape=(batch,), layout="[B]", device=q.device)
     if paged:
         block_size = k_cache.shape[1]
         if block_size not in PAGED_BLOCK_SIZES:
             raise ValueError(f"k_cache: expected a paged block size in {PAGED_BLOCK_SIZES} (dim 1), got {block_size}")
-        check_tensor("cache_seqlens", cache_seqlens, shape=(batch,), layout="[B]", dtypes=(torch.int32,), device=q.device)
-        check_block_table("block_table", block_table, batch, q.device, k_cache.shape[0], block_size, cache_seqlens, appended)
-        capacity = block_table.shape[1] * block_size
-    else:
-        capacity = k_cache.shape[1]
-    check_cache_seqlens("cache_seqlens", cache_seqlens, batch, q.device, capacity, appended)
+        check_index_tensor("block_table", block_table, shape=(batch, None), layout="[B, max_blocks]", device=q.device)
     check_softmax_scale(softmax_scale)
     if num_kv_splits is not None:
         check_int("num_kv_splits", num_kv_splits, minimum=1)
@@ -394,8 +419,7 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
 
 
 def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
-    """rotary_cos, rotary_sin [max_positions, D] (both or neither, with k and v); value check: every
-    position cache_seqlens[b] has a row."""
+    """rotary_cos, rotary_sin [max_positions, D] (both or neither, with k and v)."""
     if (rotary_cos is None) != (rotary_sin is None):
         raise ValueError("rotary_cos, rotary_sin: expected both (to rotate q and k in the kernel) or neither")
     if rotary_cos is None:
@@ -410,7 +434,29 @@ def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
         check_tensor(name, table, shape=(None, head_dim), layout="[max_positions, D]", device=q.device, unit_stride_last=True)
     if rotary_sin.shape[0] != rotary_cos.shape[0]:
         raise ValueError(f"rotary_sin: expected shape {list(rotary_cos.shape)} (the shape of rotary_cos), got {list(rotary_sin.shape)}")
-    if should_check_values(cache_seqlens) and cache_seqlens.numel():
+
+
+def _capacity(k_cache, block_table) -> int:
+    """The positions a sequence's cache holds: S_max, or its block table row's pages x page size."""
+    return k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
+
+
+def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos) -> None:
+    """The checks that need the real tensors, called inside the op so that a compiled graph runs
+    them too: with an append, k_cache and v_cache are not one tensor twice (tracing cannot compare
+    data pointers); and the value checks (they read cache_seqlens and block_table): the lengths
+    (+1 with an append) fit the cache, the pages a sequence uses are in the pool, every position
+    cache_seqlens[b] has a rotary row."""
+    if k is not None and k_cache.data_ptr() == v_cache.data_ptr():
+        raise ValueError("k_cache, v_cache: expected two caches in separate memory when appending (got one tensor "
+                         "twice: the new v would overwrite the new k)")  # fmt: skip
+    if not should_check_values(cache_seqlens):
+        return
+    appended = 0 if k is None else 1
+    check_cache_seqlens_values("cache_seqlens", cache_seqlens, _capacity(k_cache, block_table), appended)
+    if block_table is not None:
+        check_block_table_values("block_table", block_table, k_cache.shape[0], k_cache.shape[1], cache_seqlens, appended)
+    if rotary_cos is not None and cache_seqlens.numel():
         last = int(cache_seqlens.max())
         if last >= rotary_cos.shape[0]:
             raise ValueError(f"rotary_cos: expected a row for every position cache_seqlens[b], got {rotary_cos.shape[0]} rows "
@@ -444,6 +490,7 @@ def decode_attention(
         raise TypeError(f"merge_in_last_split: expected a bool, got {type(merge_in_last_split).__name__}")
     record_call("decode_attention", backend)
     if backend == "reference":
+        _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
                                           rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
     check_triton_device("q", q)
@@ -479,6 +526,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
     merge_in_last_split: the last split program of each (b, KV head) to finish merges the partials
     itself, through an atomic counter, so a split call is one launch instead of two."""
+    _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
@@ -486,7 +534,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         return out
     paged = block_table is not None
     page_size = k_cache.shape[1] if paged else 1
-    max_context = block_table.shape[1] * page_size if paged else k_cache.shape[1]
+    max_context = _capacity(k_cache, block_table)
     if num_kv_splits is None:
         num_kv_splits = default_num_kv_splits(batch, heads_kv, max_context, q.device)
     config = decode_config(head_dim, heads_q // heads_kv, q.dtype)
@@ -510,7 +558,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
         cos, sin, partial_out, partial_lse, out, counters,
-        heads_q // heads_kv, scale * LOG2_E, num_kv_splits,
+        heads_q // heads_kv, scale * LOG2_E, num_kv_splits, max_context, k_cache.shape[0], cos.shape[0],
         q_strides[0], q_strides[2], *cache_strides,
         k_new_strides[0], k_new_strides[2], v_new_strides[0], v_new_strides[2],
         block_table.stride(0) if paged else 0, cos.stride(0), sin.stride(0),
@@ -541,6 +589,7 @@ def _compile_configs():
         "v_new_ptr": "*T", "block_table_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
         "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
         "out_ptr": "*T", "split_counters_ptr": "*i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
+        "capacity": "i32", "num_pages": "i32", "rotary_rows": "i32",
         **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
     }  # fmt: skip
     # what the launcher's specialisation sees as 16-divisible at the model's shapes: pointers and the

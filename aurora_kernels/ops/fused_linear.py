@@ -396,7 +396,7 @@ def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
     if backend == "reference":
         return getattr(reference, op)(*reference_args)
     check_triton_device("x", launch_args[0])
-    outputs = _fused_linear_launch(*launch_args)
+    outputs = _LAUNCH_AS[op](*launch_args)
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
@@ -405,12 +405,16 @@ def _fake(x, weight, bias, norm_weight, residual, eps, prologue):
     return [out] if residual is None else [out, x.new_empty(x.shape)]
 
 
-@kernel_op("fused_linear", fake=_fake)
 def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          norm_weight: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                          eps: float, prologue: int) -> list[torch.Tensor]:  # fmt: skip
     """[y] or, with residual, [y, x + residual]."""
     return launch(x, weight, bias, norm_weight, residual, eps, prologue)
+
+
+# One custom op per public function (one launcher behind them): a compiled graph and an error (a
+# backward, say) name the function the user called.
+_LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in ("linear", "rms_norm_linear", "silu_and_mul_linear")}
 
 
 def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None,

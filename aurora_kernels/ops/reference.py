@@ -82,7 +82,8 @@ def attention(q, k, v, causal=False, softmax_scale=None):
     """Softmax attention, q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D] -> [B, Lq, Hq, D].
 
     GQA: query head h reads KV head h // (Hq // Hkv). Causal masks are aligned bottom-right: query i
-    sees key j when j <= i + Lk - Lq. A query row that sees no key gives 0 (as flash-attn does).
+    sees key j when j <= i + Lk - Lq. A query row that sees no key gives 0 (as flash-attn does); a
+    NaN in what a row sees makes the row NaN (as torch does).
     """
     batch, len_q, heads_q, head_dim = q.shape
     len_k, heads_kv = k.shape[1], k.shape[2]
@@ -97,7 +98,9 @@ def attention(q, k, v, causal=False, softmax_scale=None):
         visible = torch.tril(visible, diagonal=len_k - len_q)
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0)  # rows with no visible key: softmax of all -inf
+    # a row that sees no key (a softmax of all -inf) gives 0; a NaN or inf among the scores a row sees
+    # (from q, k or softmax_scale) leaves it NaN, as in torch's softmax and SDPA
+    probs = torch.where(visible.any(-1, keepdim=True), probs, 0.0)
     out = torch.matmul(probs, vh)  # [B, Hq, Lq, D]
     return out.transpose(1, 2).to(q.dtype)
 

@@ -59,7 +59,8 @@ def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, fused, devic
     ours = {t.split(".")[1] for t in targets if t.startswith("aurora_kernels.")}
     # RoPE inside decode_attention; fused: the projections and the ops feeding them in fused_linear
     # kernels, and rms_norm only as the final norm
-    assert ours == ({"rms_norm", "decode_attention", "fused_linear"} if fused else {"rms_norm", "decode_attention", "silu_and_mul"}), targets
+    fused_ops = {"rms_norm", "decode_attention", "rms_norm_linear", "linear", "silu_and_mul_linear"}
+    assert ours == (fused_ops if fused else {"rms_norm", "decode_attention", "silu_and_mul"}), targets
     linears = [node for node in graphs[0].graph.nodes if str(node.target) == "<built-in function linear>"]
     assert len(linears) == (1 if fused else 1 + 4 * model.config.llm.num_layers)  # fused: only the LM head
 
