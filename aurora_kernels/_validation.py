@@ -29,6 +29,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from aurora_kernels.ops._autotune import INTERPRETER
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("triton", "reference")
 _VALUE_CHECK_MODES = ("auto", "always", "never")
@@ -207,11 +209,17 @@ def check_softmax_scale(softmax_scale) -> None:
 
 
 def check_triton_device(name: str, t: torch.Tensor) -> None:
-    """backend="triton" runs on CUDA tensors, or on CPU tensors under the Triton interpreter."""
+    """backend="triton" runs on CUDA tensors, or on CPU tensors under the Triton interpreter (on
+    since before triton and this package were imported)."""
     if t.device.type == "cuda":
         return
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+    if t.device.type == "cpu" and INTERPRETER:
         return
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        raise ValueError(
+            f"{name}: TRITON_INTERPRET=1 was set after triton or aurora_kernels was imported, so the kernels were built "
+            "for a GPU; set it in the environment before Python imports either (or use backend='reference')"
+        )
     raise ValueError(
         f"{name}: backend='triton' expects a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1 set "
         f"before triton is imported), got one on {t.device}; use backend='reference' for eager PyTorch"

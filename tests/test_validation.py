@@ -4,10 +4,15 @@ Run with backend="reference" too: validation is the same for both backends, so t
 whether or not an op's kernel exists yet.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import aurora_kernels as ak
+from aurora_kernels import _validation
 from aurora_kernels.testing import randn
 from tests.catalogue import cu_seqlens
 
@@ -44,7 +49,7 @@ def test_wrong_shape(backend, f32):
     big = f32(1, 2, 1, 320)
     with pytest.raises(ValueError, match="q: expected a head dim D in \\[1, 256\\], got 320"):
         ak.attention(big, big, big, backend=backend)
-    with pytest.raises(ValueError, match="x: expected H\\*W = 4\\*4 = 16 tokens"):
+    with pytest.raises(ValueError, match="grid_size: expected \\(H, W\\) with H\\*W = 15, the tokens of x \\(dim 1\\), got \\(4, 4\\)"):
         ak.token_pool(f32(1, 15, 8), (4, 4), backend=backend)
     x, w1, b1, w2, b2 = f32(2, 16, 8), f32(32, 16), f32(32), f32(4, 32), f32(4)
     with pytest.raises(ValueError, match="w2: expected shape \\[4, 32\\] \\[M, D\\]"):
@@ -64,9 +69,25 @@ def test_wrong_device(backend, f32):
 def test_triton_backend_needs_cuda_or_interpreter(monkeypatch, device, f32):
     if device.type != "cpu":
         pytest.skip("the CPU-without-interpreter error is about CPU tensors")
+    monkeypatch.setattr(_validation, "INTERPRETER", False)  # as in a process started without it
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="x: backend='triton' expects a CUDA tensor"):
         ak.gelu_tanh(f32(4, 4))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(ValueError, match="x: TRITON_INTERPRET=1 was set after triton or aurora_kernels was imported"):
+        ak.gelu_tanh(f32(4, 4))
+
+
+@pytest.mark.parametrize("first", ["triton", "aurora_kernels"])
+def test_interpreter_switched_on_after_import_is_explained(first):
+    """Setting TRITON_INTERPRET=1 after an import is our one-line explanation, not Triton's
+    "0 active drivers" (or its "outside of the scope of a kernel")."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = (f"import os, {first}, torch\nos.environ['TRITON_INTERPRET'] = '1'\nimport aurora_kernels as ak\n"
+              "ak.gelu_tanh(torch.ones(4, 4))")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("ValueError: x: TRITON_INTERPRET=1 was set after triton"), run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

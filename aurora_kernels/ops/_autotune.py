@@ -18,7 +18,19 @@ import os
 import torch
 import triton
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_interprets() -> bool:
+    """Whether Triton's own @jit functions (tl.standard's) were built for its interpreter, which
+    happens only where TRITON_INTERPRET=1 was set before triton was imported."""
+    import triton.language as tl
+
+    return type(tl.standard.cdiv).__name__ == "InterpretedFunction"
+
+
+# The kernels run under the interpreter only if it was on before triton and this package were
+# imported: both decorate their kernels at import.
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and _triton_interprets()
 AUTOTUNE = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
 
 

@@ -78,7 +78,8 @@ def _check_args(x, grid_size, kernel_size, mode):
     check_int("grid_size[0]", height, minimum=1)
     check_int("grid_size[1]", width, minimum=1)
     if height * width != x.shape[1]:
-        raise ValueError(f"x: expected H*W = {height}*{width} = {height * width} tokens (dim 1), got {x.shape[1]}")
+        raise ValueError(f"grid_size: expected (H, W) with H*W = {x.shape[1]}, the tokens of x (dim 1), got "
+                         f"({height}, {width}): {height * width} tokens")  # fmt: skip
     check_int("kernel_size", kernel_size, minimum=1)
     check_divisible("grid_size[0]", height, kernel_size, "kernel_size")
     check_divisible("grid_size[1]", width, kernel_size, "kernel_size")
