@@ -173,15 +173,8 @@ def _flash_attn_rotary_peer():
     return peer if peer.fn is None else flash_attn_rotary(peer.fn)
 
 
-def merged_in_last_split(q, k_cache, v_cache, seqlens, k, v, rotary_cos, rotary_sin):
-    """The experimental launch whose last split program merges (one launch, not two)."""
-    return ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, rotary_cos=rotary_cos, rotary_sin=rotary_sin,
-                               merge_in_last_split=True)
-
-
 PEERS_OF_THE_MODELS_CALL = {
     "ours unfused: apply_rotary + decode_attention": lambda: Peer(rotary_then_decode, prepare=_gathered_rows),
-    "ours, merge in the last split": lambda: Peer(merged_in_last_split),
     "torch.compile": compiled(reference.decode_attention),
     "flash-attn (rotary_cos)": _flash_attn_rotary_peer,
 }

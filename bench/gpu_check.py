@@ -166,8 +166,7 @@ def summarise(rows: list[dict]) -> list[str]:
 
 
 def variant_lines(rows: list[dict]) -> list[str]:
-    """A line per case that times our own variants (a fixed split count, the merge in the last split,
-    the unfused pair) replayed from a CUDA graph: each one's device time beside ours, the data for
+    """A line per case that times our own variants (a fixed split count, the unfused pair) replayed from a CUDA graph: each one's device time beside ours, the data for
     choosing the default. Eager times of these small cases measure the host."""
     lines = []
     for r in rows:

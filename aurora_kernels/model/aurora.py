@@ -202,11 +202,6 @@ class AuroraEdgeV(nn.Module):
         silu_and_mul_linear), weights unchanged; batched steps run cuBLAS either way."""
         return self._set_llm_option("fuse_decode_projections", enabled)
 
-    def set_decode_merge_in_last_split(self, enabled: bool) -> "AuroraEdgeV":
-        """Switch LLMConfig.decode_merge_in_last_split (experimental, off by default): decode steps
-        call decode_attention with merge_in_last_split, one launch a layer instead of two."""
-        return self._set_llm_option("decode_merge_in_last_split", enabled)
-
     def set_programmatic_dependent_launch(self, enabled: bool) -> "AuroraEdgeV":
         """Switch LLMConfig.programmatic_dependent_launch (on by default): generate launches
         fused_linear and decode_attention with PDL on sm_90+ GPUs. Calls of decode_step outside

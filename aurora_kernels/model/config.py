@@ -59,10 +59,6 @@ class LLMConfig:
     # cuBLAS: there the ops' tensor-core tiles lose, K split or not (down_proj at 8 rows, H100: 43
     # against 24 us). bench/model_e2e.py times both settings.
     fuse_decode_projections: bool = True
-    # decode_attention's merge_in_last_split (experimental, off): one launch a layer instead of two
-    # in a decode step whose attention splits. No gain on an H100 (run 4: 1.53 against 1.54 ms a
-    # CUDA-graphed B=1 step; equal under PDL).
-    decode_merge_in_last_split: bool = False
     # generate launches fused_linear and decode_attention with programmatic dependent launch on
     # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes. An H100 step
     # at B=1, fused, CUDA-graphed: 1.42 against 1.54 ms (run 4). Scoped to generate, where no

@@ -74,7 +74,6 @@ class Qwen2LM(nn.Module):
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
-                                       rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin,
-                                       merge_in_last_split=self.cfg.decode_merge_in_last_split, backend=self.backend)  # fmt: skip
+                                       rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
         return self.run_layers(x, attend, self.cfg.fuse_decode_projections and x.shape[0] == 1)

@@ -10,12 +10,9 @@ the cache once at full bandwidth:
 - Split-KV (flash-decoding): at small batch B * Hkv programs cannot fill the GPU, so stage 1 splits
   each sequence's cache over `num_kv_splits` programs that each write a normalised partial output and
   its log-sum-exp; stage 2 (`_decode_merge_kernel`) merges them. With one split, stage 1 writes the
-  final output and stage 2 is not launched. Experimental, off by default (`merge_in_last_split`):
-  the last split program of each (b, KV head) to finish merges instead (an atomic counter), one
-  launch a call instead of two; a decode step at B=1 on the H200 spent ~1.25 us in each merge
-  launch, plus the gap before it, 28 times. Race-free in 300 calls on the H200. Timed in CUDA graphs
-  on an H100 (run 4), it gained nothing: a model step of 1.53 against 1.54 ms (equal under PDL), and
-  as an op 18.1 against 12.1 us at B=1 ctx=4096 ("ours, merge in the last split"). So it stays off.
+  final output and stage 2 is not launched. (Merging in the last split program to finish, through
+  an atomic counter, saves the second launch but gained nothing in a model step: see
+  docs/performance-log.md. It was removed: its counters were state shared by every stream.)
 - Paged caches are gathered token by token through block_table (any page size, any tile size).
 - In-kernel append: the program whose split holds position cache_seqlens[b] writes the new k, v into
   the cache and adds the new token to its softmax from registers (never reading back what it wrote).
@@ -83,10 +80,6 @@ PROGRAMS_PER_SM = 2
 # At B 1, Hkv 2, 4k context that is 64 splits: 128 programs, about one per SM of an H100, and the
 # partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
 MIN_TOKENS_PER_SPLIT = 64
-# (query head, split) partials the merge in the last split reads at a time, for all the query heads
-# of its KV head at once: [MERGE_ROWS, D] fp32 beside the split kernel's own registers (the model's
-# 6 heads (8 padded) x 8 splits; reading one head at a time made a trip to memory per head)
-MERGE_ROWS = 64
 # The log-sum-exp of a split whose keys all scored -inf (-FLT_MAX: no finite score comes this low, and
 # beside any split with a finite one its weight is 0)
 OVERFLOWED_LSE: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
@@ -152,7 +145,7 @@ def _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_F
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
-    rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr, split_counters_ptr,
+    rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
     heads_per_kv, qk_scale_log2, num_kv_splits, capacity, num_pages, rotary_rows,
     q_batch_stride, q_head_stride,
     k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
@@ -162,7 +155,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    MERGE_IN_LAST_SPLIT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -281,18 +274,6 @@ def _decode_split_kernel(
         lse = tl.where(has_keys, row_max + tl.math.log2(tl.where(has_keys, row_sum, 1.0)),
                        tl.where(split_had_keys, OVERFLOWED_LSE, float("-inf")))  # fmt: skip
         tl.store(partial_lse_ptr + slots, lse, mask=group_ok)
-        if MERGE_IN_LAST_SPLIT:
-            # the last of this (b, KV head)'s splits to finish merges them all: no stage-2 launch. The
-            # barrier orders every thread's partial stores before the counter's release; the acquire
-            # makes the other splits' partials visible to the merging program; the reset leaves the
-            # counter at 0 for the next call (or graph replay)
-            tl.debug_barrier()
-            counter = split_counters_ptr + batch * tl.num_programs(1) + kv_head
-            if tl.atomic_add(counter, 1, sem="acq_rel") == num_kv_splits - 1:
-                first_row = batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + kv_head * heads_per_kv
-                _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, heads_per_kv, num_kv_splits,
-                            HEAD_DIM, BLOCK_D, BLOCK_H, BLOCK_S)  # fmt: skip
-                tl.atomic_xchg(counter, 0, sem="relaxed")
 
 
 @triton.jit
@@ -302,8 +283,7 @@ def _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, num_rows, 
     query heads row = first_row + [0, num_rows) (row = b * Hq + h, int64) at once, BLOCK_S splits at
     a time with a running max per row; all splits empty -> 0. Each chunk's log-sum-exps and partials
     are loaded before anything is reduced: loaded after the max, the partials waited behind its
-    barriers for the log-sum-exps. The partials are read from L2 (.cg): in the split kernel's own
-    merge other SMs wrote them, and L1 is not coherent."""
+    barriers for the log-sum-exps. The partials are read once, from L2 (.cg)."""
     rows = first_row + tl.arange(0, BLOCK_H)
     row_ok = tl.arange(0, BLOCK_H) < num_rows
     cols = tl.arange(0, BLOCK_D)
@@ -351,15 +331,6 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     wanted = cdiv(PROGRAMS_PER_SM * sm_count(device), programs)
     by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))
     return max(1, min(wanted, by_length, MAX_KV_SPLITS))
-
-
-def merge_blocks(heads_per_kv: int, num_kv_splits: int, merge_here: bool = True) -> dict:
-    """The merge in the last split's tile: all BLOCK_H query heads of a KV head, BLOCK_S splits at a
-    time, at most MERGE_ROWS (head, split) rows; 1 x 1 (unused) where the split kernel does not merge."""
-    if not merge_here:
-        return {"BLOCK_H": 1, "BLOCK_S": 1}
-    block_h = pow2_at_least(heads_per_kv)
-    return {"BLOCK_H": block_h, "BLOCK_S": min(pow2_at_least(num_kv_splits), max(1, MERGE_ROWS // block_h))}
 
 
 def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
@@ -465,7 +436,7 @@ def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_c
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None, *, merge_in_last_split=False, backend="triton",
+    rotary_cos=None, rotary_sin=None, *, backend="triton",
 ):  # fmt: skip
     """Attention of one query token per sequence over its KV cache.
 
@@ -478,16 +449,12 @@ def decode_attention(
     or fp32; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
     position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
-    merge_in_last_split (experimental, off: no faster on an H100; the same answer either way):
-    with more than one split, the last split program of each (b, KV head) to finish merges the
-    partials, through an atomic counter, instead of a second launch. The first such call on a device
-    allocates the counters: make one before capturing a CUDA graph. Calls on two streams at once
-    must not both use it.
+    The call holds no state between calls: calls from several threads or streams at once are safe,
+    as long as no two of them write the same cache rows (two sequences whose block tables share a
+    page, both appending, is the caller's to avoid, as in flash-attn).
     """
     check_backend(backend)
     _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
-    if not isinstance(merge_in_last_split, bool):
-        raise TypeError(f"merge_in_last_split: expected a bool, got {type(merge_in_last_split).__name__}")
     record_call("decode_attention", backend)
     if backend == "reference":
         _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
@@ -495,37 +462,16 @@ def decode_attention(
                                           rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
     check_triton_device("q", q)
     return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits,
-                                    rotary_cos, rotary_sin, merge_in_last_split)  # fmt: skip
-
-
-# One int32 counter per (b, KV head) for the merge in the last split, per device: zero between calls
-# (the merging program resets its own), so it is allocated once, outside any CUDA-graph capture, and
-# grown only between captures. Shared by every call on the device: calls on two streams at once must
-# not both use the merge in the last split.
-_SPLIT_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, count: int) -> torch.Tensor:
-    counters = _SPLIT_COUNTERS.get(device)
-    if counters is None or counters.numel() < count:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"decode_attention: the merge in the last split needs {count} split counters on {device}; "
-                               "make one call of this size before capturing a CUDA graph")  # fmt: skip
-        counters = _SPLIT_COUNTERS[device] = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
-    return counters
+                                    rotary_cos, rotary_sin)  # fmt: skip
 
 
 @kernel_op("decode_attention", fake=lambda q, *args: q.new_empty(q.shape), mutates_args=("k_cache", "v_cache"))
 def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                              k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
                              softmax_scale: Optional[float], num_kv_splits: Optional[int],
-                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
-                             merge_in_last_split: bool = False) -> torch.Tensor:  # fmt: skip
+                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
-    (rotated with q when the rotary tables are given) to the caches in place when given.
-
-    merge_in_last_split: the last split program of each (b, KV head) to finish merges the partials
-    itself, through an atomic counter, so a split call is one launch instead of two."""
+    (rotated with q when the rotary tables are given) to the caches in place when given."""
     _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
@@ -549,15 +495,13 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     rotary = rotary_cos is not None
     cos, sin = (rotary_cos, rotary_sin) if rotary else (q, q)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
-    merge_here = merge_in_last_split and not single_split
-    counters = _split_counters(q.device, batch * heads_kv) if merge_here else cache_seqlens  # unused without
     pdl = pdl_options(q.device)
     # a decode step makes this call once a layer: each tensor's strides read once (host time)
     q_strides, k_new_strides, v_new_strides = q.stride(), k_new.stride(), v_new.stride()
     cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
         q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
-        cos, sin, partial_out, partial_lse, out, counters,
+        cos, sin, partial_out, partial_lse, out,
         heads_q // heads_kv, scale * LOG2_E, num_kv_splits, max_context, k_cache.shape[0], cos.shape[0],
         q_strides[0], q_strides[2], *cache_strides,
         k_new_strides[0], k_new_strides[2], v_new_strides[0], v_new_strides[2],
@@ -565,10 +509,9 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
         DOT_IN_FP32=dot_in_fp32(q.dtype),
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_strides[0], q_strides[2], *cache_strides)),
-        MERGE_IN_LAST_SPLIT=merge_here, **merge_blocks(heads_q // heads_kv, num_kv_splits, merge_here),
         **config, **pdl,
     )  # fmt: skip
-    if not single_split and not merge_here:
+    if not single_split:
         _decode_merge_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, num_kv_splits,
             HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits), **pdl,
@@ -588,7 +531,7 @@ def _compile_configs():
         "q_ptr": "*T", "k_cache_ptr": "*T", "v_cache_ptr": "*T", "cache_seqlens_ptr": "*i32", "k_new_ptr": "*T",
         "v_new_ptr": "*T", "block_table_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
         "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
-        "out_ptr": "*T", "split_counters_ptr": "*i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
+        "out_ptr": "*T", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
         "capacity": "i32", "num_pages": "i32", "rotary_rows": "i32",
         **{name: "i32" for name in _decode_split_kernel.arg_names if name.endswith("_stride")},
     }  # fmt: skip
@@ -602,21 +545,16 @@ def _compile_configs():
         for paged, page_size in ((False, 1), (True, 16)):
             # rotary only with an append; the model's decode appends, its tables in the model's dtype
             for append, rotary in ((False, False), (True, False), (True, True)):
-                # the merge in the last split (experimental): for the model's call, contiguous cache;
-                # programmatic dependent launch, with and without it: the model's call in bf16 (its dtype)
+                # programmatic dependent launch: the model's call (contiguous cache) in bf16 (its dtype)
                 model_call = (append, rotary, paged) == (True, True, False)
-                splits = ("split", "1 split") + (("split, merged in the last",) if model_call else ())
-                splits += ("split, PDL", "split, merged in the last, PDL") if model_call and dtype == torch.bfloat16 else ()
+                splits = ("split", "1 split") + (("split, PDL",) if model_call and dtype == torch.bfloat16 else ())
                 for split in splits:
-                    merge_here = split.startswith("split, merged in the last")
                     configs += configs_per_dtype(
                         (dtype,), op="decode_attention", kernel=_decode_split_kernel, signature=split_signature,
                         shape=f"Hq 12 Hkv 2 D 128 {'paged ' + str(page_size) if paged else 'contiguous'}"
                               f"{' +append' if append else ''}{' +rotary' if rotary else ''} {split}",
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
-                                    "MERGE_IN_LAST_SPLIT": merge_here,
-                                    **merge_blocks(heads_q // heads_kv, 8, merge_here),
                                     "USE_PDL": split.endswith("PDL")},
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
                         **launch,

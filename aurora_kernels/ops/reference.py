@@ -135,7 +135,7 @@ def _cache_positions(b, length, block_table, block_size):
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None, *, merge_in_last_split=False,
+    rotary_cos=None, rotary_sin=None,
 ):
     """One query token per sequence over its KV cache: q [B, 1, Hq, D] -> [B, 1, Hq, D].
 
@@ -145,8 +145,7 @@ def decode_attention(
     cache_seqlens[b] tokens; if k, v [B, 1, Hkv, D] are given they are first written into the cache at
     position cache_seqlens[b] (in place) and attended to as well. With rotary_cos, rotary_sin
     [max_positions, D] (and k, v), q and k are first rotated by apply_rotary at row cache_seqlens[b].
-    num_kv_splits and merge_in_last_split only change how the kernel divides and launches the work,
-    so the reference ignores them.
+    num_kv_splits only changes how the kernel divides the work, so the reference ignores it.
     """
     if rotary_cos is not None:
         positions = cache_seqlens.long()[:, None]  # [B, 1]: the new token's position

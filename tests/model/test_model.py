@@ -116,25 +116,6 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
     assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
 
 
-def test_decode_merge_in_last_split_reaches_every_decode_attention_call(device, gen, monkeypatch):
-    """LLMConfig.decode_merge_in_last_split (off by default) is passed to each layer's decode_attention
-    (the op's own tests check the merge; the tiny preset's caches make one split, where it is moot)."""
-    model = tiny_model(device, "mlp")
-    pixel_values, ids = requests(model, device, gen)
-    _, kv = model.prefill(pixel_values, ids, 2)
-    tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
-    seen, decode_attention = [], ak.decode_attention
-
-    def recording(*args, **kwargs):
-        seen.append(kwargs["merge_in_last_split"])
-        return decode_attention(*args, **kwargs)
-
-    monkeypatch.setattr(ak, "decode_attention", recording)
-    model.decode_step(tokens, kv)
-    model.set_decode_merge_in_last_split(True).decode_step(tokens, kv)
-    assert seen == [False] * model.config.llm.num_layers + [True] * model.config.llm.num_layers
-
-
 def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_setting(device, gen, monkeypatch):
     """LLMConfig.programmatic_dependent_launch (on by default) holds for every launch of the ops that
     take PDL inside generate, prefill and decode steps alike; the process-wide switch (off by

@@ -3,7 +3,6 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
-from aurora_kernels.ops import decode_attention as decode_attention_module
 from aurora_kernels.ops import reference
 from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
@@ -202,8 +201,6 @@ def test_bad_num_kv_splits(device, gen):
         ak.decode_attention(*args, num_kv_splits=0)
     with pytest.raises(ValueError, match="num_kv_splits: expected at most 128, got 129"):
         ak.decode_attention(*args, num_kv_splits=129)
-    with pytest.raises(TypeError, match="merge_in_last_split: expected a bool, got int"):
-        ak.decode_attention(*args, merge_in_last_split=1)
 
 
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
@@ -216,83 +213,3 @@ def test_compiled_and_graph_captured(check, device, gen):
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
     # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
     check(ak.decode_attention, args, expected, torch.bfloat16, "decode_attention")
-
-
-def decode_attention_merged_in_last_split(*args, **kwargs):
-    return ak.decode_attention(*args, merge_in_last_split=True, **kwargs)
-
-
-@pytest.mark.parametrize(("dtype", "num_kv_splits", "paged"),
-                         [(torch.float32, 3, False), (torch.float16, 3, True), (torch.bfloat16, 3, False), (torch.bfloat16, 8, True)],
-                         ids=["fp32", "fp16-paged", "bf16", "bf16-8splits-paged"])  # fmt: skip
-def test_merge_in_last_split(dtype, num_kv_splits, paged, device, gen):
-    """The last split program of each (b, KV head) merges the partials: the same answer as the two
-    launches, empty sequences and splits with no tokens included, and every counter back at 0 (the
-    next call, or the next graph replay, starts from there). Under the interpreter programs run one
-    after another, so this checks the merge's logic; its memory ordering needs a GPU."""
-    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs([0, 1, 130, 64], 200, dtype, paged, device, gen)
-    for _ in range(2):  # a second call finds the counters reset
-        check_op(decode_attention_merged_in_last_split, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v,
-                 block_table, None, num_kv_splits, cos, sin)  # fmt: skip
-        assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
-
-
-def test_merge_in_last_split_over_many_chunks(device, gen):
-    """More splits than one merge chunk holds (16 for 4 query heads a KV head): sequence 0's 701 keys
-    fill 22 splits of 32, over two chunks, so each head's running max carries across chunks;
-    sequence 1's are mostly empty."""
-    num_kv_splits = 2 * 16 + 8
-    assert decode_attention_module.merge_blocks(4, num_kv_splits) == {"BLOCK_H": 4, "BLOCK_S": 16}
-    check_op(decode_attention_merged_in_last_split, reference.decode_attention,
-             *_decode_inputs([700, 3], 4, 1, 64, torch.float32, device, gen, append=True), num_kv_splits=num_kv_splits)  # fmt: skip
-
-
-@pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
-def test_merge_in_last_split_gqa(heads, device, gen):
-    check_op(decode_attention_merged_in_last_split, reference.decode_attention,
-             *_decode_inputs([70, 0, 33], *heads, 80, torch.bfloat16, device, gen, append=True), num_kv_splits=4)  # fmt: skip
-
-
-@cuda_only
-def test_merge_in_last_split_counters_are_not_allocated_during_capture(device, gen):
-    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs([5], 4, 2, 64, torch.float16, device, gen, capacity=64)
-    decode_attention_module._SPLIT_COUNTERS.pop(q.device, None)
-    graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="make one call of this size before capturing a CUDA graph"):
-        with torch.cuda.graph(graph):
-            decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, num_kv_splits=2)
-
-
-@cuda_only
-def test_merge_in_last_split_replays_from_a_cuda_graph(device, gen):
-    """The model's use: captured once (after a first call has allocated the counters), replayed many
-    times; each replay finds every counter back at 0 and writes the whole output."""
-    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
-                                                        capacity=256, append=True)  # fmt: skip
-    cos, sin = _rotary_tables(128, device)
-    args = (q, k_cache, v_cache, seqlens, k, v, None, None, 4, cos, sin)
-    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
-    decode_attention_merged_in_last_split(*args)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = decode_attention_merged_in_last_split(*args)
-    for replay in range(20):
-        captured.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert_parity(captured, expected, torch.bfloat16, f"replay {replay}")
-    assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
-
-
-@cuda_only
-def test_merge_in_last_split_is_race_free_on_cuda(device, gen):
-    """Many calls at the model's shape with many splits against the two-launch path: a merge that read
-    a partial before its split had written it (a memory-ordering bug) gives a wrong answer on some
-    call. The interpreter cannot show this: it runs programs one after another."""
-    q, k_cache, v_cache, seqlens, k, v, _, cos, sin = _model_call_inputs([1000, 513, 64, 1, 0, 777, 1000, 300], 1024, torch.bfloat16,
-                                                                         False, device, gen)  # fmt: skip
-    expected = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=64, rotary_cos=cos, rotary_sin=sin)
-    for call in range(300):
-        out = decode_attention_merged_in_last_split(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=64, rotary_cos=cos, rotary_sin=sin)
-        assert_parity(out, expected.double(), torch.bfloat16, f"call {call}")
-    assert not decode_attention_module._SPLIT_COUNTERS[q.device].any()
