@@ -4,8 +4,9 @@ Every check raises before any kernel launches: TypeError for a wrong type or dty
 wrong shape, device, layout or value, each naming the argument and what was expected.
 
 Two kinds of check:
-- metadata checks (type, dtype, shape, device, strides, overlap, divisibility) read only tensor
-  metadata and always run, in the public function (under torch.compile, while it traces);
+- metadata checks (type, dtype, shape, device, strides, divisibility) read only tensor metadata and
+  always run, in the public function (under torch.compile, while it traces); those that tracing
+  cannot do (a written tensor's internal overlap, two arguments in one memory) run inside the op;
 - value checks (cu_seqlens monotonic and within the packed rows, max_seqlen covering the real
   lengths, cache_seqlens within the cache, block_table entries in range) read tensor contents. They
   run inside the op, when it runs: eagerly, and in a compiled graph at run time, never at trace time.

@@ -1,6 +1,9 @@
 """The autotuned launchers inside CUDA graph capture: a key's first call times its candidates, which
 would end a capture; it is refused with an error that says what to do, and a tuned key launches."""
 
+import threading
+import time
+
 import pytest
 import torch
 import triton
@@ -44,11 +47,62 @@ def test_the_benchmark_is_refused_while_capturing(monkeypatch):
 
 
 def test_every_autotuned_launcher_benchmarks_through_the_guard(monkeypatch):
-    launcher = _scale_launchers(monkeypatch)["any"]
-    assert len(launcher.configs) == 2
+    tuner = _scale_launchers(monkeypatch)["any"].autotuner
+    assert len(tuner.configs) == 2
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="_scale_kernel: .* inside a CUDA graph capture"):
-        launcher.do_bench(lambda: None, quantiles=(0.5,))
+        tuner.do_bench(lambda: None, quantiles=(0.5,))
+
+
+def test_autotuned_launchers_take_one_call_at_a_time():
+    """Two threads calling one launcher: the second waits for the first (an Autotuner keeps a call's
+    arguments on itself, and a new key's benchmark must not time the other thread's kernels)."""
+    active, most, gate = [0], [0], threading.Barrier(2)
+
+    class SlowTuner:
+        def __getitem__(self, grid):
+            def run(*args):
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+                time.sleep(0.05)
+                active[0] -= 1
+                return args
+
+            return run
+
+    launcher = _autotune.OneCallAtATime(SlowTuner())
+
+    def call(i):
+        gate.wait(10)
+        assert launcher[(1,)](i) == (i,)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 1
+
+
+@cuda_only
+def test_new_keys_tuned_from_two_threads_at_once(monkeypatch, device, gen):
+    launchers = _scale_launchers(monkeypatch)
+    inputs = [torch.randn(n, device=device, generator=gen) for n in (1000, 3000)]
+    outs = [torch.full_like(x, float("nan")) for x in inputs]
+    gate = threading.Barrier(2)
+
+    def call(x, out):
+        gate.wait(10)
+        launchers["any"][lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, out, x.numel(), 3.0)
+
+    threads = [threading.Thread(target=call, args=pair) for pair in zip(inputs, outs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    torch.cuda.synchronize()
+    for x, out in zip(inputs, outs):
+        torch.testing.assert_close(out, x * 3.0)
 
 
 @cuda_only

@@ -257,7 +257,7 @@ def test_decode_keys_that_all_overflow_to_minus_inf_give_nan_and_a_split_of_them
 # ----------------------------------------------------------------------------- 7. threads
 
 
-def test_count_calls_and_value_checks_belong_to_their_thread(f32, device):
+def test_count_calls_value_checks_and_pdl_belong_to_their_thread(f32, device):
     x, w = f32(4, 32), f32(32)
     q, k, cu, longest = _varlen(f32, device)
     started, done = threading.Event(), threading.Event()
@@ -265,7 +265,7 @@ def test_count_calls_and_value_checks_belong_to_their_thread(f32, device):
 
     def other_thread():
         try:
-            with ak.value_checks("never"):
+            with ak.value_checks("never"), ak.using_programmatic_dependent_launch(True):
                 started.set()
                 for _ in range(5):
                     ak.rms_norm(x, w, backend="reference")
@@ -279,6 +279,7 @@ def test_count_calls_and_value_checks_belong_to_their_thread(f32, device):
         worker.start()
         started.wait(30)
         ak.rms_norm(x, w, backend="reference")
+        assert not ak.programmatic_dependent_launch()  # the other thread's generate-style switch stays there
         with ak.value_checks("always"), pytest.raises(ValueError, match="max_seqlen_k"):
             ak.attention_varlen(q, k, k, cu, cu, longest, longest - 1, backend="reference")  # not disabled by the other thread
         done.set()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -38,29 +39,34 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from aurora_kernels.ops._autotune import INTERPRETER
 
-_enabled = os.environ.get("AURORA_PDL", "0") == "1"
+_default_enabled = os.environ.get("AURORA_PDL", "0") == "1"
+_this_thread = threading.local()  # .enabled: the calling thread's override (None: the default)
 
 
 def set_programmatic_dependent_launch(enabled: bool) -> None:
-    """Launch fused_linear and decode_attention with programmatic dependent launch (process-wide).
-    Launches made before the change keep their setting: a captured CUDA graph replays as captured."""
-    global _enabled
-    _enabled = bool(enabled)
+    """Launch fused_linear and decode_attention with programmatic dependent launch: the process-wide
+    default (a thread inside `using_programmatic_dependent_launch` keeps its own setting). Launches
+    made before the change keep their setting: a captured CUDA graph replays as captured."""
+    global _default_enabled
+    _default_enabled = bool(enabled)
 
 
 def programmatic_dependent_launch() -> bool:
-    return _enabled
+    """The setting in force in the calling thread."""
+    enabled = getattr(_this_thread, "enabled", None)
+    return _default_enabled if enabled is None else enabled
 
 
 @contextlib.contextmanager
 def using_programmatic_dependent_launch(enabled: bool):
-    """set_programmatic_dependent_launch(enabled) inside the block; the setting before it after."""
-    before = _enabled
-    set_programmatic_dependent_launch(enabled)
+    """PDL on or off for the calling thread only, inside the block (a model generating in one thread
+    does not switch another thread's launches)."""
+    before = getattr(_this_thread, "enabled", None)
+    _this_thread.enabled = bool(enabled)
     try:
         yield
     finally:
-        set_programmatic_dependent_launch(before)
+        _this_thread.enabled = before
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,7 +76,7 @@ def _supports_pdl(device_index: int) -> bool:
 
 def pdl_options(device: torch.device) -> dict:
     """The launch's USE_PDL constexpr and, on a GPU, Triton's launch_pdl option."""
-    if not _enabled:
+    if not programmatic_dependent_launch():
         return {"USE_PDL": False}
     if INTERPRETER:
         return {"USE_PDL": True}

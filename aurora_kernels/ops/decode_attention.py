@@ -370,9 +370,6 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_tensor("v", v, shape=(batch, 1, heads_kv, head_dim), layout="[B, 1, Hkv, D]", unit_stride_last=True)
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
-        # written in place: each sequence's token must land in memory of its own
-        check_no_internal_overlap("k_cache", k_cache)
-        check_no_internal_overlap("v_cache", v_cache)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
                        "k": k, "v": v, "block_table": block_table})  # fmt: skip
     check_index_tensor("cache_seqlens", cache_seqlens, shape=(batch,), layout="[B]", device=q.device)
@@ -414,10 +411,14 @@ def _capacity(k_cache, block_table) -> int:
 
 def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos) -> None:
     """The checks that need the real tensors, called inside the op so that a compiled graph runs
-    them too: with an append, k_cache and v_cache are not one tensor twice (tracing cannot compare
-    data pointers); and the value checks (they read cache_seqlens and block_table): the lengths
+    them too: with an append, the caches are written in place, so each must have no internal
+    overlap (each sequence's token lands in memory of its own) and they must not be one tensor
+    twice (tracing can neither compare data pointers nor sort symbolic strides); and the value checks (they read cache_seqlens and block_table): the lengths
     (+1 with an append) fit the cache, the pages a sequence uses are in the pool, every position
     cache_seqlens[b] has a rotary row."""
+    if k is not None:
+        check_no_internal_overlap("k_cache", k_cache)
+        check_no_internal_overlap("v_cache", v_cache)
     if k is not None and k_cache.data_ptr() == v_cache.data_ptr():
         raise ValueError("k_cache, v_cache: expected two caches in separate memory when appending (got one tensor "
                          "twice: the new v would overwrite the new k)")  # fmt: skip

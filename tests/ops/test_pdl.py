@@ -28,8 +28,8 @@ def test_the_switch_launches_with_pdl_on_hopper_and_later(pdl_on, device):
     elif torch.cuda.get_device_capability(device)[0] >= 9:
         assert pdl_options(device) == {"USE_PDL": True, "launch_pdl": True}
         assert pdl_options(torch.device("cpu")) == {"USE_PDL": False}
-    ak.set_programmatic_dependent_launch(False)
-    assert pdl_options(device) == {"USE_PDL": False}
+    with ak.using_programmatic_dependent_launch(False):
+        assert pdl_options(device) == {"USE_PDL": False}
 
 
 def test_the_ops_that_take_it_match_the_reference_with_it_on(pdl_on, device, gen):
