@@ -5,6 +5,13 @@ Checkpoints are read with `safetensors` (single file or sharded with model.safet
 Their tensor names are transformers': the loader concatenates q/k/v (and gate/up) into this model's
 fused projections. transformers writes config.json without the fields that equal its class defaults,
 so missing fields take those defaults (below). Nothing is ever downloaded.
+
+Every config field that changes the forward pass is either read (sizes, eps, rope_theta, tied
+embeddings, head_dim) or held to the one value this model computes (_QWEN2_FIXED, _SIGLIP_FIXED,
+layer_types, rope scaling): any other value is a ValueError naming the file, the field and the
+value, never a model that loads and computes something else. A file that cannot be read (invalid
+JSON, a truncated or corrupt safetensors file, an index without its weight_map, a shard it names
+that is missing) is an error that names the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -22,17 +29,43 @@ _QWEN2_DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size
                    "num_attention_heads": 32, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
                    "rope_theta": 10000.0, "tie_word_embeddings": False}  # fmt: skip
 _SIGLIP_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                    "num_channels": 3, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6,
-                    "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+                    "num_channels": 3, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6}  # fmt: skip
 AURORA_PARTS = ("projector.", "compressor.", "fusion.")
+
+# Fields that change the forward pass, held to the values this model computes, with transformers'
+# default (the value when the field is absent). Qwen2: the SwiGLU activation, full attention in every
+# layer (no sliding window), RoPE over the whole head dim. SigLIP: the tanh GELU (transformers' two
+# names for it).
+_QWEN2_FIXED = {"hidden_act": (("silu",), "silu"), "use_sliding_window": ((False,), False),
+                "partial_rotary_factor": ((1.0,), 1.0)}  # fmt: skip
+_SIGLIP_FIXED = {"hidden_act": (("gelu_pytorch_tanh", "gelu_new"), "gelu_pytorch_tanh")}
+
+
+def _read_json(path) -> dict:
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def _read_config(directory) -> dict:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: expected a config.json (a transformers model directory)")
-    with open(path) as f:
-        return json.load(f)
+    return _read_json(path)
+
+
+def _hold_fixed_fields(path: str, raw: dict, fixed: dict) -> None:
+    """Each field of `fixed` (absent: its default) is one of its allowed values, or a ValueError."""
+    for field, (allowed, default) in fixed.items():
+        value = raw.get(field, default)
+        if isinstance(value, bool) != isinstance(allowed[0], bool) or value not in allowed:
+            raise ValueError(f"{path}: expected {field} {' or '.join(map(repr, allowed))}, got {value!r} "
+                             "(this model does not compute that)")  # fmt: skip
 
 
 def llm_config_from_dir(llm_dir) -> LLMConfig:
@@ -40,11 +73,17 @@ def llm_config_from_dir(llm_dir) -> LLMConfig:
     if raw.get("model_type") != "qwen2":
         raise ValueError(f"{llm_dir}/config.json: expected model_type 'qwen2', got {raw.get('model_type')!r}")
     get = lambda key: raw.get(key, _QWEN2_DEFAULTS.get(key))  # noqa: E731
+    path = f"{llm_dir}/config.json"
+    _hold_fixed_fields(path, raw, _QWEN2_FIXED)
+    sliding = sorted({t for t in raw.get("layer_types") or () if t != "full_attention"})
+    if sliding:
+        raise ValueError(f"{path}: expected layer_types all 'full_attention', got {sliding} (this model does not compute that)")
     heads = get("num_attention_heads")
     rope = raw.get("rope_parameters") or {}
     rope_theta = rope.get("rope_theta", get("rope_theta"))
     if rope.get("rope_type", "default") != "default" or raw.get("rope_scaling"):
-        raise ValueError(f"{llm_dir}/config.json: expected plain RoPE (no rope scaling), got {rope or raw.get('rope_scaling')}")
+        raise ValueError(f"{path}: expected plain RoPE (no rope scaling), got {rope or raw.get('rope_scaling')}")
+    _hold_fixed_fields(path + " rope_parameters", rope, {"partial_rotary_factor": _QWEN2_FIXED["partial_rotary_factor"]})
     return LLMConfig(
         vocab_size=get("vocab_size"), hidden_size=get("hidden_size"), num_layers=get("num_hidden_layers"),
         num_heads=heads, num_kv_heads=raw.get("num_key_value_heads") or heads,
@@ -62,8 +101,7 @@ def vision_config_from_dir(vision_dir) -> VisionConfig:
     elif kind != "siglip_vision_model":
         raise ValueError(f"{vision_dir}/config.json: expected model_type 'siglip' or 'siglip_vision_model', got {kind!r}")
     get = lambda key: raw.get(key, _SIGLIP_DEFAULTS[key])  # noqa: E731
-    if get("hidden_act") not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ValueError(f"{vision_dir}/config.json: expected hidden_act 'gelu_pytorch_tanh', got {get('hidden_act')!r}")
+    _hold_fixed_fields(f"{vision_dir}/config.json", raw, _SIGLIP_FIXED)
     return VisionConfig(
         image_size=get("image_size"), patch_size=get("patch_size"), hidden_size=get("hidden_size"),
         num_layers=get("num_hidden_layers"), num_heads=get("num_attention_heads"),
@@ -75,22 +113,25 @@ class Checkpoint:
     """The tensors of a safetensors checkpoint directory (one file, or shards + index), read lazily."""
 
     def __init__(self, directory):
-        from safetensors import safe_open
-
         self.directory = directory
+        self._open = {}
         index = os.path.join(directory, "model.safetensors.index.json")
         single = os.path.join(directory, "model.safetensors")
         if os.path.isfile(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise ValueError(f"{index}: expected a 'weight_map' object of tensor name -> shard file")
         elif os.path.isfile(single):
-            with safe_open(single, "pt") as f:
-                weight_map = {name: "model.safetensors" for name in f.keys()}
+            weight_map = dict.fromkeys(self._file("model.safetensors").keys(), "model.safetensors")
         else:
             raise FileNotFoundError(f"{directory}: expected model.safetensors or model.safetensors.index.json")
         self.weight_map = weight_map
-        self._open = {}
-        self._safe_open = safe_open
+
+    def _file(self, file: str):
+        """The directory's safetensors file `file`, opened once."""
+        if file not in self._open:
+            self._open[file] = open_safetensors(os.path.join(self.directory, file))
+        return self._open[file]
 
     def names(self):
         return self.weight_map.keys()
@@ -99,9 +140,26 @@ class Checkpoint:
         if name not in self.weight_map:
             raise KeyError(f"{self.directory}: checkpoint has no tensor {name!r}")
         file = self.weight_map[name]
-        if file not in self._open:
-            self._open[file] = self._safe_open(os.path.join(self.directory, file), "pt")
-        return self._open[file].get_tensor(name)
+        return read_tensor(self._file(file), name, os.path.join(self.directory, file))
+
+
+def open_safetensors(path):
+    """safe_open(path), or an error that names the file: missing, truncated, or not safetensors."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such safetensors file")
+    try:
+        return safe_open(path, "pt")
+    except Exception as e:  # safetensors raises its own error type for a file it cannot parse
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def read_tensor(file, name: str, path) -> torch.Tensor:
+    try:
+        return file.get_tensor(name)
+    except Exception as e:  # safetensors raises its own error type for data it cannot read
+        raise ValueError(f"{path}: cannot read tensor {name!r} ({e})") from None
 
 
 def qwen2_names(cfg: LLMConfig) -> dict[str, list[str]]:
@@ -181,13 +239,19 @@ def save_aurora_weights(model: torch.nn.Module, path) -> None:
 
 
 def _aurora_file_settings(path, compressor: str) -> CompressorConfig:
-    from safetensors import safe_open
-
-    with safe_open(path, "pt") as f:
-        metadata = f.metadata() or {}
+    metadata = open_safetensors(path).metadata() or {}
     if "compressor" not in metadata:
         raise ValueError(f"{path}: expected 'compressor' settings in the safetensors metadata (save_aurora_weights writes them)")
-    settings = CompressorConfig(**json.loads(metadata["compressor"]))
+    try:
+        fields = json.loads(metadata["compressor"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the 'compressor' metadata is not valid JSON ({e})") from None
+    known = {f.name for f in dataclasses.fields(CompressorConfig)}
+    unknown = sorted(set(fields) - known) if isinstance(fields, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"{path}: the 'compressor' metadata holds unknown fields {unknown or fields!r} "
+                         f"(expected an object with some of {sorted(known)})")  # fmt: skip
+    settings = CompressorConfig(**fields)
     if settings.kind != compressor:
         raise ValueError(f"compressor: {path} holds a {settings.kind!r} compressor, got compressor={compressor!r}")
     return settings
@@ -195,9 +259,8 @@ def _aurora_file_settings(path, compressor: str) -> CompressorConfig:
 
 @torch.no_grad()
 def load_aurora_weights(model: torch.nn.Module, path) -> None:
-    from safetensors.torch import load_file
-
-    tensors = load_file(path)
+    file = open_safetensors(path)
+    tensors = {name: read_tensor(file, name, path) for name in file.keys()}
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(AURORA_PARTS)}
     missing = sorted(set(expected) - set(tensors))
     if missing:

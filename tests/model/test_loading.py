@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aurora_kernels.model import AuroraEdgeV, preset
-from aurora_kernels.model.loading import qwen2_names, save_aurora_weights, siglip_names
+from aurora_kernels.model.loading import Checkpoint, qwen2_names, save_aurora_weights, siglip_names
 from aurora_kernels.testing import assert_parity
 
 TINY = preset("tiny", llm={"tie_word_embeddings": False})
@@ -185,5 +185,74 @@ def test_config_and_metadata_errors(checkpoints, tmp_path):
     (root / "qwen2" / "config.json").write_text(json.dumps(QWEN2_CONFIG))
     (root / "siglip" / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG,
                                                              "hidden_act": "quick_gelu"}))  # fmt: skip
-    with pytest.raises(ValueError, match="config.json: expected hidden_act 'gelu_pytorch_tanh', got 'quick_gelu'"):
+    with pytest.raises(ValueError, match="config.json: expected hidden_act 'gelu_pytorch_tanh' or 'gelu_new', got 'quick_gelu'"):
         AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+
+
+# Qwen2 fields that change the forward pass and values this model does not compute: each refused by
+# name (before, each loaded without a word and gave logits 1e-2 to 0.4 away from transformers)
+REFUSED_QWEN2_FIELDS = [
+    ({"hidden_act": "gelu"}, "expected hidden_act 'silu', got 'gelu'"),
+    ({"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1}, "expected use_sliding_window False, got True"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "expected layer_types all 'full_attention', got \\['sliding_attention'\\]"),
+    ({"partial_rotary_factor": 0.5}, "expected partial_rotary_factor 1.0, got 0.5"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25}},
+     "rope_parameters: expected partial_rotary_factor 1.0, got 0.25"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "expected plain RoPE"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields, message", REFUSED_QWEN2_FIELDS, ids=lambda v: next(iter(v)) if isinstance(v, dict) else "")
+def test_config_fields_that_change_the_math_are_refused_by_name(fields, message, checkpoints):
+    root, _, _ = checkpoints
+    (root / "qwen2" / "config.json").write_text(json.dumps({**QWEN2_CONFIG, **fields}))
+    with pytest.raises(ValueError, match=f"qwen2/config.json.*{message}"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+
+
+def test_config_fields_at_the_computed_values_load(checkpoints):
+    """The same fields at the values this model computes (as transformers writes them) load."""
+    root, _, _ = checkpoints
+    same = {"hidden_act": "silu", "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 2,
+            "layer_types": ["full_attention"] * 2, "rope_scaling": None}  # fmt: skip
+    (root / "qwen2" / "config.json").write_text(json.dumps({**QWEN2_CONFIG, **same}))
+    (root / "siglip" / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG,
+                                                             "hidden_act": "gelu_new"}))  # fmt: skip
+    assert AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", backend="reference").config.llm == TINY.llm
+
+
+def test_files_that_cannot_be_read_are_named(checkpoints):
+    root, _, _ = checkpoints
+    index = root / "qwen2" / "model.safetensors.index.json"
+    shard = root / "qwen2" / "model-00001-of-00003.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])  # truncated
+    with pytest.raises(ValueError, match=f"{shard}: not a readable safetensors file"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match=f"{shard}: no such safetensors file"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    index.write_text(json.dumps({"metadata": {}}))
+    with pytest.raises(ValueError, match=f"{index}: expected a 'weight_map' object"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    index.write_text('{"weight_map": {')
+    with pytest.raises(ValueError, match=f"{index}: not valid JSON"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    (root / "siglip" / "config.json").write_text("model_type: siglip")
+    with pytest.raises(ValueError, match="siglip/config.json: not valid JSON"):
+        AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip")
+    (root / "siglip" / "model.safetensors").write_bytes(b"not safetensors at all")
+    (root / "siglip" / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG}))
+    with pytest.raises(ValueError, match="siglip/model.safetensors: not a readable safetensors file"):
+        Checkpoint(root / "siglip")  # the LLM directory above is broken by now
+
+
+def test_our_file_metadata_is_checked_field_by_field(checkpoints, tmp_path):
+    from safetensors.torch import save_file
+
+    root, _, _ = checkpoints
+    path = tmp_path / "aurora.safetensors"
+    for metadata, message in (({"compressor": json.dumps({"kind": "mlp", "colour": "red"})}, "the 'compressor' metadata holds unknown fields \\['colour'\\]"),
+                              ({"compressor": "{kind: mlp"}, "the 'compressor' metadata is not valid JSON")):  # fmt: skip
+        save_file({"projector.fc1.weight": torch.zeros(1)}, path, metadata=metadata)
+        with pytest.raises(ValueError, match=f"{path}: {message}"):
+            AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", path)
