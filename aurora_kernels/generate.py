@@ -17,26 +17,59 @@ import torch
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {minimum}"
+    return parse
+
+
+def _device(text: str) -> str:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def parse_args(argv=None):
     from aurora_kernels.model.config import COMPRESSORS, PRESETS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", default="tiny", choices=PRESETS)
     parser.add_argument("--compressor", default="mlp", choices=COMPRESSORS)
-    parser.add_argument("--batch", type=int, default=1, help="requests (prompt lengths spread up to --prompt-len)")
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--eos-token-id", type=int)
+    parser.add_argument("--batch", type=_int_at_least(1), default=1, help="requests (prompt lengths spread up to --prompt-len)")
+    parser.add_argument("--prompt-len", type=_int_at_least(1), default=32)
+    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=16)
+    parser.add_argument("--eos-token-id", type=_int_at_least(0), nargs="+", help="one or more token ids that end a request")
     parser.add_argument("--backend", choices=("triton", "reference"), help="default: triton on a GPU, reference on a CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on a GPU, fp32 on a CPU")
     parser.add_argument("--cache", default="contiguous", choices=("contiguous", "paged"))
     parser.add_argument("--llm-dir", help="transformers Qwen2 directory (config.json + safetensors)")
-    parser.add_argument("--vision-dir", help="transformers SigLIP directory")
-    parser.add_argument("--aurora-weights", help="projector / compressor / fusion safetensors file")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vision-dir", help="transformers SigLIP directory (with --llm-dir)")
+    parser.add_argument("--aurora-weights", help="projector / compressor / fusion safetensors file (with --llm-dir)")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0)
     args = parser.parse_args(argv)
+    for flag, value in (("--vision-dir", args.vision_dir), ("--aurora-weights", args.aurora_weights)):
+        if value and not args.llm_dir:
+            parser.error(f"{flag} needs --llm-dir (weights load into a model whose LLM comes from a directory)")
+    for flag, value, exists in (("--llm-dir", args.llm_dir, os.path.isdir), ("--vision-dir", args.vision_dir, os.path.isdir),
+                                ("--aurora-weights", args.aurora_weights, os.path.isfile)):  # fmt: skip
+        if value and not exists(value):
+            parser.error(f"{flag}: no such {'directory' if exists is os.path.isdir else 'file'}: {value}")
     on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
     args.backend = args.backend or ("triton" if on_gpu else "reference")
     args.dtype = DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     return args
@@ -78,10 +111,18 @@ def main(argv=None) -> int:
         print("no GPU: running the Triton kernels under the interpreter (TRITON_INTERPRET=1)", file=sys.stderr, flush=True)
         os.execve(sys.executable, [sys.executable, "-m", "aurora_kernels.generate", *(argv or sys.argv[1:])],
                   {**os.environ, "TRITON_INTERPRET": "1"})  # fmt: skip
-    model = build_model(args).eval()
+    try:
+        model = build_model(args).eval()
+    except (OSError, ValueError, KeyError) as e:  # a checkpoint that cannot be loaded: one line naming it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     pixel_values, prompts = random_requests(model, args.batch, args.prompt_len, args.seed)
-    tokens, stats = timed_generation(model, pixel_values, prompts, args.max_new_tokens, eos_token_id=args.eos_token_id,
-                                     cache=args.cache)  # fmt: skip
+    try:
+        tokens, stats = timed_generation(model, pixel_values, prompts, args.max_new_tokens, eos_token_id=args.eos_token_id,
+                                         cache=args.cache)  # fmt: skip
+    except ValueError as e:  # a request the model cannot hold (a prompt past its positions, say): one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = model.config
     print(f"{args.preset if not args.llm_dir else args.llm_dir}: compressor {cfg.compressor.kind} "
           f"({cfg.visual_tokens} visual tokens into the LLM), backend {args.backend}, {args.device}, "

@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from aurora_kernels._validation import check_backend
+from aurora_kernels._validation import check_backend, check_int, check_tensor, should_check_values
 from aurora_kernels.model.compressor import Projector, TokenCompressor
 from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
@@ -25,6 +25,7 @@ from aurora_kernels.model.vision import VisionTower
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 
 CACHE_LAYOUTS = ("contiguous", "paged")
+PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
 # one CUDA graph of the step, captured after the first step and replayed (needs a GPU).
 DECODE_MODES = ("auto", "eager", "compile", "cuda_graph")
@@ -222,16 +223,35 @@ class AuroraEdgeV(nn.Module):
         return self.llm.embed_tokens.weight.device
 
     def _check_requests(self, pixel_values, input_ids):
+        vision = self.config.vision
+        check_tensor("pixel_values", pixel_values, shape=(None, vision.num_channels, vision.image_size, vision.image_size),
+                     layout="[B, C, H, W] at the vision tower's channels and image size", dtypes=PIXEL_DTYPES)  # fmt: skip
         if not isinstance(input_ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in input_ids):
             raise TypeError("input_ids: expected a list of 1-D int64 tensors, one prompt per image")
         if len(input_ids) != pixel_values.shape[0]:
             raise ValueError(f"input_ids: expected {pixel_values.shape[0]} prompts (one per image), got {len(input_ids)}")
-        vocab = self.config.llm.vocab_size
         for b, ids in enumerate(input_ids):
-            if ids.dtype != torch.int64:
-                raise TypeError(f"input_ids[{b}]: expected dtype int64, got {ids.dtype}")
-            if ids.numel() and ids.device.type == "cpu" and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
-                raise ValueError(f"input_ids[{b}]: expected token ids in [0, {vocab})")
+            self._check_token_ids(f"input_ids[{b}]", ids)
+
+    def _check_token_ids(self, name: str, ids: torch.Tensor) -> None:
+        """int64; within the vocabulary where the ops' value checks run (on CPU, not while tracing: on
+        a GPU that read would be a host sync)."""
+        vocab = self.config.llm.vocab_size
+        if ids.dtype != torch.int64:
+            raise TypeError(f"{name}: expected dtype int64, got {ids.dtype}")
+        if ids.numel() and should_check_values(ids) and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
+            raise ValueError(f"{name}: expected token ids in [0, {vocab})")
+
+    def _eos_token_ids(self, eos_token_id) -> tuple[int, ...]:
+        """eos_token_id as generation_config.json holds it (None, an int, or a list of ints) -> a tuple."""
+        ids = (eos_token_id,) if isinstance(eos_token_id, int) else eos_token_id
+        if not isinstance(ids, (tuple, list)) or not ids:
+            raise TypeError(f"eos_token_id: expected an int, a non-empty list of ints or None, got {eos_token_id!r}")
+        for token in ids:
+            check_int("eos_token_id", token, minimum=0)
+            if token >= self.config.llm.vocab_size:
+                raise ValueError(f"eos_token_id: expected token ids in [0, {self.config.llm.vocab_size}), got {token}")
+        return tuple(ids)
 
     def llm_inputs(self, pixel_values, input_ids, generated=None, reserve: int = 0):
         """The packed LLM input of every request: (x [T, C], positions [T], lengths [B] as ints).
@@ -298,7 +318,9 @@ class AuroraEdgeV(nn.Module):
                  page_size: int = 16, decode: str = "auto", return_logits: bool = False,
                  stats: dict | None = None):  # fmt: skip
         """Greedy batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64
-        prompts of any lengths. Returns the new tokens of each request (up to and including its EOS);
+        prompts of any lengths; eos_token_id None, an int or a list of ints (as generation_config.json
+        holds it): a request ends at the first token that is any of them. Returns the new tokens of each
+        request (up to and including its EOS);
         with return_logits, also each request's logits [steps, vocab] (float32) behind those tokens.
 
         cache: "contiguous" ([B, S_max, Hkv, D] per layer) or "paged" (pages of `page_size` tokens).
@@ -312,8 +334,8 @@ class AuroraEdgeV(nn.Module):
         so that the replays' own time per step is (decode_s - graph_setup_s) / (decode_steps - 1).
         """
         clock = _Clock(self.device) if stats is not None else None
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected >= 1, got {max_new_tokens}")
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
+        eos_ids = self._eos_token_ids(eos_token_id) if eos_token_id is not None else ()
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
         if decode == "auto":
@@ -339,12 +361,13 @@ class AuroraEdgeV(nn.Module):
             run_step = step
         steps_tokens, steps_logits, graph_setup_s = [], [], 0.0
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        eos = torch.tensor(eos_ids, dtype=torch.int64, device=device)
         for index in range(max_new_tokens):
             tokens = logits.argmax(-1)
             steps_tokens.append(tokens)
             steps_logits.append(logits.to(torch.float32, copy=True))  # a graph replay overwrites logits
-            if eos_token_id is not None and decode != "cuda_graph":
-                finished |= tokens == eos_token_id
+            if eos_ids and decode != "cuda_graph":
+                finished |= torch.isin(tokens, eos)
                 if bool(finished.all()):  # one host sync a step, to stop early
                     break
             if index == max_new_tokens - 1:
@@ -362,7 +385,7 @@ class AuroraEdgeV(nn.Module):
         all_tokens = torch.stack(steps_tokens, 1).tolist()  # [B, steps]
         outputs, out_logits = [], []
         for b, row in enumerate(all_tokens):
-            keep = row.index(eos_token_id) + 1 if eos_token_id is not None and eos_token_id in row else len(row)
+            keep = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))  # up to its first EOS
             outputs.append(row[:keep])
             out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
         return (outputs, out_logits) if return_logits else outputs
@@ -373,8 +396,10 @@ class AuroraEdgeV(nn.Module):
         with room for `max_new_tokens` more tokens per request. Returns (logits [B, vocab] at each
         request's last position, the cache with its lengths on the device): where `generate` starts,
         and where a caller that runs `decode_step` itself (a serving loop, a profiler) starts."""
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if cache not in CACHE_LAYOUTS:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
+        check_int("page_size", page_size)
         x, positions, lengths = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens)
         batch, device, cfg = len(lengths), self.device, self.config.llm
         kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
@@ -390,6 +415,11 @@ class AuroraEdgeV(nn.Module):
         """One greedy-decoding step for every sequence: tokens [B] (int64) at positions kv.seqlens ->
         logits [B, vocab]; each layer appends its K/V to kv, then kv.seqlens advances by one. Static
         shapes, lengths on the device, no host sync: what torch.compile and CUDA graphs take."""
+        if not isinstance(kv, KVCache):
+            raise TypeError(f"kv: expected the KVCache that prefill returned, got {type(kv).__name__}")
+        check_tensor("tokens", tokens, shape=(kv.batch,), layout="[B], one token per sequence of kv", dtypes=(torch.int64,),
+                     device=self.device)  # fmt: skip
+        self._check_token_ids("tokens", tokens)
         hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
         kv.seqlens += 1
         return self.llm.logits(hidden[:, 0])

@@ -44,3 +44,43 @@ def test_generate_command_loads_weights(tmp_path, capsys):
     assert generate.main(["--llm-dir", str(tmp_path / "qwen2"), "--vision-dir", str(tmp_path / "siglip"), "--compressor", "pool",
                           "--max-new-tokens", "2", "--backend", "reference", "--device", "cpu"]) == 0  # fmt: skip
     assert "compressor pool (16 visual tokens into the LLM)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt-len", "0"], "argument --prompt-len: expected an int >= 1, got 0"),
+    (["--prompt-len", "-5"], "argument --prompt-len: expected an int >= 1, got -5"),
+    (["--batch", "0"], "argument --batch: expected an int >= 1, got 0"),
+    (["--max-new-tokens", "2.5"], "argument --max-new-tokens: expected an int >= 1, got '2.5'"),
+    (["--max-new"], "unrecognized arguments: --max-new"),  # no abbreviations: a typo is not a guess
+    (["--device", "gpu"], "argument --device: expected cpu, cuda or cuda:N, got 'gpu'"),
+    (["--vision-dir", "siglip"], "--vision-dir needs --llm-dir"),
+    (["--aurora-weights", "aurora.safetensors"], "--aurora-weights needs --llm-dir"),
+    (["--llm-dir", "/nowhere/qwen2"], "--llm-dir: no such directory: /nowhere/qwen2"),
+    (["--eos-token-id", "-1"], "argument --eos-token-id: expected an int >= 0, got -1"),
+])  # fmt: skip
+def test_generate_command_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        generate.parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_generate_command_cuda_without_a_gpu_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        generate.parse_args(["--device", "cuda"])
+    assert "--device cuda: no CUDA GPU is available here; use --device cpu" in capsys.readouterr().err
+
+
+def test_generate_command_reports_an_unloadable_checkpoint_in_one_line(tmp_path, capsys):
+    (tmp_path / "qwen2").mkdir()
+    (tmp_path / "qwen2" / "config.json").write_text("{not json")
+    assert generate.main(["--llm-dir", str(tmp_path / "qwen2"), "--backend", "reference", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "config.json: not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_command_takes_several_eos_ids(capsys):
+    assert generate.main(["--preset", "tiny", "--max-new-tokens", "2", "--eos-token-id", "1", "2",
+                          "--backend", "reference", "--device", "cpu"]) == 0  # fmt: skip

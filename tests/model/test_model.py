@@ -348,3 +348,69 @@ def test_request_and_cache_argument_errors(device, gen):
         model.generate(pixel_values, torch.stack([ids[0][:1]] * 3), 2)
     with pytest.raises(ValueError, match=r"page_size: expected one of \(16, 32, 64, 128, 256\), got 48"):
         KVCache(2, 1, 64, 2, 64, torch.float32, device, page_size=48)
+
+
+def test_size_and_type_arguments_are_checked(device, gen):
+    """A negative or float size used to make a cache smaller than the prompts (two sequences sharing
+    rows) or fail deep inside; each is refused by name before any work."""
+    model = tiny_model(device)
+    pixel_values, ids = requests(model, device, gen)
+    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 0, got -2"):
+        model.prefill(pixel_values, ids, -2)
+    with pytest.raises(TypeError, match="max_new_tokens: expected an int, got float"):
+        model.prefill(pixel_values, ids, 2.0)
+    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 1, got 0"):
+        model.generate(pixel_values, ids, 0)
+    with pytest.raises(TypeError, match="max_new_tokens: expected an int, got float"):
+        model.generate(pixel_values, ids, 2.0)
+    with pytest.raises(TypeError, match="page_size: expected an int, got float"):
+        model.prefill(pixel_values, ids, 2, cache="paged", page_size=16.0)
+    _, kv = model.prefill(pixel_values, ids, 0)  # no room to decode, but a valid prefill
+    assert kv.capacity == max(16 + n for n in PROMPT_LENGTHS)
+
+
+def test_pixel_values_and_decode_step_errors_name_their_argument(device, gen):
+    model = tiny_model(device)
+    pixel_values, ids = requests(model, device, gen)
+    with pytest.raises(ValueError, match=r"pixel_values: expected 4 dims|pixel_values: expected shape \[\*, 3, 64, 64\]"):
+        model.generate(pixel_values[0], ids[:1], 2)  # one image without its batch dim (today: an error about input_ids)
+    with pytest.raises(ValueError, match=r"pixel_values: expected shape \[\*, 3, 64, 64\] \[B, C, H, W\]"):
+        model.generate(pixel_values[..., :32, :32], ids, 2)
+    with pytest.raises(TypeError, match="pixel_values: expected dtype"):
+        model.generate((pixel_values * 255).to(torch.uint8), ids, 2)
+    _, kv = model.prefill(pixel_values, ids, 2)
+    tokens = torch.zeros(3, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match=r"tokens: expected shape \[3\]"):
+        model.decode_step(tokens[:, None], kv)
+    with pytest.raises(ValueError, match=r"tokens: expected shape \[3\]"):
+        model.decode_step(tokens[:2], kv)
+    with pytest.raises(TypeError, match="tokens: expected dtype int64, got torch.int32"):
+        model.decode_step(tokens.int(), kv)
+    with pytest.raises(TypeError, match="kv: expected the KVCache that prefill returned"):
+        model.decode_step(tokens, kv.k)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 1000\)"):
+            model.decode_step(tokens + 1000, kv)
+
+
+def test_eos_token_id_as_generation_config_holds_it(device, gen):
+    """An int or a list (transformers' generation_config.json holds either): each request stops at its
+    own first token that is any of them (a list used to be ignored, or compared per row)."""
+    model = tiny_model(device)
+    pixel_values, ids = requests(model, device, gen)
+    free = model.generate(pixel_values, ids, max_new_tokens=6)
+    eos = [free[1][1], free[0][2]]
+    for eos_token_id in (eos, tuple(eos)):
+        stopped = model.generate(pixel_values, ids, max_new_tokens=6, eos_token_id=eos_token_id)
+        for b in range(3):
+            first = next((i for i, t in enumerate(free[b]) if t in eos), None)
+            assert stopped[b] == (free[b] if first is None else free[b][: first + 1]), b
+    assert model.generate(pixel_values, ids, max_new_tokens=6, eos_token_id=[free[0][2]]) == \
+        model.generate(pixel_values, ids, max_new_tokens=6, eos_token_id=free[0][2])  # fmt: skip
+    for bad, error, message in (([], TypeError, "eos_token_id: expected an int, a non-empty list"),
+                                ("2", TypeError, "eos_token_id: expected an int, a non-empty list"),
+                                ([1, 2.0], TypeError, "eos_token_id: expected an int, got float"),
+                                ([1, 1000], ValueError, r"eos_token_id: expected token ids in \[0, 1000\), got 1000"),
+                                (-1, ValueError, "eos_token_id: expected an int >= 0, got -1")):  # fmt: skip
+        with pytest.raises(error, match=message):
+            model.generate(pixel_values, ids, 2, eos_token_id=bad)
