@@ -186,3 +186,23 @@ def test_autotune_size_classes():
     assert power_of_4_class(256 * 16, *rows) != power_of_4_class(32 * 256 * 16, *rows)
     assert power_of_4_class(100 * 12, *rows) == power_of_4_class(110 * 12, *rows)
     assert [power_of_4_class(b, *BATCH_CLASSES) for b in (1, 2, 4, 5, 9, 16, 64, 1000)] == [1, 4, 4, 16, 16, 16, 64, 64]
+
+
+# flash-attn's test matrix (its seqlen pairs, scaled to what the interpreter runs in seconds): ragged
+# pairs on both sides of a block, Lq > Lk causal (the top rows see nothing), one query over many keys,
+# MQA
+FLASH_ATTN_SEQLENS = [(113, 203), (128, 217), (1, 239), (3, 799), (203, 113), (217, 128)]
+
+
+@pytest.mark.parametrize("seqlens", FLASH_ATTN_SEQLENS, ids=lambda s: f"q{s[0]}-k{s[1]}")
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attn_matrix_dense_mqa(seqlens, causal, device, gen):
+    check_op(ak.attention, reference.attention, *_qkv(2, *seqlens, 4, 1, 128, torch.bfloat16, device, gen), causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_flash_attn_matrix_packed(causal, device, gen):
+    """Every pair of the matrix as one packed batch, plus an empty sequence on each side."""
+    lengths_q, lengths_k = [*(q for q, _ in FLASH_ATTN_SEQLENS), 0, 5], [*(k for _, k in FLASH_ATTN_SEQLENS), 7, 0]
+    check_op(ak.attention_varlen, reference.attention_varlen, *_packed(lengths_q, lengths_k, 6, 2, 64, torch.float16, device, gen),
+             causal=causal)  # fmt: skip

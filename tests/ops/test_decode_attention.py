@@ -213,3 +213,17 @@ def test_compiled_and_graph_captured(check, device, gen):
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), *args[3:])
     # the append writes the same token to the same slot on every call (cache_seqlens is not advanced)
     check(ak.decode_attention, args, expected, torch.bfloat16, "decode_attention")
+
+
+@pytest.mark.parametrize("page_size", [None, 16, 256], ids=["contiguous", "paged16", "paged256"])
+def test_flash_attn_matrix_append_at_random_lengths(page_size, device, gen):
+    """flash-attn's kvcache matrix: MQA, a new token appended at random cache lengths (0 among them),
+    rotated at its position (non-zero offsets), contiguous or paged (pages of 16 and 256)."""
+    lengths = [0, *torch.randint(1, 299, (4,), generator=gen, device=gen.device).tolist()]
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs(lengths, 8, 1, 128, torch.bfloat16, device, gen, capacity=300, append=True)
+    block_table = None
+    if page_size is not None:
+        k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, page_size, gen)
+    cos, sin = _rotary_tables(128, device, 300)
+    check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v, block_table,
+             rotary_cos=cos, rotary_sin=sin)  # fmt: skip

@@ -65,3 +65,14 @@ def test_the_gpu_token_block(device, gen, monkeypatch):
     q, k, _ = fused_qkv((11,), 12, 2, 128, torch.bfloat16, device, gen)
     cos, sin = _tables((11,), 128, torch.float32, device, gen)
     check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin)
+
+
+def test_tables_at_nonzero_offsets(device, gen):
+    """Rows of the model's tables far from position 0 (a prompt continued at position 777), as the
+    prefill after a cache hit gathers them."""
+    from aurora_kernels.model.layers import RotaryTables
+
+    tables = RotaryTables(128, 1e6, 4096).to(device)
+    positions = torch.arange(777, 777 + 23, device=device)
+    q, k, _ = fused_qkv((23,), 12, 2, 128, torch.bfloat16, device, gen)
+    check_op(ak.apply_rotary, reference.apply_rotary, q, k, tables.cos[positions], tables.sin[positions])
