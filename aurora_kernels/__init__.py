@@ -1,7 +1,7 @@
 """aurora_kernels: fused Triton kernels for the AuroraEdge-V-2B compression-fusion VLM.
 
 Every op takes `backend="triton"` (default: the kernel) or `backend="reference"` (the eager
-PyTorch op of the same name in `aurora_kernels.ops.reference`). README.md has the table of ops.
+PyTorch op of the same name in `aurora_kernels.ops.reference`). README.md has the table of ops; docs/ops.md their contracts.
 """
 
 from aurora_kernels._dispatch import count_calls
