@@ -218,7 +218,7 @@ def _attention_kernel(
         saw_a_key = tl.where(len_k > 0, rows + causal_shift >= 0, False)
     else:
         saw_a_key = len_k > 0
-    inv_sum = tl.where(row_sum > 0.0, 1.0 / tl.where(row_sum > 0.0, row_sum, 1.0), tl.where(saw_a_key, float("nan"), 1.0))
+    inv_sum = 1.0 / tl.where(saw_a_key, row_sum, 1.0)  # row_sum 0 with keys: acc (0) x inf is the NaN
     out_rows = o_base + rows64[:, None] * out_token_stride
     out_dtype = out_ptr.dtype.element_ty
     tl.store(out_rows + cols[None, :], (acc * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM))

@@ -86,20 +86,25 @@ OVERFLOWED_LSE: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def _cache_rows(block_table_row_ptr, positions, valid, batch, cache_batch_stride, cache_token_stride, num_pages,
+def _cache_rows(block_table_row_ptr, positions, batch, cache_batch_stride, cache_token_stride, capacity, num_pages,
                 PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
     """Element offsets (int64) of cache positions `positions` of one sequence (multiples of
-    STRIDE_MULTIPLE, as the launcher checked the strides are), and which of the `valid` positions
-    lie in the cache: the block table is read only at valid positions (all within the sequence's
-    row), and a page index outside [0, num_pages) (a bad block table, unchecked on CUDA) is not
-    a row of the pool, so it is neither read nor written."""
+    STRIDE_MULTIPLE, as the launcher checked the strides are), and whether each lies in a page of
+    the pool. Paged, the block table is read only at positions within the capacity (inside the
+    sequence's row; a tile's last keys may pass it) and the page it names is clamped into
+    [0, num_pages), so every offset lies in the cache whatever the block table holds (it goes
+    unchecked on CUDA): a bad entry is read as another page of the pool, and a write must also ask
+    `in_pool`. The page is clamped, not masked: masking the loads by it cost the split kernel up to
+    60 registers a thread and spilled, as did clamping the column (the compile report)."""
     if PAGED:
-        pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE, mask=valid, other=0)
-        valid = valid & (pages >= 0) & (pages < num_pages)
-        rows = pages.to(tl.int64) * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
+        pages = tl.load(block_table_row_ptr + positions // PAGE_SIZE, mask=positions < capacity, other=0)
+        in_pool = (pages >= 0) & (pages < num_pages)
+        pages = tl.minimum(tl.maximum(pages, 0), num_pages - 1).to(tl.int64)
+        rows = pages * cache_batch_stride + (positions % PAGE_SIZE).to(tl.int64) * cache_token_stride
     else:
+        in_pool = positions < capacity
         rows = batch.to(tl.int64) * cache_batch_stride + positions.to(tl.int64) * cache_token_stride
-    return tl.multiple_of(rows, STRIDE_MULTIPLE), valid
+    return tl.multiple_of(rows, STRIDE_MULTIPLE), in_pool
 
 
 @triton.jit
@@ -114,16 +119,16 @@ def _rotate(x, partner, cos, sin, sign, ROTARY: tl.constexpr):
 
 @triton.jit
 def _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
-             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, num_pages,
+             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity, num_pages,
              BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
     """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at positions key_start +
     [0, BLOCK_N) of one sequence and KV head, 0 past cached_end; and which keys are real."""
     positions = key_start + tl.arange(0, BLOCK_N)
     key_ok = positions < cached_end
-    k_rows, key_ok = _cache_rows(block_table_row, positions, key_ok, batch, k_cache_batch_stride, k_cache_token_stride,
-                                 num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-    v_rows, key_ok = _cache_rows(block_table_row, positions, key_ok, batch, v_cache_batch_stride, v_cache_token_stride,
-                                 num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    k_rows, _ = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride, capacity,
+                            num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    v_rows, _ = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride, capacity,
+                            num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
     v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
     return k, v, key_ok
@@ -202,12 +207,14 @@ def _decode_split_kernel(
     cos = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
     sin = cos
     if ROTARY:
-        table_mask = tl.where(cached < rotary_rows, cols_q < HEAD_DIM, False)  # a position past the tables reads 0
-        cos = tl.load(rotary_cos_ptr + cached.to(tl.int64) * rotary_cos_stride + cols_q, mask=table_mask, other=0.0)
-        sin = tl.load(rotary_sin_ptr + cached.to(tl.int64) * rotary_sin_stride + cols_q, mask=table_mask, other=0.0)
+        # a position past the tables (unchecked on CUDA) reads their last row: clamped, not masked
+        # (a mask cost the kernel 60 registers a thread)
+        table_row = tl.minimum(cached, rotary_rows - 1).to(tl.int64)
+        cos = tl.load(rotary_cos_ptr + table_row * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
+        sin = tl.load(rotary_sin_ptr + table_row * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
     k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, start, cached_end, batch, cols, col_ok,
                             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                            num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+                            capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
     q_partner = q
     if ROTARY:
@@ -233,7 +240,7 @@ def _decode_split_kernel(
     for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
         k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
                                 k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                                num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+                                capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
         row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
 
     if APPEND:
@@ -246,12 +253,13 @@ def _decode_split_kernel(
             row_sum = row_sum * alpha + p_new
             acc = acc * alpha[:, None] + p_new[:, None] * v_new.to(tl.float32)[None, :]
             row_max = new_max
+            # position < capacity here (a full cache has no appending program); a page outside the pool
+            # (a bad block table) takes no write
             position = tl.full((1,), 0, tl.int32) + cached
-            in_cache = position < capacity  # true here: a full cache has no appending program
-            k_row, k_ok = _cache_rows(block_table_row, position, in_cache, batch, k_cache_batch_stride,
-                                      k_cache_token_stride, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-            v_row, v_ok = _cache_rows(block_table_row, position, in_cache, batch, v_cache_batch_stride,
-                                      v_cache_token_stride, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            k_row, k_ok = _cache_rows(block_table_row, position, batch, k_cache_batch_stride, k_cache_token_stride,
+                                      capacity, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+            v_row, v_ok = _cache_rows(block_table_row, position, batch, v_cache_batch_stride, v_cache_token_stride,
+                                      capacity, num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
             first_row = (groups == 0)[:, None] & col_ok[None, :]  # the rows of k_new and v_new are copies
             tl.store(k_head_base + k_row[:, None] + cols_q, k_new_q, mask=first_row & k_ok[:, None])
             tl.store(v_head_base + v_row + cols, v_new, mask=col_ok & v_ok)
@@ -262,12 +270,13 @@ def _decode_split_kernel(
     # merge turns into NaN when no split had a finite score. A NaN score leaves acc NaN either way.
     has_keys = row_sum > 0.0
     split_had_keys = end > start
-    out_tile = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
     if SINGLE_SPLIT:
-        out_tile = tl.where(tl.where(split_had_keys, has_keys, True)[:, None], out_tile, float("nan"))
+        # row_sum 0 with keys: acc (0) / 0 is the NaN
+        out_tile = acc / tl.where(split_had_keys, row_sum, 1.0)[:, None]
         tl.store(out_ptr + (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads)[:, None] * HEAD_DIM + cols[None, :],
                  out_tile.to(out_ptr.dtype.element_ty), mask=group_ok[:, None] & col_ok[None, :])  # fmt: skip
     else:
+        out_tile = acc / tl.where(has_keys, row_sum, 1.0)[:, None]
         # partials [B, Hq, num_kv_splits, D] and log-sum-exps (base 2) [B, Hq, num_kv_splits], fp32
         slots = (batch.to(tl.int64) * heads_per_kv * tl.num_programs(1) + heads) * num_kv_splits + split
         tl.store(partial_out_ptr + slots[:, None] * HEAD_DIM + cols[None, :], out_tile, mask=group_ok[:, None] & col_ok[None, :])
