@@ -197,6 +197,11 @@ def check_int(name: str, value, minimum: int | None = None) -> None:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
 
 
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
 def check_choice(name: str, value, choices: Sequence) -> None:
     if value not in choices:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")

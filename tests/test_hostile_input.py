@@ -144,6 +144,29 @@ def test_unchecked_index_values_stay_inside_the_tensors(f32, device):
         assert not out.isnan().any() and guarded[:2].isnan().all() and guarded[8:].isnan().all()
 
 
+def test_degenerate_sizes_are_computed_or_refused(f32, device):
+    """Sizes at their edges: a max_seqlen far past the packed rows launches no more programs than
+    the rows need (it used to launch 2**33 and hang); an empty page pool or cache holds nothing;
+    rotary tables of no row, or a causal flag that is not a bool, are refused by name."""
+    packed_q, packed_k, cu, longest = _varlen(f32, device)
+    check_op(ak.attention_varlen, reference.attention_varlen, packed_q, packed_k, packed_k, cu, cu, 2**40, 2**40)
+    q, k_cache, v_cache, seqlens, new = _decode(f32, device)
+    with ak.value_checks("never"):
+        empty_pool = f32(0, 16, 2, 16)
+        out = ak.decode_attention(q, empty_pool, empty_pool.clone(), seqlens, new, new.clone(),
+                                  block_table=torch.zeros(2, 3, dtype=torch.int32, device=device))  # fmt: skip
+        assert out.eq(0).all()  # no key anywhere, the new one included: no page to hold it
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="cache_seqlens: sequence 0 needs 3 \\+ 1 appended token positions but its cache holds 0"):
+            ak.decode_attention(q, f32(2, 0, 2, 16), f32(2, 0, 2, 16), seqlens, new, new.clone())
+    with pytest.raises(ValueError, match="rotary_cos: expected at least one row"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, new, new.clone(), rotary_cos=f32(0, 16), rotary_sin=f32(0, 16))
+    with pytest.raises(TypeError, match="causal: expected a bool, got str"):
+        ak.attention(q, q, q, causal="no")
+    with pytest.raises(TypeError, match="causal: expected a bool, got int"):
+        ak.attention_varlen(packed_q, packed_k, packed_k, cu, cu, longest, longest, causal=1)
+
+
 # ----------------------------------------------------------------------------- 3. in-place safety
 
 

@@ -36,6 +36,7 @@ from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
+    check_bool,
     check_cu_seqlens,
     check_cu_seqlens_values,
     check_same_device,
@@ -259,6 +260,8 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     heads_q, head_dim = q.shape[-2], q.shape[-1]
     packed = cu_seqlens_q is not None
     batch = cu_seqlens_q.shape[0] - 1 if packed else q.shape[0]
+    if packed:  # no sequence is longer than the packed rows: a larger max_seqlen launches no more programs
+        max_seqlen_q, max_seqlen_k = min(max_seqlen_q, q.shape[0]), min(max_seqlen_k, k.shape[0])
     if batch > MAX_GRID_BATCH:
         raise ValueError(f"q: expected at most {MAX_GRID_BATCH} sequences in one call, got {batch}")
 
@@ -343,6 +346,7 @@ def attention(q, k, v, causal=False, softmax_scale=None, *, backend="triton"):
     """
     check_backend(backend)
     check_qkv(q, k, v, packed=False)
+    check_bool("causal", causal)
     check_softmax_scale(softmax_scale)
     record_call("attention", backend)
     if backend == "reference":
@@ -368,6 +372,7 @@ def attention_varlen(
     check_tensor("cu_seqlens_k", cu_seqlens_k, shape=tuple(cu_seqlens_q.shape), layout="(the shape of cu_seqlens_q)",
                  dtypes=(torch.int32,))  # fmt: skip
     check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q.device, max_seqlen_k, "max_seqlen_k")
+    check_bool("causal", causal)
     check_softmax_scale(softmax_scale)
     record_call("attention_varlen", backend)
     if backend == "reference":

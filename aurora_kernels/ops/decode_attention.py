@@ -411,11 +411,16 @@ def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
         check_tensor(name, table, shape=(None, head_dim), layout="[max_positions, D]", device=q.device, unit_stride_last=True)
     if rotary_sin.shape[0] != rotary_cos.shape[0]:
         raise ValueError(f"rotary_sin: expected shape {list(rotary_cos.shape)} (the shape of rotary_cos), got {list(rotary_sin.shape)}")
+    if rotary_cos.shape[0] == 0:
+        raise ValueError("rotary_cos: expected at least one row (position) [max_positions, D], got 0")
 
 
 def _capacity(k_cache, block_table) -> int:
-    """The positions a sequence's cache holds: S_max, or its block table row's pages x page size."""
-    return k_cache.shape[1] * (block_table.shape[1] if block_table is not None else 1)
+    """The positions a sequence's cache holds: S_max, or its block table row's pages x page size (0
+    for a pool of no pages: no entry names a page there)."""
+    if block_table is None:
+        return k_cache.shape[1]
+    return k_cache.shape[1] * block_table.shape[1] if k_cache.shape[0] else 0
 
 
 def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos) -> None:
@@ -428,7 +433,7 @@ def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_c
     if k is not None:
         check_no_internal_overlap("k_cache", k_cache)
         check_no_internal_overlap("v_cache", v_cache)
-    if k is not None and k_cache.data_ptr() == v_cache.data_ptr():
+    if k is not None and k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
         raise ValueError("k_cache, v_cache: expected two caches in separate memory when appending (got one tensor "
                          "twice: the new v would overwrite the new k)")  # fmt: skip
     if not should_check_values(cache_seqlens):
