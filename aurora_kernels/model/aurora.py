@@ -230,6 +230,8 @@ class AuroraEdgeV(nn.Module):
             raise TypeError("input_ids: expected a list of 1-D int64 tensors, one prompt per image")
         if len(input_ids) != pixel_values.shape[0]:
             raise ValueError(f"input_ids: expected {pixel_values.shape[0]} prompts (one per image), got {len(input_ids)}")
+        if not input_ids:
+            raise ValueError("input_ids, pixel_values: expected at least one request, got none")
         for b, ids in enumerate(input_ids):
             self._check_token_ids(f"input_ids[{b}]", ids)
 
@@ -420,6 +422,8 @@ class AuroraEdgeV(nn.Module):
         check_tensor("tokens", tokens, shape=(kv.batch,), layout="[B], one token per sequence of kv", dtypes=(torch.int64,),
                      device=self.device)  # fmt: skip
         self._check_token_ids("tokens", tokens)
+        if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
+            raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
         hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
         kv.seqlens += 1
         return self.llm.logits(hidden[:, 0])

@@ -391,6 +391,12 @@ def test_pixel_values_and_decode_step_errors_name_their_argument(device, gen):
     if device.type == "cpu":
         with pytest.raises(ValueError, match=r"tokens: expected token ids in \[0, 1000\)"):
             model.decode_step(tokens + 1000, kv)
+        model.decode_step(tokens, kv)
+        model.decode_step(tokens, kv)
+        with pytest.raises(ValueError, match=r"kv: a sequence's cache is full \(30 positions\); prefill with a larger max_new_tokens"):
+            model.decode_step(tokens, kv)
+    with pytest.raises(ValueError, match="input_ids, pixel_values: expected at least one request, got none"):
+        model.generate(pixel_values[:0], [], 2)
 
 
 def test_eos_token_id_as_generation_config_holds_it(device, gen):
