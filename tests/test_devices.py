@@ -11,7 +11,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels import _dispatch
-from aurora_kernels.model import aurora
+from aurora_kernels.runtime import runtime as runtime_module
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import check_op, make_generator, randn
 
@@ -51,7 +51,7 @@ def test_a_launch_makes_its_tensors_device_current(cuda_device_calls):
 
 def test_generate_runs_with_the_models_device_current(cuda_device_calls):
     ran = []
-    method = aurora._on_model_device(lambda self, n: ran.append(list(cuda_device_calls)) or n)
+    method = runtime_module._on_model_device(lambda self, n: ran.append(list(cuda_device_calls)) or n)
 
     assert method(_on("cuda:1"), 3) == 3
     assert ran.pop() == [torch.device("cuda:1")]

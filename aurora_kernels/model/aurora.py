@@ -9,48 +9,22 @@ Requests are packed (varlen) through the fusion and the prefill, so nothing is p
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 
 import torch
 from torch import nn
 
+from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
 from aurora_kernels._validation import check_backend, check_int, check_tensor, should_check_values
 from aurora_kernels.model.compressor import Projector, TokenCompressor
 from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.llm import Qwen2LM
+from aurora_kernels.model.prefill_plan import build_prefill_plan
 from aurora_kernels.model.vision import VisionTower
-from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 
 CACHE_LAYOUTS = ("contiguous", "paged")
 PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
-# one CUDA graph of the step, captured after the first step and replayed (needs a GPU).
-DECODE_MODES = ("auto", "eager", "compile", "cuda_graph")
-# decode="auto" (generate's default): the CUDA graph where the step can be captured (the kernels on a
-# GPU; the eager reference reads cache lengths on the host) and where its set-up pays (the first step
-# run eagerly plus the capture: 35 to 45 ms at B=1 on the H100, two or three eager steps, against
-# 1.4 ms a replayed step and 17 ms an eager one); eager otherwise.
-AUTO_GRAPH_MIN_NEW_TOKENS = 8
-
-
-def auto_decode_mode(device: torch.device, backend: str, max_new_tokens: int) -> str:
-    """What decode="auto" runs: "cuda_graph" or "eager"."""
-    if device.type == "cuda" and backend == "triton" and max_new_tokens >= AUTO_GRAPH_MIN_NEW_TOKENS:
-        return "cuda_graph"
-    return "eager"
-
-
-def _offsets(lengths: list[int], device) -> torch.Tensor:
-    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.int64).cumsum(0).tolist()], dtype=torch.int32, device=device)
-
-
-def _positions(lengths: list[int], device) -> torch.Tensor:
-    return torch.cat([torch.arange(n, dtype=torch.int64) for n in lengths]).to(device)
-
-
 def _init_parameter(name: str, param: torch.Tensor, std: float) -> None:
     leaf = name.rsplit(".", 1)[-1]
     if "norm" in name and leaf == "weight":  # RMSNorm / LayerNorm scales
@@ -59,83 +33,6 @@ def _init_parameter(name: str, param: torch.Tensor, std: float) -> None:
         param.normal_(0.0, param.shape[1] ** -0.5)
     else:
         param.normal_(0.0, std)
-
-
-class _Clock:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self._sync()
-        self.last = time.perf_counter()
-
-    def _sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def lap(self) -> float:
-        self._sync()
-        now = time.perf_counter()
-        elapsed, self.last = now - self.last, now
-        return elapsed
-
-
-def _on_model_device(method):
-    """The method with the model's CUDA device current. CUDA graphs are captured and replayed, and
-    streams made, on the current device: a model on cuda:1 while cuda:0 is current would capture
-    nothing of its own step."""
-
-    @functools.wraps(method)
-    def on_device(self, *args, **kwargs):
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                return method(self, *args, **kwargs)
-        return method(self, *args, **kwargs)
-
-    return on_device
-
-
-def _with_model_pdl(method):
-    """The method with programmatic dependent launch as LLMConfig.programmatic_dependent_launch
-    says (the process-wide setting restored after). Set around the method rather than inside the
-    decode step: the launchers read it when they launch, and a CUDA graph keeps what its capture saw."""
-
-    @functools.wraps(method)
-    def with_pdl(self, *args, **kwargs):
-        with using_programmatic_dependent_launch(self.config.llm.programmatic_dependent_launch):
-            return method(self, *args, **kwargs)
-
-    return with_pdl
-
-
-def _graphs_supported(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
-def _run_on_side_stream(fn, x: torch.Tensor):
-    """fn(x) on a side stream, as CUDA-graph capture wants its first run (lazy library state is set
-    up outside the capture; the kernels compile and autotune there)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        out = fn(x)
-    torch.cuda.current_stream().wait_stream(side)
-    return out
-
-
-class _Graphed:
-    """fn of one tensor captured in a CUDA graph: a static input, static outputs that each replay
-    overwrites, and whatever fn writes in place (a decode step's KV cache and lengths). fn must have
-    run once at these shapes (`_run_on_side_stream`): capture refuses to compile or autotune."""
-
-    def __init__(self, fn, x: torch.Tensor):
-        self.input = x.clone()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.output = fn(self.input)
-
-    def __call__(self, x: torch.Tensor):
-        self.input.copy_(x)
-        self.graph.replay()
-        return self.output
 
 
 # Image encoder graphs kept per model, least recently used dropped first: one per batch shape, each
@@ -153,9 +50,12 @@ class AuroraEdgeV(nn.Module):
         self.compressor = TokenCompressor(config, backend)
         self.fusion = Fusion(config.llm, backend)
         self.llm = Qwen2LM(config.llm, backend)
-        self._compiled_decode_step = None
+        # bumped by each change of a run-time option (backend, fused projections, PDL, compressor): a
+        # runtime drops what it captured or compiled under the old ones
+        self.options_version = 0
+        self._runtimes: dict = {}  # (cache layout, page size) -> the Runtime generate runs on
         self.encoder_cuda_graphs = False
-        self._encoder_graphs: dict = {}  # key -> _Graphed, least recently used first
+        self._encoder_graphs: dict = {}  # key -> Graphed, least recently used first
         self.reset_parameters()
 
     @torch.no_grad()
@@ -182,6 +82,7 @@ class AuroraEdgeV(nn.Module):
             if hasattr(module, "backend"):
                 module.backend = backend
         self._encoder_graphs.clear()  # captured with the other backend's kernels
+        self.options_version += 1
         return self
 
     def set_encoder_cuda_graphs(self, enabled: bool) -> "AuroraEdgeV":
@@ -215,14 +116,15 @@ class AuroraEdgeV(nn.Module):
         llm = dataclasses.replace(self.config.llm, **{name: bool(enabled)})
         self.config = dataclasses.replace(self.config, llm=llm)
         self.llm.cfg = llm
-        self._compiled_decode_step = None  # traced with the other setting
+        self.options_version += 1  # steps compiled or captured with the other setting are stale
         return self
 
     @property
     def device(self) -> torch.device:
         return self.llm.embed_tokens.weight.device
 
-    def _check_requests(self, pixel_values, input_ids):
+    def check_requests(self, pixel_values, input_ids):
+        """pixel_values and input_ids as generate and prefill take them, or an error naming them."""
         vision = self.config.vision
         check_tensor("pixel_values", pixel_values, shape=(None, vision.num_channels, vision.image_size, vision.image_size),
                      layout="[B, C, H, W] at the vision tower's channels and image size", dtypes=PIXEL_DTYPES)  # fmt: skip
@@ -244,8 +146,10 @@ class AuroraEdgeV(nn.Module):
         if ids.numel() and should_check_values(ids) and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
             raise ValueError(f"{name}: expected token ids in [0, {vocab})")
 
-    def _eos_token_ids(self, eos_token_id) -> tuple[int, ...]:
+    def eos_token_ids(self, eos_token_id) -> tuple[int, ...]:
         """eos_token_id as generation_config.json holds it (None, an int, or a list of ints) -> a tuple."""
+        if eos_token_id is None:
+            return ()
         ids = (eos_token_id,) if isinstance(eos_token_id, int) else eos_token_id
         if not isinstance(ids, (tuple, list)) or not ids:
             raise TypeError(f"eos_token_id: expected an int, a non-empty list of ints or None, got {eos_token_id!r}")
@@ -255,34 +159,31 @@ class AuroraEdgeV(nn.Module):
                 raise ValueError(f"eos_token_id: expected token ids in [0, {self.config.llm.vocab_size}), got {token}")
         return tuple(ids)
 
-    def llm_inputs(self, pixel_values, input_ids, generated=None, reserve: int = 0):
-        """The packed LLM input of every request: (x [T, C], positions [T], lengths [B] as ints).
+    def llm_inputs(self, pixel_values, input_ids, generated=None, reserve: int = 0, cache: KVCache | None = None):
+        """The packed LLM input of every request, x [T, C], and its PrefillPlan (offsets, positions,
+        the cache slots of `cache`'s first B sequences when given).
 
         Request b contributes Vc[b], its fused prompt T'[b] and, if given, the embeddings of the tokens
         `generated[b]` that followed (what a no-cache recompute of a generation sees). `reserve`: new
-        tokens still to come; every request must fit the LLM's positions with them."""
-        self._check_requests(pixel_values, input_ids)
-        prompt_lengths = [int(ids.numel()) for ids in input_ids]
+        tokens still to come; every request must fit the LLM's positions with them. Everything taken
+        from the host is sent before the first launch (PrefillPlan): no read of the device follows."""
+        self.check_requests(pixel_values, input_ids)
         extra = [len(tokens) for tokens in generated] if generated is not None else [0] * len(input_ids)
-        needed = self.config.visual_tokens + max(n + g for n, g in zip(prompt_lengths, extra)) + reserve
+        needed = self.config.visual_tokens + max(int(ids.numel()) + g for ids, g in zip(input_ids, extra)) + reserve
         if needed > self.config.llm.max_position_embeddings:
             raise ValueError(
                 f"input_ids: the longest request needs {needed} positions (visual tokens + prompt + generated + new "
                 f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
             )
         device = self.device
-        visual, compressed = self._encode(pixel_values.to(device))
-        prompts = self.llm.embed_tokens(torch.cat(list(input_ids)).to(device))
-        cos, sin = self.llm.rotary(_positions(prompt_lengths, device))
-        fused = self.fusion(prompts, visual, _offsets(prompt_lengths, device), max(prompt_lengths), cos, sin)
-        pieces, start = [], 0
-        for b, length in enumerate(prompt_lengths):
-            pieces += [compressed[b], fused[start : start + length]]
-            if generated is not None and len(generated[b]):
-                pieces.append(self.llm.embed_tokens(torch.as_tensor(generated[b], dtype=torch.int64, device=device)))
-            start += length
-        lengths = [compressed.shape[1] + n + g for n, g in zip(prompt_lengths, extra)]
-        return torch.cat(pieces), _positions(lengths, device), lengths
+        pixel_values = pixel_values.to(device, non_blocking=True)
+        plan = build_prefill_plan(input_ids, self.config.visual_tokens, device, cache, generated)
+        visual, compressed = self._encode(pixel_values)
+        ids = plan.input_ids if plan.input_ids is not None else torch.cat(list(input_ids)).to(device)
+        cos, sin = self.llm.rotary(plan.text_positions)
+        fused = self.fusion(self.llm.embed_tokens(ids), visual, plan.text_offsets, plan.max_prompt_length, cos, sin)
+        stacked = torch.cat([compressed.flatten(0, 1), fused, self.llm.embed_tokens(plan.generated_ids)])
+        return stacked[plan.gather], plan
 
     def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values [B, 3, H, W] -> (V [B, N, C], the projected visual tokens the fusion attends
@@ -295,7 +196,7 @@ class AuroraEdgeV(nn.Module):
         outputs are the graph's buffers, overwritten by the next replay: prefill consumes them first."""
         if not self.encoder_cuda_graphs:
             return self.encode_images(pixel_values)
-        if not _graphs_supported(pixel_values.device):
+        if not graphs_supported(pixel_values.device):
             raise ValueError(f"set_encoder_cuda_graphs: CUDA graphs need the model on a CUDA device, got {pixel_values.device}")
         if torch.is_grad_enabled():
             return self.encode_images(pixel_values)
@@ -304,8 +205,8 @@ class AuroraEdgeV(nn.Module):
                tuple(p.data_ptr() for part in parts for p in part.parameters()))  # fmt: skip
         graphed = self._encoder_graphs.pop(key, None)
         if graphed is None:
-            outputs = _run_on_side_stream(self.encode_images, pixel_values)  # compiles and autotunes
-            graphed = _Graphed(self.encode_images, pixel_values)
+            outputs = run_on_side_stream(self.encode_images, pixel_values)  # compiles and autotunes
+            graphed = Graphed(self.encode_images, pixel_values)
             while len(self._encoder_graphs) >= MAX_ENCODER_GRAPHS:
                 self._encoder_graphs.pop(next(iter(self._encoder_graphs)))
             self._encoder_graphs[key] = graphed
@@ -313,104 +214,67 @@ class AuroraEdgeV(nn.Module):
         self._encoder_graphs[key] = graphed  # now the most recently used
         return graphed(pixel_values)
 
-    @torch.no_grad()
-    @_on_model_device
-    @_with_model_pdl
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
                  page_size: int = 16, decode: str = "auto", return_logits: bool = False,
                  stats: dict | None = None):  # fmt: skip
         """Greedy batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64
         prompts of any lengths; eos_token_id None, an int or a list of ints (as generation_config.json
-        holds it): a request ends at the first token that is any of them. Returns the new tokens of each
-        request (up to and including its EOS);
-        with return_logits, also each request's logits [steps, vocab] (float32) behind those tokens.
+        holds it): a request ends at the first token that is any of them. Returns the new tokens of
+        each request (up to and including its EOS); with return_logits, also each request's logits
+        [steps, vocab] (float32) behind those tokens.
 
+        It runs on a `aurora_kernels.runtime.Runtime` the model keeps per cache layout, which grows to
+        the largest request seen: its KV cache is allocated once, and its decode steps are captured
+        once per batch bucket, not per request. A serving loop makes its own Runtime, with fixed limits.
         cache: "contiguous" ([B, S_max, Hkv, D] per layer) or "paged" (pages of `page_size` tokens).
         decode: "eager", "compile" (torch.compile of the step, no graph break), "cuda_graph" (the step
-        captured once and replayed; EOS is then only checked at the end, so no step waits on the host),
-        or "auto": "cuda_graph" for the Triton kernels on a GPU and at least AUTO_GRAPH_MIN_NEW_TOKENS
-        new tokens, else "eager" (`auto_decode_mode`).
+        captured once per batch bucket and replayed; EOS checked every few steps), or "auto":
+        "cuda_graph" for the Triton kernels on a GPU and at least AUTO_GRAPH_MIN_NEW_TOKENS new
+        tokens, else "eager" (`aurora_kernels.runtime.auto_decode_mode`).
         stats: a dict to receive "decode" (the mode that ran), "prefill_s" (up to the first token's
-        logits), "decode_s" and "decode_steps" (wall clock, the device synchronised at each mark); with "cuda_graph" also
-        "graph_setup_s", the part of decode_s spent on the first step (run eagerly) and the capture,
-        so that the replays' own time per step is (decode_s - graph_setup_s) / (decode_steps - 1).
+        logits), "decode_s" and "decode_steps" (wall clock, the device synchronised at each mark);
+        where this call captured its bucket's step, also "graph_setup_s", the part of decode_s spent
+        on the first step (run eagerly) and the capture.
         """
-        clock = _Clock(self.device) if stats is not None else None
-        check_int("max_new_tokens", max_new_tokens, minimum=1)
-        eos_ids = self._eos_token_ids(eos_token_id) if eos_token_id is not None else ()
+        from aurora_kernels.runtime import DECODE_MODES, Runtime  # the runtime sits above the model
+
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
-        if decode == "auto":
-            decode = auto_decode_mode(self.device, self.backend, max_new_tokens)
-        if stats is not None:
-            stats["decode"] = decode
-        if decode == "cuda_graph" and self.device.type != "cuda":
-            raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {self.device}")
-        logits, kv = self.prefill(pixel_values, input_ids, max_new_tokens, cache=cache, page_size=page_size)
-        batch, device = logits.shape[0], self.device
-        if clock is not None:
-            stats["prefill_s"] = clock.lap()
-
-        def step(tokens):
-            return self.decode_step(tokens, kv)
-
-        if decode == "compile":
-            if self._compiled_decode_step is None:  # one compiled function: its guards are on shapes, not on kv
-                self._compiled_decode_step = torch.compile(self.decode_step, fullgraph=True)
-            compiled = self._compiled_decode_step
-            run_step = lambda tokens: compiled(tokens, kv)  # noqa: E731
-        else:
-            run_step = step
-        steps_tokens, steps_logits, graph_setup_s = [], [], 0.0
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        eos = torch.tensor(eos_ids, dtype=torch.int64, device=device)
-        for index in range(max_new_tokens):
-            tokens = logits.argmax(-1)
-            steps_tokens.append(tokens)
-            steps_logits.append(logits.to(torch.float32, copy=True))  # a graph replay overwrites logits
-            if eos_ids and decode != "cuda_graph":
-                finished |= torch.isin(tokens, eos)
-                if bool(finished.all()):  # one host sync a step, to stop early
-                    break
-            if index == max_new_tokens - 1:
-                break
-            if decode == "cuda_graph" and index == 0:
-                logits = _run_on_side_stream(step, tokens)  # a real step, and it compiles the kernels
-                run_step = _Graphed(step, tokens)
-                if clock is not None:
-                    graph_setup_s = stats["graph_setup_s"] = clock.lap()
-            else:
-                logits = run_step(tokens)
-        if clock is not None:
-            stats["decode_s"], stats["decode_steps"] = clock.lap() + graph_setup_s, len(steps_tokens) - 1
-
-        all_tokens = torch.stack(steps_tokens, 1).tolist()  # [B, steps]
-        outputs, out_logits = [], []
-        for b, row in enumerate(all_tokens):
-            keep = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))  # up to its first EOS
-            outputs.append(row[:keep])
-            out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
-        return (outputs, out_logits) if return_logits else outputs
+        key = (cache, page_size)
+        if key not in self._runtimes:
+            batch = len(input_ids) if isinstance(input_ids, (list, tuple)) and input_ids else 1
+            self._runtimes[key] = Runtime(self, max_batch=batch, max_length=1, cache=cache, page_size=page_size, grow=True)
+        return self._runtimes[key].generate(pixel_values, input_ids, max_new_tokens, eos_token_id, decode=decode,
+                                            return_logits=return_logits, stats=stats)  # fmt: skip
 
     @torch.no_grad()
-    def prefill(self, pixel_values, input_ids, max_new_tokens: int, *, cache: str = "contiguous", page_size: int = 16):
-        """The requests' prompts (vision tower, compressor, fusion, LLM prefill) into a fresh KV cache
-        with room for `max_new_tokens` more tokens per request. Returns (logits [B, vocab] at each
-        request's last position, the cache with its lengths on the device): where `generate` starts,
-        and where a caller that runs `decode_step` itself (a serving loop, a profiler) starts."""
+    def prefill(self, pixel_values, input_ids, max_new_tokens: int, *, cache: str = "contiguous", page_size: int = 16,
+                kv: KVCache | None = None):  # fmt: skip
+        """The requests' prompts (vision tower, compressor, fusion, LLM prefill) into a KV cache with
+        room for `max_new_tokens` more tokens per request: a fresh one, or `kv` (B sequences, e.g.
+        the first rows of a runtime's cache, `KVCache.rows`), whose lengths it sets. Returns (logits
+        [B, vocab] at each request's last position, the cache with its lengths on the device): where
+        `generate` starts, and where a caller that runs `decode_step` itself (a serving loop, a
+        profiler) starts. Nothing in it reads the device back."""
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if cache not in CACHE_LAYOUTS:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
         check_int("page_size", page_size)
-        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens)
-        batch, device, cfg = len(lengths), self.device, self.config.llm
-        kv = KVCache(cfg.num_layers, batch, max(lengths) + max_new_tokens, cfg.num_kv_heads, cfg.head_dim, x.dtype, device,
-                     page_size if cache == "paged" else None)  # fmt: skip
-        batch_index = torch.repeat_interleave(torch.arange(batch), torch.tensor(lengths)).to(device)
-        hidden = self.llm.prefill(x, positions, _offsets(lengths, device), max(lengths), kv, kv.slots(batch_index, positions))
-        last_rows = _offsets(lengths, device)[1:].long() - 1
-        kv.seqlens.copy_(torch.tensor(lengths, dtype=torch.int32))
-        return self.llm.logits(hidden[last_rows]), kv
+        self.check_requests(pixel_values, input_ids)  # before the cache is sized from them
+        batch, cfg = len(input_ids), self.config.llm
+        if kv is None:
+            capacity = self.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens
+            kv = KVCache(cfg.num_layers, batch, capacity, cfg.num_kv_heads, cfg.head_dim, self.llm.embed_tokens.weight.dtype,
+                         self.device, page_size if cache == "paged" else None)  # fmt: skip
+        elif not isinstance(kv, KVCache) or kv.batch != batch:
+            raise ValueError(f"kv: expected a KVCache of {batch} sequences (KVCache.rows), got {kv!r}")
+        x, plan = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens, cache=kv)
+        if plan.max_length + max_new_tokens > kv.capacity:
+            raise ValueError(f"kv: the longest request needs {plan.max_length + max_new_tokens} positions (visual tokens + "
+                             f"prompt + new tokens), over the cache's capacity {kv.capacity}")  # fmt: skip
+        hidden = self.llm.prefill(x, plan.positions, plan.offsets, plan.max_length, kv, plan.slots)
+        kv.seqlens.copy_(plan.seqlens)
+        return self.llm.logits(hidden[plan.last_rows]), kv
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, kv: KVCache) -> torch.Tensor:
@@ -446,10 +310,10 @@ class AuroraEdgeV(nn.Module):
         """Recompute each request's full sequence (visual tokens, fused prompt, generated tokens) with
         no cache; returns per request the logits [len(generated[b]), vocab] (float32) that predicted
         each generated token: the check on `generate`."""
-        x, positions, lengths = self.llm_inputs(pixel_values, input_ids, [g[:-1] for g in generated])
-        hidden = self.llm.prefill(x, positions, _offsets(lengths, self.device), max(lengths))
+        x, plan = self.llm_inputs(pixel_values, input_ids, [g[:-1] for g in generated])
+        hidden = self.llm.prefill(x, plan.positions, plan.offsets, plan.max_length)
         out, start = [], 0
-        for length, tokens in zip(lengths, generated):
+        for length, tokens in zip(plan.lengths, generated):
             first = start + length - (len(tokens) - 1) - 1  # the row that predicted the first new token
             out.append(self.llm.logits(hidden[first : start + length]).float())
             start += length

@@ -3,10 +3,13 @@
 
 `seqlens` (int32 [B], on the device) counts the tokens cached per sequence; prefill writes the
 prompts' K/V through `write` and sets it, each decode step appends one token in the kernel
-(`decode_attention(k=, v=)`) and then advances it.
+(`decode_attention(k=, v=)`) and then advances it. The block table is fixed when the cache is made
+(a copy stays on the host, so a prefill's slots are computed there, without reading the device).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -18,25 +21,41 @@ class KVCache:
         self.batch, self.capacity, self.page_size = batch, capacity, page_size
         if page_size is None:
             shape = (batch, capacity, heads_kv, head_dim)
-            self.block_table = None
+            self.block_table, self._pages = None, []
         else:
             if page_size not in PAGED_BLOCK_SIZES:
                 raise ValueError(f"page_size: expected one of {PAGED_BLOCK_SIZES}, got {page_size}")
             pages = -(-capacity // page_size)
             # pages handed out in reverse, so a sequence's pages are not simply consecutive in the pool
-            order = torch.arange(batch * pages - 1, -1, -1, dtype=torch.int32, device=device)
-            self.block_table = order.view(batch, pages)
+            order = list(range(batch * pages - 1, -1, -1))
+            self._pages = [order[b * pages : (b + 1) * pages] for b in range(batch)]  # the block table, on the host
+            self.block_table = torch.tensor(self._pages, dtype=torch.int32, device=device)
             shape = (batch * pages, page_size, heads_kv, head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
 
-    def slots(self, batch_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Row of each (sequence, position) in a layer's cache viewed as [rows, Hkv, D] (int64)."""
+    def rows(self, batch: int) -> "KVCache":
+        """The first `batch` sequences of this cache, sharing its memory (a smaller batch of requests
+        decoding in a cache made for more)."""
+        if not 1 <= batch <= self.batch:
+            raise ValueError(f"batch: expected 1 to {self.batch} sequences of this cache, got {batch}")
+        view = copy.copy(self)
+        view.batch, view.seqlens = batch, self.seqlens[:batch]
         if self.block_table is None:
-            return batch_index * self.capacity + positions
-        pages = self.block_table[batch_index, positions // self.page_size].long()
-        return pages * self.page_size + positions % self.page_size
+            view.k, view.v = [k[:batch] for k in self.k], [v[:batch] for v in self.v]
+        else:
+            view.block_table, view._pages = self.block_table[:batch], self._pages[:batch]
+        return view
+
+    def host_slots(self, sequence: int, length: int) -> list[int]:
+        """Rows of positions 0 .. length-1 of `sequence` in a layer's cache viewed as [rows, Hkv, D],
+        computed on the host."""
+        if self.block_table is None:
+            start = sequence * self.capacity
+            return list(range(start, start + length))
+        pages = self._pages[sequence]
+        return [pages[p // self.page_size] * self.page_size + p % self.page_size for p in range(length)]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         """k, v [T, Hkv, D] (any strides) into rows `slots` of layer `layer`."""

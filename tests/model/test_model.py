@@ -201,7 +201,7 @@ def test_decode_modes_match_eager(decode, device, gen):
 
 
 def test_auto_decode_mode_graphs_the_kernels_on_a_gpu_where_it_pays():
-    from aurora_kernels.model.aurora import AUTO_GRAPH_MIN_NEW_TOKENS, auto_decode_mode
+    from aurora_kernels.runtime import AUTO_GRAPH_MIN_NEW_TOKENS, auto_decode_mode
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert auto_decode_mode(cuda, "triton", AUTO_GRAPH_MIN_NEW_TOKENS) == "cuda_graph"
@@ -252,9 +252,9 @@ def test_encoder_graphs_are_keyed_on_shape_weights_and_compressor(device, gen, m
     least recently used dropped; grad mode runs eagerly. The answer is eager's every time."""
     from aurora_kernels.model import aurora
 
-    monkeypatch.setattr(aurora, "_graphs_supported", lambda device: True)
-    monkeypatch.setattr(aurora, "_run_on_side_stream", lambda fn, x: fn(x))
-    monkeypatch.setattr(aurora, "_Graphed", _EagerGraph)
+    monkeypatch.setattr(aurora, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(aurora, "run_on_side_stream", lambda fn, x: fn(x))
+    monkeypatch.setattr(aurora, "Graphed", _EagerGraph)
     monkeypatch.setattr(_EagerGraph, "captured", [])
     model = tiny_model(device, "mlp")
     graphed = tiny_model(device, "mlp").set_encoder_cuda_graphs(True)

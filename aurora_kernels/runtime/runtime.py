@@ -1,0 +1,275 @@
+"""The request runtime: AuroraEdgeV's requests run on state made once, not per request.
+
+As gpt-fast keeps generate.py beside model.py, and FlashInfer's wrappers keep their state in an object
+the caller holds, a `Runtime` owns what requests share, for one model:
+
+- the KV cache (contiguous or paged) for `max_batch` sequences of `max_length` positions, allocated
+  once. A batch of B requests runs in the smallest batch bucket (1, 2, 4, 8, 16, 32, ... up to
+  max_batch) that holds it, in the cache's first rows; its extra rows are inert (length 0, token 0:
+  they attend to rows of their own that no request reads).
+- per bucket, the decode step's static state on the device: its token buffer, a step counter and a
+  token history; and where decode runs from a CUDA graph, the step captured once. A later request of
+  a seen bucket captures nothing: it replays from its first step.
+
+Each decode step samples on the device (argmax) and records its tokens in the history; the host reads
+the history once at the end, and in between only to stop early at EOS: after each step when decoding
+eagerly, every EOS_CHECK_INTERVAL steps from a graph or a compiled step.
+
+A runtime made with grow=True (the one `AuroraEdgeV.generate` keeps) reallocates, larger, when a
+request does not fit; otherwise such a request is a ValueError that names the limit. A change to the
+model's run-time options (backend, fused projections, PDL), its device, dtype or embedding weight
+drops the captured steps, which would replay what they saw.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
+from aurora_kernels._validation import check_int
+from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+CACHE_LAYOUTS = ("contiguous", "paged")
+# How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
+# one CUDA graph of the step per batch bucket, captured on the bucket's first request (needs a GPU).
+DECODE_MODES = ("auto", "eager", "compile", "cuda_graph")
+# decode="auto": the CUDA graph where the step can be captured (the kernels on a GPU; the eager
+# reference reads cache lengths on the host) and where the capture pays (the first step run eagerly
+# plus the capture cost two or three eager steps: docs/performance-log.md); eager otherwise.
+AUTO_GRAPH_MIN_NEW_TOKENS = 8
+EOS_CHECK_INTERVAL = 16
+LENGTH_GRANULE = 256  # a growing runtime's max_length is a multiple of this
+
+
+def auto_decode_mode(device: torch.device, backend: str, max_new_tokens: int) -> str:
+    """What decode="auto" runs: "cuda_graph" or "eager"."""
+    if device.type == "cuda" and backend == "triton" and max_new_tokens >= AUTO_GRAPH_MIN_NEW_TOKENS:
+        return "cuda_graph"
+    return "eager"
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes decode steps run at: BATCH_BUCKETS below max_batch, then max_batch."""
+    return (*(b for b in BATCH_BUCKETS if b < max_batch), max_batch)
+
+
+def _on_model_device(method):
+    """The method with the model's CUDA device current. CUDA graphs are captured and replayed, and
+    streams made, on the current device: a model on cuda:1 while cuda:0 is current would capture
+    nothing of its own step."""
+
+    @functools.wraps(method)
+    def on_device(self, *args, **kwargs):
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                return method(self, *args, **kwargs)
+        return method(self, *args, **kwargs)
+
+    return on_device
+
+
+class _Clock:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._sync()
+        self.last = time.perf_counter()
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def lap(self) -> float:
+        self._sync()
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+class _Bucket:
+    """One batch bucket's decode state: the cache's first `size` rows, the token buffer the step reads
+    and overwrites with its sample, the step counter and the token history [max_length, size] it
+    writes, and how the step runs (a compiled function or a captured graph, made on first use)."""
+
+    def __init__(self, cache: KVCache, size: int, max_length: int):
+        device = cache.seqlens.device
+        self.size, self.kv = size, cache.rows(size)
+        self.tokens = torch.zeros(size, dtype=torch.int64, device=device)
+        self.step = torch.zeros(1, dtype=torch.int64, device=device)
+        self.history = torch.zeros(max_length, size, dtype=torch.int64, device=device)
+        self.runs: dict[str, object] = {}  # decode mode -> compiled step or Graphed
+
+    def start(self, first_tokens: torch.Tensor) -> None:
+        """A new request: its first tokens (from the prefill) in the buffer and the history, the rows
+        past it inert."""
+        batch = first_tokens.shape[0]
+        self.kv.seqlens[batch:].zero_()
+        self.tokens.zero_()
+        self.tokens[:batch].copy_(first_tokens)
+        self.history[0].copy_(self.tokens)
+        self.step.fill_(1)
+
+
+class Runtime:
+    def __init__(self, model, max_batch: int = 8, max_length: int = 1024, *, cache: str = "contiguous",
+                 page_size: int = 16, decode: str = "auto", grow: bool = False):  # fmt: skip
+        """model: an AuroraEdgeV. max_batch: requests per call; max_length: positions per request
+        (visual tokens + prompt + new tokens). cache: "contiguous" or "paged" (pages of page_size).
+        decode: how steps run (DECODE_MODES). grow: reallocate for a request that does not fit,
+        instead of refusing it."""
+        check_int("max_batch", max_batch, minimum=1)
+        check_int("max_length", max_length, minimum=1)
+        check_int("page_size", page_size)
+        if cache not in CACHE_LAYOUTS:
+            raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
+        self.model, self.cache_layout, self.page_size, self.decode, self.grow = model, cache, page_size, decode, grow
+        self.captures = 0  # decode steps captured in a CUDA graph, over the runtime's life
+        self._allocate(max_batch, max_length)
+
+    def _allocate(self, max_batch: int, max_length: int) -> None:
+        model, cfg = self.model, self.model.config.llm
+        self.max_batch, self.max_length = max_batch, max_length
+        self.cache = KVCache(cfg.num_layers, max_batch, max_length, cfg.num_kv_heads, cfg.head_dim, self._dtype(),
+                             model.device, self.page_size if self.cache_layout == "paged" else None)  # fmt: skip
+        self._buckets: dict[int, _Bucket] = {}
+        self._model_state = self._model_fingerprint()
+
+    def _dtype(self) -> torch.dtype:
+        return self.model.llm.embed_tokens.weight.dtype
+
+    def _model_fingerprint(self) -> tuple:
+        weight = self.model.llm.embed_tokens.weight
+        return (self.model.options_version, weight.device, weight.dtype, weight.data_ptr())
+
+    def bucket_size(self, batch: int) -> int:
+        return next(b for b in batch_buckets(self.max_batch) if b >= batch)
+
+    def _fit(self, batch: int, length: int) -> None:
+        """Room for `batch` requests of up to `length` positions: the cache as it is, a larger one
+        (grow), or a ValueError that names the limit and how to raise it. The captured steps are
+        dropped when the model changed under them."""
+        if self._model_fingerprint() != self._model_state:
+            same_place = self.cache.seqlens.device == self.model.device and self.cache.k[0].dtype == self._dtype()
+            if not same_place and not self.grow:
+                raise ValueError(f"model: moved to {self.model.device} / {self._dtype()} after its Runtime was made; make a new Runtime")
+            if same_place:
+                self._buckets.clear()
+                self._model_state = self._model_fingerprint()
+            else:
+                self._allocate(self.max_batch, self.max_length)
+        if batch <= self.max_batch and length <= self.max_length:
+            return
+        if not self.grow:
+            if batch > self.max_batch:
+                raise ValueError(f"input_ids: {batch} requests, over the runtime's max_batch {self.max_batch}; make the "
+                                 f"Runtime with max_batch >= {batch}")  # fmt: skip
+            raise ValueError(f"max_new_tokens: the longest request needs {length} positions (visual tokens + prompt + new "
+                             f"tokens), over the runtime's max_length {self.max_length}; make the Runtime with "
+                             f"max_length >= {length}")  # fmt: skip
+        wanted_batch = max(self.max_batch, next((b for b in BATCH_BUCKETS if b >= batch), batch))
+        wanted_length = max(self.max_length, -(-length // LENGTH_GRANULE) * LENGTH_GRANULE)
+        self._allocate(wanted_batch, min(wanted_length, self.model.config.llm.max_position_embeddings))
+
+    def _bucket(self, batch: int) -> _Bucket:
+        size = self.bucket_size(batch)
+        if size not in self._buckets:
+            self._buckets[size] = _Bucket(self.cache, size, self.max_length)
+        return self._buckets[size]
+
+    def _step_function(self, bucket: _Bucket):
+        """The decode step on the bucket's state: tokens -> logits, the sample written back into
+        tokens and the history, every tensor static (what a graph or a compiled step needs)."""
+        model = self.model
+
+        def step(tokens):
+            logits = model.decode_step(tokens, bucket.kv)
+            sample = logits.argmax(-1)
+            bucket.history.index_copy_(0, bucket.step, sample[None])
+            bucket.step.add_(1)
+            tokens.copy_(sample)
+            return logits
+
+        return step
+
+    def _run_step(self, bucket: _Bucket, mode: str, timings: dict) -> torch.Tensor:
+        """One decode step of the bucket, in `mode`; the first in "cuda_graph" mode runs eagerly and
+        then captures (its time in timings["graph_setup_s"])."""
+        if mode == "eager":
+            return self._step_function(bucket)(bucket.tokens)
+        run = bucket.runs.get(mode)
+        if mode == "compile":
+            if run is None:
+                run = bucket.runs[mode] = torch.compile(self._step_function(bucket), fullgraph=True)
+            return run(bucket.tokens)
+        if run is not None:
+            return run.replay()
+        start = time.perf_counter()
+        step = self._step_function(bucket)
+        logits = run_on_side_stream(step, bucket.tokens)  # a real step; it compiles and autotunes the kernels
+        graphed = bucket.runs[mode] = Graphed(step, bucket.tokens)
+        bucket.tokens = graphed.input  # the graph reads and writes its own copy from now on
+        self.captures += 1
+        timings["graph_setup_s"] = time.perf_counter() - start
+        return logits
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.no_grad()
+    @_on_model_device
+    def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, decode: str | None = None,
+                 return_logits: bool = False, stats: dict | None = None):  # fmt: skip
+        """Greedy batched generation (AuroraEdgeV.generate's arguments and result) on this runtime's
+        cache and captured steps; decode: this call's mode instead of the runtime's."""
+        model = self.model
+        check_int("max_new_tokens", max_new_tokens, minimum=1)
+        eos_ids = model.eos_token_ids(eos_token_id)
+        decode = self.decode if decode is None else decode
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
+        mode = decode if decode != "auto" else auto_decode_mode(model.device, model.backend, max_new_tokens)
+        if mode == "cuda_graph" and not graphs_supported(model.device):
+            raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {model.device}")
+        model.check_requests(pixel_values, input_ids)
+        batch = len(input_ids)
+        self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
+        with using_programmatic_dependent_launch(model.config.llm.programmatic_dependent_launch):
+            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, return_logits, stats)
+
+    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, return_logits, stats):
+        model, batch = self.model, len(input_ids)
+        clock = _Clock(model.device) if stats is not None else None
+        bucket = self._bucket(batch)
+        logits, _ = model.prefill(pixel_values, input_ids, max_new_tokens, kv=bucket.kv.rows(batch))
+        bucket.start(logits.argmax(-1))
+        steps_logits = [logits.to(torch.float32, copy=True)] if return_logits else []
+        eos = torch.tensor(eos_ids, dtype=torch.int64, device=model.device) if eos_ids else None
+        timings: dict = {}
+        if clock is not None:
+            stats["decode"], stats["prefill_s"] = mode, clock.lap()
+        steps = 1  # tokens in the history
+        while steps < max_new_tokens:
+            if eos is not None and (mode == "eager" or steps % EOS_CHECK_INTERVAL == 0):
+                if bool(torch.isin(bucket.history[:steps, :batch], eos).any(0).all()):  # a host sync, to stop early
+                    break
+            logits = self._run_step(bucket, mode, timings)
+            steps += 1
+            if return_logits:
+                steps_logits.append(logits[:batch].to(torch.float32, copy=True))  # a replay overwrites logits
+        if clock is not None:
+            stats["decode_s"], stats["decode_steps"] = clock.lap(), steps - 1
+            stats.update(timings)
+        outputs, out_logits = [], []
+        for b, row in enumerate(bucket.history[:steps, :batch].t().tolist()):
+            keep = next((i + 1 for i, token in enumerate(row) if token in eos_ids), len(row))  # up to its first EOS
+            outputs.append(row[:keep])
+            if return_logits:
+                out_logits.append(torch.stack([s[b] for s in steps_logits[:keep]]))
+        return (outputs, out_logits) if return_logits else outputs
