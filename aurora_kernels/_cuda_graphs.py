@@ -26,10 +26,12 @@ class Graphed:
     input). fn must have run once at these shapes (`run_on_side_stream`): capture refuses to compile
     or autotune."""
 
-    def __init__(self, fn, x: torch.Tensor):
+    def __init__(self, fn, x: torch.Tensor, pool=None):
+        """pool: a memory pool (torch.cuda.graph_pool_handle()) shared with graphs that are never
+        replayed at the same time as this one, and whose outputs are read before it replays."""
         self.input = x.clone()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=pool):
             self.output = fn(self.input)
 
     def __call__(self, x: torch.Tensor):

@@ -20,7 +20,7 @@ from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.llm import Qwen2LM
-from aurora_kernels.model.prefill_plan import build_prefill_plan
+from aurora_kernels.model.prefill_plan import PaddedShape, PrefillPlan, build_prefill_plan
 from aurora_kernels.model.vision import VisionTower
 
 CACHE_LAYOUTS = ("contiguous", "paged")
@@ -159,14 +159,10 @@ class AuroraEdgeV(nn.Module):
                 raise ValueError(f"eos_token_id: expected token ids in [0, {self.config.llm.vocab_size}), got {token}")
         return tuple(ids)
 
-    def llm_inputs(self, pixel_values, input_ids, generated=None, reserve: int = 0, cache: KVCache | None = None):
-        """The packed LLM input of every request, x [T, C], and its PrefillPlan (offsets, positions,
-        the cache slots of `cache`'s first B sequences when given).
-
-        Request b contributes Vc[b], its fused prompt T'[b] and, if given, the embeddings of the tokens
-        `generated[b]` that followed (what a no-cache recompute of a generation sees). `reserve`: new
-        tokens still to come; every request must fit the LLM's positions with them. Everything taken
-        from the host is sent before the first launch (PrefillPlan): no read of the device follows."""
+    def plan_prefill(self, pixel_values, input_ids, reserve: int = 0, cache: KVCache | None = None, generated=None, *,
+                     padded: PaddedShape | None = None, into=None) -> PrefillPlan:  # fmt: skip
+        """The checked requests' PrefillPlan (build_prefill_plan): `reserve` new tokens still to come
+        must fit the LLM's positions (and `cache`, when given) with every request."""
         self.check_requests(pixel_values, input_ids)
         extra = [len(tokens) for tokens in generated] if generated is not None else [0] * len(input_ids)
         needed = self.config.visual_tokens + max(int(ids.numel()) + g for ids, g in zip(input_ids, extra)) + reserve
@@ -175,15 +171,20 @@ class AuroraEdgeV(nn.Module):
                 f"input_ids: the longest request needs {needed} positions (visual tokens + prompt + generated + new "
                 f"tokens), over the LLM's max_position_embeddings {self.config.llm.max_position_embeddings}"
             )
-        device = self.device
-        pixel_values = pixel_values.to(device, non_blocking=True)
-        plan = build_prefill_plan(input_ids, self.config.visual_tokens, device, cache, generated)
-        visual, compressed = self._encode(pixel_values)
-        ids = plan.input_ids if plan.input_ids is not None else torch.cat(list(input_ids)).to(device)
+        if cache is not None and needed > cache.capacity:
+            raise ValueError(f"kv: the longest request needs {needed} positions (visual tokens + prompt + new tokens), "
+                             f"over the cache's capacity {cache.capacity}")  # fmt: skip
+        return build_prefill_plan(input_ids, self.config.visual_tokens, self.device, cache, generated, padded=padded, into=into)
+
+    def llm_input(self, pixel_values: torch.Tensor, plan: PrefillPlan, encoder_graphs: bool = True) -> torch.Tensor:
+        """The packed LLM input x [rows, C] of a plan's requests: Vc[b], the fused prompt T'[b] and
+        the embeddings of the tokens generated after it, request after request. Static shapes for a
+        padded plan (pixel_values padded to its batch); encoder_graphs=False inside a capture of its own."""
+        pixel_values = pixel_values.to(self.device, non_blocking=True)
+        visual, compressed = self._encode(pixel_values) if encoder_graphs else self.encode_images(pixel_values)
         cos, sin = self.llm.rotary(plan.text_positions)
-        fused = self.fusion(self.llm.embed_tokens(ids), visual, plan.text_offsets, plan.max_prompt_length, cos, sin)
-        stacked = torch.cat([compressed.flatten(0, 1), fused, self.llm.embed_tokens(plan.generated_ids)])
-        return stacked[plan.gather], plan
+        fused = self.fusion(self.llm.embed_tokens(plan.input_ids), visual, plan.text_offsets, plan.max_prompt_length, cos, sin)
+        return torch.cat([compressed.flatten(0, 1), fused, self.llm.embed_tokens(plan.generated_ids)])[plan.gather]
 
     def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values [B, 3, H, W] -> (V [B, N, C], the projected visual tokens the fusion attends
@@ -268,13 +269,16 @@ class AuroraEdgeV(nn.Module):
                          self.device, page_size if cache == "paged" else None)  # fmt: skip
         elif not isinstance(kv, KVCache) or kv.batch != batch:
             raise ValueError(f"kv: expected a KVCache of {batch} sequences (KVCache.rows), got {kv!r}")
-        x, plan = self.llm_inputs(pixel_values, input_ids, reserve=max_new_tokens, cache=kv)
-        if plan.max_length + max_new_tokens > kv.capacity:
-            raise ValueError(f"kv: the longest request needs {plan.max_length + max_new_tokens} positions (visual tokens + "
-                             f"prompt + new tokens), over the cache's capacity {kv.capacity}")  # fmt: skip
-        hidden = self.llm.prefill(x, plan.positions, plan.offsets, plan.max_length, kv, plan.slots)
+        return self.run_prefill(pixel_values, self.plan_prefill(pixel_values, input_ids, max_new_tokens, kv), kv), kv
+
+    def run_prefill(self, pixel_values: torch.Tensor, plan: PrefillPlan, kv: KVCache, encoder_graphs: bool = True):
+        """The device part of a prefill: its plan's requests into kv (its first sequences), their
+        lengths set; logits [kv.batch, vocab] at each sequence's last row. Reads nothing back from
+        the device; with a padded plan every shape is static (what a CUDA graph captures)."""
+        hidden = self.llm.prefill(self.llm_input(pixel_values, plan, encoder_graphs), plan.positions, plan.offsets,
+                                  plan.max_length, kv, plan.slots)  # fmt: skip
         kv.seqlens.copy_(plan.seqlens)
-        return self.llm.logits(hidden[plan.last_rows]), kv
+        return self.llm.logits(hidden[plan.last_rows])
 
     @torch.no_grad()
     def decode_step(self, tokens: torch.Tensor, kv: KVCache) -> torch.Tensor:
@@ -310,8 +314,8 @@ class AuroraEdgeV(nn.Module):
         """Recompute each request's full sequence (visual tokens, fused prompt, generated tokens) with
         no cache; returns per request the logits [len(generated[b]), vocab] (float32) that predicted
         each generated token: the check on `generate`."""
-        x, plan = self.llm_inputs(pixel_values, input_ids, [g[:-1] for g in generated])
-        hidden = self.llm.prefill(x, plan.positions, plan.offsets, plan.max_length)
+        plan = self.plan_prefill(pixel_values, input_ids, generated=[g[:-1] for g in generated])
+        hidden = self.llm.prefill(self.llm_input(pixel_values, plan), plan.positions, plan.offsets, plan.max_length)
         out, start = [], 0
         for length, tokens in zip(plan.lengths, generated):
             first = start + length - (len(tokens) - 1) - 1  # the row that predicted the first new token

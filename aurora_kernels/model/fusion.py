@@ -28,12 +28,14 @@ class Fusion(nn.Module):
         self.backend = backend
 
     def forward(self, text, visual, cu_seqlens_text, max_text, cos, sin):
-        """text [T, C] packed prompts (cu_seqlens_text), visual [B, N, C] -> [T, C]; cos/sin [T, D]
-        for the decoder layer's RoPE (positions within each prompt)."""
+        """text [T, C] packed prompts (cu_seqlens_text, at least B of them), visual [B, N, C] -> [T, C];
+        cos/sin [T, D] for the decoder layer's RoPE (positions within each prompt)."""
         batch, num_visual = visual.shape[:2]
         q = self.q_proj(self.norm(text)).unflatten(-1, (self.num_heads, self.head_dim))
         k, v = self.kv_proj(visual.flatten(0, 1)).unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
-        cu_seqlens_visual = torch.arange(0, (batch + 1) * num_visual, num_visual, dtype=torch.int32, device=text.device)
+        # prompt b sees image b's tokens; prompts past the images (a padded batch's padding) see none
+        sequences = cu_seqlens_text.shape[0] - 1
+        cu_seqlens_visual = (torch.arange(sequences + 1, dtype=torch.int32, device=text.device) * num_visual).clamp_(max=batch * num_visual)
         attn = ak.attention_varlen(q, k, v, cu_seqlens_text, cu_seqlens_visual, max_text, num_visual, backend=self.backend)
         x = text + self.o_proj(attn.flatten(-2))
 

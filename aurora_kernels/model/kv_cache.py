@@ -17,11 +17,14 @@ from aurora_kernels.ops.decode_attention import PAGED_BLOCK_SIZES
 
 
 class KVCache:
-    def __init__(self, num_layers, batch, capacity, heads_kv, head_dim, dtype, device, page_size=None):
+    def __init__(self, num_layers, batch, capacity, heads_kv, head_dim, dtype, device, page_size=None, scratch=False):
+        """scratch: one more sequence's rows (contiguous) or one more page (paged) that no sequence
+        reads, whose first row is `scratch_slot`: where a padded prefill writes its padding rows."""
         self.batch, self.capacity, self.page_size = batch, capacity, page_size
         if page_size is None:
-            shape = (batch, capacity, heads_kv, head_dim)
+            shape = (batch + scratch, capacity, heads_kv, head_dim)
             self.block_table, self._pages = None, []
+            self.scratch_slot = batch * capacity if scratch else None
         else:
             if page_size not in PAGED_BLOCK_SIZES:
                 raise ValueError(f"page_size: expected one of {PAGED_BLOCK_SIZES}, got {page_size}")
@@ -30,9 +33,14 @@ class KVCache:
             order = list(range(batch * pages - 1, -1, -1))
             self._pages = [order[b * pages : (b + 1) * pages] for b in range(batch)]  # the block table, on the host
             self.block_table = torch.tensor(self._pages, dtype=torch.int32, device=device)
-            shape = (batch * pages, page_size, heads_kv, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+            shape = (batch * pages + scratch, page_size, heads_kv, head_dim)
+            self.scratch_slot = batch * pages * page_size if scratch else None
+        # every row, the scratch ones too (what `write` indexes), and the views the decode steps read
+        self._k_rows = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self._v_rows = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        contiguous_scratch = scratch and page_size is None
+        self.k = [k[:batch] for k in self._k_rows] if contiguous_scratch else list(self._k_rows)
+        self.v = [v[:batch] for v in self._v_rows] if contiguous_scratch else list(self._v_rows)
         self.seqlens = torch.zeros(batch, dtype=torch.int32, device=device)
 
     def rows(self, batch: int) -> "KVCache":
@@ -58,6 +66,7 @@ class KVCache:
         return [pages[p // self.page_size] * self.page_size + p % self.page_size for p in range(length)]
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        """k, v [T, Hkv, D] (any strides) into rows `slots` of layer `layer`."""
-        for cache, new in ((self.k[layer], k), (self.v[layer], v)):
+        """k, v [T, Hkv, D] (any strides) into rows `slots` (host_slots' numbering, over the whole
+        cache and its scratch rows) of layer `layer`."""
+        for cache, new in ((self._k_rows[layer], k), (self._v_rows[layer], v)):
             cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new)

@@ -10,6 +10,11 @@ the caller holds, a `Runtime` owns what requests share, for one model:
 - per bucket, the decode step's static state on the device: its token buffer, a step counter and a
   token history; and where decode runs from a CUDA graph, the step captured once. A later request of
   a seen bucket captures nothing: it replays from its first step.
+- where prefill runs from a CUDA graph, one graph per padded shape (the batch bucket, and the prompt
+  tokens and LLM rows each rounded up to a power of two: PaddedShape), captured on the shape's first
+  request: its inputs (the pixels and the PrefillPlan's two buffers) are static tensors each request
+  is copied into, its padding inert (model/prefill_plan.py). All of a runtime's graphs share one
+  memory pool: they replay one after another, and each one's output is read before the next runs.
 
 Each decode step samples on the device (argmax) and records its tokens in the history; the host reads
 the history once at the end, and in between only to stop early at EOS: after each step when decoding
@@ -31,6 +36,7 @@ import torch
 from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
 from aurora_kernels._validation import check_int
 from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels.model.prefill_plan import PaddedShape
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -38,12 +44,19 @@ CACHE_LAYOUTS = ("contiguous", "paged")
 # How decode steps run: eager Python; torch.compile(fullgraph=True) of the step (every op a custom op);
 # one CUDA graph of the step per batch bucket, captured on the bucket's first request (needs a GPU).
 DECODE_MODES = ("auto", "eager", "compile", "cuda_graph")
+PREFILL_MODES = ("auto", "eager", "cuda_graph")
 # decode="auto": the CUDA graph where the step can be captured (the kernels on a GPU; the eager
 # reference reads cache lengths on the host) and where the capture pays (the first step run eagerly
 # plus the capture cost two or three eager steps: docs/performance-log.md); eager otherwise.
 AUTO_GRAPH_MIN_NEW_TOKENS = 8
 EOS_CHECK_INTERVAL = 16
 LENGTH_GRANULE = 256  # a growing runtime's max_length is a multiple of this
+# the smallest padded sizes of a captured prefill (each a power of two at least this)
+MIN_PROMPT_BUCKET, MIN_ROWS_BUCKET = 16, 64
+
+
+def power_of_two_bucket(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
 def auto_decode_mode(device: torch.device, backend: str, max_new_tokens: int) -> str:
@@ -114,13 +127,26 @@ class _Bucket:
         self.step.fill_(1)
 
 
+class _StaticPrefill:
+    """One padded shape's prefill: the static inputs a request is copied into (pixels, the plan's
+    int64 and int32 buffers) and, once captured, its graph."""
+
+    def __init__(self, shape: PaddedShape, pixel_shape: tuple, dtype: torch.dtype, device: torch.device):
+        self.shape = shape
+        self.pixels = torch.zeros((shape.batch, *pixel_shape), dtype=dtype, device=device)
+        self.long_buffer = torch.zeros(shape.long_size, dtype=torch.int64, device=device)
+        self.int_buffer = torch.zeros(shape.int_size, dtype=torch.int32, device=device)
+        self.graph: Graphed | None = None
+
+
 class Runtime:
     def __init__(self, model, max_batch: int = 8, max_length: int = 1024, *, cache: str = "contiguous",
-                 page_size: int = 16, decode: str = "auto", grow: bool = False):  # fmt: skip
+                 page_size: int = 16, decode: str = "auto", prefill: str = "auto", grow: bool = False):  # fmt: skip
         """model: an AuroraEdgeV. max_batch: requests per call; max_length: positions per request
         (visual tokens + prompt + new tokens). cache: "contiguous" or "paged" (pages of page_size).
-        decode: how steps run (DECODE_MODES). grow: reallocate for a request that does not fit,
-        instead of refusing it."""
+        decode: how steps run (DECODE_MODES). prefill: "eager", "cuda_graph" (one graph per padded
+        shape) or "auto" (graphs where decode runs from one). grow: reallocate for a request that
+        does not fit, instead of refusing it."""
         check_int("max_batch", max_batch, minimum=1)
         check_int("max_length", max_length, minimum=1)
         check_int("page_size", page_size)
@@ -128,16 +154,22 @@ class Runtime:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
-        self.model, self.cache_layout, self.page_size, self.decode, self.grow = model, cache, page_size, decode, grow
+        if prefill not in PREFILL_MODES:
+            raise ValueError(f"prefill: expected one of {PREFILL_MODES}, got {prefill!r}")
+        self.model, self.cache_layout, self.page_size, self.grow = model, cache, page_size, grow
+        self.decode, self.prefill = decode, prefill
         self.captures = 0  # decode steps captured in a CUDA graph, over the runtime's life
+        self.prefill_captures = 0  # prefills captured, one per padded shape
+        self._pool = None  # the graphs' shared memory pool, made with the first capture
         self._allocate(max_batch, max_length)
 
     def _allocate(self, max_batch: int, max_length: int) -> None:
         model, cfg = self.model, self.model.config.llm
         self.max_batch, self.max_length = max_batch, max_length
         self.cache = KVCache(cfg.num_layers, max_batch, max_length, cfg.num_kv_heads, cfg.head_dim, self._dtype(),
-                             model.device, self.page_size if self.cache_layout == "paged" else None)  # fmt: skip
+                             model.device, self.page_size if self.cache_layout == "paged" else None, scratch=True)  # fmt: skip
         self._buckets: dict[int, _Bucket] = {}
+        self._prefills: dict[PaddedShape, _StaticPrefill] = {}
         self._model_state = self._model_fingerprint()
 
     def _dtype(self) -> torch.dtype:
@@ -160,6 +192,7 @@ class Runtime:
                 raise ValueError(f"model: moved to {self.model.device} / {self._dtype()} after its Runtime was made; make a new Runtime")
             if same_place:
                 self._buckets.clear()
+                self._prefills.clear()
                 self._model_state = self._model_fingerprint()
             else:
                 self._allocate(self.max_batch, self.max_length)
@@ -212,11 +245,45 @@ class Runtime:
         start = time.perf_counter()
         step = self._step_function(bucket)
         logits = run_on_side_stream(step, bucket.tokens)  # a real step; it compiles and autotunes the kernels
-        graphed = bucket.runs[mode] = Graphed(step, bucket.tokens)
+        graphed = bucket.runs[mode] = Graphed(step, bucket.tokens, pool=self._graph_pool())
         bucket.tokens = graphed.input  # the graph reads and writes its own copy from now on
         self.captures += 1
         timings["graph_setup_s"] = time.perf_counter() - start
         return logits
+
+    def _graph_pool(self):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        return self._pool
+
+    def _prefill_into(self, bucket: _Bucket, pixel_values, input_ids, max_new_tokens: int, graphed: bool) -> torch.Tensor:
+        """The requests' prefill into the bucket's first rows: logits [B, vocab]. graphed: from the
+        CUDA graph of their padded shape (captured on its first request: run eagerly, then captured)."""
+        model, batch = self.model, len(input_ids)
+        if not graphed:
+            logits, _ = model.prefill(pixel_values, input_ids, max_new_tokens, kv=bucket.kv.rows(batch))
+            return logits
+        shape = PaddedShape(bucket.size, power_of_two_bucket(sum(int(ids.numel()) for ids in input_ids), MIN_PROMPT_BUCKET),
+                            power_of_two_bucket(batch * model.config.visual_tokens + sum(int(ids.numel()) for ids in input_ids),
+                                                MIN_ROWS_BUCKET))  # fmt: skip
+        static = self._prefills.get(shape)
+        if static is None:
+            static = self._prefills[shape] = _StaticPrefill(shape, tuple(pixel_values.shape[1:]), self._dtype(), model.device)
+        plan = model.plan_prefill(pixel_values, input_ids, max_new_tokens, bucket.kv, padded=shape,
+                                  into=(static.long_buffer, static.int_buffer))  # fmt: skip
+        static.pixels[:batch].copy_(pixel_values, non_blocking=True)
+        static.pixels[batch:].zero_()
+        if static.graph is not None:
+            return static.graph.replay()[:batch]
+
+        def run(pixels):  # the plan's tensors are views of the static buffers: every request's land there
+            return model.run_prefill(pixels, plan, bucket.kv, encoder_graphs=False)
+
+        logits = run_on_side_stream(run, static.pixels)  # a real prefill; it compiles and autotunes the kernels
+        static.graph = Graphed(run, static.pixels, pool=self._graph_pool())
+        static.pixels = static.graph.input
+        self.prefill_captures += 1
+        return logits[:batch]
 
     @property
     def device(self) -> torch.device:
@@ -237,17 +304,20 @@ class Runtime:
         mode = decode if decode != "auto" else auto_decode_mode(model.device, model.backend, max_new_tokens)
         if mode == "cuda_graph" and not graphs_supported(model.device):
             raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {model.device}")
+        prefill_graph = self.prefill == "cuda_graph" or (self.prefill == "auto" and mode == "cuda_graph")
+        if prefill_graph and not graphs_supported(model.device):
+            raise ValueError(f"prefill: 'cuda_graph' needs the model on a CUDA device, got {model.device}")
         model.check_requests(pixel_values, input_ids)
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
         with using_programmatic_dependent_launch(model.config.llm.programmatic_dependent_launch):
-            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, return_logits, stats)
+            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, return_logits, stats)
 
-    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, return_logits, stats):
+    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, return_logits, stats):
         model, batch = self.model, len(input_ids)
         clock = _Clock(model.device) if stats is not None else None
         bucket = self._bucket(batch)
-        logits, _ = model.prefill(pixel_values, input_ids, max_new_tokens, kv=bucket.kv.rows(batch))
+        logits = self._prefill_into(bucket, pixel_values, input_ids, max_new_tokens, prefill_graph)
         bucket.start(logits.argmax(-1))
         steps_logits = [logits.to(torch.float32, copy=True)] if return_logits else []
         eos = torch.tensor(eos_ids, dtype=torch.int64, device=model.device) if eos_ids else None

@@ -10,7 +10,9 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.runtime import Runtime, batch_buckets
 from aurora_kernels.runtime import runtime as runtime_module
+from aurora_kernels.runtime.runtime import power_of_two_bucket
 from tests.catalogue import cuda_only
+from aurora_kernels.testing import assert_parity
 from tests.model.test_model import requests, tiny_model
 
 
@@ -28,7 +30,7 @@ class _EagerGraph:
 
     made = []
 
-    def __init__(self, fn, x):
+    def __init__(self, fn, x, pool=None):
         self.fn, self.input = fn, x.clone()
         _EagerGraph.made.append(self)
 
@@ -46,6 +48,7 @@ def mocked_capture(monkeypatch, device):
     monkeypatch.setattr(runtime_module, "graphs_supported", lambda device: True)
     monkeypatch.setattr(runtime_module, "run_on_side_stream", lambda fn, *args: fn(*args))
     monkeypatch.setattr(runtime_module, "Graphed", _EagerGraph)
+    monkeypatch.setattr(Runtime, "_graph_pool", lambda self: None)
     yield
 
 
@@ -62,7 +65,7 @@ def test_a_seen_bucket_captures_nothing_and_tokens_equal_step_by_step(cache, moc
     row or length from an earlier request). The reference backend: what is checked here is the
     runtime's bookkeeping, the same for both (the next test runs the kernels)."""
     model = tiny_model(device, backend="reference" if device.type == "cpu" else "triton")
-    runtime = Runtime(model, max_batch=8, max_length=64, cache=cache, decode="cuda_graph")
+    runtime = Runtime(model, max_batch=8, max_length=64, cache=cache, decode="cuda_graph", prefill="eager")
     seen_buckets = set()
     for lengths in ([5, 12, 1], [3, 9, 2, 7], [6], [4, 4, 4], [11], [2, 8, 5, 1, 3]):  # buckets 4, 4, 1, 4, 1, 8
         pixel_values, ids = requests(model, device, gen, lengths=lengths)
@@ -169,4 +172,51 @@ def test_a_seen_bucket_replays_without_capturing_on_cuda(device, gen):
         pixel_values, ids = requests(model, device, gen, lengths=lengths)
         eager = greedy_step_by_step(model, pixel_values.to(torch.bfloat16), ids, 8)
         assert runtime.generate(pixel_values.to(torch.bfloat16), ids, 8) == eager
-    assert runtime.captures == 1
+    assert runtime.captures == 1 and runtime.prefill_captures == len(runtime._prefills)
+
+
+@pytest.mark.parametrize("cache", ["contiguous", "paged"])
+def test_captured_prefills_are_padded_inertly_and_kept_per_shape(cache, mocked_capture, device, gen):
+    """Prefill from a graph per padded shape (batch bucket, prompt tokens and rows as powers of two):
+    the padding changes no request's tokens, and a seen shape captures nothing."""
+    model = tiny_model(device, backend="reference" if device.type == "cpu" else "triton")
+    runtime = Runtime(model, max_batch=4, max_length=64, cache=cache, decode="cuda_graph", prefill="cuda_graph")
+    shapes = set()
+    for lengths in ([5, 12, 1], [3, 9, 2], [6], [7, 7, 7, 7], [2, 11, 4]):  # the last: the first's shape again
+        pixel_values, ids = requests(model, device, gen, lengths=lengths)
+        assert runtime.generate(pixel_values, ids, 4) == greedy_step_by_step(model, pixel_values, ids, 4, cache), lengths
+        rows = len(lengths) * model.config.visual_tokens + sum(lengths)
+        shapes.add((runtime.bucket_size(len(lengths)), power_of_two_bucket(sum(lengths), 16), power_of_two_bucket(rows, 64)))
+        assert runtime.prefill_captures == len(shapes), lengths
+    assert len(shapes) == 3  # (4, 32, 128) three times, (4, 16, 64), (1, 16, 64)
+
+
+def test_the_padded_prefill_compiles_to_one_graph(device, gen):
+    """The CPU proof that the padded prefill can be captured: torch.compile(fullgraph=True) traces the
+    whole of it (encoder, fusion, LLM prefill, cache writes) with no graph break, and its logits and
+    the cache it fills match the packed prefill's."""
+    from aurora_kernels.model.prefill_plan import PaddedShape
+
+    model = tiny_model(device, backend="triton")
+    pixel_values, ids = requests(model, device, gen, lengths=[5, 12, 1])
+    expected, kv_expected = model.prefill(pixel_values, ids, 4)
+    runtime = Runtime(model, max_batch=4, max_length=64)
+    kv = runtime.cache.rows(4)
+    shape = PaddedShape(4, 32, 128)
+    plan = model.plan_prefill(pixel_values, ids, 4, kv, padded=shape)
+    padded_pixels = torch.cat([pixel_values, torch.zeros_like(pixel_values[:1])])
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda pixels: model.run_prefill(pixels, plan, kv, encoder_graphs=False), fullgraph=True,
+                             backend=recording_backend)  # fmt: skip
+    logits = compiled(padded_pixels)
+    assert len(graphs) == 1
+    assert_parity(logits[:3], expected.double(), torch.float32, "padded, compiled prefill")
+    assert torch.equal(kv.seqlens.cpu(), torch.tensor([16 + 5, 16 + 12, 16 + 1, 0], dtype=torch.int32))
+    for b, length in enumerate(kv_expected.seqlens.tolist()):
+        assert_parity(kv.k[0][b, :length], kv_expected.k[0][b, :length].double(), torch.float32, f"sequence {b}'s keys")
