@@ -182,7 +182,8 @@ def summarise_model(results_dir: str) -> list[str]:
     close the CUDA-graphed step comes to its floor."""
     import json
 
-    from bench.model_e2e import ONE_SEQUENCE_RUNS, compressor_speedups, kernel_notes, launches_per_step, prefill_line
+    from bench.model_e2e import (ONE_SEQUENCE_RUNS, REQUEST_KEYS, batch_label, compressor_speedups, kernel_notes,
+                                 launches_per_step, prefill_line)  # fmt: skip
 
     path = os.path.join(results_dir, "model-e2e.json")
     if not os.path.exists(path):
@@ -190,8 +191,9 @@ def summarise_model(results_dir: str) -> list[str]:
     with open(path) as f:
         rows = json.load(f)
     lines = []
-    for key in sorted({(r["compressor"], r["batch"]) for r in rows}):
-        group = {(r["backend"], r["decode"]): r for r in rows if (r["compressor"], r["batch"]) == key}
+    group_of = lambda r: (r["compressor"], r["batch"], r.get("prompt", "ragged"))  # noqa: E731
+    for key in sorted({group_of(r) for r in rows}):
+        group = {(r["backend"], r["decode"]): r for r in rows if group_of(r) == key}
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
         # the runs beside the defaults (without PDL; the fused runs, B=1), where the record has them
@@ -205,12 +207,23 @@ def summarise_model(results_dir: str) -> list[str]:
                 cells.append(f"{label} {r['tokens_per_s']:.0f} tok/s{ratio}, {r['frac_floor']:.0%} floor")
             else:
                 cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
-        lines.append(f"  model {key[0]:4s} B={key[1]:2d}: " + "; ".join(cells))
+        label = batch_label({"batch": key[1], "prompt": key[2]})
+        lines.append(f"  model {key[0]:4s} B={label:>2s}: " + "; ".join(cells))
+        for run in (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS):  # the defaults' request times against their floors
+            r = group.get(run, {})
+            if "tpot_ms" in r:
+                times = ", ".join(f"{k} {r[f'{k}_ms']:.2f} ({r[f'{k}_ms'] / r[f'{k}_floor_ms']:.2f}x floor)" for k in REQUEST_KEYS)
+                lines.append(f"    requests, {run[0]} {run[1]}, median of {r['requests']}: {times}")
         prefill = [f"{backend} {mode} {group[(backend, mode)]['prefill_ms_median']:.1f}" for backend, mode in
                    (("triton", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"))
                    if "prefill_ms_median" in group.get((backend, mode), {})]  # fmt: skip
         if prefill:
             lines.append("    prefill ms (median of its repeats): " + ", ".join(prefill))
+    vit_path = os.path.join(results_dir, "model-vit.json")
+    if os.path.exists(vit_path):
+        with open(vit_path) as f:
+            vit = json.load(f)
+        lines.append("  ViT alone: " + ", ".join(f"B={v['batch']} {v['images_per_s']:.0f} images/s" for v in vit))
     speedups = [f"B={b} {backend} {decode} {x:.2f}x" for b, backend, decode, x in compressor_speedups(rows)]
     lines.append("  mlp vs none, whole request: " + (", ".join(speedups) or "not measured"))
     for r in rows:

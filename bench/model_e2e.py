@@ -1,18 +1,23 @@
 """End-to-end model benchmark (GPU): the full preset in bf16, batches of 1, 8 and 32 requests with
-ragged prompts of 32..512 tokens, 128 new tokens each. Per configuration: time to first token
-(vision, compressor, fusion, LLM prefill, first logits) and decode tokens/s, for backend triton vs
-reference, decode eager / torch.compile'd / CUDA-graphed, compressor mlp (64 visual tokens) vs none
-(256). The decode step is set against its floor: the LLM weights plus the KV cache it must read,
-over the copy bandwidth measured in the same run.
+ragged prompts of 32..512 tokens (and one 512-token prompt at B=1), 128 new tokens each. Per
+configuration, medians (with min and max) of REQUEST_REPEATS requests after a warm-up one: time to
+first token (vision, compressor, fusion, LLM prefill, first logits), the second token after the first,
+the time per output token after that, and the whole request; for backend triton vs reference, decode
+eager / torch.compile'd / CUDA-graphed, compressor mlp (64 visual tokens) vs none (256). Each is set
+against its floor from the cost model: FLOPs over the measured GEMM rate or bytes over the measured
+copy bandwidth, whichever is longer (model-e2e.json: ttft_ms, second_token_ms, tpot_ms, request_ms
+and each one's *_floor_ms). Also the ViT alone, images/s at B=1, 8 and 32 (model-vit.json).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import pkgutil
 import re
+import statistics
 import time
 from typing import Callable
 
@@ -21,7 +26,7 @@ import torch
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, preset
-from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes
+from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes, stage_costs
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 from bench.harness import error_text
 
@@ -55,12 +60,55 @@ COMPRESSORS = ("mlp", "none")
 PROFILED_BATCHES = (1, 8)
 PROFILED_RUNS = (("triton", "eager"), ("triton-fused", "cuda_graph"))  # the latter at B=1 alone
 PREFILL_REPEATS = 5  # prefills timed apart, per configuration of the kernels: their median
+# whole requests timed per configuration of the CUDA-graphed runs (the targets are theirs); the
+# eager and compiled triton runs take EAGER_REQUEST_REPEATS (host-bound: a B=32 request is seconds),
+# the eager reference one (a B=32 request of it is a minute)
+REQUEST_REPEATS, EAGER_REQUEST_REPEATS = 5, 2
+# at B=1, the runs that also take one long prompt (the model's defaults at one sequence)
+LONG_PROMPT, LONG_PROMPT_RUNS = 512, (("triton-fused", "cuda_graph"),)
+VIT_BATCHES = (1, 8, 32)
 PROFILE_STEPS = 8
 GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
 
-def prompt_lengths(batch: int) -> list[int]:
+def prompt_lengths(batch: int, prompt: str = "ragged") -> list[int]:
+    """"ragged": 32..512 spread over the batch (32 at B=1); "long": LONG_PROMPT each."""
+    if prompt == "long":
+        return [LONG_PROMPT] * batch
     return [32 + (512 - 32) * b // max(batch - 1, 1) for b in range(batch)]
+
+
+def request_floors_ms(model, lengths: list[int], ceilings: dict, dtype_bytes: int = 2, new_tokens: int = NEW_TOKENS) -> dict:
+    """The floors of a request's times from the cost model (stage_costs at the prompts' mean length):
+    each stage's FLOPs over the GEMM rate or its bytes over the copy bandwidth, whichever is longer.
+    ttft: vision through prefill; second_token: the first decode step; tpot: the mean decode step
+    (decode_floor_s: weights and KV cache over the copy bandwidth); request: all of them."""
+    bandwidth, gemm = ceilings["copy_bandwidth"], ceilings.get("bf16_gemm")
+    costs = stage_costs(model.config, batch=len(lengths), prompt_len=round(statistics.mean(lengths)), dtype_bytes=dtype_bytes)
+    floor = lambda c: max(c.bytes / bandwidth, c.flops / gemm if gemm else 0.0)  # noqa: E731
+    ttft = sum(floor(c) for c in costs if c.stage != "decode step")
+    second = floor(next(c for c in costs if c.stage == "decode step"))
+    tpot = decode_floor_s(model, lengths, bandwidth, dtype_bytes, new_tokens)
+    return {"ttft_floor_ms": ttft * 1e3, "second_token_floor_ms": second * 1e3, "tpot_floor_ms": tpot * 1e3,
+            "request_floor_ms": (ttft + second + (new_tokens - 2) * tpot) * 1e3}  # fmt: skip
+
+
+def request_times_ms(stats: dict) -> dict:
+    """One request's times from generate's stats: to the first token, the second after it, per token
+    after that (the steps after the first: a captured step's first run holds its capture), the whole."""
+    steps, first = stats["decode_steps"], stats.get("first_step_s", 0.0)
+    tpot = (stats["decode_s"] - first) / (steps - 1) if steps > 1 else first
+    return {"ttft_ms": stats["prefill_s"] * 1e3, "second_token_ms": first * 1e3, "tpot_ms": tpot * 1e3,
+            "request_ms": (stats["prefill_s"] + stats["decode_s"]) * 1e3}  # fmt: skip
+
+
+def medians(samples: list[dict]) -> dict:
+    """Each key's median over the samples, with its min and max (key_min, key_max) and the count."""
+    out = {"requests": len(samples)}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out.update({key: statistics.median(values), f"{key}_min": min(values), f"{key}_max": max(values)})
+    return out
 
 
 def decode_floor_s(model, lengths: list[int], copy_bandwidth: float, dtype_bytes: int = 2, new_tokens: int = NEW_TOKENS) -> float:
@@ -160,7 +208,7 @@ def median_prefill_ms(model, pixel_values, prompts, new_tokens: int, repeats: in
 def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset_name: str = "aurora-edge-v-2b",
         batches=BATCHES, runs=RUNS, compressors=COMPRESSORS, new_tokens: int = NEW_TOKENS, dtype=torch.bfloat16,
         timed: bool = True, checkpoint: Callable[[list[dict]], None] | None = None,
-        prefill_repeats: int = PREFILL_REPEATS) -> list[dict]:  # fmt: skip
+        prefill_repeats: int = PREFILL_REPEATS, request_repeats: int = REQUEST_REPEATS) -> list[dict]:  # fmt: skip
     """Every configuration until the time budget is spent; the rest are listed as skipped. (The
     keyword arguments let the CPU tests run the same code on the tiny preset.) timed=False runs only
     each configuration's warm-up: what bench.warm does in other processes to fill the compile caches,
@@ -171,22 +219,23 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
     with torch.device(device):
         model = AuroraEdgeV(preset(preset_name, compressor="mlp"), backend="triton")
     model = model.to(dtype).eval()
-    rows, requests_of = [], None
-    for batch, compressor, (backend, decode) in schedule(batches, runs, compressors):
-        if requests_of != (batch, compressor):
+    rows, requests_of, dtype_bytes = [], None, torch.finfo(dtype).bits // 8
+    for batch, prompt, compressor, (backend, decode) in schedule(batches, runs, compressors):
+        if requests_of != (batch, prompt, compressor):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             if compressor != model.config.compressor.kind:
                 model.replace_compressor(compressor)
-            lengths = prompt_lengths(batch)
+            lengths = prompt_lengths(batch, prompt)
             pixel_values, prompts = random_requests(model, batch, 512, lengths=lengths)
-            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], torch.finfo(dtype).bits // 8, new_tokens)
-            requests_of = (batch, compressor)
-        row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch,
-               "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3}  # fmt: skip
+            floor = decode_floor_s(model, lengths, ceilings["copy_bandwidth"], dtype_bytes, new_tokens)
+            floors = request_floors_ms(model, lengths, ceilings, dtype_bytes, new_tokens)
+            requests_of = (batch, prompt, compressor)
+        row = {"compressor": compressor, "visual_tokens": model.config.visual_tokens, "batch": batch, "prompt": prompt,
+               "prompt_tokens": lengths, "backend": backend, "decode": decode, "floor_ms_per_step": floor * 1e3, **floors}  # fmt: skip
         rows.append(row)
         # the table's order, whatever the schedule's
-        rows.sort(key=lambda r: (batches.index(r["batch"]), compressors.index(r["compressor"]),
+        rows.sort(key=lambda r: (batches.index(r["batch"]), r["prompt"] == "long", compressors.index(r["compressor"]),
                                  runs.index((r["backend"], r["decode"]))))  # fmt: skip
         if time.time() - start > budget_s:
             row["skipped"] = f"time budget of {budget_s:.0f} s spent"
@@ -204,18 +253,22 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
             if not timed:
                 continue
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-            _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
+            samples = []
+            repeats = 1 if model_backend != "triton" else request_repeats if decode == "cuda_graph" else min(request_repeats, EAGER_REQUEST_REPEATS)
+            for _ in range(repeats):
+                _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
+                samples.append(stats)
             if torch._dynamo.utils.counters["stats"]["unique_graphs"] != graphs:
                 raise RuntimeError("torch.compile compiled a graph inside the timed run")
         except Exception as exc:  # reported in the row; one failing configuration does not stop the run
             row["error"] = error_text(exc)
             continue
-        per_step = step_seconds(stats)
-        row.update(ttft_ms=stats["prefill_s"] * 1e3, ms_per_step=per_step * 1e3,
-                   request_ms=(stats["prefill_s"] + stats["decode_s"]) * 1e3,
-                   tokens_per_s=batch / per_step, frac_floor=floor / per_step)  # fmt: skip
-        if "graph_setup_s" in stats:
-            row["graph_setup_ms"] = stats["graph_setup_s"] * 1e3
+        row.update(medians([request_times_ms(stats) for stats in samples]))
+        per_step = row["tpot_ms"] / 1e3
+        row.update(ms_per_step=row["tpot_ms"], tokens_per_s=batch / per_step, frac_floor=floor / per_step)
+        setups = [stats["graph_setup_s"] for stats in samples if "graph_setup_s" in stats]  # a capture inside the timing
+        if setups:
+            row["graph_setup_ms"] = max(setups) * 1e3
         if model_backend == "triton":  # the eager reference's prefill takes up to 0.7 s (B=32): spared
             row["prefill_ms_median"] = median_prefill_ms(model, pixel_values, prompts, new_tokens, prefill_repeats)
         print(f"model {compressor:4s} B={batch:2d} {backend:9s} {decode:10s} TTFT {row['ttft_ms']:8.1f} ms  "
@@ -233,22 +286,20 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
     return rows
 
 
-def step_seconds(stats: dict) -> float:
-    """A decode step's time from `generate`'s stats: for a CUDA-graphed decode the replays alone (its
-    first step runs eagerly, then the capture: one-off costs; at B=1 on the H200 the eager step alone
-    was 14 ms, 0.11 ms on each of 127 steps of a ~2 ms step), for the other modes every step."""
-    if "graph_setup_s" in stats and stats["decode_steps"] > 1:
-        return (stats["decode_s"] - stats["graph_setup_s"]) / (stats["decode_steps"] - 1)
-    return stats["decode_s"] / stats["decode_steps"]
-
-
-def schedule(batches, runs, compressors=COMPRESSORS) -> list[tuple[int, str, tuple[str, str]]]:
-    """(batch, compressor, (backend, decode)) in the order they run: for each batch both compressors
-    side by side (a spent budget never leaves one without the other), every run but LAST_RUNS; then
-    LAST_RUNS for every batch. ONE_SEQUENCE_RUNS run at B=1 alone."""
+def schedule(batches, runs, compressors=COMPRESSORS) -> list[tuple[int, str, str, tuple[str, str]]]:
+    """(batch, prompt, compressor, (backend, decode)) in the order they run: for each batch both
+    compressors side by side (a spent budget never leaves one without the other), every run but
+    LAST_RUNS, and at B=1 the LONG_PROMPT_RUNS again with the long prompt; then LAST_RUNS for every
+    batch. ONE_SEQUENCE_RUNS run at B=1 alone."""
     passes = ([r for r in runs if r not in LAST_RUNS], [r for r in runs if r in LAST_RUNS])
-    return [(batch, compressor, run) for pass_runs in passes for batch in batches for compressor in compressors
-            for run in pass_runs if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
+    order = []
+    for pass_runs in passes:
+        for batch in batches:
+            order += [(batch, "ragged", compressor, run) for compressor in compressors for run in pass_runs
+                      if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
+            if batch == 1:
+                order += [(1, "long", compressor, run) for compressor in compressors for run in pass_runs if run in LONG_PROMPT_RUNS]
+    return order
 
 
 def markdown(rows: list[dict]) -> str:
@@ -267,7 +318,7 @@ def markdown(rows: list[dict]) -> str:
         "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        head = f"| {r['compressor']} ({r['visual_tokens']}) | {r['batch']} | {r['backend']} | {r['decode']} |"
+        head = f"| {r['compressor']} ({r['visual_tokens']}) | {batch_label(r)} | {r['backend']} | {r['decode']} |"
         if "ms_per_step" not in r:
             lines.append(f"{head} {r.get('skipped') or r.get('error')} | | | {r['floor_ms_per_step']:.2f} | | | | |")
             continue
@@ -275,6 +326,7 @@ def markdown(rows: list[dict]) -> str:
         prefill = f"{r['prefill_ms_median']:.1f}" if "prefill_ms_median" in r else "-"
         lines.append(f"{head} {r['ttft_ms']:.1f} | {prefill} | {r['ms_per_step']:.2f} | {r['floor_ms_per_step']:.2f} | "
                      f"{r['frac_floor']:.0%} | {r['tokens_per_s']:.1f} | {r['request_ms']:.0f} | {setup} |")  # fmt: skip
+    lines += request_markdown(rows)
     lines += ["", "Compressor mlp (64 visual tokens) against none (256), whole request (prefill + 127 decode steps):", ""]
     for batch, backend, decode, speedup in compressor_speedups(rows):
         lines.append(f"- B={batch}, {backend} {decode}: {speedup:.2f}x")
@@ -282,6 +334,64 @@ def markdown(rows: list[dict]) -> str:
         if "profile" in r:
             lines += profile_markdown(r, rows)
     return "\n".join(lines) + "\n"
+
+
+def batch_label(row: dict) -> str:
+    """B, and the prompt where it is the long one."""
+    return f"{row['batch']} ({LONG_PROMPT}-token prompt)" if row.get("prompt") == "long" else str(row["batch"])
+
+
+REQUEST_KEYS = ("ttft", "second_token", "tpot", "request")
+
+
+def request_markdown(rows: list[dict]) -> list[str]:
+    """Each timed row's request times, median (min..max) of its requests, beside their floors."""
+    timed = [r for r in rows if "tpot_ms" in r]
+    if not timed:
+        return []
+    lines = ["", "Requests: median (min..max) over each configuration's requests, ms; floor from the cost model.", "",
+             "| compressor | B | backend | decode | requests | TTFT (floor) | 2nd token (floor) | per token after (floor) | "
+             "whole request (floor) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in timed:
+        cells = [f"{r[f'{k}_ms']:.2f} ({r[f'{k}_ms_min']:.2f}..{r[f'{k}_ms_max']:.2f}) ({r[f'{k}_floor_ms']:.2f})" for k in REQUEST_KEYS]
+        lines.append(f"| {r['compressor']} ({r['visual_tokens']}) | {batch_label(r)} | {r['backend']} | {r['decode']} | "
+                     f"{r['requests']} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
+def vit_images_per_s(device: torch.device, dtype=torch.bfloat16, batches=VIT_BATCHES, repeats: int = REQUEST_REPEATS,
+                     preset_name: str = "aurora-edge-v-2b") -> list[dict]:  # fmt: skip
+    """The ViT alone (the vision tower, Triton kernels) per batch: the median of `repeats` calls, each
+    a CUDA-graph replay on a GPU (device time), an eager call elsewhere; images/s."""
+    from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
+    from aurora_kernels.model.vision import VisionTower
+
+    vision = preset(preset_name).vision
+    with torch.device(device):
+        tower = VisionTower(vision, "triton")
+    tower = tower.to(dtype).eval()
+    rows = []
+    for batch in batches:
+        pixels = torch.randn((batch, vision.num_channels, vision.image_size, vision.image_size), device=device, dtype=dtype)
+        with torch.no_grad():
+            if graphs_supported(device):
+                run_on_side_stream(tower, pixels)
+                graphed = Graphed(tower, pixels)
+                call = graphed.replay
+            else:
+                call = functools.partial(tower, pixels)
+            times = []
+            for _ in range(repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                call()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(time.perf_counter() - start)
+        ms = statistics.median(times) * 1e3
+        rows.append({"batch": batch, "ms": ms, "images_per_s": batch / ms * 1e3, "graph_replay": graphs_supported(device)})
+    return rows
 
 
 def launches_per_step(profile: dict) -> float:
@@ -346,15 +456,18 @@ def prefill_line(row: dict) -> str:
 
 
 def compressor_speedups(rows: list[dict]) -> list[tuple]:
-    """(batch, backend, decode, none's request time over mlp's) wherever both ran."""
-    timed = {(r["batch"], r["backend"], r["decode"], r["compressor"]): r["request_ms"] for r in rows if "request_ms" in r}
+    """(batch label, backend, decode, none's request time over mlp's) wherever both ran."""
+    timed = {(batch_label(r), r["backend"], r["decode"], r["compressor"]): r["request_ms"] for r in rows if "request_ms" in r}
     return [(b, backend, decode, timed[(b, backend, decode, "none")] / ms)
             for (b, backend, decode, kind), ms in timed.items() if kind == "mlp" and (b, backend, decode, "none") in timed]
 
 
-def write(results_dir: str, rows: list[dict]) -> None:
-    import json
+def write_vit(results_dir: str, rows: list[dict]) -> None:
+    with open(os.path.join(results_dir, "model-vit.json"), "w") as f:
+        json.dump(rows, f, indent=1)
 
+
+def write(results_dir: str, rows: list[dict]) -> None:
     with open(os.path.join(results_dir, "model-e2e.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(results_dir, "model-e2e.md"), "w") as f:

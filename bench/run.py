@@ -154,6 +154,12 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
     model_rows = model_e2e.run(device, ceilings, budget_s, checkpoint=checkpoint)
     model_e2e.write(results_dir, model_rows)
     print(model_e2e.markdown(model_rows))
+    try:
+        vit = model_e2e.vit_images_per_s(device)
+        model_e2e.write_vit(results_dir, vit)
+        print("ViT alone: " + ", ".join(f"B={v['batch']} {v['images_per_s']:.0f} images/s" for v in vit), flush=True)
+    except Exception as exc:  # the model's rows stand without it
+        print(f"ViT alone failed: {harness.error_text(exc)}", flush=True)
     return model_rows
 
 
@@ -183,8 +189,11 @@ def main(argv=None) -> int:
     if not only:
         from bench import model_cpu
 
+        from bench import model_host
+
         print(model_cpu.cost_report(RESULTS_ROOT))
         print(model_cpu.cpu_timings(RESULTS_ROOT))
+        print(model_host.report(RESULTS_ROOT))
     print("Kernel timings need a GPU: this machine has none, so no time was measured here. "
           "On a GPU machine run `make gpu-check` (tests on CUDA, then every benchmark).")  # fmt: skip
     if parity_failures or compile_failures:

@@ -74,7 +74,7 @@ def warm_model(device: torch.device, **overrides) -> list[str]:
     torch._dynamo.reset()
     rows = model_e2e.run(device, {"copy_bandwidth": harness.H100_COPY_BANDWIDTH}, math.inf, runs=MODEL_RUNS,
                          timed=False, **overrides)  # fmt: skip
-    return [f"{r['compressor']} B={r['batch']} {r['backend']} {r['decode']}: {r['error']}" for r in rows if "error" in r]
+    return [f"{r['compressor']} B={model_e2e.batch_label(r)} {r['backend']} {r['decode']}: {r['error']}" for r in rows if "error" in r]
 
 
 def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:

@@ -80,15 +80,18 @@ def test_device_slug():
 def test_model_e2e_report_and_summary(tmp_path):
     from bench import model_e2e
 
-    # a graphed decode's step is its replays' time: the eager first step and the capture are set-up
-    assert model_e2e.step_seconds({"decode_s": 0.4, "decode_steps": 101, "graph_setup_s": 0.2}) == 0.2 / 100
-    assert model_e2e.step_seconds({"decode_s": 0.4, "decode_steps": 100}) == 0.4 / 100
+    # the time per token after the second: a first step that held a capture (graph set-up) is not in it
+    times = model_e2e.request_times_ms({"prefill_s": 0.03, "first_step_s": 0.2, "decode_s": 0.4, "decode_steps": 101, "graph_setup_s": 0.19})
+    assert times == pytest.approx({"ttft_ms": 30.0, "second_token_ms": 200.0, "tpot_ms": 2.0, "request_ms": 430.0})
+    assert model_e2e.request_times_ms({"prefill_s": 0.0, "first_step_s": 0.004, "decode_s": 0.4, "decode_steps": 100})["tpot_ms"] == pytest.approx(396 / 99)
+    assert model_e2e.medians([{"tpot_ms": 3.0}, {"tpot_ms": 1.0}, {"tpot_ms": 2.0}]) == {"requests": 3, "tpot_ms": 2.0, "tpot_ms_min": 1.0,
+                                                                                          "tpot_ms_max": 3.0}  # fmt: skip
     graphed = {"compressor": "mlp", "visual_tokens": 64, "batch": 1, "floor_ms_per_step": 1.0, "backend": "triton",
                "decode": "cuda_graph", "ttft_ms": 30.0, "ms_per_step": 1.6, "tokens_per_s": 625.0, "frac_floor": 0.625,
                "request_ms": 280.0, "graph_setup_ms": 45.5}  # fmt: skip
     assert "| 1.60 | 1.00 | 62% | 625.0 | 280 | 45.5 |" in model_e2e.markdown([graphed])
 
-    assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512
+    assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512 and model_e2e.prompt_lengths(1, "long") == [512]
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
     kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28),
                ("_fused_linear_kernel", 1000.0, 112)]  # fmt: skip
@@ -257,17 +260,18 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     runs = (("triton", "cuda_graph"), ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))
     # the compiled step runs after every batch's other runs: a spent budget takes it, not B=32
     order = model_e2e.schedule((1, 8), runs)
-    assert order[:3] == [(1, "mlp", run) for run in runs[:3]]
-    assert order[-4:] == [(b, c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
-    # the fused projections cover one-sequence steps: a batch's fused run would repeat "triton"
+    assert order[:3] == [(1, "ragged", "mlp", run) for run in runs[:3]]
+    assert order[-4:] == [(b, "ragged", c, ("triton", "compile")) for b in (1, 8) for c in ("mlp", "none")]
+    # the fused projections cover one-sequence steps: a batch's fused run would repeat "triton"; they
+    # also take the long prompt
     fused = ("triton-fused", "cuda_graph")
-    assert model_e2e.schedule((1, 8), (fused,)) == [(1, c, fused) for c in ("mlp", "none")]
+    assert model_e2e.schedule((1, 8), (fused,)) == [(1, p, c, fused) for p in ("ragged", "long") for c in ("mlp", "none")]
     checkpoints = []
     # compressor "mlp" alone (the profiled one), to halve the time: the swap to "none" runs in
     # test_warm_model_compiles_the_decode_step, the mlp-vs-none lines in test_model_e2e_report_and_summary
-    rows = model_e2e.run(device, {"copy_bandwidth": 1e11}, preset_name="tiny", batches=(1,), runs=runs, compressors=("mlp",),
-                         new_tokens=4, dtype=torch.float32, checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)),
-                         prefill_repeats=1)  # fmt: skip
+    rows = model_e2e.run(device, {"copy_bandwidth": 1e11, "bf16_gemm": 1e13}, preset_name="tiny", batches=(1,), runs=runs,
+                         compressors=("mlp",), new_tokens=4, dtype=torch.float32,
+                         checkpoint=lambda rows_so_far: checkpoints.append(len(rows_so_far)), prefill_repeats=1, request_repeats=2)  # fmt: skip
     # saved after every timed configuration, so a run stopped at its limit keeps what it measured
     assert checkpoints == sorted(checkpoints) and checkpoints[-1] == len(rows)
     assert len(checkpoints) == sum("error" not in r for r in rows)
@@ -277,8 +281,13 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
             assert r["error"] == "ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
         else:
             assert "error" not in r and r["ms_per_step"] > 0 and r["request_ms"] > r["ttft_ms"] > 0 and 0 < r["frac_floor"], r
+            # the request's times under the keys the runbook reads: medians of its requests, min and max, floors
+            assert r["requests"] == (2 if r["backend"] == "triton" else 1), r
+            for key in model_e2e.REQUEST_KEYS:
+                assert r[f"{key}_ms_min"] <= r[f"{key}_ms"] <= r[f"{key}_ms_max"] and r[f"{key}_floor_ms"] > 0, (key, r)
     assert {r["visual_tokens"] for r in rows} == {16}  # the tiny preset's 64 patches, compressed 4x
     assert "| mlp (16) | 1 | triton | eager |" in model_e2e.markdown(rows)
+    assert "| mlp (16) | 1 | triton | eager | 2 | " in model_e2e.markdown(rows)  # the requests' table
     assert all(r["prefill_ms_median"] > 0 for r in rows if "ms_per_step" in r and r["backend"] == "triton")
     assert "prefill_ms_median" not in rows[runs.index(("reference", "eager"))]
     # the decode step's profile: this package's op calls per step (host side) and, on a GPU, kernel times
@@ -432,8 +441,10 @@ def test_warm_model_compiles_the_decode_step(device):
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     failures = warm.warm_model(device, preset_name="tiny", batches=(1,), new_tokens=3, dtype=torch.float32)
     if device.type == "cpu":
-        assert failures == [f"{c} B=1 {b} cuda_graph: ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
-                            for c in ("mlp", "none") for b, mode in warm.MODEL_RUNS if mode == "cuda_graph"]  # fmt: skip
+        error = "ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
+        assert failures == [f"{c} B=1 {b} cuda_graph: {error}" for c in ("mlp", "none") for b, mode in warm.MODEL_RUNS
+                            if mode == "cuda_graph"] + [f"{c} B=1 (512-token prompt) triton-fused cuda_graph: {error}"
+                                                        for c in ("mlp", "none")]  # fmt: skip
     else:
         assert failures == []
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
@@ -598,3 +609,45 @@ def test_results_name_the_commit_of_the_timed_tree(monkeypatch):
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
     expected = head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else "unknown"  # no git: a tarball
     assert harness.source_commit() == expected
+
+
+def test_vit_images_per_s_and_the_requests_summary(device, tmp_path):
+    """The ViT alone (eager on a CPU, graph replays on a GPU) and the summary lines the next GPU run
+    is read by: the default run's request times against their floors, and the ViT's images/s."""
+    from bench import model_e2e
+
+    vit = model_e2e.vit_images_per_s(device, torch.float32, batches=(1, 2), repeats=1, preset_name="tiny")
+    assert [v["batch"] for v in vit] == [1, 2] and all(v["images_per_s"] > 0 and v["ms"] > 0 for v in vit)
+    assert all(v["graph_replay"] == (device.type == "cuda") for v in vit)
+    times = {f"{k}_ms": 2.0 for k in model_e2e.REQUEST_KEYS} | {f"{k}_floor_ms": 1.0 for k in model_e2e.REQUEST_KEYS}
+    row = {"compressor": "mlp", "visual_tokens": 64, "batch": 1, "prompt": "long", "backend": "triton-fused", "decode": "cuda_graph",
+           "floor_ms_per_step": 1.0, "ttft_ms": 2.0, "ms_per_step": 2.0, "tokens_per_s": 500.0, "frac_floor": 0.5, "request_ms": 2.0,
+           "requests": 5, **times, **{f"{k}_ms_{end}": 2.0 for k in model_e2e.REQUEST_KEYS for end in ("min", "max")}}  # fmt: skip
+    model_e2e.write(str(tmp_path), [row])
+    model_e2e.write_vit(str(tmp_path), vit)
+    summary = gpu_check.summarise_model(str(tmp_path))
+    assert summary[0].startswith("  model mlp  B=1 (512-token prompt): ")
+    assert summary[1] == ("    requests, triton-fused cuda_graph, median of 5: ttft 2.00 (2.00x floor), second_token 2.00 (2.00x floor), "
+                          "tpot 2.00 (2.00x floor), request 2.00 (2.00x floor)")  # fmt: skip
+    assert summary[2].startswith("  ViT alone: B=1 ") and "images/s" in summary[2]
+    assert "| mlp (64) | 1 (512-token prompt) | triton-fused | cuda_graph | 5 | 2.00 (2.00..2.00) (1.00) |" in model_e2e.markdown([row])
+
+
+def test_model_host_cost_with_stubbed_launches(device):
+    """The host's share of a prefill and a decode step, every Triton launch stubbed (and counted):
+    the model at the full preset's depth launches each layer's kernels, and the stub is undone after."""
+    if device.type != "cpu":
+        pytest.skip("the stub replaces the interpreter's launches")
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from bench import model_host
+
+    run = InterpretedFunction.run
+    [row] = model_host.host_costs(repeats=1, prompt_lengths={1: [8]})
+    assert InterpretedFunction.run is run
+    assert row["prefill_host_us"] > 0 and row["step_host_us"] > 0
+    # per decode step at one sequence: 28 layers' decode attention, two fused projections a layer and
+    # more, the final norm; the prefill: 27 ViT layers and 28 LLM layers' kernels at least
+    assert row["step_triton_launches"] >= 28 * 4 and row["prefill_triton_launches"] >= 27 * 4 + 28 * 3
+    assert row["step_torch_ops"] > 0 and row["prefill_torch_ops"] > row["step_torch_ops"]
+    assert "| 1 | 8 |" in model_host.markdown([row])

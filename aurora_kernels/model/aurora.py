@@ -233,9 +233,10 @@ class AuroraEdgeV(nn.Module):
         "cuda_graph" for the Triton kernels on a GPU and at least AUTO_GRAPH_MIN_NEW_TOKENS new
         tokens, else "eager" (`aurora_kernels.runtime.auto_decode_mode`).
         stats: a dict to receive "decode" (the mode that ran), "prefill_s" (up to the first token's
-        logits), "decode_s" and "decode_steps" (wall clock, the device synchronised at each mark);
-        where this call captured its bucket's step, also "graph_setup_s", the part of decode_s spent
-        on the first step (run eagerly) and the capture.
+        logits), "first_step_s" (the first decode step: the second token after the first),
+        "decode_s" (every decode step, the first included) and "decode_steps" (wall clock, the device
+        synchronised at each mark); where this call captured its bucket's step, also "graph_setup_s",
+        the part of its first step spent running it eagerly and capturing it.
         """
         from aurora_kernels.runtime import DECODE_MODES, Runtime  # the runtime sits above the model
 
