@@ -38,10 +38,11 @@ NEW_TOKENS = 128
 # steps run; "triton-fused": the model's defaults (LLMConfig.fuse_decode_projections: a one-sequence
 # step's projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel),
 # timed at B=1 alone (ONE_SEQUENCE_RUNS). Both launch with programmatic dependent launch
-# (LLMConfig.programmatic_dependent_launch, on by default since run 4; "-no-pdl" without it; run 4's
-# "triton" and "triton-fused" rows are the "-no-pdl" ones here). "triton-encoder-graph": "triton"
-# with prefill's image encoder replayed from a CUDA graph (set_encoder_cuda_graphs, off by
-# default): read its time to first token against "triton"'s.
+# (LLMConfig.programmatic_dependent_launch, on by default; "-no-pdl" without it; the records before
+# 2026-12 named those rows "triton" and "triton-fused"). "triton-encoder-graph": "triton" with an
+# eager prefill's image encoder replayed from a CUDA graph (set_encoder_cuda_graphs, off by
+# default): read its "prefill ms" against "triton"'s (the runtime's captured prefill, which
+# generate's graphed runs take, holds the encoder anyway).
 # a run's backend -> (the model's backend, fuse_decode_projections, programmatic_dependent_launch,
 # encoder_cuda_graphs)
 BACKENDS = {"triton": ("triton", False, True, False), "triton-no-pdl": ("triton", False, False, False),
@@ -52,7 +53,7 @@ ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if bac
 RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
         ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
-# warm, and on the H200 it twice cost the B=32 rows their place in the model's time budget
+# warm, and run early it has cost the B=32 rows their place in the model's time budget
 LAST_RUNS = (("triton", "compile"),)
 COMPRESSORS = ("mlp", "none")
 # where a decode step's device time goes: profiled for these batches and runs (compressor mlp; the
@@ -191,8 +192,8 @@ def profile_decode(model, pixel_values, prompts, steps: int = PROFILE_STEPS) -> 
 
 def median_prefill_ms(model, pixel_values, prompts, new_tokens: int, repeats: int) -> float:
     """Median of `repeats` prefills of the requests, each timed alone (device synchronised before and
-    after): time to first token, steadier than the one request a generate call times (run 4 saw 40
-    to 74 ms for one configuration), which is what comparing prefill paths needs."""
+    after): time to first token of an eager prefill (the encoder graphs apply there), which is
+    what comparing prefill paths needs."""
     times = []
     for _ in range(repeats):
         if model.device.type == "cuda":

@@ -5,8 +5,8 @@ host's share out, as a graphed decode step pays it. GB/s counts the weight alone
 the bytes a decode projection must stream.
 
 Cold weights: a decode step streams 3 GB of weights, so each projection's weight comes from HBM,
-while one call replayed alone finds a weight under the L2's size (all four here, on an H200) in
-L2. So each graph calls the op once on each of enough copies of the weight to fill twice the L2,
+while one call replayed alone finds a weight under the L2's size (each of the four, on an H100 or
+H200's 50 to 60 MB of L2) in L2. So each graph calls the op once on each of enough copies of the weight to fill twice the L2,
 and the time is per call.
 
 The autotuner picks among the same candidates at run time; this table shows by how much, and

@@ -88,11 +88,12 @@ class AuroraEdgeV(nn.Module):
     def set_encoder_cuda_graphs(self, enabled: bool) -> "AuroraEdgeV":
         """Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a
         B=1 prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on
-        that shape's first prefill and kept (MAX_ENCODER_GRAPHS, least recently used dropped): a
-        prefill is host-bound (an H100, run 4: 3.9 ms of kernels against 40 ms to the first token).
-        Needs the model on a CUDA device; in grad mode the encoder runs eagerly (a graph holds no
-        autograd history). Off by default until a GPU has timed it. A graph is keyed on the encoder's
-        parameter addresses too, so replaced weights are captured anew, never read stale."""
+        that shape's first prefill and kept (MAX_ENCODER_GRAPHS, least recently used dropped): an
+        eager prefill is host-bound (docs/performance-log.md). A Runtime's captured prefill holds
+        the encoder too and needs none of this. Needs the model on a CUDA device; in grad mode the
+        encoder runs eagerly (a graph holds no autograd history). Off by default until a GPU has timed
+        it. A graph is keyed on the encoder's parameter addresses too, so replaced weights are
+        captured anew, never read stale."""
         self.encoder_cuda_graphs = bool(enabled)
         if not enabled:
             self._encoder_graphs.clear()

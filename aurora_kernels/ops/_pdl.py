@@ -11,8 +11,7 @@ outputs, caches, lengths): the output buffer it writes may be memory the kernel 
 reads. Each PDL kernel also calls `gdc_launch_dependents` after its wait, so at most two kernels
 overlap.
 
-Measured on an H100 (run 4, `bench/results/nvidia-h100-80gb-hbm3/`): a CUDA-graphed B=1 decode
-step of the model, fused projections, 1.42 ms with PDL against 1.54 ms without (floor 1.04).
+What it gains in the model's decode step: docs/performance-log.md.
 
 Off by default for the ops called on their own: the GEMV loads its first weight tile before its
 wait, which is right only where the kernel before does not write the weights (a weight dequantised

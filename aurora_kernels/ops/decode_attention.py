@@ -22,10 +22,9 @@ the cache once at full bandwidth:
   no gather of table rows per layer: 2 * D table elements read per program against the cache's
   2 * L * D, and one fewer launch in each of the 28 layers.
 - Two trips to memory before the first product: the length, then everything it locates (the first
-  K/V tile, q, the rotary rows, the new token), all in flight at once. Before, the chain was five
-  trips long (the kernel's comment says why). The price is registers: the model's config went from
-  143 to 188 a thread under triton 3.6's ptxas, so at large batch 2 programs fit an SM instead of 3.
-  Not timed on a GPU yet.
+  K/V tile, q, the rotary rows, the new token), all in flight at once, where a chain of five trips
+  would each wait for the one before (the kernel's comment says why). The price is registers (the
+  compile report has them per config): at large batch fewer programs fit an SM.
 
 What is checked: shapes, dtypes, devices and strides always, and with an append that the caches
 have no internal overlap (each sequence's token lands in memory of its own); inside the op (so in a
@@ -77,8 +76,8 @@ MAX_KV_SPLITS = 128
 PROGRAMS_PER_SM = 2
 # ...but give no split fewer cache tokens than one BLOCK_N tile: a shorter split reads less than its
 # prologue and its partial output (D fp32 per query head, written and read again by the merge) cost.
-# At B 1, Hkv 2, 4k context that is 64 splits: 128 programs, about one per SM of an H100, and the
-# partials add ~10% to the 4 MB of K/V read. Not yet tuned on a GPU.
+# At B 1, Hkv 2, 4k context that is 64 splits: 128 programs, about one per SM of a 132-SM GPU, and
+# the partials add ~10% to the 4 MB of K/V read.
 MIN_TOKENS_PER_SPLIT = 64
 # The log-sum-exp of a split whose keys all scored -inf (-FLT_MAX: no finite score comes this low, and
 # beside any split with a finite one its weight is 0)
@@ -181,11 +180,11 @@ def _decode_split_kernel(
     wait_for_previous_kernel(USE_PDL)  # all it reads (lengths, q, caches) a kernel before it wrote
 
     # Latency first. At batch 1 a split is usually one tile (MIN_TOKENS_PER_SPLIT == BLOCK_N) of a
-    # cache of a few hundred tokens, and a call took 4.7 us on the H200: with q rotated before the
-    # loop, the length, the rotary rows, q and the first K/V tile (loaded by the pipelined loop, after
-    # the rotation) were read one after another, each behind a barrier (a conversion through shared
-    # memory). Now the program goes to memory twice before its first product: for the length, then
-    # for everything the length locates, all issued before any value is used: the split's first tile
+    # cache of a few hundred tokens: a call is a chain of trips to memory, and each trip behind a
+    # barrier (a conversion through shared memory) waits for the one before (with q rotated before
+    # the loop the length, the rotary rows, q and the first K/V tile were read one after another).
+    # So the program goes to memory twice before its first product: for the length, then for
+    # everything the length locates, all issued before any value is used: the split's first tile
     # is peeled off the loop, the tables are read in q's layout, and q is loaded after the tile (an
     # unrotated q goes to shared memory for the dot right after its load, behind a barrier). The
     # compile report checks that no global load is issued behind a barrier ahead of the first product.
@@ -335,7 +334,7 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     """Split count from the shapes alone (no host sync): enough programs for PROGRAMS_PER_SM on every
     SM, no split under MIN_TOKENS_PER_SPLIT cache tokens, at most MAX_KV_SPLITS. max_context is the
     cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
-    real lengths live on the device. B 1, Hkv 2, 4k context on an H100: 64 splits; B 128: 2; B 256: 1."""
+    real lengths live on the device. B 1, Hkv 2, 4k context on 132 SMs: 64 splits; B 128: 2; B 256: 1."""
     programs = max(1, batch * heads_kv)
     wanted = cdiv(PROGRAMS_PER_SM * sm_count(device), programs)
     by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))

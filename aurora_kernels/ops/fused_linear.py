@@ -6,11 +6,11 @@ elementwise op that feeds the projection done on the way in. Three entry points,
   then the projection (input_layernorm -> qkv_proj, post_attention_layernorm -> gate_up_proj);
 - `silu_and_mul_linear(x, weight, bias)`: silu(gate) * up then the projection (down_proj).
 
-Why: a batch-1 decode step of the LLM reads 3 GB of weights through 28 x 4 small GEMMs, and on an
-H200 it spent 1.23 ms in cuBLAS against a 0.74 ms floor for the whole step (bench/results/
-nvidia-h200/NOTES.md): the qkv and o products (6.3 and 4.7 MB) ran at a quarter of the copy
-bandwidth, and the norms and the activation between them were 3 more launches a layer, each with
-its gap. Fusing each into the projection that consumes it takes a layer from 10 launches to 6.
+Why: a batch-1 decode step of the LLM reads 3 GB of weights through 28 x 4 small GEMMs, whose
+smallest (qkv, o: 6.3 and 4.7 MB) cuBLAS streams far below the copy bandwidth, and the norms and the
+activation between them are 3 more launches a layer, each with its gap. Fusing each into the
+projection that consumes it takes a layer from 10 launches to 6 (the measurements that led here:
+docs/performance-log.md).
 
 The arithmetic, for M rows, K in, N out: 2*M*N*K FLOPs over N*K weight bytes (+ M*K in, M*N out).
 At M <= 32 that is <= 32 FLOP/byte, far under any GPU's ridge: the kernel is a stream over the
@@ -28,23 +28,18 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   chunk's own layout; and each step loads its weight tile before its input chunk. So the loop is
   loads and FMAs only, with no barrier (the compile report checks), and its weight loads do not wait
   for the input's. The rms_norm's 1/rms is a common factor of a row's products, applied after the
-  loop: one pass. History, on the H200: the first version reduced at every step (1.37 ms of
-  a batch-1 step); the second summed the products once but kept barriers in its loop (2 a step for
-  the squares' sum at qkv and gate_up; 2 more at 4 of its 5 tiles, which sent the input chunk to the
-  weight tile's layout through shared memory) and loaded its weights after its input: 1.13 ms, and
-  a batch-1 step of 1.50 ms against 1.69 with cuBLAS and the separate ops. This third version, on
-  an H100 (run 4): 1.15 ms of a batch-1 step for 2.62 GB of weights, 2.29 TB/s (77% of the copy
-  bandwidth), and a step of 1.54 ms against 1.89 unfused. Under programmatic dependent launch
-  (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that its
-  weight tile is read before the wait for the kernel before.
+  loop: one pass. (A reduction at every step, and barriers in the loop, each cost the earlier
+  versions a large part of the bandwidth: docs/performance-log.md.) Under programmatic dependent
+  launch (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that
+  its weight tile is read before the wait for the kernel before.
 - More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
   cost only arithmetic, which is free here). The normalised or activated input is rounded to the
   input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
-  makes two passes: the rows' norms, then the normalised chunks. In a B=8 decode step on the H200
-  these tiles took 7.15 ms against cuBLAS's 1.21 ms: too few programs (24 for down_proj), each
-  walking all of K. So K is now split over programs where the column blocks alone would leave SMs
-  idle (`k_splits`: down_proj at 8 rows makes 9 splits of 1024), each split's fp32 sums added up by a
-  second kernel. Untimed: the model keeps cuBLAS for batched steps until a GPU run says otherwise.
+  makes two passes: the rows' norms, then the normalised chunks. Alone, too few programs would walk
+  all of K (24 for down_proj), so K is split over programs where the column blocks alone would leave
+  SMs idle (`k_splits`: down_proj at 8 rows makes 9 splits of 1024), each split's fp32 sums added up
+  by a second kernel. These tiles still lose to cuBLAS at 8 and 32 rows, so the model keeps cuBLAS
+  for batched steps (docs/performance-log.md).
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
@@ -271,14 +266,13 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # 32 lanes x 16 bytes in bf16/fp16, twice over in fp32). Then the input chunk's natural layout is the
 # weight tile's: the loop needs no layout conversion and no barrier (the compile report checks
 # `loop_barriers`). Narrower BLOCK_K per warp splits a tile's rows over the warps instead, and the
-# input chunk went through shared memory at every step, behind 2 to 4 barriers: so it was for 4 of
-# the 5 tiles the H200 sweep picked before (bench/results/nvidia-h200/gemv-probe/). More warps split
+# input chunk went through shared memory at every step, behind 2 to 4 barriers (as it did for the
+# tiles an earlier sweep picked: bench/results/nvidia-h200/gemv-probe/). More warps split
 # K within a program (more bytes in flight for the small-N projections: qkv, o_proj and down_proj
 # make only 192 to 256 programs of 8 columns); fewer columns make more programs. The loop has no
 # dot, so Triton does not pipeline it (stages 1): a warp's bytes in flight are its slab, and
-# occupancy does the rest. On an H100's cold-weight sweep (run 4) the autotuner's pick was within
-# 0.1 us of the best tile at each projection, and UNROLL 2 gained 0.1 us at qkv alone. The
-# tensor-core tiles lose to cuBLAS at 8 and 32 rows, split or not (`k_splits`; model/llm.py).
+# occupancy does the rest. The list is what a cold-weight sweep (bench/sweep_fused_linear.py) keeps:
+# the autotuner's pick within 0.1 us of the best tile at each projection (docs/performance-log.md).
 # Each tile compiles without spills at every projection under Triton 3.6 and 3.9 (the compile report
 # checks). Of the tensor-core tiles tried: before the split, 16x256 with 3 or 4 stages, 32x128,
 # 64x128 with 4 warps and 128x64 spilled somewhere; with it, 16x256 with 4 warps (8 B under 3.9, at
@@ -297,16 +291,13 @@ _LAUNCHERS = autotuned_launchers(
 
 
 # The tensor-core path splits K where its column and row blocks alone would leave SMs idle: at 8 and
-# 32 rows, down_proj (N 1536, K 8960) made 24 programs of BLOCK_N 64, each walking all of K, and took
-# 0.22 ms a call on the H200 against 0.03 ms for silu_and_mul + cuBLAS (whose kernel splits K). Each
+# 32 rows, down_proj (N 1536, K 8960) makes 24 programs of BLOCK_N 64, each walking all of K, where
+# cuBLAS's kernel splits K (the figures: docs/performance-log.md). Each
 # split writes fp32 sums and `_sum_k_splits_kernel` adds them up (+ the bias): one more launch, and
 # [splits, rows, N] fp32 written and read again, a few hundred KB at decode sizes. A split is a
 # multiple of K_SPLIT_MULTIPLE columns, which every tensor-core candidate's BLOCK_K divides (and the
 # interpreter's 128), so no chunk crosses into the next split. The rms_norm prologue's first pass
 # still reads whole rows in every split (8 rows of 1536: 24 KB a program, from L2), for the norm.
-# On an H100 (run 4, graph replay) the split brought down_proj at 8 rows to 43 us, still behind
-# silu_and_mul + cuBLAS's 24 us (qkv 23 against 13, gate_up 46 against 35): the model keeps cuBLAS
-# for batched steps.
 K_SPLIT_MULTIPLE = 256
 DOT_PROGRAMS_PER_SM = 2
 _WIDEST_DOT_BLOCK_N = max(c[0] for kind in ("dot_half", "dot_fp32") for c in _GPU_CONFIGS[kind])
@@ -495,7 +486,7 @@ MODEL_PROJECTIONS = (
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
     dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode, K split as `k_splits`
-    splits it on an H100); and with programmatic dependent launch (USE_PDL) in bf16, the model's
+    splits it on 132 SMs); and with programmatic dependent launch (USE_PDL) in bf16, the model's
     dtype: the GEMV, and the tensor-core path at 16. Then the split sum, in each dtype."""
     configs = []
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:

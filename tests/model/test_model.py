@@ -105,7 +105,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
 
 def test_batched_decode_steps_keep_unfused_projections(device, gen):
     """fuse_decode_projections covers one-sequence steps (the GEMV); a batch's steps run cuBLAS and
-    the separate ops, where the fused ops' tensor-core tiles were slower on the H200."""
+    the separate ops, where the fused ops' tensor-core tiles are slower (docs/performance-log.md)."""
     model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=True)
     pixel_values, ids = requests(model, device, gen)
     _, kv = model.prefill(pixel_values, ids, 1)
