@@ -311,7 +311,7 @@ def main(argv=None) -> int:
                 sweep_budget = SWEEP_BUDGET_S if "sweep" in phases else 0.0
                 ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget - sweep_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
-            rows = run.run_gpu_ops(run.load_cases(), device, facts, ceilings, results_dir, ops_budget)
+            rows = run.run_gpu_ops(harness.load_cases(), device, facts, ceilings, results_dir, ops_budget)
             save_archive()
         if "sweep" in phases:
             print(f"fused_linear tile sweep: {SWEEP_BUDGET_S:.0f} s budget", flush=True)

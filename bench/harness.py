@@ -74,6 +74,29 @@ def register_case(case: Case) -> None:
     CASES.append(case)
 
 
+def load_cases(only: set[str] | None = None) -> list[Case]:
+    """Every benchmark case (importing the bench_<op> modules registers them), or `only` these ops'."""
+    import importlib
+    import pkgutil
+
+    import bench
+
+    for module in pkgutil.iter_modules(bench.__path__):
+        if module.name.startswith("bench_"):
+            importlib.import_module(f"bench.{module.name}")
+    return [c for c in CASES if not only or c.op in only]
+
+
+def interleave_ops(cases) -> list:
+    """Cases round-robin over the ops (every op's first case, then every op's second, ...), so a time
+    budget that runs out leaves each op measured at least at its first shapes."""
+    by_op: dict[str, list] = {}
+    for case in cases:
+        by_op.setdefault(case.op, []).append(case)
+    rounds = max((len(v) for v in by_op.values()), default=0)
+    return [op_cases[i] for i in range(rounds) for op_cases in by_op.values() if i < len(op_cases)]
+
+
 def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 

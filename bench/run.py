@@ -11,27 +11,17 @@ torch.compile of the reference and the peers; JSON + Markdown under --results-di
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import pkgutil
 import sys
 import time
 
 import torch
 
-import bench
 from bench import harness
-from bench.harness import CASES, OPS
+from bench.harness import OPS, interleave_ops, load_cases
 
 RESULTS_ROOT = os.path.join(os.path.dirname(__file__), "results")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def load_cases(only: set[str] | None = None) -> list[harness.Case]:
-    for module in pkgutil.iter_modules(bench.__path__):
-        if module.name.startswith("bench_"):
-            importlib.import_module(f"bench.{module.name}")
-    return [c for c in CASES if not only or c.op in only]
 
 
 def cpu_parity(only: set[str] | None) -> int:
@@ -89,16 +79,6 @@ def floors(cases) -> None:
         f.write("# Roofline floors of the benchmark cases (H100, the model's shapes)\n\n" + table)
     print(f"## Roofline floors at the model's shapes (written to {os.path.relpath(path)})\n")
     print(table)
-
-
-def interleave_ops(cases) -> list:
-    """Cases round-robin over the ops (every op's first case, then every op's second, ...), so a time
-    budget that runs out leaves each op measured at least at its first shapes."""
-    by_op: dict[str, list] = {}
-    for case in cases:
-        by_op.setdefault(case.op, []).append(case)
-    rounds = max((len(v) for v in by_op.values()), default=0)
-    return [op_cases[i] for i in range(rounds) for op_cases in by_op.values() if i < len(op_cases)]
 
 
 def gpu_context(results_dir: str | None):

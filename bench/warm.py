@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from bench import harness, model_e2e, run
+from bench import harness, model_e2e
 
 MODEL_TASK = "model"
 # each worker holds a CUDA context and a torch import (GBs of host memory): a bound, whatever the core
@@ -84,7 +84,7 @@ def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:
     # processes in each of them would only compete for memory
     torch._inductor.config.compile_threads = 1
     device = torch.device(device_name)
-    cases = run.load_cases()
+    cases = harness.load_cases()
     while (task := tasks.get()) is not None:
         start = time.time()
         try:
@@ -110,7 +110,7 @@ def describe(task, cases: list[harness.Case]) -> str:
 
 def warm_up(tasks: list, device_name: str, workers: int, deadline_s: float, memory_fraction: float = 0.5,
             log=print) -> list[tuple]:  # fmt: skip
-    """Run `tasks` (MODEL_TASK or indices into run.load_cases()) on `workers` spawned processes until
+    """Run `tasks` (MODEL_TASK or indices into harness.load_cases()) on `workers` spawned processes until
     all are done or `deadline_s` has passed; then the workers are stopped (what they compiled stays
     cached). The workers together use at most `memory_fraction` of the GPU's memory (the model task
     a little more). Returns (task, seconds, failures) for each task that finished."""
@@ -125,7 +125,7 @@ def warm_up(tasks: list, device_name: str, workers: int, deadline_s: float, memo
     processes = [context.Process(target=_worker, args=worker_args) for _ in range(workers)]
     for process in processes:
         process.start()
-    cases = run.load_cases()
+    cases = harness.load_cases()
     finished, end = [], time.time() + deadline_s
     while len(finished) < len(tasks) and time.time() < end:
         try:
@@ -172,10 +172,10 @@ def timed_run_tasks(only: set[str] | None = None, model: bool = True) -> list:
     """The tasks of a timed run: the model first (its one task is the longest), then the cases of
     the ops in `only` (all if None) in the timed run's order, so a deadline leaves warm the cases it
     times first."""
-    cases = run.load_cases()
+    cases = harness.load_cases()
     index = {id(case): i for i, case in enumerate(cases)}
     chosen = [c for c in cases if only is None or c.op in only]
-    return ([MODEL_TASK] if model else []) + [index[id(c)] for c in run.interleave_ops(chosen)]
+    return ([MODEL_TASK] if model else []) + [index[id(c)] for c in harness.interleave_ops(chosen)]
 
 
 def run_and_report(tasks: list, device_name: str, workers: int, deadline_s: float, memory_fraction: float) -> str:

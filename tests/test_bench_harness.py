@@ -13,7 +13,7 @@ from bench import gpu_check, harness, run, sweep_fused_linear
 
 
 def test_every_case_has_a_registered_op_and_a_floor():
-    cases = run.load_cases()
+    cases = harness.load_cases()
     assert {c.op for c in cases} == set(harness.OPS), "every op with cases registers its parity inputs, and vice versa"
     import aurora_kernels as ak
 
@@ -187,7 +187,7 @@ def test_attention_peers_compute_the_same_attention(device):
     from aurora_kernels.testing import assert_parity, make_generator
     from bench import bench_attention, bench_decode_attention
 
-    run.load_cases()
+    harness.load_cases()
     args, kwargs = harness.OPS["attention_varlen"].small_inputs(torch.float32, device, make_generator(0, device))
     expected = reference.attention_varlen(*args, **kwargs)
     per_request = bench_attention.VARLEN_PEERS["SDPA per request"]()
@@ -228,7 +228,7 @@ def test_every_peer_adapter_runs_on_its_smallest_case(device):
     # the split sweep is our kernel at other split counts (the decode attention tests cover them):
     # its first two, one split and split + merge, stand for the rest (each more costs seconds interpreted)
     swept_beyond = {f"ours, num_kv_splits={n}" for n in SPLIT_SWEEP[2:]}
-    cases = run.load_cases()
+    cases = harness.load_cases()
     for op in harness.OPS:
         case = min((c for c in cases if c.op == op), key=lambda c: c.bytes)
         args, kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
@@ -383,7 +383,7 @@ def test_time_case_rows_with_a_stand_in_timer(device):
 
 
 def test_cases_interleave_over_ops_and_skipped_rows_are_reported():
-    cases = run.interleave_ops(run.load_cases())
+    cases = harness.interleave_ops(harness.load_cases())
     ops = list(harness.OPS)
     assert [c.op for c in cases[: len(ops)]] == sorted(ops, key=[c.op for c in cases].index)
     assert len({c.op for c in cases[: len(ops)]}) == len(ops)  # every op's first case comes first
@@ -400,7 +400,7 @@ def test_gpu_check_rejects_unknown_phases(capsys):
 
 
 def _smallest_case_index(op: str) -> int:
-    cases = run.load_cases()
+    cases = harness.load_cases()
     return min((i for i, c in enumerate(cases) if c.op == op), key=lambda i: cases[i].bytes)
 
 
@@ -417,7 +417,7 @@ def test_warm_up_fills_the_compile_caches_of_the_timed_run(device, tmp_path, mon
     assert [task for task, _, _ in finished] == [index]
     # ours and the torch.compile peer compiled (a carried liger's own failure is the peer test's business)
     assert not [f for f in finished[0][2] if f.startswith(("ours:", "torch.compile:"))], finished
-    case = run.load_cases()[index]
+    case = harness.load_cases()[index]
     args, kwargs = case.build(device, torch.Generator(device=device).manual_seed(0))
     torch._dynamo.reset()
     counters.clear()
@@ -457,7 +457,7 @@ def test_gpu_check_warm_up_glue(device, tmp_path):
         pytest.skip("on a GPU machine `make gpu-check` runs this glue itself, on the real cases")
     proc = gpu_check.start_warm_up(str(tmp_path), ["ops"], beside_tests=True)
     summary = gpu_check.finish_warm_up(proc, str(tmp_path), time.time())
-    cases = len(run.load_cases())
+    cases = len(harness.load_cases())
     assert summary.startswith(f"warm-up: {cases} of {cases} tasks in ") and summary.endswith(f", {cases} with failures"), summary
     assert proc.returncode == 0
     log = (tmp_path / "warm-up.log").read_text()
@@ -591,7 +591,7 @@ def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
     def build(device, gen):
         raise RuntimeError("CUDA out of memory")
 
-    run.load_cases()  # registers the ops (alone on a test worker, nothing else has)
+    harness.load_cases()  # registers the ops (alone on a test worker, nothing else has)
     case = harness.Case(op="rms_norm", name="huge", dtype=torch.bfloat16, build=build, bytes=1, flops=1)
     rows = run.run_gpu_ops([case], torch.device("cpu"), {"name": "Stand-in GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14},
                            str(tmp_path))  # fmt: skip
