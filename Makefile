@@ -37,8 +37,11 @@ $(GPU_IMAGE_TRITON_STAMP): | $(STAMP)
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps --target $(GPU_IMAGE_TRITON) triton==3.6.0
 	touch $(GPU_IMAGE_TRITON_STAMP)
 
-# CPU: every kernel runs under the Triton interpreter on CPU tensors.
+# CPU: the linter and the formatter's check (seconds), then every kernel under the Triton
+# interpreter on CPU tensors.
 test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
+	$(VPY) -m ruff check aurora_kernels bench tests
+	$(VPY) -m ruff format --check aurora_kernels bench tests
 	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 # CPU: interpreter parity at small shapes, the sm_90 compile report (venv triton and 3.6), the H100 roofline floors.

@@ -7,10 +7,13 @@ PyTorch op of the same name in `aurora_kernels.ops.reference`). README.md has th
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels._validation import set_value_checks, value_checks
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._pdl import (
+    programmatic_dependent_launch,
+    set_programmatic_dependent_launch,
+    using_programmatic_dependent_launch,  # fmt: skip
+)
 from aurora_kernels.ops.attention import attention, attention_varlen
 from aurora_kernels.ops.decode_attention import decode_attention
-from aurora_kernels.ops._pdl import (programmatic_dependent_launch, set_programmatic_dependent_launch,
-                                     using_programmatic_dependent_launch)  # fmt: skip
 from aurora_kernels.ops.fused_linear import linear, rms_norm_linear, silu_and_mul_linear
 from aurora_kernels.ops.gelu_tanh import gelu_tanh
 from aurora_kernels.ops.layer_norm import layer_norm

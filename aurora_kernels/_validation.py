@@ -135,9 +135,7 @@ def check_tensor(
     if device is not None and t.device != (device if isinstance(device, torch.device) else torch.device(device)):
         raise ValueError(f"{name}: expected a tensor on {device}, got one on {t.device}")
     if unit_stride_last and t.ndim > 0 and t.shape[-1] > 1 and t.stride(-1) != 1:
-        raise ValueError(
-            f"{name}: expected the last dim to be contiguous (stride 1), got strides {list(t.stride())}"
-        )
+        raise ValueError(f"{name}: expected the last dim to be contiguous (stride 1), got strides {list(t.stride())}")
 
 
 def _shape_matches(actual, expected) -> bool:
@@ -323,6 +321,4 @@ def check_block_table_values(
     bad = used & ((block_table < 0) | (block_table >= num_blocks))
     if bool(bad.any()):
         b, j = (int(i) for i in bad.nonzero()[0])
-        raise ValueError(
-            f"{name}: expected block indices in [0, {num_blocks}), got {int(block_table[b, j])} at [{b}, {j}]"
-        )
+        raise ValueError(f"{name}: expected block indices in [0, {num_blocks}), got {int(block_table[b, j])} at [{b}, {j}]")

@@ -43,6 +43,7 @@ import tempfile
 
 from aurora_kernels._compile import DTYPE_LABELS, H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
 
+
 def _ptxas() -> str:
     """The ptxas this Triton itself assembles sm_90 code with: triton 3.6 uses its CUDA 12.8 `ptxas`,
     triton 3.9 `ptxas-blackwell`. Register and spill counts depend on the assembler, so the report
@@ -106,7 +107,7 @@ def loads_behind_barrier(sass: str) -> int:
     first_product = re.search(r"\bHG?MMA\.", sass) or re.search(r"\bSTG\.", sass)
     if not first_barrier or not first_product or first_product.start() < first_barrier.start():
         return 0
-    return len(re.findall(r"\bLDG(?:STS)?\.", sass[first_barrier.start():first_product.start()]))
+    return len(re.findall(r"\bLDG(?:STS)?\.", sass[first_barrier.start() : first_product.start()]))
 
 
 def _sass(cubin: bytes) -> str:
@@ -278,8 +279,15 @@ def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tup
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "report.json")
         subprocess.run(
-            [sys.executable, "-m", "aurora_kernels.compile_report", "--json", out, "--quiet",
-             *[arg for label in dtypes for arg in ("--dtype", label)]],
+            [
+                sys.executable,
+                "-m",
+                "aurora_kernels.compile_report",
+                "--json",
+                out,
+                "--quiet",
+                *[arg for label in dtypes for arg in ("--dtype", label)],
+            ],
             env=env,
             check=False,  # exit status 1 means some config has problems: the caller reads them from the rows
             timeout=timeout,
@@ -294,14 +302,16 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the table as Markdown here")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     parser.add_argument("--op", action="append", help="only this op's configs (repeatable)")
-    parser.add_argument("--dtype", action="append", choices=sorted(DTYPE_LABELS.values()),
-                        help="only the configs of this dtype (repeatable)")
+    parser.add_argument(
+        "--dtype", action="append", choices=sorted(DTYPE_LABELS.values()), help="only the configs of this dtype (repeatable)"
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
-    rows = compile_all([cfg for cfg in all_configs()
-                        if (not args.op or cfg.op in args.op) and (not args.dtype or cfg.dtype in args.dtype)])
+    rows = compile_all(
+        [cfg for cfg in all_configs() if (not args.op or cfg.op in args.op) and (not args.dtype or cfg.dtype in args.dtype)]
+    )
     report = {"toolchain": toolchain(), "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

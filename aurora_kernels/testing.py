@@ -51,9 +51,7 @@ def assert_parity(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what
     err = rel_error(out, ref)
     bound = TOLERANCES[dtype]
     if not err <= bound:
-        raise AssertionError(
-            f"{what}: relative error {err:.3e} exceeds the {dtype} bound {bound:.0e} (shape {list(out.shape)})"
-        )
+        raise AssertionError(f"{what}: relative error {err:.3e} exceeds the {dtype} bound {bound:.0e} (shape {list(out.shape)})")
     return err
 
 

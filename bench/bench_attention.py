@@ -92,11 +92,16 @@ for images in (1, 8, 32):
             name=f"ViT B={images} L={tokens} H={heads} D={head_dim}",
             dtype=torch.bfloat16,
             build=lambda device, gen, b=images: (
-                tuple(randn((b, tokens, heads, head_dim), torch.bfloat16, device, gen) for _ in range(3)), {}),
+                tuple(randn((b, tokens, heads, head_dim), torch.bfloat16, device, gen) for _ in range(3)),
+                {},
+            ),
             bytes=4 * images * tokens * heads * head_dim * 2,
             flops=4 * images * heads * head_dim * tokens * tokens,
-            peers={"torch.compile": compiled(reference.attention), "SDPA": direct(sdpa_dense),
-                   "flash-attn": optional("flash_attn", "flash_attn_func")},  # fmt: skip
+            peers={
+                "torch.compile": compiled(reference.attention),
+                "SDPA": direct(sdpa_dense),
+                "flash-attn": optional("flash_attn", "flash_attn_func"),
+            },  # fmt: skip
         )
     )
 

@@ -128,8 +128,11 @@ for batch in (1, 8, 32, 128):
                     build=lambda device, gen, lengths=lengths, paged=paged: _inputs(lengths, paged, torch.bfloat16, device, gen),
                     bytes=2 * sum(lengths) * HEADS_KV * HEAD_DIM * 2 + 2 * batch * HEADS_Q * HEAD_DIM * 2,
                     flops=4 * sum(lengths) * HEADS_Q * HEAD_DIM,
-                    peers={**(PAGED_PEERS if paged else CONTIGUOUS_PEERS), **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {}),
-                           **(split_sweep_peers() if (batch, context) in SWEPT and label == "uniform" else {})},  # fmt: skip
+                    peers={
+                        **(PAGED_PEERS if paged else CONTIGUOUS_PEERS),
+                        **(NOT_COMPILED if batch > MAX_COMPILED_BATCH else {}),
+                        **(split_sweep_peers() if (batch, context) in SWEPT and label == "uniform" else {}),
+                    },  # fmt: skip
                 )
             )
 

@@ -66,7 +66,11 @@ def _peers(prologue) -> dict:
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
     if prologue == "none":
         return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}
-    return {f"ours unfused: {prologue} + cuBLAS": lambda: Peer(_ours_unfused(prologue)), "torch ops": lambda: Peer(chain), **peers}
+    return {
+        f"ours unfused: {prologue} + cuBLAS": lambda: Peer(_ours_unfused(prologue)),
+        "torch ops": lambda: Peer(chain),
+        **peers,
+    }
 
 
 def _inputs(prologue, batch, in_features, out_features, has_bias):

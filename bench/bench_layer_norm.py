@@ -37,8 +37,9 @@ for images in (1, 32):
             peers={
                 "torch.compile": compiled(reference.layer_norm),
                 "F.layer_norm": direct(lambda x, w, b, eps=1e-6: F.layer_norm(x, (x.shape[-1],), w, b, eps)),
-                "liger": optional("liger_kernel.ops.layer_norm", "LigerLayerNormFunction",
-                                  lambda f: liger_layer_norm(f.apply)),  # fmt: skip
+                "liger": optional(
+                    "liger_kernel.ops.layer_norm", "LigerLayerNormFunction", lambda f: liger_layer_norm(f.apply)
+                ),  # fmt: skip
             },
         )
     )

@@ -20,6 +20,7 @@ def _small(dtype, device, gen):
 register_op("rms_norm", ak.rms_norm, reference.rms_norm, _small)
 
 for rows, phase in ((1, "decode"), (32, "decode"), (256, "decode"), (8192, "prefill"), (65536, "prefill")):
+
     def build(device, gen, rows=rows):
         x, residual = (randn((rows, HIDDEN), torch.bfloat16, device, gen) for _ in range(2))
         return (x, randn((HIDDEN,), torch.bfloat16, device, gen)), {"residual": residual}
@@ -34,8 +35,11 @@ for rows, phase in ((1, "decode"), (32, "decode"), (256, "decode"), (8192, "pref
             flops=5 * rows * HIDDEN,
             peers={
                 "torch.compile": compiled(reference.rms_norm),
-                "liger": optional("liger_kernel.ops.fused_add_rms_norm", "LigerFusedAddRMSNormFunction",
-                                  lambda f: liger_fused_add_rms_norm(f.apply)),  # fmt: skip
+                "liger": optional(
+                    "liger_kernel.ops.fused_add_rms_norm",
+                    "LigerFusedAddRMSNormFunction",
+                    lambda f: liger_fused_add_rms_norm(f.apply),
+                ),  # fmt: skip
             },
         )
     )

@@ -89,7 +89,9 @@ def summarise_tests(output: str, stopped_after_s: float | None = None) -> str:
     """pytest's closing line; for a run stopped at its time limit (no closing line), the outcomes its
     verbose lines reported so far, with the ids of the tests that failed."""
     if stopped_after_s is None:
-        return next((line for line in reversed(output.splitlines()) if re.search(r"\b(passed|failed|error)", line)), "").strip("= ")
+        return next((line for line in reversed(output.splitlines()) if re.search(r"\b(passed|failed|error)", line)), "").strip(
+            "= "
+        )
     counts: dict[str, int] = {}
     failed = []
     for line in output.splitlines():
@@ -182,8 +184,15 @@ def summarise_model(results_dir: str) -> list[str]:
     close the CUDA-graphed step comes to its floor."""
     import json
 
-    from bench.model_e2e import (ONE_SEQUENCE_RUNS, REQUEST_KEYS, batch_label, compressor_speedups, kernel_notes,
-                                 launches_per_step, prefill_line)  # fmt: skip
+    from bench.model_e2e import (
+        ONE_SEQUENCE_RUNS,
+        REQUEST_KEYS,
+        batch_label,
+        compressor_speedups,
+        kernel_notes,
+        launches_per_step,  # fmt: skip
+        prefill_line,
+    )
 
     path = os.path.join(results_dir, "model-e2e.json")
     if not os.path.exists(path):
@@ -212,7 +221,9 @@ def summarise_model(results_dir: str) -> list[str]:
         for run in (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS):  # the defaults' request times against their floors
             r = group.get(run, {})
             if "tpot_ms" in r:
-                times = ", ".join(f"{k} {r[f'{k}_ms']:.2f} ({r[f'{k}_ms'] / r[f'{k}_floor_ms']:.2f}x floor)" for k in REQUEST_KEYS)
+                times = ", ".join(
+                    f"{k} {r[f'{k}_ms']:.2f} ({r[f'{k}_ms'] / r[f'{k}_floor_ms']:.2f}x floor)" for k in REQUEST_KEYS
+                )
                 lines.append(f"    requests, {run[0]} {run[1]}, median of {r['requests']}: {times}")
         prefill = [f"{backend} {mode} {group[(backend, mode)]['prefill_ms_median']:.1f}" for backend, mode in
                    (("triton", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"))
@@ -258,17 +269,35 @@ PHASES = ("tests", "ops", "sweep", "model")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help="comma-separated subset of tests,ops,sweep,model (one device call each fits its 10 minutes)")
-    parser.add_argument("--run-budget", type=float, default=RUN_BUDGET_S,
-                        help="seconds for all the phases together (a device call's limit less start-up and archive)")
-    parser.add_argument("--ops-budget", type=float, help=f"seconds for the op benchmarks (default: what is left of "
-                        f"the run budget after the tests and {MIN_MODEL_BUDGET_S:.0f} s for the model, "
-                        f"{MIN_OPS_BUDGET_S:.0f} s at least)")
-    parser.add_argument("--model-budget", type=float, help=f"seconds for the end-to-end model runs (default: what is "
-                        f"left of the run budget, {MIN_MODEL_BUDGET_S:.0f} s at least)")
-    parser.add_argument("--archive", help="also pack the results directory into this .tar.gz after each phase "
-                        "(a device call returns few files, and a call stopped at its limit keeps the phases done)")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help="comma-separated subset of tests,ops,sweep,model (one device call each fits its 10 minutes)",
+    )
+    parser.add_argument(
+        "--run-budget",
+        type=float,
+        default=RUN_BUDGET_S,
+        help="seconds for all the phases together (a device call's limit less start-up and archive)",
+    )
+    parser.add_argument(
+        "--ops-budget",
+        type=float,
+        help=f"seconds for the op benchmarks (default: what is left of "
+        f"the run budget after the tests and {MIN_MODEL_BUDGET_S:.0f} s for the model, "
+        f"{MIN_OPS_BUDGET_S:.0f} s at least)",
+    )
+    parser.add_argument(
+        "--model-budget",
+        type=float,
+        help=f"seconds for the end-to-end model runs (default: what is "
+        f"left of the run budget, {MIN_MODEL_BUDGET_S:.0f} s at least)",
+    )
+    parser.add_argument(
+        "--archive",
+        help="also pack the results directory into this .tar.gz after each phase "
+        "(a device call returns few files, and a call stopped at its limit keeps the phases done)",
+    )
     args = parser.parse_args(argv)
     phases = args.phases.split(",")
     if not set(phases) <= set(PHASES):

@@ -240,7 +240,7 @@ def measure_ceilings(device: torch.device) -> dict:
     n = 8192
     a, b = (torch.randn(n, n, dtype=torch.bfloat16, device=device) for _ in range(2))
     gemm_ms = bench_ms(lambda: a @ b)
-    del src, dst, a, b
+    src = dst = a = b = None  # free the buffers (assigned, not deleted: the lambdas above refer to them)
     return {"copy_bandwidth": 2 * 2**28 * 2 / (copy_ms * 1e-3), "bf16_gemm": 2 * n**3 / (gemm_ms * 1e-3)}
 
 
@@ -363,7 +363,7 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         f"bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s.",
         "",
         "Times are medians in ms of eager calls, host cost included. `speed-up` is the best peer's time over ours "
-        "(our own variants, named \"ours ...\", are listed among the peers but not counted as one). `% floor` is "
+        '(our own variants, named "ours ...", are listed among the peers but not counted as one). `% floor` is '
         "the roofline floor over our time (100% = at the ceiling). `ours, graph replay` is one call of ours "
         "replayed from a CUDA graph: the kernel's device time without the host's share, which decides small "
         "cases (tens of microseconds of Python and launch a call) and is what a CUDA-graphed model pays. "
@@ -420,7 +420,13 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
 
 
 def autotune_markdown(choices: dict[str, dict[str, str]]) -> str:
-    lines = ["", "## Autotuner choices", "", "What each autotuned kernel picked, per autotune key (first call of a key decides).", ""]
+    lines = [
+        "",
+        "## Autotuner choices",
+        "",
+        "What each autotuned kernel picked, per autotune key (first call of a key decides).",
+        "",
+    ]
     lines += [f"- `{name}` {key}: {config}" for name, by_key in choices.items() for key, config in by_key.items()]
     return "\n".join(lines) + "\n" if choices else ""
 

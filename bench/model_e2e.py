@@ -73,7 +73,7 @@ GEMM_KERNEL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|cublas", re.IGNORECASE)
 
 
 def prompt_lengths(batch: int, prompt: str = "ragged") -> list[int]:
-    """"ragged": 32..512 spread over the batch (32 at B=1); "long": LONG_PROMPT each."""
+    """ "ragged": 32..512 spread over the batch (32 at B=1); "long": LONG_PROMPT each."""
     if prompt == "long":
         return [LONG_PROMPT] * batch
     return [32 + (512 - 32) * b // max(batch - 1, 1) for b in range(batch)]
@@ -255,7 +255,13 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
                 continue
             graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
             samples = []
-            repeats = 1 if model_backend != "triton" else request_repeats if decode == "cuda_graph" else min(request_repeats, EAGER_REQUEST_REPEATS)
+            repeats = (
+                1
+                if model_backend != "triton"
+                else request_repeats
+                if decode == "cuda_graph"
+                else min(request_repeats, EAGER_REQUEST_REPEATS)
+            )
             for _ in range(repeats):
                 _, stats = timed_generation(model, pixel_values, prompts, new_tokens, decode=decode)
                 samples.append(stats)
@@ -299,7 +305,9 @@ def schedule(batches, runs, compressors=COMPRESSORS) -> list[tuple[int, str, str
             order += [(batch, "ragged", compressor, run) for compressor in compressors for run in pass_runs
                       if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
             if batch == 1:
-                order += [(1, "long", compressor, run) for compressor in compressors for run in pass_runs if run in LONG_PROMPT_RUNS]
+                order += [
+                    (1, "long", compressor, run) for compressor in compressors for run in pass_runs if run in LONG_PROMPT_RUNS
+                ]
     return order
 
 
@@ -354,7 +362,10 @@ def request_markdown(rows: list[dict]) -> list[str]:
              "| compressor | B | backend | decode | requests | TTFT (floor) | 2nd token (floor) | per token after (floor) | "
              "whole request (floor) |", "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
     for r in timed:
-        cells = [f"{r[f'{k}_ms']:.2f} ({r[f'{k}_ms_min']:.2f}..{r[f'{k}_ms_max']:.2f}) ({r[f'{k}_floor_ms']:.2f})" for k in REQUEST_KEYS]
+        cells = [
+            f"{r[f'{k}_ms']:.2f} ({r[f'{k}_ms_min']:.2f}..{r[f'{k}_ms_max']:.2f}) ({r[f'{k}_floor_ms']:.2f})"
+            for k in REQUEST_KEYS
+        ]
         lines.append(f"| {r['compressor']} ({r['visual_tokens']}) | {batch_label(r)} | {r['backend']} | {r['decode']} | "
                      f"{r['requests']} | " + " | ".join(cells) + " |")  # fmt: skip
     return lines
@@ -407,7 +418,11 @@ def kernel_notes(profile: dict) -> list[str]:
     time per call (latency: a few hundred cached tokens a call)."""
     by_name = {k["name"]: k for k in profile.get("kernels", [])}
     notes = []
-    gemv, weight_bytes, bandwidth = by_name.get("_fused_linear_kernel"), profile.get("projection_weight_bytes"), profile.get("copy_bandwidth")
+    gemv, weight_bytes, bandwidth = (
+        by_name.get("_fused_linear_kernel"),
+        profile.get("projection_weight_bytes"),
+        profile.get("copy_bandwidth"),
+    )
     if gemv and weight_bytes and bandwidth:
         rate = weight_bytes / (gemv["us_per_step"] * 1e-6)
         notes.append(f"_fused_linear_kernel: {gemv['us_per_step']:.1f} us a step for {weight_bytes / 1e6:.0f} MB of layer weights, "
@@ -452,15 +467,20 @@ def prefill_line(row: dict) -> str:
     """The profiled prefill's device time and launches against the row's measured time to first token."""
     prefill = row["profile"]["prefill"]
     ttft = f"{row['ttft_ms']:.1f} ms" if "ttft_ms" in row else "not timed"
-    return (f"Prefill of the same requests: device kernels {prefill['device_ms']:.3f} ms in {prefill['launches']:g} "
-            f"launches, {sum(prefill['op_calls'].values()):g} calls of this package's ops; measured time to first token {ttft}.")
+    return (
+        f"Prefill of the same requests: device kernels {prefill['device_ms']:.3f} ms in {prefill['launches']:g} "
+        f"launches, {sum(prefill['op_calls'].values()):g} calls of this package's ops; measured time to first token {ttft}."
+    )
 
 
 def compressor_speedups(rows: list[dict]) -> list[tuple]:
     """(batch label, backend, decode, none's request time over mlp's) wherever both ran."""
     timed = {(batch_label(r), r["backend"], r["decode"], r["compressor"]): r["request_ms"] for r in rows if "request_ms" in r}
-    return [(b, backend, decode, timed[(b, backend, decode, "none")] / ms)
-            for (b, backend, decode, kind), ms in timed.items() if kind == "mlp" and (b, backend, decode, "none") in timed]
+    return [
+        (b, backend, decode, timed[(b, backend, decode, "none")] / ms)
+        for (b, backend, decode, kind), ms in timed.items()
+        if kind == "mlp" and (b, backend, decode, "none") in timed
+    ]
 
 
 def write_vit(results_dir: str, rows: list[dict]) -> None:

@@ -94,7 +94,10 @@ def host_costs(repeats: int = REPEATS, prompt_lengths: dict = PROMPT_LENGTHS) ->
             prefill_us = _median_us(lambda: model.prefill(pixel_values, prompts, 2 * repeats + 2), repeats)
             step_us = _median_us(lambda: model.decode_step(tokens, kv), repeats)
             counts = {}
-            for name, fn in (("prefill", lambda: model.prefill(pixel_values, prompts, 2)), ("step", lambda: model.decode_step(tokens, kv))):
+            for name, fn in (
+                ("prefill", lambda: model.prefill(pixel_values, prompts, 2)),
+                ("step", lambda: model.decode_step(tokens, kv)),
+            ):
                 launches[0] = 0
                 with _CountOps() as ops:
                     fn()

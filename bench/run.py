@@ -167,9 +167,7 @@ def main(argv=None) -> int:
     compile_failures = compile_report()
     floors(cases)
     if not only:
-        from bench import model_cpu
-
-        from bench import model_host
+        from bench import model_cpu, model_host
 
         print(model_cpu.cost_report(RESULTS_ROOT))
         print(model_cpu.cpu_timings(RESULTS_ROOT))

@@ -32,7 +32,6 @@ import aurora_kernels as ak
 from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, MODEL_PROJECTIONS, PROLOGUES, _launcher_kind, launch
 from bench.bench_fused_linear import _ours_unfused
 
-
 # the fastest candidate tiles of each projection timed again with their K loop unrolled twice: not
 # shipped (not in the autotuner's list, so not in the compile report's), for the next choice of tiles
 UNROLLED_TILES = 2
@@ -72,7 +71,11 @@ def _candidate(t: dict, prologue_index: int, kind: str, config: tuple, unroll: i
     """(name, role, fn(weight)) of one candidate tile (with its K loop unrolled `unroll` times)."""
     x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
     name = f"{kind} {config}" + (f" unroll {unroll}" if unroll > 1 else "")
-    return name, "candidate", lambda w: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll)
+    return (
+        name,
+        "candidate",
+        lambda w: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll),
+    )
 
 
 def _op_and_baseline(prologue: str, t: dict):
@@ -83,7 +86,11 @@ def _op_and_baseline(prologue: str, t: dict):
         yield "cuBLAS", "baseline", lambda w: F.linear(x, w, bias)
     elif prologue == "rms_norm":
         yield "autotuned", "autotuned", lambda w: ak.rms_norm_linear(x, norm_weight, w, bias, residual=residual)
-        yield "unfused (ours + cuBLAS)", "baseline", lambda w: _ours_unfused("rms_norm")(x, norm_weight, w, bias, residual=residual)
+        yield (
+            "unfused (ours + cuBLAS)",
+            "baseline",
+            lambda w: _ours_unfused("rms_norm")(x, norm_weight, w, bias, residual=residual),
+        )
     else:
         yield "autotuned", "autotuned", lambda w: ak.silu_and_mul_linear(x, w, bias)
         yield "unfused (ours + cuBLAS)", "baseline", lambda w: _ours_unfused("silu_and_mul")(x, w, bias)
@@ -119,7 +126,7 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
                                key=lambda r: r["us"])  # fmt: skip
                 for r in tried[:UNROLLED_TILES]:
                     timed(*_candidate(t, index, kind, r["config"], unroll=2), config=r["config"])
-            del t, weights
+            t = weights = None  # free the weight copies (assigned, not deleted: timed() refers to them)
     return results
 
 

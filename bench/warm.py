@@ -74,7 +74,9 @@ def warm_model(device: torch.device, **overrides) -> list[str]:
     torch._dynamo.reset()
     rows = model_e2e.run(device, {"copy_bandwidth": harness.H100_COPY_BANDWIDTH}, math.inf, runs=MODEL_RUNS,
                          timed=False, **overrides)  # fmt: skip
-    return [f"{r['compressor']} B={model_e2e.batch_label(r)} {r['backend']} {r['decode']}: {r['error']}" for r in rows if "error" in r]
+    return [
+        f"{r['compressor']} B={model_e2e.batch_label(r)} {r['backend']} {r['decode']}: {r['error']}" for r in rows if "error" in r
+    ]
 
 
 def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:
@@ -92,7 +94,9 @@ def _worker(device_name: str, memory_fraction: float, tasks, results) -> None:
                 # the GPU is shared with the CUDA test run: a case too big for this share fails here
                 # (logged; the timed run compiles it), never a test; the model needs more
                 share = max(memory_fraction, MODEL_MEMORY_FRACTION) if task == MODEL_TASK else memory_fraction
-                torch.cuda.set_per_process_memory_fraction(share)  # the current device: torch 2.11 refuses a device without an index
+                torch.cuda.set_per_process_memory_fraction(
+                    share
+                )  # the current device: torch 2.11 refuses a device without an index
             failures = warm_model(device) if task == MODEL_TASK else warm_case(cases[task], device)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -156,8 +160,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-model", action="store_true", help="no end-to-end model")
     parser.add_argument("--workers", type=int, default=usable_cores(), help=f"at most {MAX_WORKERS}")
     parser.add_argument("--deadline-s", type=float, default=300.0)
-    parser.add_argument("--memory-fraction", type=float, default=0.5,
-                        help="of the GPU's memory, for all workers together (the rest is left to a test run beside)")
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.5,
+        help="of the GPU's memory, for all workers together (the rest is left to a test run beside)",
+    )
     args = parser.parse_args(argv)
     if args.cases:
         tasks = ([] if args.no_model else [MODEL_TASK]) + [int(i) for i in args.cases.split(",")]

@@ -44,14 +44,18 @@ def test_report_and_summary_show_every_outcome():
     facts = {"name": "Test GPU", "commit": "abc", "date": "today", "torch": torch.__version__, "triton": "x"}
     ceilings = {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}
     md = harness.results_markdown(facts, ceilings, [row])
-    assert "| 0.0020 | 0.0013 (80% floor) | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
+    assert (
+        "| 0.0020 | 0.0013 (80% floor) | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
+    )
     assert "; ours, num_kv_splits=4 0.0010 |" in md
     assert "3.00x" in md and "50%" in md
     summary = gpu_check.summarise([row])
     assert "3.00x..3.00x" in summary[0] and summary[0].endswith("50..50%; graph replay 80..80%; host 21..21 us a call")
     assert "| 21.4; eager 48.0 |" in md
     # our variants' device times side by side, for choosing the default
-    assert summary[1] == "  rms_norm [rows=8] graph replay us: ours 1.2, ours, num_kv_splits=4 0.9; fastest: ours, num_kv_splits=4"
+    assert (
+        summary[1] == "  rms_norm [rows=8] graph replay us: ours 1.2, ours, num_kv_splits=4 0.9; fastest: ours, num_kv_splits=4"
+    )
 
 
 def test_results_record_the_autotuners_choices(tmp_path, monkeypatch):
@@ -65,7 +69,9 @@ def test_results_record_the_autotuners_choices(tmp_path, monkeypatch):
 
     config = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3)
     tuner = types.SimpleNamespace(cache={(128, True, True, "torch.bfloat16"): config})
-    monkeypatch.setattr(_autotune, "_AUTOTUNERS", {"_attention_kernel[dense]": tuner, "_unused[x]": types.SimpleNamespace(cache={})})
+    monkeypatch.setattr(
+        _autotune, "_AUTOTUNERS", {"_attention_kernel[dense]": tuner, "_unused[x]": types.SimpleNamespace(cache={})}
+    )
     choices = _autotune.chosen_configs()
     assert choices == {"_attention_kernel[dense]": {"128, True, True, torch.bfloat16": str(config)}}
     harness.write_results(str(tmp_path), {"name": "Test GPU"}, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}, [])
@@ -81,9 +87,13 @@ def test_model_e2e_report_and_summary(tmp_path):
     from bench import model_e2e
 
     # the time per token after the second: a first step that held a capture (graph set-up) is not in it
-    times = model_e2e.request_times_ms({"prefill_s": 0.03, "first_step_s": 0.2, "decode_s": 0.4, "decode_steps": 101, "graph_setup_s": 0.19})
+    times = model_e2e.request_times_ms(
+        {"prefill_s": 0.03, "first_step_s": 0.2, "decode_s": 0.4, "decode_steps": 101, "graph_setup_s": 0.19}
+    )
     assert times == pytest.approx({"ttft_ms": 30.0, "second_token_ms": 200.0, "tpot_ms": 2.0, "request_ms": 430.0})
-    assert model_e2e.request_times_ms({"prefill_s": 0.0, "first_step_s": 0.004, "decode_s": 0.4, "decode_steps": 100})["tpot_ms"] == pytest.approx(396 / 99)
+    assert model_e2e.request_times_ms({"prefill_s": 0.0, "first_step_s": 0.004, "decode_s": 0.4, "decode_steps": 100})[
+        "tpot_ms"
+    ] == pytest.approx(396 / 99)
     assert model_e2e.medians([{"tpot_ms": 3.0}, {"tpot_ms": 1.0}, {"tpot_ms": 2.0}]) == {"requests": 3, "tpot_ms": 2.0, "tpot_ms_min": 1.0,
                                                                                           "tpot_ms_max": 3.0}  # fmt: skip
     graphed = {"compressor": "mlp", "visual_tokens": 64, "batch": 1, "floor_ms_per_step": 1.0, "backend": "triton",
@@ -91,7 +101,11 @@ def test_model_e2e_report_and_summary(tmp_path):
                "request_ms": 280.0, "graph_setup_ms": 45.5}  # fmt: skip
     assert "| 1.60 | 1.00 | 62% | 625.0 | 280 | 45.5 |" in model_e2e.markdown([graphed])
 
-    assert model_e2e.prompt_lengths(1) == [32] and model_e2e.prompt_lengths(8)[-1] == 512 and model_e2e.prompt_lengths(1, "long") == [512]
+    assert (
+        model_e2e.prompt_lengths(1) == [32]
+        and model_e2e.prompt_lengths(8)[-1] == 512
+        and model_e2e.prompt_lengths(1, "long") == [512]
+    )
     base = {"compressor": "mlp", "visual_tokens": 64, "batch": 8, "floor_ms_per_step": 1.0}
     kernels = [("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", 900.0, 113), ("_decode_split_kernel", 150.0, 28),
                ("_fused_linear_kernel", 1000.0, 112)]  # fmt: skip
@@ -129,8 +143,10 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert "| mlp (64) | 8 | triton | eager | 20.0 | - | 8.00 | 1.00 | 12% | 1000.0 | 1036 | - |" in md
     assert "- B=8, triton eager: 1.14x" in md
     assert "RuntimeError: boom" in md and "time budget of 240 s spent" in md
-    assert ("Device kernels: 2.050 ms per step (aurora 1.150 ms, gemm 0.900 ms), 253 launches; measured step: eager 8.000 ms; "
-            "floor 1.000 ms.") in md
+    assert (
+        "Device kernels: 2.050 ms per step (aurora 1.150 ms, gemm 0.900 ms), 253 launches; measured step: eager 8.000 ms; "
+        "floor 1.000 ms."
+    ) in md
     assert "- _decode_split_kernel: 5.36 us a call." in md
     assert "| _decode_split_kernel | aurora | 150.0 | 28 |" in md and "decode_attention (triton) 28." in md
     model_e2e.write(str(tmp_path), rows)
@@ -140,8 +156,13 @@ def test_model_e2e_report_and_summary(tmp_path):
     assert summary[1] == "    prefill ms (median of its repeats): triton-encoder-graph cuda_graph 11.5"  # the rows that have one
     assert "| mlp (64) | 8 | triton-encoder-graph | cuda_graph | 12.5 | 11.5 | 4.00 |" in md
     assert summary[2].endswith("; cuda_graph missing; cuda_graph triton-fused 2000 tok/s, 30% floor")  # only where recorded
-    assert "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms" in summary
-    assert "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
+    assert (
+        "  decode step B=8 (mlp, triton): device kernels 2.050 ms (aurora 1.150, gemm 0.900) in 253 launches vs floor 1.000 ms"
+        in summary
+    )
+    assert (
+        "    _fused_linear_kernel: 1000.0 us a step for 2500 MB of layer weights, 2.50 TB/s, 62% of the copy bandwidth" in summary
+    )
     # the prefill's device time and launches beside the measured time to first token (host-bound when far apart)
     prefill = ("Prefill of the same requests: device kernels 6.250 ms in 640 launches, 57 calls of this package's ops; "
                "measured time to first token 20.0 ms.")  # fmt: skip
@@ -200,7 +221,9 @@ def test_attention_peers_compute_the_same_attention(device):
     assert_parity(unpadded, expected.double(), torch.float32, "SDPA padded batch")
 
     lengths = [0, 3, 40]
-    q, k_cache, v_cache, seqlens = (bench_decode_attention._inputs(lengths, False, torch.float32, device, make_generator(1, device)))[0]
+    q, k_cache, v_cache, seqlens = (
+        bench_decode_attention._inputs(lengths, False, torch.float32, device, make_generator(1, device))
+    )[0]
     sdpa = bench_decode_attention.CONTIGUOUS_PEERS["SDPA (GQA, masked)"]()
     [(sdpa_args, sdpa_kwargs)] = harness.prepared_inputs(sdpa, [((q, k_cache, v_cache, seqlens), {})])
     expected = reference.decode_attention(q, k_cache, v_cache, seqlens)
@@ -430,7 +453,9 @@ def test_warm_up_stops_at_its_deadline_with_at_most_max_workers():
 
     start = time.time()
     summary = warm.run_and_report([warm.MODEL_TASK, *range(20)], "cpu", workers=100, deadline_s=0.5, memory_fraction=0.5)
-    assert summary.startswith("warm-up: 0 of 21 tasks in ") and summary.endswith(f"s on {warm.MAX_WORKERS} workers, 21 not finished")
+    assert summary.startswith("warm-up: 0 of 21 tasks in ") and summary.endswith(
+        f"s on {warm.MAX_WORKERS} workers, 21 not finished"
+    )
     assert time.time() - start < 60  # the workers were stopped, not waited for
 
 
@@ -506,8 +531,6 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     if device.type == "cuda":
         pytest.skip("on a GPU machine `make gpu-check` runs this flow itself (here its warm-up would warm every case)")
 
-    from bench import model_e2e
-
     results, archive = tmp_path / "results", tmp_path / "gpu-check.tar.gz"
     budgets = []
 
@@ -560,7 +583,11 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
 def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch):
     """bench.sweep_fused_linear's own code on small projections, the timer stood in for: a row per tile,
     the autotuned op and the baseline, each of which runs; a spent budget skips a projection."""
-    monkeypatch.setattr(sweep_fused_linear, "MODEL_PROJECTIONS", (("qkv", "rms_norm", 64, 24, True, True), ("o_proj", "none", 64, 16, False, False)))
+    monkeypatch.setattr(
+        sweep_fused_linear,
+        "MODEL_PROJECTIONS",
+        (("qkv", "rms_norm", 64, 24, True, True), ("o_proj", "none", 64, 16, False, False)),
+    )
     monkeypatch.setattr(sweep_fused_linear, "cold_copies", lambda weight: [weight, weight.clone()])
     calls = []
 
@@ -575,16 +602,23 @@ def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch)
     tiles, unrolled = len(fused_linear._GPU_CONFIGS["gemv"]), sweep_fused_linear.UNROLLED_TILES
     per_projection = tiles + 2 + unrolled
     assert len(results) == 2 * per_projection and calls == [2] * len(results)
-    assert [r["role"] for r in results[:per_projection]] == ["candidate"] * tiles + ["autotuned", "baseline"] + ["candidate"] * unrolled
+    assert [r["role"] for r in results[:per_projection]] == ["candidate"] * tiles + ["autotuned", "baseline"] + [
+        "candidate"
+    ] * unrolled
     # the fastest tiles (here the first ones: the stand-in timer counts up) again, unrolled
     configs = fused_linear._GPU_CONFIGS["gemv"]
     assert [r["impl"] for r in results[tiles + 2 : per_projection]] == [f"gemv {c} unroll 2" for c in configs[:unrolled]]
     lines = sweep_fused_linear.summary_lines(results)
-    assert lines[0] == f"qkv M=1: best tile gemv {configs[0]} 1.0 us ({results[0]['weight_gb_per_s']:.0f} GB/s), " \
-                       f"autotuned {tiles + 1:.1f} us, unfused (ours + cuBLAS) {tiles + 2:.1f} us"
+    assert (
+        lines[0] == f"qkv M=1: best tile gemv {configs[0]} 1.0 us ({results[0]['weight_gb_per_s']:.0f} GB/s), "
+        f"autotuned {tiles + 1:.1f} us, unfused (ours + cuBLAS) {tiles + 2:.1f} us"
+    )
     assert lines[1].startswith("o_proj M=1: ") and lines[1].endswith(f", cuBLAS {per_projection + tiles + 2:.1f} us")
     skipped = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type, budget_s=-1.0)
-    assert sweep_fused_linear.summary_lines(skipped) == ["qkv M=1: time budget of -1 s spent", "o_proj M=1: time budget of -1 s spent"]
+    assert sweep_fused_linear.summary_lines(skipped) == [
+        "qkv M=1: time budget of -1 s spent",
+        "o_proj M=1: time budget of -1 s spent",
+    ]
 
 
 def test_a_case_whose_inputs_cannot_be_built_is_a_row_not_a_crash(tmp_path):
@@ -606,7 +640,9 @@ def test_results_name_the_commit_of_the_timed_tree(monkeypatch):
     assert harness.source_commit() == "2521b7e"
     monkeypatch.delenv("AURORA_COMMIT")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     expected = head.stdout.strip() + ("-dirty" if dirty else "") if head.returncode == 0 else "unknown"  # no git: a tarball
     assert harness.source_commit() == expected
 
@@ -630,7 +666,9 @@ def test_vit_images_per_s_and_the_requests_summary(device, tmp_path):
     assert summary[1] == ("    requests, triton-fused cuda_graph, median of 5: ttft 2.00 (2.00x floor), second_token 2.00 (2.00x floor), "
                           "tpot 2.00 (2.00x floor), request 2.00 (2.00x floor)")  # fmt: skip
     assert summary[2].startswith("  ViT alone: B=1 ") and "images/s" in summary[2]
-    assert "| mlp (64) | 1 (512-token prompt) | triton-fused | cuda_graph | 5 | 2.00 (2.00..2.00) (1.00) |" in model_e2e.markdown([row])
+    assert "| mlp (64) | 1 (512-token prompt) | triton-fused | cuda_graph | 5 | 2.00 (2.00..2.00) (1.00) |" in model_e2e.markdown(
+        [row]
+    )
 
 
 def test_model_host_cost_with_stubbed_launches(device):

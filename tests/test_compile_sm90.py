@@ -97,7 +97,7 @@ def test_stride_multiple_claims_only_what_holds():
     assert stride_multiple(2, ()) == 8
 
 
-_BROKEN_KERNELS = '''
+_BROKEN_KERNELS = """
 import json, sys
 import triton
 import triton.language as tl
@@ -147,7 +147,7 @@ rows = [
                              uses_dot=True, loads_before_barrier=True)),
 ]
 json.dump([problems(row) for row in rows], sys.stdout)
-'''
+"""
 
 
 def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_load_behind_a_barrier(tmp_path):

@@ -11,8 +11,8 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels import _dispatch
-from aurora_kernels.runtime import runtime as runtime_module
 from aurora_kernels.ops import reference
+from aurora_kernels.runtime import runtime as runtime_module
 from aurora_kernels.testing import check_op, make_generator, randn
 
 two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")

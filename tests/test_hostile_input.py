@@ -51,7 +51,9 @@ def test_strided_cu_seqlens_are_refused_by_name(backend, f32, device):
     every_other = torch.stack([cu, cu], 1).flatten()[::2]
     for bad in (column, every_other):
         assert torch.equal(bad, cu) and bad.stride() == (2,)
-        with pytest.raises(ValueError, match=r"cu_seqlens_q: expected the last dim to be contiguous .*cu_seqlens_q.contiguous\(\)"):
+        with pytest.raises(
+            ValueError, match=r"cu_seqlens_q: expected the last dim to be contiguous .*cu_seqlens_q.contiguous\(\)"
+        ):
             ak.attention_varlen(q, k, k, bad, cu, longest, longest, backend=backend)
         with pytest.raises(ValueError, match="cu_seqlens_k: expected the last dim to be contiguous"):
             ak.attention_varlen(q, k, k, cu, bad, longest, longest, backend=backend)
@@ -157,7 +159,9 @@ def test_degenerate_sizes_are_computed_or_refused(f32, device):
                                   block_table=torch.zeros(2, 3, dtype=torch.int32, device=device))  # fmt: skip
         assert out.eq(0).all()  # no key anywhere, the new one included: no page to hold it
     if device.type == "cpu":
-        with pytest.raises(ValueError, match="cache_seqlens: sequence 0 needs 3 \\+ 1 appended token positions but its cache holds 0"):
+        with pytest.raises(
+            ValueError, match="cache_seqlens: sequence 0 needs 3 \\+ 1 appended token positions but its cache holds 0"
+        ):
             ak.decode_attention(q, f32(2, 0, 2, 16), f32(2, 0, 2, 16), seqlens, new, new.clone())
     with pytest.raises(ValueError, match="rotary_cos: expected at least one row"):
         ak.decode_attention(q, k_cache, v_cache, seqlens, new, new.clone(), rotary_cos=f32(0, 16), rotary_sin=f32(0, 16))
@@ -256,7 +260,9 @@ def test_varlen_and_decode_propagate_nan_and_keep_empty_rows_zero(f32, device):
     # an infinite scale: every sequence with a key is NaN (all its scores +-inf, or 0 x inf), whether
     # its splits are merged or not; the empty one is 0
     for num_kv_splits in (1, 3):
-        out = ak.decode_attention(q, k_cache.nan_to_num(0.0), v_cache, seqlens, softmax_scale=float("inf"), num_kv_splits=num_kv_splits)
+        out = ak.decode_attention(
+            q, k_cache.nan_to_num(0.0), v_cache, seqlens, softmax_scale=float("inf"), num_kv_splits=num_kv_splits
+        )
         assert out[:2].isnan().all() and out[2].eq(0).all(), num_kv_splits
 
 

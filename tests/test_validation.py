@@ -49,7 +49,9 @@ def test_wrong_shape(backend, f32):
     big = f32(1, 2, 1, 320)
     with pytest.raises(ValueError, match="q: expected a head dim D in \\[1, 256\\], got 320"):
         ak.attention(big, big, big, backend=backend)
-    with pytest.raises(ValueError, match="grid_size: expected \\(H, W\\) with H\\*W = 15, the tokens of x \\(dim 1\\), got \\(4, 4\\)"):
+    with pytest.raises(
+        ValueError, match="grid_size: expected \\(H, W\\) with H\\*W = 15, the tokens of x \\(dim 1\\), got \\(4, 4\\)"
+    ):
         ak.token_pool(f32(1, 15, 8), (4, 4), backend=backend)
     x, w1, b1, w2, b2 = f32(2, 16, 8), f32(32, 16), f32(32), f32(4, 32), f32(4)
     with pytest.raises(ValueError, match="w2: expected shape \\[4, 32\\] \\[M, D\\]"):
@@ -87,7 +89,9 @@ def test_interpreter_switched_on_after_import_is_explained(first):
               "ak.gelu_tanh(torch.ones(4, 4))")  # fmt: skip
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1].startswith("ValueError: x: TRITON_INTERPRET=1 was set after triton"), run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith("ValueError: x: TRITON_INTERPRET=1 was set after triton"), run.stderr[
+        -2000:
+    ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -163,7 +167,9 @@ def test_decode_cache_limits(backend, paged, f32, device):
     new_kv = f32(2, 1, 2, 16)
     with ak.value_checks("always"):
         with pytest.raises(ValueError, match=f"cache_seqlens: sequence 1 needs {capacity} \\+ 1 appended token positions"):
-            ak.decode_attention(q, k_cache, k_cache.clone(), too_long, k=new_kv, v=new_kv, block_table=block_table, backend=backend)
+            ak.decode_attention(
+                q, k_cache, k_cache.clone(), too_long, k=new_kv, v=new_kv, block_table=block_table, backend=backend
+            )
     with pytest.raises(TypeError, match="cache_seqlens: expected dtype int32"):
         ak.decode_attention(q, k_cache, k_cache, seqlens.long(), block_table=block_table, backend=backend)
     with pytest.raises(ValueError, match="k, v: expected both"):
@@ -196,21 +202,47 @@ def test_decode_rotary_tables(backend, f32, device):
     with pytest.raises(ValueError, match="rotary_cos, rotary_sin: expected k and v too"):
         ak.decode_attention(q, k_cache, k_cache, seqlens, rotary_cos=table, rotary_sin=table, backend=backend)
     with pytest.raises(ValueError, match="rotary_sin: expected shape \\[\\*, 16\\] \\[max_positions, D\\], got \\[64, 8\\]"):
-        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:, :8], backend=backend)
-    with pytest.raises(ValueError, match="rotary_sin: expected shape \\[64, 16\\] \\(the shape of rotary_cos\\), got \\[10, 16\\]"):
-        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:10], backend=backend)
+        ak.decode_attention(
+            q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:, :8], backend=backend
+        )
+    with pytest.raises(
+        ValueError, match="rotary_sin: expected shape \\[64, 16\\] \\(the shape of rotary_cos\\), got \\[10, 16\\]"
+    ):
+        ak.decode_attention(
+            q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=table[:10], backend=backend
+        )
     with pytest.raises(TypeError, match="rotary_sin: expected a torch.Tensor, got list"):
-        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=[0.0] * 16, backend=backend)
+        ak.decode_attention(
+            q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table, rotary_sin=[0.0] * 16, backend=backend
+        )
     with pytest.raises(TypeError, match="rotary_cos: expected dtype float16/bfloat16/float32, got torch.int64"):
-        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table.long(), rotary_sin=table, backend=backend)
+        ak.decode_attention(
+            q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=table.long(), rotary_sin=table, backend=backend
+        )
     with pytest.raises(ValueError, match="rotary_cos: expected the last dim to be contiguous"):
-        ak.decode_attention(q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=f32(16, 64).t(), rotary_sin=table, backend=backend)
+        ak.decode_attention(
+            q, k_cache, k_cache, seqlens, new_kv, new_kv, rotary_cos=f32(16, 64).t(), rotary_sin=table, backend=backend
+        )
     with ak.value_checks("always"):
-        with pytest.raises(ValueError, match="rotary_cos: expected a row for every position cache_seqlens\\[b\\], got 20 rows and position 20"):
-            ak.decode_attention(q, k_cache, k_cache.clone(), seqlens, new_kv, new_kv, rotary_cos=table[:20], rotary_sin=table[:20], backend=backend)
+        with pytest.raises(
+            ValueError, match="rotary_cos: expected a row for every position cache_seqlens\\[b\\], got 20 rows and position 20"
+        ):
+            ak.decode_attention(
+                q,
+                k_cache,
+                k_cache.clone(),
+                seqlens,
+                new_kv,
+                new_kv,
+                rotary_cos=table[:20],
+                rotary_sin=table[:20],
+                backend=backend,
+            )
     odd_q, odd_cache, odd_kv, odd_table = f32(2, 1, 4, 15), f32(2, 40, 2, 15), f32(2, 1, 2, 15), f32(64, 15)
     with pytest.raises(ValueError, match="q: expected an even head dim D with rotary_cos/rotary_sin, got 15"):
-        ak.decode_attention(odd_q, odd_cache, odd_cache, seqlens, odd_kv, odd_kv, rotary_cos=odd_table, rotary_sin=odd_table, backend=backend)
+        ak.decode_attention(
+            odd_q, odd_cache, odd_cache, seqlens, odd_kv, odd_kv, rotary_cos=odd_table, rotary_sin=odd_table, backend=backend
+        )
 
 
 def test_value_checks_can_be_switched_off(f32, device):

@@ -25,6 +25,8 @@ from aurora_kernels.model.vision import VisionTower
 
 CACHE_LAYOUTS = ("contiguous", "paged")
 PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _init_parameter(name: str, param: torch.Tensor, std: float) -> None:
     leaf = name.rsplit(".", 1)[-1]
     if "norm" in name and leaf == "weight":  # RMSNorm / LayerNorm scales

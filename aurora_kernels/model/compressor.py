@@ -23,7 +23,7 @@ class Projector(nn.Module):
 
 
 class TokenCompressor(nn.Module):
-    """"mlp": out[b] = w2 @ act(w1 @ x[b] + b1) + b2 over the token axis; "pool": k x k pooling over
+    """ "mlp": out[b] = w2 @ act(w1 @ x[b] + b1) + b2 over the token axis; "pool": k x k pooling over
     the patch grid; "none": the tokens unchanged."""
 
     def __init__(self, cfg: AuroraConfig, backend: str):

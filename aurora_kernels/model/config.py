@@ -94,7 +94,9 @@ class AuroraConfig:
                     f"patch grid, got {self.compressor.pool_kernel}"
                 )
         if self.llm.num_heads % self.llm.num_kv_heads:
-            raise ValueError(f"llm.num_kv_heads: expected a divisor of {self.llm.num_heads} query heads, got {self.llm.num_kv_heads}")
+            raise ValueError(
+                f"llm.num_kv_heads: expected a divisor of {self.llm.num_heads} query heads, got {self.llm.num_kv_heads}"
+            )
 
     @property
     def visual_tokens(self) -> int:

@@ -41,7 +41,13 @@ def projection_weight_bytes(cfg: LLMConfig, dtype_bytes: int = 2) -> int:
 def part_parameters(config: AuroraConfig) -> dict[str, int]:
     v, llm, comp = config.vision, config.llm, config.compressor
     c, width = llm.hidden_size, llm.num_heads * llm.head_dim
-    vision_layer = 4 * v.hidden_size + 4 * v.hidden_size * (v.hidden_size + 1) + 2 * v.hidden_size * v.intermediate_size + v.intermediate_size + v.hidden_size
+    vision_layer = (
+        4 * v.hidden_size
+        + 4 * v.hidden_size * (v.hidden_size + 1)
+        + 2 * v.hidden_size * v.intermediate_size
+        + v.intermediate_size
+        + v.hidden_size
+    )
     return {
         "vision": v.hidden_size * (v.num_channels * v.patch_size**2 + 1) + v.num_patches * v.hidden_size
         + v.num_layers * vision_layer + 2 * v.hidden_size,
@@ -77,7 +83,9 @@ def kv_cache_bytes(cfg: LLMConfig, context: int, dtype_bytes: int = 2) -> int:
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * context * dtype_bytes
 
 
-def stage_costs(config: AuroraConfig, batch: int = 1, prompt_len: int = 32, decode_step: int = 0, dtype_bytes: int = 2) -> list[StageCost]:
+def stage_costs(
+    config: AuroraConfig, batch: int = 1, prompt_len: int = 32, decode_step: int = 0, dtype_bytes: int = 2
+) -> list[StageCost]:
     """Per stage of a batch of `batch` requests with `prompt_len`-token prompts; the decode step is the
     `decode_step`-th new token (its context: visual tokens + prompt + decode_step)."""
     v, llm, comp = config.vision, config.llm, config.compressor

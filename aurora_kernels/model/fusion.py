@@ -35,7 +35,9 @@ class Fusion(nn.Module):
         k, v = self.kv_proj(visual.flatten(0, 1)).unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
         # prompt b sees image b's tokens; prompts past the images (a padded batch's padding) see none
         sequences = cu_seqlens_text.shape[0] - 1
-        cu_seqlens_visual = (torch.arange(sequences + 1, dtype=torch.int32, device=text.device) * num_visual).clamp_(max=batch * num_visual)
+        cu_seqlens_visual = (torch.arange(sequences + 1, dtype=torch.int32, device=text.device) * num_visual).clamp_(
+            max=batch * num_visual
+        )
         attn = ak.attention_varlen(q, k, v, cu_seqlens_text, cu_seqlens_visual, max_text, num_visual, backend=self.backend)
         x = text + self.o_proj(attn.flatten(-2))
 

@@ -114,5 +114,7 @@ class DecoderLayer(nn.Module):
         attn = attend(self.index, *self.split_qkv(qkv))
         o = ak.linear(attn.flatten(-2), self.o_proj.weight, backend=backend)
         norm = self.post_attention_layernorm
-        gate_up, residual = ak.rms_norm_linear(o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend)
+        gate_up, residual = ak.rms_norm_linear(
+            o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend
+        )
         return ak.silu_and_mul_linear(gate_up, self.down_proj.weight, backend=backend), residual

@@ -188,7 +188,9 @@ def siglip_prefix(checkpoint: Checkpoint) -> str:
     for prefix in ("vision_model.", ""):
         if prefix + "embeddings.patch_embedding.weight" in checkpoint.names():
             return prefix
-    raise KeyError(f"{checkpoint.directory}: checkpoint has no SigLIP patch embedding (vision_model.embeddings.patch_embedding.weight)")
+    raise KeyError(
+        f"{checkpoint.directory}: checkpoint has no SigLIP patch embedding (vision_model.embeddings.patch_embedding.weight)"
+    )
 
 
 def siglip_names(cfg: VisionConfig, root: str = "vision_model.") -> dict[str, list[str]]:
@@ -274,7 +276,9 @@ def load_aurora_weights(model: torch.nn.Module, path) -> None:
 def load_pretrained(cls, llm_dir, vision_dir, aurora_weights, compressor, backend, dtype, device):
     llm_cfg = llm_config_from_dir(llm_dir)
     vision_cfg = vision_config_from_dir(vision_dir) if vision_dir is not None else VisionConfig()
-    settings = _aurora_file_settings(aurora_weights, compressor) if aurora_weights is not None else CompressorConfig(kind=compressor)
+    settings = (
+        _aurora_file_settings(aurora_weights, compressor) if aurora_weights is not None else CompressorConfig(kind=compressor)
+    )
     model = cls(AuroraConfig(vision=vision_cfg, llm=llm_cfg, compressor=settings), backend=backend)
     load_tensors(model, Checkpoint(llm_dir), qwen2_names(llm_cfg))
     if vision_dir is not None:

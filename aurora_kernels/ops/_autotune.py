@@ -20,7 +20,6 @@ import torch
 import triton
 
 
-
 def _triton_interprets() -> bool:
     """Whether Triton's own @jit functions (tl.standard's) were built for its interpreter, which
     happens only where TRITON_INTERPRET=1 was set before triton was imported."""
@@ -96,8 +95,11 @@ def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[s
     if INTERPRETER:
         return {}
     tuners = {
-        kind: triton.autotune(configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])], key=key,
-                              do_bench=benchmark_outside_capture(kernel.__name__))(kernel)  # fmt: skip
+        kind: triton.autotune(
+            configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])],
+            key=key,
+            do_bench=benchmark_outside_capture(kernel.__name__),
+        )(kernel)  # fmt: skip
         for kind, candidates in candidates_by_kind.items()
     }
     _AUTOTUNERS.update({f"{kernel.__name__}[{kind}]": tuner for kind, tuner in tuners.items()})

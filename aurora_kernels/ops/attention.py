@@ -176,12 +176,16 @@ def _attention_kernel(
     row_ok = rows < len_q
     rows64 = rows.to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
-    q = tl.load(q_base + rows64[:, None] * q_token_stride + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM), other=0.0)
+    q = tl.load(
+        q_base + rows64[:, None] * q_token_stride + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM), other=0.0
+    )
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     if BLOCK_D_TAIL > 0:
         tail_cols = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
         tail_ok = tail_cols < HEAD_DIM
-        q_tail = tl.load(q_base + rows64[:, None] * q_token_stride + tail_cols[None, :], mask=row_ok[:, None] & tail_ok[None, :], other=0.0)
+        q_tail = tl.load(
+            q_base + rows64[:, None] * q_token_stride + tail_cols[None, :], mask=row_ok[:, None] & tail_ok[None, :], other=0.0
+        )
         acc_tail = tl.zeros((BLOCK_M, BLOCK_D_TAIL), tl.float32)
     else:
         # unused placeholders: the tail dots are compiled out when BLOCK_D_TAIL == 0
@@ -224,7 +228,9 @@ def _attention_kernel(
     out_dtype = out_ptr.dtype.element_ty
     tl.store(out_rows + cols[None, :], (acc * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM))
     if BLOCK_D_TAIL > 0:
-        tl.store(out_rows + tail_cols[None, :], (acc_tail * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & tail_ok[None, :])
+        tl.store(
+            out_rows + tail_cols[None, :], (acc_tail * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & tail_ok[None, :]
+        )
 
 
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
@@ -410,7 +416,9 @@ def _compile_configs():
         signature = _signature("packed" if packed else "")
         # what the launcher's specialisation sees as 16-divisible: pointers, and strides that are
         # multiples of 16 elements (a head stride of 72 is not)
-        aligned = tuple(n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n)))
+        aligned = tuple(
+            n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n))
+        )
         for dtype in FLOAT_DTYPES:
             for block_m, block_n, warps, stages in _GPU_CONFIGS["fp32" if dtype == torch.float32 else "half"]:
                 configs += configs_per_dtype(

@@ -409,7 +409,9 @@ def _check_rotary_tables(rotary_cos, rotary_sin, q, k, cache_seqlens):
     for name, table in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
         check_tensor(name, table, shape=(None, head_dim), layout="[max_positions, D]", device=q.device, unit_stride_last=True)
     if rotary_sin.shape[0] != rotary_cos.shape[0]:
-        raise ValueError(f"rotary_sin: expected shape {list(rotary_cos.shape)} (the shape of rotary_cos), got {list(rotary_sin.shape)}")
+        raise ValueError(
+            f"rotary_sin: expected shape {list(rotary_cos.shape)} (the shape of rotary_cos), got {list(rotary_sin.shape)}"
+        )
     if rotary_cos.shape[0] == 0:
         raise ValueError("rotary_cos: expected at least one row (position) [max_positions, D], got 0")
 

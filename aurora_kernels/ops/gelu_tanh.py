@@ -38,7 +38,7 @@ def gelu_tanh(x, *, backend="triton"):
     """GELU, tanh approximation, elementwise. x [..., N] (fp16/bf16/fp32, contiguous last dim, any other
     strides) -> new contiguous tensor in x's dtype."""
     check_backend(backend)
-    num_cols = check_row_input("x", x, max_cols=2**31 - 1)
+    check_row_input("x", x, max_cols=2**31 - 1)
     record_call("gelu_tanh", backend)
     if backend == "reference":
         return reference.gelu_tanh(x)

@@ -105,9 +105,7 @@ def attention(q, k, v, causal=False, softmax_scale=None):
     return out.transpose(1, 2).to(q.dtype)
 
 
-def attention_varlen(
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, softmax_scale=None
-):
+def attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False, softmax_scale=None):
     """Packed attention: q [Tq, Hq, D], k/v [Tk, Hkv, D]; sequence b is rows cu_seqlens[b]:cu_seqlens[b+1].
 
     Each sequence is attended on its own with `attention`; empty sequences have no rows.
@@ -134,8 +132,17 @@ def _cache_positions(b, length, block_table, block_size):
 
 
 def decode_attention(
-    q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None,
+    q,
+    k_cache,
+    v_cache,
+    cache_seqlens,
+    k=None,
+    v=None,
+    block_table=None,
+    softmax_scale=None,
+    num_kv_splits=None,
+    rotary_cos=None,
+    rotary_sin=None,
 ):
     """One query token per sequence over its KV cache: q [B, 1, Hq, D] -> [B, 1, Hq, D].
 

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from torch import nn
 
+from aurora_kernels._compile import configs_per_dtype, register_compile_configs
 from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
@@ -31,9 +32,9 @@ from aurora_kernels._validation import (
     check_tensor,
     check_triton_device,
 )
-from aurora_kernels._compile import configs_per_dtype, register_compile_configs
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._layout import cdiv, collapse_rows, row_starts, row_tile_config, stride_multiple
+
 
 @triton.jit
 def _rms_norm_kernel(
@@ -51,7 +52,9 @@ def _rms_norm_kernel(
     h = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
     out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
     if HAS_RESIDUAL:
-        res_offsets = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
+        res_offsets = (
+            row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
+        )
         h += tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
         tl.store(residual_out_ptr + out_offsets, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
     inv_rms = tl.rsqrt(tl.sum(h * h, axis=1) / num_cols + eps)
@@ -139,16 +142,33 @@ def _compile_configs():
                 shape=f"N={num_cols} ({where}) residual={has_residual}",
                 kernel=_rms_norm_kernel,
                 signature={
-                    "x_ptr": "*T", "residual_ptr": "*T", "weight_ptr": "*T", "out_ptr": "*T", "residual_out_ptr": "*T",
-                    "num_rows": "i32", "num_cols": "i32",
-                    "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32",
-                    "res_outer_stride": "i64", "res_inner_size": "i32", "res_inner_stride": "i32",
+                    "x_ptr": "*T",
+                    "residual_ptr": "*T",
+                    "weight_ptr": "*T",
+                    "out_ptr": "*T",
+                    "residual_out_ptr": "*T",
+                    "num_rows": "i32",
+                    "num_cols": "i32",
+                    "x_outer_stride": "i64",
+                    "x_inner_size": "i32",
+                    "x_inner_stride": "i32",
+                    "res_outer_stride": "i64",
+                    "res_inner_size": "i32",
+                    "res_inner_stride": "i32",
                     "eps": "fp32",
                 },  # fmt: skip
                 constexprs={"HAS_RESIDUAL": has_residual, **cfg},
                 num_warps=warps,
                 num_stages=1,
-                aligned=("x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "residual_out_ptr",
-                         "num_cols", "x_outer_stride", "res_outer_stride"),  # fmt: skip
+                aligned=(
+                    "x_ptr",
+                    "residual_ptr",
+                    "weight_ptr",
+                    "out_ptr",
+                    "residual_out_ptr",
+                    "num_cols",
+                    "x_outer_stride",
+                    "res_outer_stride",
+                ),  # fmt: skip
             )
     return configs

@@ -139,7 +139,9 @@ def _check_args(q, k, cos, sin):
     for name, table in (("cos", cos), ("sin", sin)):
         check_tensor(name, table, unit_stride_last=True)
         if table.ndim < 2 or tuple(table.shape[-2:]) != (token_shape[-1], head_dim):
-            raise ValueError(f"{name}: expected shape [..., {token_shape[-1]}, {head_dim}] ([..., L, D]), got {list(table.shape)}")
+            raise ValueError(
+                f"{name}: expected shape [..., {token_shape[-1]}, {head_dim}] ([..., L, D]), got {list(table.shape)}"
+            )
         try:
             table.expand(*token_shape, head_dim)
         except RuntimeError:
@@ -200,12 +202,29 @@ def _compile_configs():
             shape=f"Hq={heads_q} Hkv={heads_kv} D={head_dim} ({where})",
             kernel=_rotary_kernel,
             signature={
-                "q_ptr": "*T", "k_ptr": "*T", "cos_ptr": "*T", "sin_ptr": "*T", "q_out_ptr": "*T", "k_out_ptr": "*T",
-                "num_tokens": "i32", "num_heads_q": "i32", "num_heads_kv": "i32",
-                "q_outer_stride": "i64", "q_inner_size": "i32", "q_inner_stride": "i32", "q_head_stride": "i32",
-                "k_outer_stride": "i64", "k_inner_size": "i32", "k_inner_stride": "i32", "k_head_stride": "i32",
-                "cos_outer_stride": "i64", "cos_inner_size": "i32", "cos_inner_stride": "i32",
-                "sin_outer_stride": "i64", "sin_inner_size": "i32", "sin_inner_stride": "i32",
+                "q_ptr": "*T",
+                "k_ptr": "*T",
+                "cos_ptr": "*T",
+                "sin_ptr": "*T",
+                "q_out_ptr": "*T",
+                "k_out_ptr": "*T",
+                "num_tokens": "i32",
+                "num_heads_q": "i32",
+                "num_heads_kv": "i32",
+                "q_outer_stride": "i64",
+                "q_inner_size": "i32",
+                "q_inner_stride": "i32",
+                "q_head_stride": "i32",
+                "k_outer_stride": "i64",
+                "k_inner_size": "i32",
+                "k_inner_stride": "i32",
+                "k_head_stride": "i32",
+                "cos_outer_stride": "i64",
+                "cos_inner_size": "i32",
+                "cos_inner_stride": "i32",
+                "sin_outer_stride": "i64",
+                "sin_inner_size": "i32",
+                "sin_inner_stride": "i32",
             },  # fmt: skip
             constexprs=cfg,
             num_warps=warps,

@@ -21,7 +21,6 @@ registers for fewer re-reads, which is what the autotuner weighs.
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -189,17 +188,48 @@ def _compile_configs():
                 shape="N=256 M=64 C=1536 D=256..1024 gelu_tanh",
                 kernel=_token_mlp_compress_kernel,
                 signature={
-                    "x_ptr": "*T", "w1_ptr": "*T", "b1_ptr": "*T", "w2_ptr": "*T", "b2_ptr": "*T", "out_ptr": "*T",
-                    "num_tokens": "i32", "hidden": "i32", "out_tokens": "i32", "channels": "i32",
-                    "x_batch_stride": "i64", "x_token_stride": "i64", "w1_row_stride": "i32", "w2_row_stride": "i32",
+                    "x_ptr": "*T",
+                    "w1_ptr": "*T",
+                    "b1_ptr": "*T",
+                    "w2_ptr": "*T",
+                    "b2_ptr": "*T",
+                    "out_ptr": "*T",
+                    "num_tokens": "i32",
+                    "hidden": "i32",
+                    "out_tokens": "i32",
+                    "channels": "i32",
+                    "x_batch_stride": "i64",
+                    "x_token_stride": "i64",
+                    "w1_row_stride": "i32",
+                    "w2_row_stride": "i32",
                     "batch_class": "i32",
                 },  # fmt: skip
-                constexprs={"ACTIVATION": 0, "DOT_IN_FP32": dtype == torch.float32, "BLOCK_M": 64,
-                            "BLOCK_D": block_d, "BLOCK_N": block_n, "BLOCK_C": block_c},  # fmt: skip
+                constexprs={
+                    "ACTIVATION": 0,
+                    "DOT_IN_FP32": dtype == torch.float32,
+                    "BLOCK_M": 64,
+                    "BLOCK_D": block_d,
+                    "BLOCK_N": block_n,
+                    "BLOCK_C": block_c,
+                },  # fmt: skip
                 num_warps=warps,
                 num_stages=stages,
-                aligned=("x_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "out_ptr", "num_tokens", "hidden",
-                         "out_tokens", "channels", "x_batch_stride", "x_token_stride", "w1_row_stride", "w2_row_stride"),
+                aligned=(
+                    "x_ptr",
+                    "w1_ptr",
+                    "b1_ptr",
+                    "w2_ptr",
+                    "b2_ptr",
+                    "out_ptr",
+                    "num_tokens",
+                    "hidden",
+                    "out_tokens",
+                    "channels",
+                    "x_batch_stride",
+                    "x_token_stride",
+                    "w1_row_stride",
+                    "w2_row_stride",
+                ),
                 # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
                 uses_dot=dtype != torch.float32,
             )

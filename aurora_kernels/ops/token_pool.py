@@ -135,8 +135,16 @@ def _compile_configs():
             op="token_pool",
             shape=f"16x16 -> 8x8 C=1536 {mode}",
             kernel=_token_pool_kernel,
-            signature={"x_ptr": "*T", "out_ptr": "*T", "out_width": "i32", "num_out_tokens": "i32", "channels": "i32",
-                       "x_batch_stride": "i64", "x_token_stride": "i64", "grid_width": "i32"},  # fmt: skip
+            signature={
+                "x_ptr": "*T",
+                "out_ptr": "*T",
+                "out_width": "i32",
+                "num_out_tokens": "i32",
+                "channels": "i32",
+                "x_batch_stride": "i64",
+                "x_token_stride": "i64",
+                "grid_width": "i32",
+            },  # fmt: skip
             constexprs={"KERNEL_SIZE": 2, "IS_MAX": mode == "max", **cfg},
             num_warps=warps,
             num_stages=1,

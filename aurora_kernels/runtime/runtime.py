@@ -189,7 +189,9 @@ class Runtime:
         if self._model_fingerprint() != self._model_state:
             same_place = self.cache.seqlens.device == self.model.device and self.cache.k[0].dtype == self._dtype()
             if not same_place and not self.grow:
-                raise ValueError(f"model: moved to {self.model.device} / {self._dtype()} after its Runtime was made; make a new Runtime")
+                raise ValueError(
+                    f"model: moved to {self.model.device} / {self._dtype()} after its Runtime was made; make a new Runtime"
+                )
             if same_place:
                 self._buckets.clear()
                 self._prefills.clear()

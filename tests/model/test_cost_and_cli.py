@@ -35,12 +35,14 @@ def test_generate_command(capsys):
 
 def test_generate_command_loads_weights(tmp_path, capsys):
     """--llm-dir / --vision-dir / --aurora-weights go through from_pretrained."""
-    from tests.model.test_loading import QWEN2_CONFIG, SIGLIP_VISION_CONFIG, TINY, write_checkpoint
     from aurora_kernels.model.loading import qwen2_names, siglip_names
+    from tests.model.test_loading import QWEN2_CONFIG, SIGLIP_VISION_CONFIG, TINY, write_checkpoint
 
     gen = torch.Generator().manual_seed(0)
     write_checkpoint(tmp_path / "qwen2", QWEN2_CONFIG, qwen2_names(TINY.llm), gen)
-    write_checkpoint(tmp_path / "siglip", {"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG}, siglip_names(TINY.vision), gen)
+    write_checkpoint(
+        tmp_path / "siglip", {"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG}, siglip_names(TINY.vision), gen
+    )
     assert generate.main(["--llm-dir", str(tmp_path / "qwen2"), "--vision-dir", str(tmp_path / "siglip"), "--compressor", "pool",
                           "--max-new-tokens", "2", "--backend", "reference", "--device", "cpu"]) == 0  # fmt: skip
     assert "compressor pool (16 visual tokens into the LLM)" in capsys.readouterr().out

@@ -76,7 +76,9 @@ def test_round_trip_sharded_llm_and_vision(checkpoints, device):
 
 def test_aurora_weights_round_trip(checkpoints, tmp_path, device):
     root, _, _ = checkpoints
-    first = AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", compressor="pool", backend="reference", dtype=torch.float32)
+    first = AuroraEdgeV.from_pretrained(
+        root / "qwen2", root / "siglip", compressor="pool", backend="reference", dtype=torch.float32
+    )
     save_aurora_weights(first, tmp_path / "aurora.safetensors")
     second = AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", tmp_path / "aurora.safetensors", compressor="pool",
                                          backend="reference", dtype=torch.float32, device=device)  # fmt: skip
@@ -130,7 +132,9 @@ def _randomise(module, gen):
 @pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
 def test_llm_logits_match_transformers(transformers, tied, tmp_path, device, gen):
     cpu_gen = torch.Generator().manual_seed(gen.initial_seed())
-    hf_config = transformers.Qwen2Config(**{k: v for k, v in QWEN2_CONFIG.items() if k != "model_type"} | {"tie_word_embeddings": tied})
+    hf_config = transformers.Qwen2Config(
+        **{k: v for k, v in QWEN2_CONFIG.items() if k != "model_type"} | {"tie_word_embeddings": tied}
+    )
     hf = transformers.Qwen2ForCausalLM(hf_config).eval()
     _randomise(hf, cpu_gen)
     if tied:
@@ -138,7 +142,9 @@ def test_llm_logits_match_transformers(transformers, tied, tmp_path, device, gen
     hf.save_pretrained(tmp_path / "qwen2", max_shard_size="1MB")
     hf_vision = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**SIGLIP_VISION_CONFIG)).eval()
     hf_vision.save_pretrained(tmp_path / "siglip")
-    model = AuroraEdgeV.from_pretrained(tmp_path / "qwen2", tmp_path / "siglip", backend="reference", dtype=torch.float32, device=device)
+    model = AuroraEdgeV.from_pretrained(
+        tmp_path / "qwen2", tmp_path / "siglip", backend="reference", dtype=torch.float32, device=device
+    )
     assert model.config.llm.tie_word_embeddings == tied
     ids = torch.randint(0, 1000, (2, 11), generator=cpu_gen)
     with torch.no_grad():
@@ -161,9 +167,13 @@ def test_vision_matches_transformers(transformers, checkpoint, tmp_path, device,
         hf = transformers.SiglipVisionModel(vision_config).eval()
         _randomise(hf, cpu_gen)
         hf.save_pretrained(tmp_path / "siglip")
-    hf_llm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{k: v for k, v in QWEN2_CONFIG.items() if k != "model_type"}))
+    hf_llm = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(**{k: v for k, v in QWEN2_CONFIG.items() if k != "model_type"})
+    )
     hf_llm.save_pretrained(tmp_path / "qwen2")
-    model = AuroraEdgeV.from_pretrained(tmp_path / "qwen2", tmp_path / "siglip", backend="reference", dtype=torch.float32, device=device)
+    model = AuroraEdgeV.from_pretrained(
+        tmp_path / "qwen2", tmp_path / "siglip", backend="reference", dtype=torch.float32, device=device
+    )
     pixel_values = torch.randn((2, 3, 64, 64), generator=cpu_gen)
     with torch.no_grad():
         expected = hf(pixel_values=pixel_values).last_hidden_state

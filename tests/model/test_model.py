@@ -74,7 +74,9 @@ def test_generation_with_cache_matches_recompute(compressor, cache, device, gen)
 
 # mlp with LLMConfig.fuse_decode_projections, one request: its decode steps' projections as
 # fused_linear kernels (batched steps keep cuBLAS: test_batched_decode_steps_keep_unfused_projections)
-@pytest.mark.parametrize("compressor, fused", [("mlp", True), ("pool", False), ("none", False)], ids=["mlp-fused", "pool", "none"])
+@pytest.mark.parametrize(
+    "compressor, fused", [("mlp", True), ("pool", False), ("none", False)], ids=["mlp-fused", "pool", "none"]
+)
 def test_triton_backend_matches_reference(compressor, fused, device, gen):
     """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference (unfused),
     logits within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran
@@ -315,7 +317,9 @@ def test_encoder_graphs_give_eager_answers_on_a_gpu(device, gen):
         eager_logits, _ = eager.prefill(pixel_values, ids, 4)
         graphed_logits, _ = graphed.prefill(pixel_values, ids, 4)
         assert_parity(graphed_logits, eager_logits.double(), torch.bfloat16, "prefill logits, encoder graph")
-        assert graphed.generate(pixel_values, ids, 4, decode="cuda_graph") == eager.generate(pixel_values, ids, 4, decode="cuda_graph")
+        assert graphed.generate(pixel_values, ids, 4, decode="cuda_graph") == eager.generate(
+            pixel_values, ids, 4, decode="cuda_graph"
+        )
     assert len(graphed._encoder_graphs) == 1
 
 
@@ -393,7 +397,9 @@ def test_pixel_values_and_decode_step_errors_name_their_argument(device, gen):
             model.decode_step(tokens + 1000, kv)
         model.decode_step(tokens, kv)
         model.decode_step(tokens, kv)
-        with pytest.raises(ValueError, match=r"kv: a sequence's cache is full \(30 positions\); prefill with a larger max_new_tokens"):
+        with pytest.raises(
+            ValueError, match=r"kv: a sequence's cache is full \(30 positions\); prefill with a larger max_new_tokens"
+        ):
             model.decode_step(tokens, kv)
     with pytest.raises(ValueError, match="input_ids, pixel_values: expected at least one request, got none"):
         model.generate(pixel_values[:0], [], 2)

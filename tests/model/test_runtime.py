@@ -11,8 +11,8 @@ import aurora_kernels as ak
 from aurora_kernels.runtime import Runtime, batch_buckets
 from aurora_kernels.runtime import runtime as runtime_module
 from aurora_kernels.runtime.runtime import power_of_two_bucket
-from tests.catalogue import cuda_only
 from aurora_kernels.testing import assert_parity
+from tests.catalogue import cuda_only
 from tests.model.test_model import requests, tiny_model
 
 
@@ -113,7 +113,9 @@ def test_requests_past_the_limits_are_refused_by_name(device, gen):
     model = tiny_model(device)
     runtime = Runtime(model, max_batch=2, max_length=40, decode="eager")
     pixel_values, ids = requests(model, device, gen, lengths=[5, 6, 7])
-    with pytest.raises(ValueError, match="input_ids: 3 requests, over the runtime's max_batch 2; make the Runtime with max_batch >= 3"):
+    with pytest.raises(
+        ValueError, match="input_ids: 3 requests, over the runtime's max_batch 2; make the Runtime with max_batch >= 3"
+    ):
         runtime.generate(pixel_values, ids, 2)
     with pytest.raises(ValueError, match="the longest request needs 41 positions .* over the runtime's max_length 40; "
                                          "make the Runtime with max_length >= 41"):  # fmt: skip

@@ -153,7 +153,10 @@ def test_bad_inputs(device, gen):
     with pytest.raises(ValueError, match="cu_seqlens_k: expected shape"):
         ak.attention_varlen(q, k, v, cu_q, cu_k[:2], max_q, max_k)
     # a value check (it reads cu_seqlens): on CUDA tensors it runs only when asked for
-    with ak.value_checks("always"), pytest.raises(ValueError, match=r"max_seqlen_q: expected >= the longest sequence in cu_seqlens_q \(5\), got 4"):
+    with (
+        ak.value_checks("always"),
+        pytest.raises(ValueError, match=r"max_seqlen_q: expected >= the longest sequence in cu_seqlens_q \(5\), got 4"),
+    ):
         ak.attention_varlen(q, k, v, cu_q, cu_k, 4, max_k)
     with pytest.raises(ValueError, match="v: expected shape"):
         ak.attention_varlen(q, k, v[:, :1], cu_q, cu_k, max_q, max_k)

@@ -3,8 +3,8 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels._dispatch import poisoned_outputs
-from aurora_kernels.ops import reference
 from aurora_kernels.model.layers import RotaryTables
+from aurora_kernels.ops import reference
 from aurora_kernels.ops.decode_attention import default_num_kv_splits
 from aurora_kernels.testing import assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64
 from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, RAGGED_LENGTHS, cuda_only, fused_qkv
@@ -26,7 +26,9 @@ def _paged_copy(k_cache, v_cache, page_size, gen):
     batch, capacity, heads_kv, head_dim = k_cache.shape
     pages_per_seq = -(-capacity // page_size)
     num_blocks = batch * pages_per_seq + 2
-    order = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen, device=gen.device))))
+    order = torch.randperm(
+        num_blocks, generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen, device=gen.device)))
+    )
     block_table = order[: batch * pages_per_seq].reshape(batch, pages_per_seq).to(torch.int32).to(k_cache.device)
     pools = []
     for cache in (k_cache, v_cache):
@@ -42,7 +44,9 @@ def _paged_copy(k_cache, v_cache, page_size, gen):
 @pytest.mark.parametrize("lengths", RAGGED_LENGTHS, ids=lambda n: "-".join(map(str, n)))
 @pytest.mark.parametrize("append", [False, True], ids=["cached", "append"])
 def test_ragged_contiguous(dtype, lengths, append, device, gen):
-    check_op(ak.decode_attention, reference.decode_attention, *_decode_inputs(lengths, 12, 2, 128, dtype, device, gen, append=append))
+    check_op(
+        ak.decode_attention, reference.decode_attention, *_decode_inputs(lengths, 12, 2, 128, dtype, device, gen, append=append)
+    )
 
 
 @pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
@@ -116,7 +120,9 @@ def _model_call_inputs(lengths, capacity, dtype, paged, device, gen):
 def test_rotary_fused(dtype, paged, device, gen):
     """q and the new k rotated in the kernel at position cache_seqlens[b]: the output, and the key the
     cache now holds, match apply_rotary followed by decode_attention."""
-    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs([0, 1, 37, 130], 150, dtype, paged, device, gen)
+    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs(
+        [0, 1, 37, 130], 150, dtype, paged, device, gen
+    )
     expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v,
                                     block_table, None, None, cos, sin)  # fmt: skip
     unfused_cache = k_cache.clone()
@@ -220,7 +226,9 @@ def test_flash_attn_matrix_append_at_random_lengths(page_size, device, gen):
     """flash-attn's kvcache matrix: MQA, a new token appended at random cache lengths (0 among them),
     rotated at its position (non-zero offsets), contiguous or paged (pages of 16 and 256)."""
     lengths = [0, *torch.randint(1, 299, (4,), generator=gen, device=gen.device).tolist()]
-    q, k_cache, v_cache, seqlens, k, v = _decode_inputs(lengths, 8, 1, 128, torch.bfloat16, device, gen, capacity=300, append=True)
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs(
+        lengths, 8, 1, 128, torch.bfloat16, device, gen, capacity=300, append=True
+    )
     block_table = None
     if page_size is not None:
         k_cache, v_cache, block_table = _paged_copy(k_cache, v_cache, page_size, gen)

@@ -5,11 +5,17 @@ import pytest
 import torch
 
 import aurora_kernels as ak
-from aurora_kernels.ops import reference
 from aurora_kernels._dispatch import poisoned_outputs
-from aurora_kernels.ops import fused_linear
-from aurora_kernels.testing import (assert_parity, check_compile, check_cuda_graph, check_op, randn, reference_in_float64,
-                                    strided_view)  # fmt: skip
+from aurora_kernels.ops import fused_linear, reference
+from aurora_kernels.testing import (
+    assert_parity,
+    check_compile,
+    check_cuda_graph,
+    check_op,
+    randn,
+    reference_in_float64,
+    strided_view,  # fmt: skip
+)
 from tests.catalogue import DTYPE_IDS, DTYPES, cuda_only
 
 # rows: 1 (the GEMV), 3 and 17 (one and two row blocks of the tile path); K 300 and N 100 are not

@@ -58,4 +58,6 @@ def test_bad_inputs(device, gen):
 
 def test_int64_offsets(device, gen):
     _, w1, b1, w2, b2 = _inputs(3, 16, 24, 4, 8, torch.float16, device, gen)
-    check_op(ak.token_mlp_compress, reference.token_mlp_compress, far_apart((3, 16, 8), torch.float16, device, gen), w1, b1, w2, b2)
+    check_op(
+        ak.token_mlp_compress, reference.token_mlp_compress, far_apart((3, 16, 8), torch.float16, device, gen), w1, b1, w2, b2
+    )
