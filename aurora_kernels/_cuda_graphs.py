@@ -26,10 +26,12 @@ class Graphed:
     input). fn must have run once at these shapes (`run_on_side_stream`): capture refuses to compile
     or autotune."""
 
-    def __init__(self, fn, x: torch.Tensor, pool=None):
+    def __init__(self, fn, x: torch.Tensor, pool=None, own_input: bool = True):
         """pool: a memory pool (torch.cuda.graph_pool_handle()) shared with graphs that are never
-        replayed at the same time as this one, and whose outputs are read before it replays."""
-        self.input = x.clone()
+        replayed at the same time as this one, and whose outputs are read before it replays.
+        own_input False: x itself is the static input (a buffer the caller keeps for this graph
+        and others), not a copy of it."""
+        self.input = x.clone() if own_input else x
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool):
             self.output = fn(self.input)

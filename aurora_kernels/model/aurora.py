@@ -219,13 +219,17 @@ class AuroraEdgeV(nn.Module):
         return graphed(pixel_values)
 
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
-                 page_size: int = 16, decode: str = "auto", return_logits: bool = False,
-                 stats: dict | None = None):  # fmt: skip
-        """Greedy batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64
-        prompts of any lengths; eos_token_id None, an int or a list of ints (as generation_config.json
-        holds it): a request ends at the first token that is any of them. Returns the new tokens of
-        each request (up to and including its EOS); with return_logits, also each request's logits
-        [steps, vocab] (float32) behind those tokens.
+                 page_size: int = 16, decode: str = "auto", do_sample: bool = False, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: torch.Generator | None = None,
+                 return_logits: bool = False, stats: dict | None = None):  # fmt: skip
+        """Batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64 prompts of
+        any lengths; eos_token_id None, an int or a list of ints (as generation_config.json holds
+        it): a request ends at the first token that is any of them. Greedy unless do_sample: then
+        softmax(logits / temperature) over the top_k most likely tokens (0: all) within top_p of
+        cumulative probability, drawn on the device inside the decode step; a seed (or a generator
+        to draw one from) reproduces it; top_k=1 is greedy. Returns the new tokens of each request
+        (up to and including its EOS); with return_logits, also each request's logits [steps,
+        vocab] (float32) behind those tokens.
 
         It runs on a `aurora_kernels.runtime.Runtime` the model keeps per cache layout, which grows to
         the largest request seen: its KV cache is allocated once, and its decode steps are captured
@@ -250,7 +254,8 @@ class AuroraEdgeV(nn.Module):
             batch = len(input_ids) if isinstance(input_ids, (list, tuple)) and input_ids else 1
             self._runtimes[key] = Runtime(self, max_batch=batch, max_length=1, cache=cache, page_size=page_size, grow=True)
         return self._runtimes[key].generate(pixel_values, input_ids, max_new_tokens, eos_token_id, decode=decode,
-                                            return_logits=return_logits, stats=stats)  # fmt: skip
+                                            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                            generator=generator, return_logits=return_logits, stats=stats)  # fmt: skip
 
     @torch.no_grad()
     def prefill(self, pixel_values, input_ids, max_new_tokens: int, *, cache: str = "contiguous", page_size: int = 16,

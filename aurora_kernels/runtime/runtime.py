@@ -38,6 +38,7 @@ from aurora_kernels._validation import check_int
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.prefill_plan import PaddedShape
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
+from aurora_kernels.runtime.sampling import SamplingParams, sample
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 CACHE_LAYOUTS = ("contiguous", "paged")
@@ -114,12 +115,29 @@ class _Bucket:
         self.tokens = torch.zeros(size, dtype=torch.int64, device=device)
         self.step = torch.zeros(1, dtype=torch.int64, device=device)
         self.history = torch.zeros(max_length, size, dtype=torch.int64, device=device)
-        self.runs: dict[str, object] = {}  # decode mode -> compiled step or Graphed
+        # the sampling parameters, read by the step (so one capture serves any of their values)
+        self.temperature = torch.ones(1, dtype=torch.float32, device=device)
+        self.top_p = torch.ones(1, dtype=torch.float32, device=device)
+        self.top_k = torch.zeros(1, dtype=torch.int64, device=device)
+        self.seed = torch.zeros(1, dtype=torch.int64, device=device)
+        self.runs: dict[tuple[str, bool], object] = {}  # (decode mode, sampling) -> compiled step or Graphed
 
-    def start(self, first_tokens: torch.Tensor) -> None:
-        """A new request: its first tokens (from the prefill) in the buffer and the history, the rows
-        past it inert."""
-        batch = first_tokens.shape[0]
+    def choose(self, logits: torch.Tensor, do_sample: bool) -> torch.Tensor:
+        """The next tokens from logits [rows, vocab]: the argmax, or a sample (runtime/sampling.py)."""
+        if not do_sample:
+            return logits.argmax(-1)
+        return sample(logits, self.temperature, self.top_k, self.top_p, self.seed, self.step)
+
+    def start(self, prefill_logits: torch.Tensor, params: SamplingParams) -> None:
+        """A new request: its sampling parameters set, its first tokens (chosen from the prefill's
+        logits) in the buffer and the history, the rows past it inert."""
+        batch = prefill_logits.shape[0]
+        self.temperature.fill_(params.temperature)
+        self.top_p.fill_(params.top_p)
+        self.top_k.fill_(params.top_k)
+        self.seed.fill_(params.seed)
+        self.step.zero_()
+        first_tokens = self.choose(prefill_logits, params.do_sample)
         self.kv.seqlens[batch:].zero_()
         self.tokens.zero_()
         self.tokens[:batch].copy_(first_tokens)
@@ -217,38 +235,39 @@ class Runtime:
             self._buckets[size] = _Bucket(self.cache, size, self.max_length)
         return self._buckets[size]
 
-    def _step_function(self, bucket: _Bucket):
-        """The decode step on the bucket's state: tokens -> logits, the sample written back into
-        tokens and the history, every tensor static (what a graph or a compiled step needs)."""
+    def _step_function(self, bucket: _Bucket, do_sample: bool):
+        """The decode step on the bucket's state: tokens -> logits, the next tokens (argmax or
+        sample) written back into tokens and the history, every tensor static (what a graph or a
+        compiled step needs)."""
         model = self.model
 
         def step(tokens):
             logits = model.decode_step(tokens, bucket.kv)
-            sample = logits.argmax(-1)
-            bucket.history.index_copy_(0, bucket.step, sample[None])
+            chosen = bucket.choose(logits, do_sample)
+            bucket.history.index_copy_(0, bucket.step, chosen[None])
             bucket.step.add_(1)
-            tokens.copy_(sample)
+            tokens.copy_(chosen)
             return logits
 
         return step
 
-    def _run_step(self, bucket: _Bucket, mode: str, timings: dict) -> torch.Tensor:
+    def _run_step(self, bucket: _Bucket, mode: str, do_sample: bool, timings: dict) -> torch.Tensor:
         """One decode step of the bucket, in `mode`; the first in "cuda_graph" mode runs eagerly and
         then captures (its time in timings["graph_setup_s"])."""
         if mode == "eager":
-            return self._step_function(bucket)(bucket.tokens)
-        run = bucket.runs.get(mode)
+            return self._step_function(bucket, do_sample)(bucket.tokens)
+        run = bucket.runs.get((mode, do_sample))
         if mode == "compile":
             if run is None:
-                run = bucket.runs[mode] = torch.compile(self._step_function(bucket), fullgraph=True)
+                run = bucket.runs[(mode, do_sample)] = torch.compile(self._step_function(bucket, do_sample), fullgraph=True)
             return run(bucket.tokens)
         if run is not None:
             return run.replay()
         start = time.perf_counter()
-        step = self._step_function(bucket)
+        step = self._step_function(bucket, do_sample)
         logits = run_on_side_stream(step, bucket.tokens)  # a real step; it compiles and autotunes the kernels
-        graphed = bucket.runs[mode] = Graphed(step, bucket.tokens, pool=self._graph_pool())
-        bucket.tokens = graphed.input  # the graph reads and writes its own copy from now on
+        # the bucket's token buffer is the graph's input: every graph of the bucket reads and writes it
+        bucket.runs[(mode, do_sample)] = Graphed(step, bucket.tokens, pool=self._graph_pool(), own_input=False)
         self.captures += 1
         timings["graph_setup_s"] = time.perf_counter() - start
         return logits
@@ -282,8 +301,7 @@ class Runtime:
             return model.run_prefill(pixels, plan, bucket.kv, encoder_graphs=False)
 
         logits = run_on_side_stream(run, static.pixels)  # a real prefill; it compiles and autotunes the kernels
-        static.graph = Graphed(run, static.pixels, pool=self._graph_pool())
-        static.pixels = static.graph.input
+        static.graph = Graphed(run, static.pixels, pool=self._graph_pool(), own_input=False)
         self.prefill_captures += 1
         return logits[:batch]
 
@@ -294,12 +312,19 @@ class Runtime:
     @torch.no_grad()
     @_on_model_device
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, decode: str | None = None,
-                 return_logits: bool = False, stats: dict | None = None):  # fmt: skip
-        """Greedy batched generation (AuroraEdgeV.generate's arguments and result) on this runtime's
-        cache and captured steps; decode: this call's mode instead of the runtime's."""
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None, generator: torch.Generator | None = None, return_logits: bool = False,
+                 stats: dict | None = None):  # fmt: skip
+        """Batched generation (AuroraEdgeV.generate's arguments and result) on this runtime's cache
+        and captured steps; decode: this call's mode instead of the runtime's. Greedy unless
+        do_sample (runtime/sampling.py: temperature, top_k, top_p, on the device); seed makes a
+        sampled request reproducible (None: drawn from `generator`, or torch's default one)."""
         model = self.model
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         eos_ids = model.eos_token_ids(eos_token_id)
+        if seed is None:
+            seed = int(torch.randint(0, 2**32, (1,), generator=generator, device=generator.device if generator else "cpu"))
+        params = SamplingParams(do_sample, temperature, top_k, top_p, seed)
         decode = self.decode if decode is None else decode
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
@@ -313,14 +338,15 @@ class Runtime:
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
         with using_programmatic_dependent_launch(model.config.llm.programmatic_dependent_launch):
-            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, return_logits, stats)
+            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, return_logits,
+                                stats)  # fmt: skip
 
-    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, return_logits, stats):
+    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, return_logits, stats):
         model, batch = self.model, len(input_ids)
         clock = _Clock(model.device) if stats is not None else None
         bucket = self._bucket(batch)
         logits = self._prefill_into(bucket, pixel_values, input_ids, max_new_tokens, prefill_graph)
-        bucket.start(logits.argmax(-1))
+        bucket.start(logits, params)
         steps_logits = [logits.to(torch.float32, copy=True)] if return_logits else []
         eos = torch.tensor(eos_ids, dtype=torch.int64, device=model.device) if eos_ids else None
         timings: dict = {}
@@ -331,7 +357,7 @@ class Runtime:
             if eos is not None and (mode == "eager" or steps % EOS_CHECK_INTERVAL == 0):
                 if bool(torch.isin(bucket.history[:steps, :batch], eos).any(0).all()):  # a host sync, to stop early
                     break
-            logits = self._run_step(bucket, mode, timings)
+            logits = self._run_step(bucket, mode, params.do_sample, timings)
             steps += 1
             if clock is not None and steps == 2:  # the second token's time after the first
                 timings["first_step_s"] = clock.lap()

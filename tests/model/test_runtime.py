@@ -30,8 +30,8 @@ class _EagerGraph:
 
     made = []
 
-    def __init__(self, fn, x, pool=None):
-        self.fn, self.input = fn, x.clone()
+    def __init__(self, fn, x, pool=None, own_input=True):
+        self.fn, self.input = fn, x.clone() if own_input else x
         _EagerGraph.made.append(self)
 
     def replay(self):
