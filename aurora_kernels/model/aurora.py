@@ -27,7 +27,8 @@ CACHE_LAYOUTS = ("contiguous", "paged")
 PIXEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _init_parameter(name: str, param: torch.Tensor, std: float) -> None:
+def init_parameter(name: str, param: torch.Tensor, std: float) -> None:
+    """Random weights for one parameter, by its name (AuroraEdgeV.reset_parameters)."""
     leaf = name.rsplit(".", 1)[-1]
     if "norm" in name and leaf == "weight":  # RMSNorm / LayerNorm scales
         param.fill_(1.0)
@@ -66,7 +67,7 @@ class AuroraEdgeV(nn.Module):
         the bias paths are exercised), unit norm weights, and a compressor MLP scaled to keep the
         visual tokens' magnitude (w1 ~ N(0, 1/N), w2 ~ N(0, 1/H))."""
         for name, param in self.named_parameters():
-            _init_parameter(name, param, std)
+            init_parameter(name, param, std)
 
     @classmethod
     def from_pretrained(cls, llm_dir, vision_dir=None, aurora_weights=None, compressor="mlp", backend="triton",
@@ -76,6 +77,13 @@ class AuroraEdgeV(nn.Module):
         from aurora_kernels.model.loading import load_pretrained
 
         return load_pretrained(cls, llm_dir, vision_dir, aurora_weights, compressor, backend, dtype, device)
+
+    def save_pretrained(self, llm_dir, vision_dir, aurora_weights) -> None:
+        """The LLM and the vision tower as transformers Qwen2 and SigLIP directories, the projector,
+        compressor and fusion as our safetensors file: what from_pretrained reads back."""
+        from aurora_kernels.model.loading import save_pretrained
+
+        save_pretrained(self, llm_dir, vision_dir, aurora_weights)
 
     def set_backend(self, backend: str) -> "AuroraEdgeV":
         """Switch every op of every part to `backend` ("triton" or "reference"), weights unchanged."""
@@ -314,7 +322,7 @@ class AuroraEdgeV(nn.Module):
         self.compressor = TokenCompressor(self.config, self.backend).to(weight.device, weight.dtype)
         with torch.no_grad():
             for name, param in self.compressor.named_parameters():
-                _init_parameter(name, param, std=0.02)
+                init_parameter(name, param, std=0.02)
         self._encoder_graphs.clear()  # captured with the other compressor
         return self
 

@@ -36,6 +36,7 @@ class RotaryTables(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
+        self.head_dim, self.theta, self.max_positions = head_dim, theta, max_positions
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.arange(max_positions, dtype=torch.float64)[:, None] * inv_freq[None, :]
         angles = torch.cat([angles, angles], dim=-1)

@@ -216,19 +216,29 @@ def siglip_names(cfg: VisionConfig, root: str = "vision_model.") -> dict[str, li
     return names
 
 
+def _set_parameter(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """model's parameter `name` becomes `tensor` (its shape checked by the caller): a meta model's
+    parameters are materialised one at a time, each in its final dtype and device."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=owner._parameters[leaf].requires_grad)
+
+
 @torch.no_grad()
-def load_tensors(model: torch.nn.Module, checkpoint: Checkpoint, names: dict[str, list[str]]) -> None:
-    """Copy (concatenating where a parameter is fused) every mapped tensor into `model`."""
+def load_tensors(model: torch.nn.Module, checkpoint: Checkpoint, names: dict[str, list[str]], device, dtype) -> None:
+    """Every mapped tensor (concatenated where a parameter is fused) into `model`, read once, in
+    `dtype` on `device`."""
     params = dict(model.named_parameters())
     for ours, theirs in names.items():
-        tensor = torch.cat([checkpoint.get(name) for name in theirs]) if len(theirs) > 1 else checkpoint.get(theirs[0])
+        pieces = [checkpoint.get(name).to(device=device, dtype=dtype) for name in theirs]
+        tensor = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         target = params[ours]
         if tuple(tensor.shape) != tuple(target.shape):
             raise ValueError(
                 f"{checkpoint.directory}: {' + '.join(theirs)}: expected shape {list(target.shape)} (from config.json), "
                 f"got {list(tensor.shape)}"
             )
-        target.copy_(tensor)
+        _set_parameter(model, ours, tensor)
 
 
 def save_aurora_weights(model: torch.nn.Module, path) -> None:
@@ -260,30 +270,111 @@ def _aurora_file_settings(path, compressor: str) -> CompressorConfig:
 
 
 @torch.no_grad()
-def load_aurora_weights(model: torch.nn.Module, path) -> None:
+def load_aurora_weights(model: torch.nn.Module, path, device, dtype) -> None:
     file = open_safetensors(path)
-    tensors = {name: read_tensor(file, name, path) for name in file.keys()}
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith(AURORA_PARTS)}
-    missing = sorted(set(expected) - set(tensors))
+    expected = {k: v for k, v in model.named_parameters() if k.startswith(AURORA_PARTS)}
+    missing = sorted(set(expected) - set(file.keys()))
     if missing:
         raise KeyError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing)")
     for name, target in expected.items():
-        if tensors[name].shape != target.shape:
-            raise ValueError(f"{path}: {name}: expected shape {list(target.shape)}, got {list(tensors[name].shape)}")
-        target.copy_(tensors[name])
+        tensor = read_tensor(file, name, path)
+        if tensor.shape != target.shape:
+            raise ValueError(f"{path}: {name}: expected shape {list(target.shape)}, got {list(tensor.shape)}")
+        _set_parameter(model, name, tensor.to(device=device, dtype=dtype))
+
+
+@torch.no_grad()
+def materialize(model: torch.nn.Module, device, dtype, std: float = 0.02) -> torch.nn.Module:
+    """A model built on the meta device, made real on `device` in `dtype`: each parameter still on
+    meta gets random weights there (AuroraEdgeV.reset_parameters' distribution), each buffer is
+    built again (the rotary tables, computed in float64, then cast as `model.to(dtype)` casts them).
+    Parameters already loaded stay as they are."""
+    from aurora_kernels.model.aurora import init_parameter
+    from aurora_kernels.model.layers import RotaryTables
+
+    for name, param in list(model.named_parameters()):
+        if param.is_meta:
+            tensor = torch.empty(param.shape, device=device, dtype=dtype)
+            init_parameter(name, tensor, std)
+            _set_parameter(model, name, tensor)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, RotaryTables) and module.cos.is_meta:
+            tables = RotaryTables(module.head_dim, module.theta, module.max_positions).to(device=device, dtype=dtype)
+            owner_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(owner_name), leaf, tables)
+    return model
 
 
 def load_pretrained(cls, llm_dir, vision_dir, aurora_weights, compressor, backend, dtype, device):
+    """The model built on the meta device (no memory, no random init of what the files hold), then
+    each tensor read once from its file, in `dtype` on `device`; what no file holds is random."""
     llm_cfg = llm_config_from_dir(llm_dir)
     vision_cfg = vision_config_from_dir(vision_dir) if vision_dir is not None else VisionConfig()
     settings = (
         _aurora_file_settings(aurora_weights, compressor) if aurora_weights is not None else CompressorConfig(kind=compressor)
     )
-    model = cls(AuroraConfig(vision=vision_cfg, llm=llm_cfg, compressor=settings), backend=backend)
-    load_tensors(model, Checkpoint(llm_dir), qwen2_names(llm_cfg))
+    with torch.device("meta"):
+        model = cls(AuroraConfig(vision=vision_cfg, llm=llm_cfg, compressor=settings), backend=backend)
+    device = torch.device(device)
+    load_tensors(model, Checkpoint(llm_dir), qwen2_names(llm_cfg), device, dtype)
     if vision_dir is not None:
         vision_checkpoint = Checkpoint(vision_dir)
-        load_tensors(model, vision_checkpoint, siglip_names(vision_cfg, siglip_prefix(vision_checkpoint)))
+        load_tensors(model, vision_checkpoint, siglip_names(vision_cfg, siglip_prefix(vision_checkpoint)), device, dtype)
     if aurora_weights is not None:
-        load_aurora_weights(model, aurora_weights)
-    return model.to(device=device, dtype=dtype)
+        load_aurora_weights(model, aurora_weights, device, dtype)
+    return materialize(model, device, dtype)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _qwen2_config_json(cfg: LLMConfig) -> dict:
+    return {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
+            "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_position_embeddings,
+            "tie_word_embeddings": cfg.tie_word_embeddings, "hidden_act": "silu", "use_sliding_window": False}  # fmt: skip
+
+
+def _siglip_config_json(cfg: VisionConfig) -> dict:
+    return {"model_type": "siglip_vision_model", "architectures": ["SiglipVisionModel"], "hidden_size": cfg.hidden_size,
+            "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads, "num_channels": cfg.num_channels, "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size, "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": "gelu_pytorch_tanh"}  # fmt: skip
+
+
+def _split_for_transformers(model: torch.nn.Module, names: dict[str, list[str]], piece_rows) -> dict[str, torch.Tensor]:
+    """transformers' tensors from this model's parameters: a fused parameter split back (dim 0)."""
+    params = dict(model.named_parameters())
+    tensors = {}
+    for ours, theirs in names.items():
+        param = params[ours].detach()
+        for name, piece in zip(theirs, param.split(piece_rows(ours, param.shape[0], len(theirs)))):
+            tensors[name] = piece.contiguous().cpu()
+    return tensors
+
+
+def save_pretrained(model: torch.nn.Module, llm_dir, vision_dir, aurora_weights) -> None:
+    """The three parts as from_pretrained reads them: the LLM in a transformers Qwen2 directory, the
+    vision tower in a SigLIP one (config.json + model.safetensors each, q/k/v and gate/up split
+    back), the projector, compressor and fusion in our file."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    kv_rows = config.llm.num_kv_heads * config.llm.head_dim
+
+    def llm_rows(ours, total, pieces):
+        if pieces == 1:
+            return [total]
+        return [total - 2 * kv_rows, kv_rows, kv_rows] if "qkv" in ours else [total // pieces] * pieces
+
+    for directory, config_json, tensors in (
+        (llm_dir, _qwen2_config_json(config.llm), _split_for_transformers(model, qwen2_names(config.llm), llm_rows)),
+        (vision_dir, _siglip_config_json(config.vision), _split_for_transformers(
+            model, siglip_names(config.vision), lambda ours, total, pieces: [total // pieces] * pieces)),
+    ):  # fmt: skip
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            json.dump(config_json, f, indent=1)
+        save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    save_aurora_weights(model, aurora_weights)

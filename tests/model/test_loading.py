@@ -266,3 +266,36 @@ def test_our_file_metadata_is_checked_field_by_field(checkpoints, tmp_path):
         save_file({"projector.fc1.weight": torch.zeros(1)}, path, metadata=metadata)
         with pytest.raises(ValueError, match=f"{path}: {message}"):
             AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", path)
+
+
+def test_save_pretrained_round_trips_through_transformers_layouts(tmp_path, device, gen):
+    """save_pretrained writes the three parts (q/k/v and gate/up split back into transformers'
+    tensors); from_pretrained reads every parameter back bit for bit, in the dtype asked for, and
+    transformers' own classes load the LLM and the vision tower."""
+    model = AuroraEdgeV(TINY, backend="reference").to(device)
+    model.save_pretrained(tmp_path / "qwen2", tmp_path / "siglip", tmp_path / "aurora.safetensors")
+    loaded = AuroraEdgeV.from_pretrained(tmp_path / "qwen2", tmp_path / "siglip", tmp_path / "aurora.safetensors",
+                                         backend="reference", dtype=torch.float32, device=device)  # fmt: skip
+    assert loaded.config == model.config
+    theirs = dict(loaded.named_parameters())
+    for name, param in model.named_parameters():
+        assert torch.equal(theirs[name], param), name
+    assert torch.equal(loaded.llm.rotary.cos, model.llm.rotary.cos)
+    half = AuroraEdgeV.from_pretrained(tmp_path / "qwen2", tmp_path / "siglip", tmp_path / "aurora.safetensors",
+                                       backend="reference", dtype=torch.bfloat16, device=device)  # fmt: skip
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and half.llm.rotary.cos.dtype == torch.bfloat16
+    transformers = pytest.importorskip("transformers")
+    assert transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "qwen2").config.num_hidden_layers == TINY.llm.num_layers
+    assert transformers.SiglipVisionModel.from_pretrained(tmp_path / "siglip").config.image_size == TINY.vision.image_size
+
+
+def test_what_no_file_holds_is_random_and_real(checkpoints, device):
+    """Without a vision directory or our file, those parts come out random (not meta, not zeros), on
+    the device and in the dtype asked for; no parameter is left on the meta device."""
+    root, _, _ = checkpoints
+    model = AuroraEdgeV.from_pretrained(root / "qwen2", None, None, backend="reference", dtype=torch.float16, device=device)
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    assert {p.device.type for p in model.parameters()} == {device.type} and {p.dtype for p in model.parameters()} == {
+        torch.float16
+    }
+    assert model.vision.layers[0].fc1.weight.std() > 0 and model.projector.fc1.weight.std() > 0
