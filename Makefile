@@ -25,7 +25,11 @@ WHEELS ?= .whl
 GPU_SITE ?= /tmp/aurora-gpu-site
 LIGER_VERSION ?= 0.8.5
 
-.PHONY: test bench gpu-check gpu-wheels compile-report clean
+# the lowest transformers the package declares (pyproject.toml, the hf extra), tested in a venv of its own
+TRANSFORMERS_FLOOR ?= 4.54.1
+FLOOR_VENV ?= .venv-floor
+
+.PHONY: test test-floor bench gpu-check gpu-wheels compile-report clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +48,13 @@ test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	$(VPY) -m ruff format --check aurora_kernels bench tests
 	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
+# CPU: the model's tests (where transformers is used) with the lowest transformers the package declares.
+test-floor: $(STAMP)
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,hf]' transformers==$(TRANSFORMERS_FLOOR)
+	TRITON_INTERPRET=1 $(FLOOR_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) tests/model
+
 # CPU: interpreter parity at small shapes, the sm_90 compile report (venv triton and 3.6), the H100 roofline floors.
 # GPU: times every op against its peers.
 bench: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
@@ -61,4 +72,4 @@ gpu-check:
 	PYTHONPATH=.$(if $(wildcard $(WHEELS)/*.whl),:$(GPU_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache

@@ -1,6 +1,13 @@
-"""Run the model: `python -m aurora_kernels.generate --preset tiny --prompt-len 32 --max-new-tokens 16
---compressor mlp`. Random weights (and random images and prompts) unless --llm-dir / --vision-dir /
---aurora-weights are given. Prints the tokens, the prefill time and the decode tokens/s.
+"""Run the model.
+
+    python -m aurora_kernels.generate --llm-dir QWEN2 --vision-dir SIGLIP [--aurora-weights FILE] \
+        --image cat.png --prompt "What is in this picture?" [--image ... --prompt ...] [--temperature 0.7]
+    python -m aurora_kernels.generate --preset tiny --prompt-len 32 --max-new-tokens 16 --compressor mlp
+
+With --image/--prompt pairs (one request each; the tokenizer and the image processor come from the
+two directories) it prints each answer ("text: ...") and the timing; without, random weights (unless
+--llm-dir and friends are given), random images and prompts, and it prints the tokens, the prefill
+time and the decode tokens/s.
 
 Without a GPU, backend "triton" runs the kernels under the Triton interpreter (correct, slow: fine
 for the tiny preset); the default backend there is "reference" (eager PyTorch).
@@ -58,8 +65,25 @@ def parse_args(argv=None):
     parser.add_argument("--llm-dir", help="transformers Qwen2 directory (config.json + safetensors)")
     parser.add_argument("--vision-dir", help="transformers SigLIP directory (with --llm-dir)")
     parser.add_argument("--aurora-weights", help="projector / compressor / fusion safetensors file (with --llm-dir)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0)
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="the random requests' and the sampling's")
+    parser.add_argument("--image", action="append", default=[], help="an image file (repeat with --prompt: one request each)")
+    parser.add_argument("--prompt", action="append", default=[], help="the question about the --image of the same rank")
+    parser.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=_int_at_least(0), default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
     args = parser.parse_args(argv)
+    if len(args.image) != len(args.prompt):
+        parser.error(
+            f"--image and --prompt: expected one prompt per image, got {len(args.image)} images and {len(args.prompt)} prompts"
+        )
+    if args.image and not (args.llm_dir and args.vision_dir):
+        parser.error("--image needs --llm-dir and --vision-dir (their tokenizer and image processor)")
+    for image in args.image:
+        if not os.path.isfile(image):
+            parser.error(f"--image: no such file: {image}")
+    if args.temperature != 1.0 or args.top_k or args.top_p != 1.0:
+        args.do_sample = True
     for flag, value in (("--vision-dir", args.vision_dir), ("--aurora-weights", args.aurora_weights)):
         if value and not args.llm_dir:
             parser.error(f"{flag} needs --llm-dir (weights load into a model whose LLM comes from a directory)")
@@ -116,10 +140,14 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:  # a checkpoint that cannot be loaded: one line naming it
         print(f"error: {e}", file=sys.stderr)
         return 2
+    sampling = {"do_sample": args.do_sample, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                "seed": args.seed}  # fmt: skip
+    if args.image:
+        return answer(model, args, sampling)
     pixel_values, prompts = random_requests(model, args.batch, args.prompt_len, args.seed)
     try:
         tokens, stats = timed_generation(model, pixel_values, prompts, args.max_new_tokens, eos_token_id=args.eos_token_id,
-                                         cache=args.cache)  # fmt: skip
+                                         cache=args.cache, **sampling)  # fmt: skip
     except ValueError as e:  # a request the model cannot hold (a prompt past its positions, say): one line
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -132,6 +160,30 @@ def main(argv=None) -> int:
     print(f"prefill: {stats['prefill_s'] * 1e3:.1f} ms (vision, compressor, fusion, LLM prefill, first token)")
     print(f"decode ({stats['decode']}): {stats['decode_steps']} steps in {stats['decode_s'] * 1e3:.1f} ms, "
           f"{stats['decode_tokens_per_s']:.1f} tokens/s over {args.batch} request(s)")  # fmt: skip
+    return 0
+
+
+def answer(model, args, sampling: dict) -> int:
+    """The --image/--prompt requests answered in text, one line each, then the timing."""
+    from aurora_kernels.model.processor import AuroraProcessor
+
+    try:
+        processor = AuroraProcessor.from_pretrained(args.llm_dir, args.vision_dir)
+    except (OSError, ValueError) as e:  # no tokenizer or image processor: one line naming the directory
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stats: dict = {}
+    eos = {"eos_token_id": args.eos_token_id} if args.eos_token_id else {}
+    try:
+        answers = model.chat(processor, args.image, args.prompt, args.max_new_tokens, cache=args.cache, stats=stats, **eos,
+                             **sampling)  # fmt: skip
+    except (OSError, ValueError) as e:  # an image that cannot be read, a request too long: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for text in answers:
+        print(f"text: {text}")
+    print(f"prefill: {stats['prefill_s'] * 1e3:.1f} ms; decode ({stats['decode']}): {stats['decode_steps']} steps in "
+          f"{stats['decode_s'] * 1e3:.1f} ms")  # fmt: skip
     return 0
 
 

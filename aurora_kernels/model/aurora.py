@@ -38,6 +38,33 @@ def init_parameter(name: str, param: torch.Tensor, std: float) -> None:
         param.normal_(0.0, std)
 
 
+class _TextStreamer:
+    """Token ids in, each request's new text out: the request's whole answer decoded again at each
+    token (a byte-level tokenizer's characters may span tokens), its new tail handed on once it is
+    whole (no replacement character at its end)."""
+
+    def __init__(self, processor, batch: int, on_text):
+        self.processor, self.on_text = processor, on_text
+        self.tokens, self.sent = [[] for _ in range(batch)], [""] * batch
+
+    def __call__(self, request: int, new_tokens: list[int]) -> None:
+        self.tokens[request] += new_tokens
+        text = self.processor.decode(self.tokens[request])
+        if not text.endswith("\ufffd"):
+            self._send(request, text)
+
+    def finish(self, answers: list[str]) -> None:
+        """The rest of each answer, a partial character at its end included."""
+        for request, text in enumerate(answers):
+            self._send(request, text)
+
+    def _send(self, request: int, text: str) -> None:
+        sent = self.sent[request]
+        if text.startswith(sent) and len(text) > len(sent):
+            self.on_text(request, text[len(sent) :])
+            self.sent[request] = text
+
+
 # Image encoder graphs kept per model, least recently used dropped first: one per batch shape, each
 # holding its own memory pool (the ViT's activations at that batch).
 MAX_ENCODER_GRAPHS = 4
@@ -229,15 +256,17 @@ class AuroraEdgeV(nn.Module):
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, cache="contiguous",
                  page_size: int = 16, decode: str = "auto", do_sample: bool = False, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, generator: torch.Generator | None = None,
-                 return_logits: bool = False, stats: dict | None = None):  # fmt: skip
+                 pad_token_id: int | None = None, streamer=None, return_logits: bool = False, stats: dict | None = None):  # fmt: skip
         """Batched generation: pixel_values [B, 3, H, W], input_ids a list of B 1-D int64 prompts of
         any lengths; eos_token_id None, an int or a list of ints (as generation_config.json holds
         it): a request ends at the first token that is any of them. Greedy unless do_sample: then
         softmax(logits / temperature) over the top_k most likely tokens (0: all) within top_p of
         cumulative probability, drawn on the device inside the decode step; a seed (or a generator
         to draw one from) reproduces it; top_k=1 is greedy. Returns the new tokens of each request
-        (up to and including its EOS); with return_logits, also each request's logits [steps,
-        vocab] (float32) behind those tokens.
+        (up to and including its EOS), or with pad_token_id one int64 tensor [B, longest] of them,
+        padded with it (as transformers returns sequences); with return_logits, also each request's
+        logits [steps, vocab] (float32) behind those tokens. streamer(request index, new token ids)
+        is called as tokens are made (a host sync a step).
 
         It runs on a `aurora_kernels.runtime.Runtime` the model keeps per cache layout, which grows to
         the largest request seen: its KV cache is allocated once, and its decode steps are captured
@@ -261,9 +290,34 @@ class AuroraEdgeV(nn.Module):
         if key not in self._runtimes:
             batch = len(input_ids) if isinstance(input_ids, (list, tuple)) and input_ids else 1
             self._runtimes[key] = Runtime(self, max_batch=batch, max_length=1, cache=cache, page_size=page_size, grow=True)
-        return self._runtimes[key].generate(pixel_values, input_ids, max_new_tokens, eos_token_id, decode=decode,
-                                            do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                            generator=generator, return_logits=return_logits, stats=stats)  # fmt: skip
+        if pad_token_id is not None:
+            check_int("pad_token_id", pad_token_id, minimum=0)
+        result = self._runtimes[key].generate(pixel_values, input_ids, max_new_tokens, eos_token_id, decode=decode,
+                                              do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                              generator=generator, streamer=streamer, return_logits=return_logits, stats=stats)  # fmt: skip
+        if pad_token_id is None:
+            return result
+        tokens, logits = result if return_logits else (result, None)
+        longest = max(len(t) for t in tokens)
+        padded = torch.tensor([t + [pad_token_id] * (longest - len(t)) for t in tokens], dtype=torch.int64)
+        return (padded, logits) if return_logits else padded
+
+    def chat(self, processor, images, prompts, max_new_tokens: int = 64, *, streamer=None, **generate_kwargs) -> list[str]:
+        """Text and images in, text out: each prompt (a user turn of the tokenizer's chat template)
+        about its image, answered. processor: an AuroraProcessor (model/processor.py). EOS: the
+        tokenizer's and generation_config.json's unless eos_token_id says otherwise. streamer(request
+        index, text): called with each request's new text as it is made. generate_kwargs: generate's
+        (do_sample, temperature, top_k, top_p, seed, ...)."""
+        pixel_values, input_ids = processor(images, prompts)
+        generate_kwargs.setdefault("eos_token_id", list(processor.eos_token_ids) or None)
+        text_streamer = _TextStreamer(processor, len(input_ids), streamer) if streamer is not None else None
+        dtype = self.llm.embed_tokens.weight.dtype
+        tokens = self.generate(pixel_values.to(self.device, dtype), [ids.to(self.device) for ids in input_ids], max_new_tokens,
+                               streamer=text_streamer, **generate_kwargs)  # fmt: skip
+        answers = [processor.decode(t) for t in tokens]
+        if text_streamer is not None:
+            text_streamer.finish(answers)
+        return answers
 
     @torch.no_grad()
     def prefill(self, pixel_values, input_ids, max_new_tokens: int, *, cache: str = "contiguous", page_size: int = 16,

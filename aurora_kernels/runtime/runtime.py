@@ -145,6 +145,22 @@ class _Bucket:
         self.step.fill_(1)
 
 
+class _Streaming:
+    """Hands each step's tokens to a streamer, request by request, up to each one's first EOS."""
+
+    def __init__(self, streamer, batch: int, eos_ids: tuple[int, ...]):
+        self.streamer, self.eos_ids = streamer, eos_ids
+        self.finished = [False] * batch
+
+    def send(self, tokens: list[int]) -> bool:
+        """One step's tokens; whether every request has ended."""
+        for b, token in enumerate(tokens):
+            if not self.finished[b]:
+                self.streamer(b, [token])
+                self.finished[b] = token in self.eos_ids
+        return all(self.finished)
+
+
 class _StaticPrefill:
     """One padded shape's prefill: the static inputs a request is copied into (pixels, the plan's
     int64 and int32 buffers) and, once captured, its graph."""
@@ -313,12 +329,14 @@ class Runtime:
     @_on_model_device
     def generate(self, pixel_values, input_ids, max_new_tokens: int, eos_token_id=None, *, decode: str | None = None,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 seed: int | None = None, generator: torch.Generator | None = None, return_logits: bool = False,
-                 stats: dict | None = None):  # fmt: skip
+                 seed: int | None = None, generator: torch.Generator | None = None, streamer=None,
+                 return_logits: bool = False, stats: dict | None = None):  # fmt: skip
         """Batched generation (AuroraEdgeV.generate's arguments and result) on this runtime's cache
         and captured steps; decode: this call's mode instead of the runtime's. Greedy unless
         do_sample (runtime/sampling.py: temperature, top_k, top_p, on the device); seed makes a
-        sampled request reproducible (None: drawn from `generator`, or torch's default one)."""
+        sampled request reproducible (None: drawn from `generator`, or torch's default one).
+        streamer(request index, new token ids): called as tokens are made, up to each request's EOS
+        (the host then reads each step's tokens: a sync a step)."""
         model = self.model
         check_int("max_new_tokens", max_new_tokens, minimum=1)
         eos_ids = model.eos_token_ids(eos_token_id)
@@ -338,10 +356,11 @@ class Runtime:
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
         with using_programmatic_dependent_launch(model.config.llm.programmatic_dependent_launch):
-            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, return_logits,
-                                stats)  # fmt: skip
+            return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer,
+                                return_logits, stats)  # fmt: skip
 
-    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, return_logits, stats):
+    def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer, return_logits,
+                stats):  # fmt: skip
         model, batch = self.model, len(input_ids)
         clock = _Clock(model.device) if stats is not None else None
         bucket = self._bucket(batch)
@@ -353,8 +372,12 @@ class Runtime:
         if clock is not None:
             stats["decode"], stats["prefill_s"] = mode, clock.lap()
         steps = 1  # tokens in the history
+        streaming = _Streaming(streamer, batch, eos_ids) if streamer is not None else None
         while steps < max_new_tokens:
-            if eos is not None and (mode == "eager" or steps % EOS_CHECK_INTERVAL == 0):
+            if streaming is not None:
+                if streaming.send(bucket.history[steps - 1, :batch].tolist()):  # a host sync a step
+                    break
+            elif eos is not None and (mode == "eager" or steps % EOS_CHECK_INTERVAL == 0):
                 if bool(torch.isin(bucket.history[:steps, :batch], eos).any(0).all()):  # a host sync, to stop early
                     break
             logits = self._run_step(bucket, mode, params.do_sample, timings)
@@ -363,6 +386,8 @@ class Runtime:
                 timings["first_step_s"] = clock.lap()
             if return_logits:
                 steps_logits.append(logits[:batch].to(torch.float32, copy=True))  # a replay overwrites logits
+        if streaming is not None:
+            streaming.send(bucket.history[steps - 1, :batch].tolist())
         if clock is not None:
             stats["decode_s"], stats["decode_steps"] = clock.lap() + timings.get("first_step_s", 0.0), steps - 1
             stats.update(timings)
