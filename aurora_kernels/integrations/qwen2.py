@@ -1,20 +1,31 @@
-"""patch_qwen2: a transformers Qwen2ForCausalLM on this package's kernels, as Liger-Kernel patches
-models: RMSNorm, rotary embedding, the MLP's SiLU-and-multiply, and attention.
+"""Qwen2 on this package's kernels, as Liger-Kernel patches models: RMSNorm, rotary embedding, the
+MLP's SiLU-and-multiply, and attention. Inference only.
 
-Inference only. What changes, per part:
-- RMSNorm: each Qwen2RMSNorm instance's forward becomes `rms_norm`.
-- MLP: gate_proj and up_proj weights are moved into one [2I, H] tensor (the two parameters become
-  views of it, so state_dict names and memory are unchanged); forward is one matmul, `silu_and_mul`,
-  down_proj.
-- Rotary: transformers' module-level `apply_rotary_pos_emb` in modeling_qwen2 is replaced (as
-  Liger does), so every Qwen2 model in the process uses it once one model is patched.
-- Attention: an "aurora" entry in transformers' attention registry (`attention`, causal, GQA by
-  index), selected on this model. It has no padding masks: a batch of prompts of different lengths
-  padded into one tensor raises a ValueError (aurora_kernels.model packs such batches instead).
+Two ways, each undone by its counterpart:
+- `patch_qwen2(model)`: this instance only (another Qwen2 in the process makes no kernel call);
+  `unpatch(model)` restores it.
+- `apply_aurora_kernels_to_qwen2(rope=, rms_norm=, swiglu=, attention=)`: the transformers classes,
+  so every Qwen2 made or used afterwards runs on the kernels (Liger's way);
+  `revert_aurora_kernels_to_qwen2()` restores them.
+
+What changes, per part:
+- RMSNorm: Qwen2RMSNorm's forward becomes `rms_norm`.
+- MLP: gate_proj and up_proj weights are moved into one [2I, H] tensor on the module's first call
+  (the two parameters become views of it: state_dict names, values and memory are unchanged);
+  forward is one matmul, `silu_and_mul`, down_proj.
+- Rotary: transformers' module-level `apply_rotary_pos_emb` in modeling_qwen2, which the attention
+  calls, is replaced by a dispatcher: `apply_rotary` inside a patched instance's forward (a context
+  variable says which), transformers' own elsewhere; the class-level patch makes it `apply_rotary`
+  everywhere.
+- Attention: the "aurora" entry of transformers' attention registry (integrations/_attention.py:
+  padded batches run unpadded through `attention_varlen`), selected on the patched instance
+  (class level: registered, for `attn_implementation="aurora"`).
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import types
 
 import torch
@@ -23,15 +34,22 @@ from torch.nn import functional as F
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
 from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+from aurora_kernels.integrations._undo import record_undo
+
+# the backend of the patched instance whose forward is running (None: no patched instance)
+_rotary_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("aurora_rotary_backend", default=None)
+_ORIGINALS: dict[str, object] = {}  # what the class-level patch replaced: name -> original
 
 
 def _rms_norm_forward(self, hidden_states):
-    return ak.rms_norm(hidden_states, self.weight, self.variance_epsilon, backend=self._aurora_backend)
+    return ak.rms_norm(hidden_states, self.weight, self.variance_epsilon, backend=getattr(self, "_aurora_backend", "triton"))
 
 
 def _mlp_forward(self, x):
+    if getattr(self, "_aurora_gate_up", None) is None:
+        _fuse_gate_up(self)
     gate_up = F.linear(x, self._aurora_gate_up)
-    return self.down_proj(ak.silu_and_mul(gate_up, backend=self._aurora_backend))
+    return self.down_proj(ak.silu_and_mul(gate_up, backend=getattr(self, "_aurora_backend", "triton")))
 
 
 def _fuse_gate_up(mlp) -> None:
@@ -43,20 +61,47 @@ def _fuse_gate_up(mlp) -> None:
     mlp._aurora_gate_up = fused
 
 
-def _rotary(backend: str):
-    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
-        """q [B, H, L, D], k [B, Hkv, L, D], cos/sin [B, L, D] (transformers' layout): the kernel reads
-        the [B, L, H, D] views, no copies."""
-        if unsqueeze_dim != 1:
-            raise ValueError(f"unsqueeze_dim: expected 1 (q, k as [B, H, L, D]), got {unsqueeze_dim}")
-        q_rot, k_rot = ak.apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin, backend=backend)
-        return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
+def _kernel_rotary(q, k, cos, sin, backend: str, unsqueeze_dim: int = 1):
+    """q [B, H, L, D], k [B, Hkv, L, D], cos/sin [B, L, D] (transformers' layout): the kernel reads
+    the [B, L, H, D] views, no copies."""
+    if unsqueeze_dim != 1:
+        raise ValueError(f"unsqueeze_dim: expected 1 (q, k as [B, H, L, D]), got {unsqueeze_dim}")
+    q_rot, k_rot = ak.apply_rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin, backend=backend)
+    return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
 
-    return apply_rotary_pos_emb
+
+def _install_rotary_dispatcher(qwen2) -> None:
+    """modeling_qwen2.apply_rotary_pos_emb -> a dispatcher (once): the kernel inside a patched
+    instance's forward, transformers' function elsewhere."""
+    if getattr(qwen2.apply_rotary_pos_emb, "_aurora_dispatcher", False):
+        return
+    original = qwen2.apply_rotary_pos_emb
+
+    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+        backend = _rotary_backend.get()
+        if backend is None:
+            return original(q, k, cos, sin, *args, **kwargs)
+        return _kernel_rotary(q, k, cos, sin, backend, kwargs.get("unsqueeze_dim", 1))
+
+    apply_rotary_pos_emb._aurora_dispatcher = True
+    qwen2.apply_rotary_pos_emb = apply_rotary_pos_emb
+
+
+def _with_rotary_backend(forward, backend: str):
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        token = _rotary_backend.set(backend)
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            _rotary_backend.reset(token)
+
+    return run
 
 
 def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, backend="triton"):
-    """Patch a transformers Qwen2ForCausalLM (or Qwen2Model) in place; returns it."""
+    """Patch a transformers Qwen2ForCausalLM (or Qwen2Model) in place, this instance only; returns
+    it. `unpatch(model)` restores it."""
     from transformers.models.qwen2 import modeling_qwen2 as qwen2
 
     check_backend(backend)
@@ -65,15 +110,70 @@ def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, 
     if mlp and model.config.hidden_act != "silu":  # checked before anything is patched
         raise ValueError(f"model.config.hidden_act: expected 'silu' (SwiGLU), got {model.config.hidden_act!r}")
     for module in model.modules():
-        module._aurora_backend = backend
         if rms_norm and isinstance(module, qwen2.Qwen2RMSNorm):
-            module.forward = types.MethodType(_rms_norm_forward, module)
+            _patch_forward(model, module, _rms_norm_forward, backend)
         if mlp and isinstance(module, qwen2.Qwen2MLP):
-            _fuse_gate_up(module)
-            module.forward = types.MethodType(_mlp_forward, module)
+            _patch_forward(model, module, _mlp_forward, backend)
     if rotary:
-        qwen2.apply_rotary_pos_emb = _rotary(backend)
+        _install_rotary_dispatcher(qwen2)
+        model.forward = _with_rotary_backend(model.forward, backend)
+        record_undo(model, lambda: model.__dict__.pop("forward", None))
     if attention:
         register_attention()
+        previous = model.config._attn_implementation
         model.set_attn_implementation(ATTENTION_NAME)
+        record_undo(model, lambda: model.set_attn_implementation(previous))
+        for module in model.modules():
+            module._aurora_backend = backend
     return model
+
+
+def _patch_forward(model, module, forward, backend: str) -> None:
+    module._aurora_backend = backend
+    module.forward = types.MethodType(forward, module)
+    record_undo(model, lambda: module.__dict__.pop("forward", None))
+
+
+def apply_aurora_kernels_to_qwen2(*, rope=True, rms_norm=True, swiglu=True, attention=True, backend="triton") -> None:
+    """Every Qwen2 of the process on the kernels, through transformers' classes (Liger's way):
+    Qwen2RMSNorm and Qwen2MLP's forwards, modeling_qwen2's rotary function; attention=True
+    registers the "aurora" implementation, for `attn_implementation="aurora"`. Undone by
+    `revert_aurora_kernels_to_qwen2()`."""
+    from transformers.models.qwen2 import modeling_qwen2 as qwen2
+
+    check_backend(backend)
+
+    def replace(name, owner, attribute, value):
+        _ORIGINALS.setdefault(name, getattr(owner, attribute))
+        setattr(owner, attribute, value)
+
+    if rms_norm:
+        replace("Qwen2RMSNorm.forward", qwen2.Qwen2RMSNorm, "forward", lambda self, x: ak.rms_norm(
+            x, self.weight, self.variance_epsilon, backend=backend))  # fmt: skip
+    if swiglu:
+        replace("Qwen2MLP.forward", qwen2.Qwen2MLP, "forward", _with_backend(_mlp_forward, backend))
+    if rope:
+        replace("apply_rotary_pos_emb", qwen2, "apply_rotary_pos_emb", lambda q, k, cos, sin, *args, unsqueeze_dim=1, **kwargs:
+                _kernel_rotary(q, k, cos, sin, backend, unsqueeze_dim))  # fmt: skip
+    if attention:
+        register_attention()
+
+
+def _with_backend(forward, backend: str):
+    def run(self, *args):
+        self._aurora_backend = backend
+        return forward(self, *args)
+
+    return run
+
+
+def revert_aurora_kernels_to_qwen2() -> None:
+    """Undo apply_aurora_kernels_to_qwen2: transformers' classes and rotary function as they were."""
+    from transformers.models.qwen2 import modeling_qwen2 as qwen2
+
+    owners = {"Qwen2RMSNorm.forward": (qwen2.Qwen2RMSNorm, "forward"), "Qwen2MLP.forward": (qwen2.Qwen2MLP, "forward"),
+              "apply_rotary_pos_emb": (qwen2, "apply_rotary_pos_emb")}  # fmt: skip
+    for name, original in list(_ORIGINALS.items()):
+        owner, attribute = owners[name]
+        setattr(owner, attribute, original)
+        del _ORIGINALS[name]

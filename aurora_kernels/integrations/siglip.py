@@ -1,5 +1,6 @@
-"""patch_siglip: a transformers SiglipVisionModel (the ViT of AuroraEdge-V) on this package's kernels:
-LayerNorm, the MLP's tanh GELU, and attention.
+"""patch_siglip: a transformers SiglipVisionModel (the ViT of AuroraEdge-V), or a whole SiglipModel
+(its vision and text towers), on this package's kernels: LayerNorm, the MLP's tanh GELU, and
+attention. This instance only; `unpatch(model)` restores it.
 
 Inference only. What changes, per part:
 - LayerNorm: each nn.LayerNorm of the model (both of every layer, the final one and the pooling
@@ -7,8 +8,8 @@ Inference only. What changes, per part:
 - MLP: the activation between fc1 and fc2 (every layer's MLP and the pooling head's) becomes
   `gelu_tanh` (SigLIP's "gelu_pytorch_tanh").
 - Attention: the "aurora" entry of transformers' attention registry (`attention`, not causal: at
-  SigLIP's head dim 72 the kernel runs it as 64 + 16), selected on this model. The pooling head's
-  torch.nn.MultiheadAttention is left as it is.
+  SigLIP's head dim 72 the kernel runs it as 64 + 16; a padded text batch runs unpadded), selected
+  on this model. The pooling heads' torch.nn.MultiheadAttention is left as it is.
 The state dict is unchanged.
 """
 
@@ -21,6 +22,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
 from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+from aurora_kernels.integrations._undo import record_undo
 
 
 def _layer_norm_forward(self, x):
@@ -36,27 +38,31 @@ def _gelu_tanh_forward(self, x):
 
 
 def patch_siglip(model, *, layer_norm=True, mlp=True, attention=True, backend="triton"):
-    """Patch a transformers SiglipVisionModel in place; returns it."""
+    """Patch a transformers SiglipVisionModel or SiglipModel in place, this instance only; returns it."""
     from transformers.models.siglip import modeling_siglip as siglip
 
     check_backend(backend)
-    if not isinstance(model, siglip.SiglipVisionModel):
-        raise TypeError(f"model: expected a transformers SiglipVisionModel, got {type(model).__name__}")
-    if mlp and model.config.hidden_act != "gelu_pytorch_tanh":  # checked before anything is patched
-        raise ValueError(f"model.config.hidden_act: expected 'gelu_pytorch_tanh', got {model.config.hidden_act!r}")
+    if not isinstance(model, (siglip.SiglipVisionModel, siglip.SiglipModel)):
+        raise TypeError(f"model: expected a transformers SiglipVisionModel or SiglipModel, got {type(model).__name__}")
+    configs = (
+        [model.config] if isinstance(model, siglip.SiglipVisionModel) else [model.config.vision_config, model.config.text_config]
+    )
+    for config in configs:  # checked before anything is patched
+        if mlp and config.hidden_act != "gelu_pytorch_tanh":
+            raise ValueError(f"model.config.hidden_act: expected 'gelu_pytorch_tanh', got {config.hidden_act!r}")
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)] if layer_norm else []
     for norm in norms:
         if norm.weight is None or norm.bias is None or len(norm.normalized_shape) != 1:
             raise ValueError(f"model: expected LayerNorms over the last dim with weight and bias, got {norm}")
     for module in model.modules():
         module._aurora_backend = backend
-    for norm in norms:
-        norm.forward = types.MethodType(_layer_norm_forward, norm)
-    if mlp:
-        for module in model.modules():
-            if isinstance(module, siglip.SiglipMLP):
-                module.activation_fn.forward = types.MethodType(_gelu_tanh_forward, module.activation_fn)
+    activations = [m.activation_fn for m in model.modules() if isinstance(m, siglip.SiglipMLP)] if mlp else []
+    for module, forward in [*((norm, _layer_norm_forward) for norm in norms), *((a, _gelu_tanh_forward) for a in activations)]:
+        module.forward = types.MethodType(forward, module)
+        record_undo(model, lambda module=module: module.__dict__.pop("forward", None))
     if attention:
         register_attention()
+        previous = model.config._attn_implementation
         model.set_attn_implementation(ATTENTION_NAME)
+        record_undo(model, lambda: model.set_attn_implementation(previous))
     return model

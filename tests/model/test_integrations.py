@@ -24,11 +24,15 @@ def _tiny_qwen2(gen):
 
 @pytest.fixture(autouse=True)
 def restore_transformers_rotary(monkeypatch):
-    """patch_qwen2 replaces transformers' module-level rotary function: undo it after each test, so
-    other tests compare against the unpatched transformers."""
+    """patch_qwen2 installs a rotary dispatcher in transformers' module (inert outside patched
+    instances): undo it after each test all the same, and any class-level patch."""
     from transformers.models.qwen2 import modeling_qwen2
 
+    from aurora_kernels.integrations import revert_aurora_kernels_to_qwen2
+
     monkeypatch.setattr(modeling_qwen2, "apply_rotary_pos_emb", modeling_qwen2.apply_rotary_pos_emb)
+    yield
+    revert_aurora_kernels_to_qwen2()
 
 
 def _patched_copy(model, device):
@@ -43,7 +47,7 @@ def test_patched_logits_and_generate_match(device, gen):
     model = _tiny_qwen2(gen).to(device)
     ids = torch.randint(0, 500, (2, 13), generator=torch.Generator().manual_seed(1)).to(device)
     settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
-    with torch.no_grad():  # before patching: the rotary patch reaches every Qwen2 in the process
+    with torch.no_grad():
         expected = model(ids).logits
         expected_tokens = model.generate(ids[:1], **settings)
     patched = _patched_copy(model, device)
@@ -67,13 +71,103 @@ def test_patch_keeps_the_state_dict(device, gen):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_padding_mask_is_refused(device, gen):
-    patched = _patched_copy(_tiny_qwen2(gen), device)
-    ids = torch.randint(1, 500, (2, 6), device=device)
-    mask = torch.ones_like(ids)
-    mask[0, :2] = 0  # left padding
-    with pytest.raises(ValueError, match="attention_mask: the aurora attention runs without a padding mask"):
-        patched(ids, attention_mask=mask)
+def _padded_batch(device, side="left"):
+    """3 prompts of 5, 9 and 2 tokens in one [3, 9] batch, padded on `side` with id 0, and the mask."""
+    lengths = (5, 9, 2)
+    gen = torch.Generator().manual_seed(7)
+    ids = torch.zeros(3, 9, dtype=torch.int64)
+    mask = torch.zeros(3, 9, dtype=torch.int64)
+    for b, n in enumerate(lengths):
+        cols = slice(9 - n, 9) if side == "left" else slice(0, n)
+        ids[b, cols] = torch.randint(1, 500, (n,), generator=gen)
+        mask[b, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_logits_match(side, device, gen):
+    """A padded batch (the default flow: tokenizer(..., padding=True) then the model) runs unpadded
+    through attention_varlen: the real positions' logits equal the unpatched model's."""
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device, side)
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+    patched = _patched_copy(model, device)
+    with torch.no_grad(), ak.count_calls() as calls:
+        got = patched(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert_parity(got[real], expected[real].double(), torch.float32, f"{side}-padded Qwen2 logits")
+    assert calls[("attention_varlen", "triton")] == 2 and calls[("attention", "triton")] == 0
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_padded_batch_generates_as_transformers(cache, device, gen):
+    """Greedy generation of a left-padded batch of 3 prompts of different lengths, dynamic and static
+    cache (the static cache's unwritten slots are padding too): the unpatched model's tokens."""
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device)
+    settings = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    if cache == "static":
+        settings["cache_implementation"] = "static"
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, **settings)
+    patched = _patched_copy(model, device)
+    with torch.no_grad():
+        assert torch.equal(patched.generate(ids, attention_mask=mask, **settings), expected)
+
+
+def test_padded_batch_under_torch_compile(device, gen):
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device)
+    with torch.no_grad():
+        expected = model(ids, attention_mask=mask).logits
+    patched = _patched_copy(model, device)
+    torch._dynamo.reset()
+    compiled = torch.compile(patched)
+    with torch.no_grad():
+        got = compiled(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert_parity(got[real], expected[real].double(), torch.float32, "compiled, padded Qwen2 logits")
+
+
+def test_an_instance_patch_touches_that_instance_only_and_unpatch_restores_it(device, gen):
+    from aurora_kernels.integrations import patched, unpatch
+
+    model = _tiny_qwen2(gen).to(device)
+    other = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    with torch.no_grad():
+        expected, other_expected = model(ids).logits, other(ids).logits
+        with patched(model):
+            with ak.count_calls() as calls:
+                other_logits = other(ids).logits  # another Qwen2 in the process: transformers' own code
+            assert not calls
+            with ak.count_calls() as calls:
+                model(ids)
+            assert calls[("apply_rotary", "triton")] == model.config.num_hidden_layers
+        with ak.count_calls() as calls:
+            restored = model(ids).logits
+        assert not calls and model.config._attn_implementation != "aurora"
+    assert torch.equal(other_logits, other_expected) and torch.equal(restored, expected)
+    assert unpatch(model) is model  # nothing left to undo
+
+
+def test_the_class_level_patch_reaches_every_qwen2_and_reverts(device, gen):
+    from aurora_kernels.integrations import apply_aurora_kernels_to_qwen2, revert_aurora_kernels_to_qwen2
+
+    model = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    with torch.no_grad():
+        expected = model(ids).logits
+        apply_aurora_kernels_to_qwen2(rope=True, rms_norm=True, swiglu=True)
+        with ak.count_calls() as calls:
+            got = model(ids).logits  # made before the patch: the classes changed under it
+        assert {op for op, _ in calls} == {"rms_norm", "apply_rotary", "silu_and_mul"}
+        assert_parity(got, expected.double(), torch.float32, "class-patched Qwen2 logits")
+        revert_aurora_kernels_to_qwen2()
+        with ak.count_calls() as calls:
+            model(ids)
+        assert not calls
 
 
 def test_rejects_other_models(gen):
@@ -129,7 +223,7 @@ def test_patched_siglip_matches(device, gen):
 def test_patch_siglip_rejects_what_it_cannot_run(gen):
     from aurora_kernels.integrations import patch_siglip
 
-    with pytest.raises(TypeError, match="model: expected a transformers SiglipVisionModel, got Linear"):
+    with pytest.raises(TypeError, match="model: expected a transformers SiglipVisionModel or SiglipModel, got Linear"):
         patch_siglip(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="model.config.hidden_act: expected 'gelu_pytorch_tanh', got 'gelu'"):
         patch_siglip(_tiny_siglip(gen, hidden_act="gelu"))
@@ -140,3 +234,25 @@ def test_patch_siglip_rejects_what_it_cannot_run(gen):
     with pytest.raises(ValueError, match="model: expected LayerNorms over the last dim with weight and bias, got LayerNorm"):
         patch_siglip(model)
     assert not hasattr(model, "_aurora_backend")  # refused before anything was patched
+
+
+def test_a_whole_siglip_model_matches(device, gen):
+    """SiglipModel: both towers' LayerNorms, GELUs and attention on the kernels; image and text
+    embeddings as the unpatched model's."""
+    from aurora_kernels.integrations import patch_siglip
+    from tests.model.test_loading import SIGLIP_VISION_CONFIG
+
+    text = {"vocab_size": 100, "hidden_size": 128, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    torch.manual_seed(gen.initial_seed() % 2**31)
+    config = transformers.SiglipConfig(text_config=text, vision_config=SIGLIP_VISION_CONFIG)
+    model = transformers.SiglipModel(config).eval().to(device)
+    pixel_values = torch.randn((2, 3, 64, 64), generator=torch.Generator().manual_seed(1)).to(device)
+    input_ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(2)).to(device)
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, pixel_values=pixel_values)
+        patch_siglip(model)
+        with ak.count_calls() as calls:
+            got = model(input_ids=input_ids, pixel_values=pixel_values)
+    assert_parity(got.image_embeds, expected.image_embeds.double(), torch.float32, "SiglipModel image embeddings")
+    assert_parity(got.text_embeds, expected.text_embeds.double(), torch.float32, "SiglipModel text embeddings")
+    assert calls[("attention", "triton")] == SIGLIP_VISION_CONFIG["num_hidden_layers"] + text["num_hidden_layers"]
