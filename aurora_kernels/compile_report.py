@@ -268,11 +268,12 @@ def document(report: dict) -> str:
     )
 
 
-def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tuple = ()) -> dict:
+def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tuple = (), ops: tuple = ()) -> dict:
     """Run the report in a subprocess without TRITON_INTERPRET; returns {"toolchain", "rows"}.
     triton_path: a folder holding another Triton (`pip install --target DIR triton==3.6.0`), put first
     on the subprocess's path, to check the kernels with the compiler a GPU machine has. dtypes: only
-    the configs of these dtype labels ("bf16", "fp16", "fp32"); all when empty."""
+    the configs of these dtype labels ("bf16", "fp16", "fp32"); all when empty. ops: only these ops'
+    configs; all when empty."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(triton_path), env.get("PYTHONPATH")) if p)
@@ -287,6 +288,7 @@ def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tup
                 out,
                 "--quiet",
                 *[arg for label in dtypes for arg in ("--dtype", label)],
+                *[arg for op in ops for arg in ("--op", op)],
             ],
             env=env,
             check=False,  # exit status 1 means some config has problems: the caller reads them from the rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -50,19 +51,20 @@ def cpu_parity(only: set[str] | None) -> int:
     return failures
 
 
-def compile_report() -> int:
+def compile_report(results_root: str, ops: set[str] | None = None) -> int:
     """The sm_90 report with the installed Triton (compile-sm90.md) and, where `make` installed it
-    (AURORA_GPU_IMAGE_TRITON), with the GPU machines' Triton (compile-sm90-triton-<version>.md)."""
+    (AURORA_GPU_IMAGE_TRITON), with the GPU machines' Triton (compile-sm90-triton-<version>.md);
+    `ops`: only theirs."""
     from aurora_kernels.compile_report import document, markdown, problems, run_report
 
-    os.makedirs(RESULTS_ROOT, exist_ok=True)
+    os.makedirs(results_root, exist_ok=True)
     failures = 0
     gpu_image_triton = os.environ.get("AURORA_GPU_IMAGE_TRITON")
     for triton_path in [None] + ([gpu_image_triton] if gpu_image_triton else []):
-        report = run_report(triton_path=triton_path)
+        report = run_report(triton_path=triton_path, ops=tuple(sorted(ops or ())))
         version = report["toolchain"]["triton"]
         name = f"compile-sm90-triton-{version}.md" if triton_path else "compile-sm90.md"
-        path = os.path.join(RESULTS_ROOT, name)
+        path = os.path.join(results_root, name)
         with open(path, "w") as f:
             f.write(document(report))
         rows = report["rows"]
@@ -72,9 +74,9 @@ def compile_report() -> int:
     return failures
 
 
-def floors(cases) -> None:
+def floors(cases, results_root: str) -> None:
     table = harness.floors_markdown(cases)
-    path = os.path.join(RESULTS_ROOT, "roofline-floors-h100.md")
+    path = os.path.join(results_root, "roofline-floors-h100.md")
     with open(path, "w") as f:
         f.write("# Roofline floors of the benchmark cases (H100, the model's shapes)\n\n" + table)
     print(f"## Roofline floors at the model's shapes (written to {os.path.relpath(path)})\n")
@@ -82,7 +84,8 @@ def floors(cases) -> None:
 
 
 def gpu_context(results_dir: str | None):
-    """(device, facts, ceilings, results_dir) for a GPU run: device facts, then the measured ceilings."""
+    """(device, facts, ceilings, results_dir) for a GPU run: device facts, then the measured ceilings.
+    results_dir None: the device's record folder, bench/results/<device-name>/."""
     device = torch.device("cuda")
     facts = harness.device_facts()
     results_dir = results_dir or os.path.join(RESULTS_ROOT, harness.device_slug(facts["name"]))
@@ -145,9 +148,17 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", help="GPU results go here (default bench/results/<device-name>/)")
+    parser.add_argument(
+        "--results-dir",
+        help="results go here (default: a full run, the committed bench/results/ "
+        "(GPU: bench/results/<device-name>/); a partial one (--ops), a temporary folder)",
+    )
     parser.add_argument("--ops", help="comma-separated ops to run (default: all)")
     args = parser.parse_args(argv)
+    # a partial run never writes over the committed records: they hold every op's rows
+    results_dir = args.results_dir or (tempfile.mkdtemp(prefix="aurora-bench-") if args.ops else None)
+    if results_dir:
+        print(f"results go to {results_dir}", flush=True)
     only = set(args.ops.split(",")) if args.ops else None
     cases = load_cases(only)
     if torch.cuda.is_available():
@@ -155,7 +166,7 @@ def main(argv=None) -> int:
 
         # the compiles first, over every core (the timing is one process on an idle GPU)
         warm.run_and_report(warm.timed_run_tasks(only, model=not only), "cuda", warm.usable_cores(), 240.0, 0.9)
-        device, facts, ceilings, results_dir = gpu_context(args.results_dir)
+        device, facts, ceilings, results_dir = gpu_context(results_dir)
         run_gpu_ops(cases, device, facts, ceilings, results_dir)
         if not only:
             run_gpu_model(device, ceilings, results_dir)
@@ -163,15 +174,16 @@ def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET") != "1":
         print("no GPU and TRITON_INTERPRET is not 1: run `make bench` (it sets the interpreter)", file=sys.stderr)
         return 2
+    results_root = results_dir or RESULTS_ROOT
     parity_failures = cpu_parity(only)
-    compile_failures = compile_report()
-    floors(cases)
+    compile_failures = compile_report(results_root, only)
+    floors(cases, results_root)
     if not only:
         from bench import model_cpu, model_host
 
-        print(model_cpu.cost_report(RESULTS_ROOT))
-        print(model_cpu.cpu_timings(RESULTS_ROOT))
-        print(model_host.report(RESULTS_ROOT))
+        print(model_cpu.cost_report(results_root))
+        print(model_cpu.cpu_timings(results_root))
+        print(model_host.report(results_root))
     print("Kernel timings need a GPU: this machine has none, so no time was measured here. "
           "On a GPU machine run `make gpu-check` (tests on CUDA, then every benchmark).")  # fmt: skip
     if parity_failures or compile_failures:

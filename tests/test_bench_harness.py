@@ -689,3 +689,27 @@ def test_model_host_cost_with_stubbed_launches(device):
     assert row["step_triton_launches"] >= 28 * 4 and row["prefill_triton_launches"] >= 27 * 4 + 28 * 3
     assert row["step_torch_ops"] > 0 and row["prefill_torch_ops"] > row["step_torch_ops"]
     assert "| 1 | 8 |" in model_host.markdown([row])
+
+
+def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, capsys, device):
+    """`python -m bench --ops X` writes its reports to a temporary folder (or --results-dir), never
+    over bench/results/, whose files hold every op's rows."""
+    if device.type != "cpu":
+        pytest.skip("the CPU flow (a GPU machine times the op instead)")
+    import subprocess
+
+    from aurora_kernels import compile_report
+
+    committed = subprocess.run(["git", "status", "--porcelain", "bench/results"], capture_output=True, text=True).stdout
+    seen = []
+    monkeypatch.setattr(
+        compile_report,
+        "run_report",
+        lambda **kwargs: seen.append(kwargs) or {"toolchain": {"triton": "x", "ptxas": "y"}, "rows": []},
+    )
+    assert run.main(["--ops", "gelu_tanh"]) == 0
+    out = capsys.readouterr().out
+    folder = out.split("results go to ")[1].split()[0]
+    assert "roofline-floors-h100.md" in os.listdir(folder) and "compile-sm90.md" in os.listdir(folder)
+    assert seen and all(kwargs["ops"] == ("gelu_tanh",) for kwargs in seen)  # the op's configs alone
+    assert subprocess.run(["git", "status", "--porcelain", "bench/results"], capture_output=True, text=True).stdout == committed
