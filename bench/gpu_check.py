@@ -139,9 +139,14 @@ def archive(results_dir: str, path: str) -> None:
 
 
 def summarise(rows: list[dict]) -> list[str]:
-    from bench.harness import peer_times
+    """A line per op: the best peer over ours (eager clock, and the device clock where both were
+    replayed), cases where a peer wins listed first; then our variants' device times."""
+    from bench.harness import speedups as row_speedups
 
-    lines = []
+    losses = [
+        f"{r['op']} [{r['shape']}] {clock} {x:.2f}x" for r in rows for clock, x in row_speedups(r["impls"]).items() if x < 1
+    ]
+    lines = [f"  a peer beats ours: {'; '.join(losses)}"] if losses else []
     by_op: dict[str, list[dict]] = {}
     for row in rows:
         by_op.setdefault(row["op"], []).append(row)
@@ -150,18 +155,17 @@ def summarise(rows: list[dict]) -> list[str]:
         if not timed:
             lines.append(f"  {op:20s} ours failed in all {len(op_rows)} cases: see results.md")
             continue
-        speedups = []
-        for r in timed:
-            peers = peer_times(r["impls"])
-            if peers:
-                speedups.append(min(peers) / r["impls"]["ours"]["ms"])
+        speedups = [row_speedups(r["impls"])["ms"] for r in timed if "ms" in row_speedups(r["impls"])]
+        device = [row_speedups(r["impls"])["graph_ms"] for r in timed if "graph_ms" in row_speedups(r["impls"])]
         floor_fracs = [r["impls"]["ours"]["frac_floor"] for r in timed]
         graph_fracs = [r["impls"]["ours"]["graph_frac_floor"] for r in timed if "graph_frac_floor" in r["impls"]["ours"]]
         graphed = f"; graph replay {100 * min(graph_fracs):.0f}..{100 * max(graph_fracs):.0f}%" if graph_fracs else ""
         host = [r["impls"]["ours"]["host_us"] for r in timed if "host_us" in r["impls"]["ours"]]
         host_cost = f"; host {min(host):.0f}..{max(host):.0f} us a call" if host else ""
         lines.append(
-            f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x; "
+            f"  {op:20s} {len(timed)} cases; vs best peer {min(speedups, default=0):.2f}x..{max(speedups, default=0):.2f}x"
+            + (f" (device clock {min(device):.2f}x..{max(device):.2f}x)" if device else "")
+            + "; "
             f"% of roofline floor {100 * min(floor_fracs):.0f}..{100 * max(floor_fracs):.0f}%{graphed}{host_cost}"
         )
     return lines + variant_lines(rows)

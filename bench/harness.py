@@ -28,6 +28,19 @@ import torch
 # Ceilings seen on an H100 (SPEC, Environments) until a run measures its own.
 H100_COPY_BANDWIDTH = 3.0e12  # bytes/s, read + write
 H100_BF16_GEMM = 800e12  # FLOP/s
+# The second denominator: each device's datasheet figures (HBM bandwidth, dense bf16 tensor-core
+# rate), by a word of its name. A result is reported against the measured ceilings and these.
+SPEC_CEILINGS = {
+    "H100": {"copy_bandwidth": 3.35e12, "bf16_gemm": 989e12},
+    "H200": {"copy_bandwidth": 4.8e12, "bf16_gemm": 989e12},
+}
+# The implementation named so is our own eager reference: timed beside the others, never a peer.
+REFERENCE = "eager"
+
+
+def spec_ceilings(device_name: str) -> dict | None:
+    """The datasheet ceilings of the device whose name holds a key of SPEC_CEILINGS, else None."""
+    return next((spec for word, spec in SPEC_CEILINGS.items() if word in device_name), None)
 
 
 @dataclasses.dataclass
@@ -285,10 +298,11 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
               graph_timer=None, host_timer=None, host_timed_below_ms: float = HOST_TIMED_BELOW_MS) -> dict:  # fmt: skip
     """One result row: every implementation timed by `timer` (median ms of a callable) over rotating
     input sets; a missing or failing peer is recorded as such. With graph_timer (`graph_replay_ms` on
-    a GPU), ours and our variants are also timed replayed from a CUDA graph ("graph_ms"): the peers
-    are compared on eager calls only, since not every peer captures (the eager reference syncs). With
-    host_timer (`host_us_per_call` on a GPU), the host's cost a call ("host_us") of every
-    implementation whose median is under host_timed_below_ms."""
+    a GPU), ours, our variants and every peer are also timed replayed from a CUDA graph ("graph_ms",
+    the device clock; one that does not capture records "graph_error"), so the speed-ups are
+    reported on both clocks; the eager reference (REFERENCE, not a peer, and it syncs) is not. With host_timer (`host_us_per_call` on a GPU),
+    the host's cost a call ("host_us") of every implementation whose median is under
+    host_timed_below_ms."""
     generator = torch.Generator(device=device).manual_seed(0)
     l2_bytes = 50 * 2**20
     if device.type == "cuda":
@@ -334,7 +348,7 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
                 row["impls"][name]["host_us"] = host_timer(call)
             except Exception as exc:  # reported beside the eager timing, which stands
                 row["impls"][name]["host_error"] = error_text(exc)
-        if graph_timer is not None and name.startswith("ours"):
+        if graph_timer is not None and name != REFERENCE:
             try:
                 graph_ms = graph_timer(call)
             except Exception as exc:  # reported beside the eager timing, which stands
@@ -344,11 +358,23 @@ def time_case(case: Case, impls: dict[str, Peer], ceilings: dict, device: torch.
     return row
 
 
-def peer_times(impls: dict) -> list[float]:
-    """The median times of a row's peers: every implementation but ours and our own variants (named
-    "ours ...": a fixed split count, the unfused pair), which are reported beside them but are not
-    what "the best peer" means."""
-    return [v["ms"] for name, v in impls.items() if not name.startswith("ours") and "ms" in v]
+def peer_times(impls: dict, clock: str = "ms") -> list[float]:
+    """A row's peers' times on `clock` ("ms": eager medians; "graph_ms": the device clock): every
+    implementation but ours, our own variants (named "ours ...": a fixed split count, the unfused
+    pair) and our eager reference, which are reported beside them but are not what "the best peer"
+    means."""
+    return [v[clock] for name, v in impls.items() if not name.startswith("ours") and name != REFERENCE and clock in v]
+
+
+def speedups(impls: dict) -> dict[str, float]:
+    """The best peer's time over ours, on each clock where both were timed."""
+    ours = impls.get("ours", {})
+    out = {}
+    for clock in ("ms", "graph_ms"):
+        peers = peer_times(impls, clock)
+        if clock in ours and peers:
+            out[clock] = min(peers) / ours[clock]
+    return out
 
 
 def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
@@ -363,17 +389,20 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         f"bf16 GEMM {ceilings['bf16_gemm'] / 1e12:.0f} TFLOP/s.",
         "",
         "Times are medians in ms of eager calls, host cost included. `speed-up` is the best peer's time over ours "
-        '(our own variants, named "ours ...", are listed among the peers but not counted as one). `% floor` is '
-        "the roofline floor over our time (100% = at the ceiling). `ours, graph replay` is one call of ours "
-        "replayed from a CUDA graph: the kernel's device time without the host's share, which decides small "
-        "cases (tens of microseconds of Python and launch a call) and is what a CUDA-graphed model pays. "
-        "`host us / call`: what issuing one call costs the host (ours; the peer that costs least), which "
-        "is what an eager caller pays a call in the small cases.",
+        '(our own variants, named "ours ...", and our eager reference are listed but not counted as peers), on '
+        "the eager clock and on the device clock (every implementation replayed from a CUDA graph, where it "
+        "captures). `% floor` is the roofline floor over our time (100% = at the ceiling). `ours, graph "
+        "replay` is one call of ours replayed from a CUDA graph: the kernel's device time without the host's "
+        "share, which decides small cases (tens of microseconds of Python and launch a call) and is what a "
+        "CUDA-graphed model pays. `% spec BW` / `% spec GEMM`: ours against the device's datasheet figures "
+        "(the second denominator). `host us / call`: what issuing one call costs the host (ours; the "
+        "implementation that costs least), which is what an eager caller pays a call in the small cases.",
         "",
-        "| op | shape | dtype | ours | ours, graph replay | eager | torch.compile | other peers | speed-up | GB/s | "
-        "% copy BW | TFLOP/s | % GEMM | % floor | host us / call |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | shape | dtype | ours | ours, graph replay | eager | torch.compile | other peers | speed-up | "
+        "speed-up, device clock | GB/s | % copy BW | TFLOP/s | % GEMM | % floor | % spec BW | % spec GEMM | host us / call |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    spec = spec_ceilings(facts.get("name", ""))
 
     def cell(result):
         if result is None:
@@ -383,6 +412,9 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
         if "error" in result:
             return f"error ({result['error'][:60]})"
         return f"{result['ms']:.4f}"
+
+    def peer_cell(result):  # a peer's eager time and, where it captured, its device time
+        return cell(result) + (f" (graph {result['graph_ms']:.4f})" if "graph_ms" in result else "")
 
     def graph_cell(result):
         if "graph_ms" in result:
@@ -398,25 +430,66 @@ def results_markdown(facts: dict, ceilings: dict, rows: list[dict]) -> str:
 
     for r in rows:
         if "skipped" in r:
-            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 11)
+            header.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | skipped: {r['skipped']} |" + " |" * 14)
             continue
         impls = r["impls"]
         ours = impls.get("ours", {})
         others = {k: v for k, v in impls.items() if k not in ("ours", "eager", "torch.compile")}
-        peers = peer_times(impls)
-        speedup = f"{min(peers) / ours['ms']:.2f}x" if "ms" in ours and peers else "-"
+        ups = speedups(impls)
+        speedup = f"{ups['ms']:.2f}x" if "ms" in ups else "-"
+        device_speedup = f"{ups['graph_ms']:.2f}x" if "graph_ms" in ups else "-"
         metrics = (
             f"{ours['gbps']:.0f} | {100 * ours['frac_copy_bw']:.0f}% | {ours['tflops']:.1f} | "
             f"{100 * ours['frac_gemm']:.0f}% | {100 * ours['frac_floor']:.0f}%"
             if "ms" in ours
             else "- | - | - | - | -"
         )
-        other = "; ".join(f"{k} {cell(v)}" for k, v in others.items()) or "-"
+        fast = ours.get("graph_ms", ours.get("ms"))  # the device clock where there is one
+        spec_cells = (
+            f"{100 * r['bytes'] / (fast * 1e-3) / spec['copy_bandwidth']:.0f}% | {100 * r['flops'] / (fast * 1e-3) / spec['bf16_gemm']:.0f}%"
+            if spec and fast
+            else "- | -"
+        )
+        other = "; ".join(f"{k} {peer_cell(v)}" for k, v in others.items()) or "-"
         header.append(
             f"| {r['op']} | {r['shape']} | {r['dtype']} | {cell(impls.get('ours'))} | {graph_cell(ours)} | {cell(impls.get('eager'))} | "
-            f"{cell(impls.get('torch.compile'))} | {other} | {speedup} | {metrics} | {host_cell(impls)} |"
+            f"{peer_cell(impls['torch.compile']) if 'torch.compile' in impls else '-'} | {other} | {speedup} | {device_speedup} | {metrics} | {spec_cells} | {host_cell(impls)} |"
         )
     return "\n".join(header) + "\n"
+
+
+# Liger-Kernel's benchmark CSV (benchmark/data/all_benchmark_data.csv): one row per implementation,
+# case and metric, so its visualiser and the tables people keep of it read ours as they read Liger's.
+LIGER_CSV_COLUMNS = ("kernel_name", "kernel_provider", "kernel_operation_mode", "metric_name", "metric_unit", "x_name",
+                     "x_label", "x_value", "y_value_50", "y_value_20", "y_value_80", "extra_benchmark_config_str",
+                     "gpu_name", "timestamp", "liger_version")  # fmt: skip
+
+
+def liger_csv_rows(facts: dict, rows: list[dict]) -> list[dict]:
+    """The rows of a results table in Liger's layout: speed (ms) of every implementation that ran on
+    each clock ("forward": eager medians; "forward, graph replay": the device clock); quantiles
+    other than the median are not kept, so y_value_20/80 are empty."""
+    out = []
+    for r in rows:
+        for provider, result in r["impls"].items():
+            for mode, key in (("forward", "ms"), ("forward, graph replay", "graph_ms")):
+                if key in result:
+                    out.append({"kernel_name": r["op"], "kernel_provider": provider, "kernel_operation_mode": mode,
+                                "metric_name": "speed", "metric_unit": "ms", "x_name": "shape", "x_label": "model shape",
+                                "x_value": r["shape"], "y_value_50": result[key], "y_value_20": "", "y_value_80": "",
+                                "extra_benchmark_config_str": json.dumps({"dtype": r["dtype"], "bytes": r["bytes"], "flops": r["flops"]}),
+                                "gpu_name": facts.get("name", ""), "timestamp": facts.get("date", ""),
+                                "liger_version": facts.get("liger_version", "")})  # fmt: skip
+    return out
+
+
+def write_liger_csv(path: str, facts: dict, rows: list[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LIGER_CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(liger_csv_rows(facts, rows))
 
 
 def autotune_markdown(choices: dict[str, dict[str, str]]) -> str:
@@ -437,6 +510,8 @@ def write_results(results_dir: str, facts: dict, ceilings: dict, rows: list[dict
     choices = chosen_configs()
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "results.json"), "w") as f:
-        json.dump({"device": facts, "ceilings": ceilings, "rows": rows, "autotune": choices}, f, indent=1)
+        json.dump({"device": facts, "ceilings": ceilings, "spec_ceilings": spec_ceilings(facts.get("name", "")), "rows": rows,
+                   "autotune": choices}, f, indent=1)  # fmt: skip
+    write_liger_csv(os.path.join(results_dir, "results.csv"), facts, rows)
     with open(os.path.join(results_dir, "results.md"), "w") as f:
         f.write(results_markdown(facts, ceilings, rows) + autotune_markdown(choices))

@@ -36,6 +36,9 @@ def test_report_and_summary_show_every_outcome():
             "eager": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1, "host_us": 48.0},
             "liger": {"missing": "liger_kernel not importable: ModuleNotFoundError"},
             "torch.compile": {"error": "RuntimeError: boom"},
+            # a peer, on both clocks (our eager reference above is not one)
+            "SDPA": {"ms": 0.006, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.1, "frac_gemm": 0.1, "frac_floor": 0.1,
+                     "graph_ms": 0.004, "graph_frac_floor": 0.25},
             # our own variant: listed, but "the best peer" is someone else's implementation
             "ours, num_kv_splits=4": {"ms": 0.001, "gbps": 1, "tflops": 1, "frac_copy_bw": 1, "frac_gemm": 1, "frac_floor": 1,
                                       "graph_ms": 0.0009, "graph_frac_floor": 1.0},
@@ -47,8 +50,12 @@ def test_report_and_summary_show_every_outcome():
     assert (
         "| 0.0020 | 0.0013 (80% floor) | 0.0060 | error (RuntimeError: boom) | liger missing (liger_kernel not importable" in md
     )
-    assert "; ours, num_kv_splits=4 0.0010 |" in md
-    assert "3.00x" in md and "50%" in md
+    assert "; SDPA 0.0060 (graph 0.0040); ours, num_kv_splits=4 0.0010 (graph 0.0009) |" in md
+    assert "| 3.00x | 3.20x |" in md and "50%" in md  # the best peer over ours, eager and on the device clock
+    reference_only = {**row, "impls": {k: v for k, v in row["impls"].items() if k != "SDPA"}}
+    assert "| - | - |" in harness.results_markdown(facts, ceilings, [reference_only])  # our reference is not a peer
+    # against the datasheet too: 1 MB in 1.25 us (the device clock) is 800 GB/s, 24% of an H100's 3.35 TB/s
+    assert "| 24% | 0% |" in harness.results_markdown({**facts, "name": "NVIDIA H100 80GB HBM3"}, ceilings, [row])
     summary = gpu_check.summarise([row])
     assert "3.00x..3.00x" in summary[0] and summary[0].endswith("50..50%; graph replay 80..80%; host 21..21 us a call")
     assert "| 21.4; eager 48.0 |" in md
@@ -537,7 +544,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     def run_gpu_ops(cases, device, facts, ceilings, results_dir, budget_s):
         budgets.append(budget_s)
         case = min((c for c in cases if c.op == "rms_norm"), key=lambda c: c.bytes)
-        impls = {"ours": harness.Peer(lambda *a, **k: None), "eager": harness.Peer(lambda *a, **k: None)}
+        impls = {"ours": harness.Peer(lambda *a, **k: None), "peer": harness.Peer(lambda *a, **k: None)}
         timings = iter([0.01, 0.02])
         rows = [harness.time_case(case, impls, ceilings, device, timer=lambda fn: next(timings))]
         harness.write_results(results_dir, facts, ceilings, rows)
@@ -713,3 +720,31 @@ def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, cap
     assert "roofline-floors-h100.md" in os.listdir(folder) and "compile-sm90.md" in os.listdir(folder)
     assert seen and all(kwargs["ops"] == ("gelu_tanh",) for kwargs in seen)  # the op's configs alone
     assert subprocess.run(["git", "status", "--porcelain", "bench/results"], capture_output=True, text=True).stdout == committed
+
+
+def test_results_csv_in_ligers_layout_and_losses_first(tmp_path):
+    import csv
+
+    row = {"op": "gelu_tanh", "shape": "ViT 32 images", "dtype": "bfloat16", "bytes": 10**6, "flops": 10**6, "floor_ms": 0.001,
+           "bound": "memory", "impls": {
+               "ours": {"ms": 0.06, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.8, "frac_gemm": 0, "frac_floor": 0.8, "graph_ms": 0.058,
+                        "graph_frac_floor": 0.82},
+               "F.gelu(tanh)": {"ms": 0.055, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.9, "frac_gemm": 0, "frac_floor": 0.9,
+                                "graph_ms": 0.052, "graph_frac_floor": 0.91},
+               "eager": {"ms": 0.2, "gbps": 1, "tflops": 1, "frac_copy_bw": 0.2, "frac_gemm": 0, "frac_floor": 0.2},
+               "liger": {"missing": "liger_kernel not importable"}}}  # fmt: skip
+    facts = {"name": "NVIDIA H100 80GB HBM3", "date": "2026-12-05"}
+    harness.write_results(str(tmp_path), facts, {"copy_bandwidth": 3e12, "bf16_gemm": 8e14}, [row])
+    with open(tmp_path / "results.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == harness.LIGER_CSV_COLUMNS
+        written = list(reader)
+    assert {(w["kernel_provider"], w["kernel_operation_mode"]) for w in written} == {
+        ("ours", "forward"), ("ours", "forward, graph replay"), ("F.gelu(tanh)", "forward"),
+        ("F.gelu(tanh)", "forward, graph replay"), ("eager", "forward")}  # fmt: skip
+    assert all(w["kernel_name"] == "gelu_tanh" and w["metric_unit"] == "ms" and w["x_value"] == "ViT 32 images" for w in written)
+    assert json.load(open(tmp_path / "results.json"))["spec_ceilings"] == {"copy_bandwidth": 3.35e12, "bf16_gemm": 989e12}
+    # a case where a peer wins is listed first in the summary, on each clock it wins
+    summary = gpu_check.summarise([row])
+    assert summary[0] == "  a peer beats ours: gelu_tanh [ViT 32 images] ms 0.92x; gelu_tanh [ViT 32 images] graph_ms 0.90x"
+    assert "(device clock 0.90x..0.90x)" in summary[1]
