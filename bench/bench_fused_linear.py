@@ -1,7 +1,7 @@
 """The LLM's four decode projections, each with the op that feeds it, at B = 1, 8, 32 rows:
 rms_norm_linear (qkv, gate_up), linear (o_proj), silu_and_mul_linear (down_proj).
 
-What decides whether the model should use them (LLMConfig.fuse_decode_projections) is the row
+What decides whether the model should use them (RunOptions.fuse_decode_projections) is the row
 "ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
 matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd.
 """

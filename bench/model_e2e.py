@@ -25,7 +25,7 @@ import torch
 
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels.generate import random_requests, timed_generation
-from aurora_kernels.model import AuroraEdgeV, preset
+from aurora_kernels.model import AuroraEdgeV, RunOptions, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes, stage_costs
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
 from bench.harness import error_text
@@ -35,20 +35,23 @@ NEW_TOKENS = 128
 # (backend, decode mode), the most telling first in case the time budget runs out; the eager reference
 # reads cache lengths on the host, so it runs eager only; compile goes last (its first trace is slow).
 # "triton": the kernels with the model's defaults but cuBLAS projections, which is what batched
-# steps run; "triton-fused": the model's defaults (LLMConfig.fuse_decode_projections: a one-sequence
+# steps run; "triton-fused": the model's defaults (RunOptions.fuse_decode_projections: a one-sequence
 # step's projections as fused_linear GEMVs instead of cuBLAS plus a norm or activation kernel),
 # timed at B=1 alone (ONE_SEQUENCE_RUNS). Both launch with programmatic dependent launch
-# (LLMConfig.programmatic_dependent_launch, on by default; "-no-pdl" without it; the records before
+# (RunOptions.programmatic_dependent_launch, on by default; "-no-pdl" without it; the records before
 # 2026-12 named those rows "triton" and "triton-fused"). "triton-encoder-graph": "triton" with an
-# eager prefill's image encoder replayed from a CUDA graph (set_encoder_cuda_graphs, off by
+# eager prefill's image encoder replayed from a CUDA graph (RunOptions.encoder_cuda_graphs, off by
 # default): read its "prefill ms" against "triton"'s (the runtime's captured prefill, which
 # generate's graphed runs take, holds the encoder anyway).
-# a run's backend -> (the model's backend, fuse_decode_projections, programmatic_dependent_launch,
-# encoder_cuda_graphs)
-BACKENDS = {"triton": ("triton", False, True, False), "triton-no-pdl": ("triton", False, False, False),
-            "triton-encoder-graph": ("triton", False, True, True),
-            "triton-fused": ("triton", True, True, False), "triton-fused-no-pdl": ("triton", True, False, False),
-            "reference": ("reference", False, False, False)}  # fmt: skip
+# a run's backend -> (the model's backend, its RunOptions)
+BACKENDS = {
+    "triton": ("triton", RunOptions(fuse_decode_projections=False)),
+    "triton-no-pdl": ("triton", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
+    "triton-encoder-graph": ("triton", RunOptions(fuse_decode_projections=False, encoder_cuda_graphs=True)),
+    "triton-fused": ("triton", RunOptions()),
+    "triton-fused-no-pdl": ("triton", RunOptions(programmatic_dependent_launch=False)),
+    "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
+}
 ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if backend.startswith("triton-fused"))
 RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
         ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip
@@ -241,9 +244,8 @@ def run(device: torch.device, ceilings: dict, budget_s: float = 240.0, *, preset
         if time.time() - start > budget_s:
             row["skipped"] = f"time budget of {budget_s:.0f} s spent"
             continue
-        model_backend, fused, pdl, encoder_graphs = BACKENDS[backend]
-        model.set_backend(model_backend).set_fused_decode_projections(fused).set_programmatic_dependent_launch(pdl)
-        model.set_encoder_cuda_graphs(encoder_graphs)
+        model_backend, options = BACKENDS[backend]
+        model.set_backend(model_backend).set_options(options)
         try:
             # the warm-up runs at the timed run's shapes (same prompts, same cache capacity): a
             # compiled step guarded on other shapes would recompile inside the timing, and

@@ -20,6 +20,7 @@ from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.llm import Qwen2LM
+from aurora_kernels.model.options import RunOptions
 from aurora_kernels.model.prefill_plan import PaddedShape, PrefillPlan, build_prefill_plan
 from aurora_kernels.model.vision import VisionTower
 
@@ -71,7 +72,7 @@ MAX_ENCODER_GRAPHS = 4
 
 
 class AuroraEdgeV(nn.Module):
-    def __init__(self, config: AuroraConfig, backend: str = "triton"):
+    def __init__(self, config: AuroraConfig, backend: str = "triton", options: RunOptions | None = None):
         super().__init__()
         check_backend(backend)
         self.config, self.backend = config, backend
@@ -80,12 +81,14 @@ class AuroraEdgeV(nn.Module):
         self.compressor = TokenCompressor(config, backend)
         self.fusion = Fusion(config.llm, backend)
         self.llm = Qwen2LM(config.llm, backend)
-        # bumped by each change of a run-time option (backend, fused projections, PDL, compressor): a
-        # runtime drops what it captured or compiled under the old ones
+        # bumped by each change of how the model runs (backend, options, compressor): a runtime drops
+        # what it captured or compiled under the old ones
         self.options_version = 0
         self._runtimes: dict = {}  # (cache layout, page size) -> the Runtime generate runs on
-        self.encoder_cuda_graphs = False
         self._encoder_graphs: dict = {}  # key -> Graphed, least recently used first
+        self.options = RunOptions()
+        if options is not None:
+            self.set_options(options)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -122,39 +125,19 @@ class AuroraEdgeV(nn.Module):
         self.options_version += 1
         return self
 
-    def set_encoder_cuda_graphs(self, enabled: bool) -> "AuroraEdgeV":
-        """Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a
-        B=1 prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on
-        that shape's first prefill and kept (MAX_ENCODER_GRAPHS, least recently used dropped): an
-        eager prefill is host-bound (docs/performance-log.md). A Runtime's captured prefill holds
-        the encoder too and needs none of this. Needs the model on a CUDA device; in grad mode the
-        encoder runs eagerly (a graph holds no autograd history). Off by default until a GPU has timed
-        it. A graph is keyed on the encoder's parameter addresses too, so replaced weights are
-        captured anew, never read stale."""
-        self.encoder_cuda_graphs = bool(enabled)
-        if not enabled:
-            self._encoder_graphs.clear()
-        return self
-
-    def set_fused_decode_projections(self, enabled: bool) -> "AuroraEdgeV":
-        """Switch LLMConfig.fuse_decode_projections (on by default): one-sequence decode steps run
-        each projection with the op that feeds it as one kernel (rms_norm_linear, linear,
-        silu_and_mul_linear), weights unchanged; batched steps run cuBLAS either way."""
-        return self._set_llm_option("fuse_decode_projections", enabled)
-
-    def set_programmatic_dependent_launch(self, enabled: bool) -> "AuroraEdgeV":
-        """Switch LLMConfig.programmatic_dependent_launch (on by default): generate launches
-        fused_linear and decode_attention with PDL on sm_90+ GPUs. Calls of decode_step outside
-        generate follow the process-wide `aurora_kernels.set_programmatic_dependent_launch`."""
-        return self._set_llm_option("programmatic_dependent_launch", enabled)
-
-    def _set_llm_option(self, name: str, enabled: bool) -> "AuroraEdgeV":
-        if bool(enabled) == getattr(self.config.llm, name):
+    def set_options(self, options: RunOptions | None = None, **changes) -> "AuroraEdgeV":
+        """Run with `options` (a RunOptions), or with the current ones but for `changes`
+        (`model.set_options(fuse_decode_projections=False)`); weights and results unchanged. A
+        runtime drops the steps it captured or compiled under the options before."""
+        if options is not None and not isinstance(options, RunOptions):
+            raise TypeError(f"options: expected a RunOptions, got {type(options).__name__}")
+        options = (options or self.options).replace(**changes)
+        if options == self.options:
             return self
-        llm = dataclasses.replace(self.config.llm, **{name: bool(enabled)})
-        self.config = dataclasses.replace(self.config, llm=llm)
-        self.llm.cfg = llm
-        self.options_version += 1  # steps compiled or captured with the other setting are stale
+        if not options.encoder_cuda_graphs:
+            self._encoder_graphs.clear()
+        self.options = options
+        self.options_version += 1
         return self
 
     @property
@@ -231,12 +214,12 @@ class AuroraEdgeV(nn.Module):
         return visual, self.compressor(visual)
 
     def _encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """encode_images, from a cached CUDA graph where set_encoder_cuda_graphs asks for one. Its
+        """encode_images, from a cached CUDA graph where options.encoder_cuda_graphs asks for one. Its
         outputs are the graph's buffers, overwritten by the next replay: prefill consumes them first."""
-        if not self.encoder_cuda_graphs:
+        if not self.options.encoder_cuda_graphs:
             return self.encode_images(pixel_values)
         if not graphs_supported(pixel_values.device):
-            raise ValueError(f"set_encoder_cuda_graphs: CUDA graphs need the model on a CUDA device, got {pixel_values.device}")
+            raise ValueError(f"encoder_cuda_graphs: CUDA graphs need the model on a CUDA device, got {pixel_values.device}")
         if torch.is_grad_enabled():
             return self.encode_images(pixel_values)
         parts = (self.vision, self.projector, self.compressor)
@@ -363,7 +346,7 @@ class AuroraEdgeV(nn.Module):
         self._check_token_ids("tokens", tokens)
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
-        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv)
+        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv, self.options.fuse_decode_projections)
         kv.seqlens += 1
         return self.llm.logits(hidden[:, 0])
 
@@ -378,6 +361,7 @@ class AuroraEdgeV(nn.Module):
             for name, param in self.compressor.named_parameters():
                 init_parameter(name, param, std=0.02)
         self._encoder_graphs.clear()  # captured with the other compressor
+        self.options_version += 1
         return self
 
     @torch.no_grad()

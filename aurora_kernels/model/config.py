@@ -53,16 +53,6 @@ class LLMConfig:
     rope_theta: float = 1e6
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = True
-    # One-sequence decode steps only: each projection with the norm or activation that feeds it as
-    # one kernel (rms_norm_linear, linear, silu_and_mul_linear: a GEMV) instead of cuBLAS plus a
-    # separate op. Batched steps keep cuBLAS, where the ops' tensor-core tiles lose, K split or not.
-    # bench/model_e2e.py times both settings; the figures that chose them: docs/performance-log.md.
-    fuse_decode_projections: bool = True
-    # generate launches fused_linear and decode_attention with programmatic dependent launch on
-    # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes (the gain:
-    # docs/performance-log.md). Scoped to generate, where no kernel writes the weights: the GEMV
-    # loads its first weight tile before its wait.
-    programmatic_dependent_launch: bool = True
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ What it gains in the model's decode step: docs/performance-log.md.
 Off by default for the ops called on their own: the GEMV loads its first weight tile before its
 wait, which is right only where the kernel before does not write the weights (a weight dequantised
 or merged just before the call would be read stale). The model turns it on inside `generate`
-(LLMConfig.programmatic_dependent_launch, on by default), whose weights nothing writes.
-`set_programmatic_dependent_launch(True)` (or AURORA_PDL=1) turns it on process-wide for the
-kernels that take it: fused_linear and decode_attention. It launches so on CUDA devices of compute
+(RunOptions.programmatic_dependent_launch, on by default), for its own thread only, whose weights
+nothing writes. `using_programmatic_dependent_launch(True)` turns it on for the calling thread
+inside a block, `set_programmatic_dependent_launch(True)` for every thread without a block of its
+own; either way for the kernels that take it: fused_linear and decode_attention. It launches so on CUDA devices of compute
 capability 9 or more. Under the interpreter the kernels take their PDL path with the waits left out
 (it has no grid dependency control, and runs each kernel after the one before anyway), so the CPU
 tests check that path's arithmetic.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 
 import torch
@@ -38,7 +38,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from aurora_kernels.ops._autotune import INTERPRETER
 
-_default_enabled = os.environ.get("AURORA_PDL", "0") == "1"
+_default_enabled = False
 _this_thread = threading.local()  # .enabled: the calling thread's override (None: the default)
 
 

@@ -355,7 +355,7 @@ class Runtime:
         model.check_requests(pixel_values, input_ids)
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
-        with using_programmatic_dependent_launch(model.config.llm.programmatic_dependent_launch):
+        with using_programmatic_dependent_launch(model.options.programmatic_dependent_launch):
             return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer,
                                 return_logits, stats)  # fmt: skip
 

@@ -17,7 +17,7 @@ from tests.model.test_model import PROMPT_LENGTHS, requests, tiny_model
 def _prefilled(model, device, gen, page_size=None):
     """A KV cache holding the prefill of 3 requests of different lengths (one request with
     fuse_decode_projections, which covers one-sequence steps), and a next token for each."""
-    one_sequence = model.config.llm.fuse_decode_projections
+    one_sequence = model.options.fuse_decode_projections
     pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2] if one_sequence else PROMPT_LENGTHS)
     _, kv = model.prefill(pixel_values, ids, 4, cache="paged" if page_size else "contiguous", page_size=page_size or 16)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
@@ -37,10 +37,10 @@ def _decode_step(model, kv):
     return step
 
 
-# paged with LLMConfig.fuse_decode_projections: the projections as fused_linear custom ops
+# paged with RunOptions.fuse_decode_projections: the projections as fused_linear custom ops
 @pytest.mark.parametrize("page_size, fused", [(None, False), (16, True)], ids=["contiguous", "paged-fused"])
 def test_decode_step_compiles_to_one_graph_of_custom_ops(page_size, fused, device, gen):
-    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=fused)
+    model = tiny_model(device, "mlp", backend="triton").set_options(fuse_decode_projections=fused)
     kv, tokens = _prefilled(model, device, gen, page_size)
     step = _decode_step(model, kv)
     with torch.no_grad():
@@ -102,7 +102,7 @@ def _decode_step_and_expected(device, gen, page_size=16, fused=False):
     """A bf16 decode step of the tiny model on the kernels, and its eager output: compiled and replayed
     steps must reproduce the eager kernels (against the reference ops a bf16 model differs by more than
     one op's bound, test_half_precision_model_is_as_accurate_as_eager)."""
-    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=fused).to(torch.bfloat16)
+    model = tiny_model(device, "mlp", backend="triton").set_options(fuse_decode_projections=fused).to(torch.bfloat16)
     kv, tokens = _prefilled(model, device, gen, page_size)
     step = _decode_step(model, kv)
     with torch.no_grad():

@@ -72,7 +72,7 @@ def test_generation_with_cache_matches_recompute(compressor, cache, device, gen)
         assert_parity(logits[b], recomputed[b].double(), torch.float32, f"request {b} logits")
 
 
-# mlp with LLMConfig.fuse_decode_projections, one request: its decode steps' projections as
+# mlp with RunOptions.fuse_decode_projections, one request: its decode steps' projections as
 # fused_linear kernels (batched steps keep cuBLAS: test_batched_decode_steps_keep_unfused_projections)
 @pytest.mark.parametrize(
     "compressor, fused", [("mlp", True), ("pool", False), ("none", False)], ids=["mlp-fused", "pool", "none"]
@@ -82,7 +82,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
     logits within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran
     eager. Fused: each decode step's layer makes 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear
     calls (prefill keeps the unfused ops)."""
-    model = tiny_model(device, compressor, backend="triton", fuse_decode_projections=fused)
+    model = tiny_model(device, compressor, backend="triton").set_options(fuse_decode_projections=fused)
     pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2] if fused else PROMPT_LENGTHS)
     new_tokens, layers = 4, model.config.llm.num_layers
     with ak.count_calls() as calls:
@@ -97,7 +97,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
         assert calls[("rms_norm_linear", "triton")] == 2 * layers * decode_steps
         assert calls[("linear", "triton")] == calls[("silu_and_mul_linear", "triton")] == layers * decode_steps
     recomputed = model.logits_without_cache(pixel_values, ids, tokens)
-    model.set_backend("reference").set_fused_decode_projections(False)
+    model.set_backend("reference").set_options(fuse_decode_projections=False)
     ref_tokens, ref_logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, return_logits=True)
     assert tokens == ref_tokens
     for b in range(len(ids)):
@@ -108,7 +108,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
 def test_batched_decode_steps_keep_unfused_projections(device, gen):
     """fuse_decode_projections covers one-sequence steps (the GEMV); a batch's steps run cuBLAS and
     the separate ops, where the fused ops' tensor-core tiles are slower (docs/performance-log.md)."""
-    model = tiny_model(device, "mlp", backend="triton", fuse_decode_projections=True)
+    model = tiny_model(device, "mlp", backend="triton").set_options(fuse_decode_projections=True)
     pixel_values, ids = requests(model, device, gen)
     _, kv = model.prefill(pixel_values, ids, 1)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
@@ -119,7 +119,7 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
 
 
 def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_setting(device, gen, monkeypatch):
-    """LLMConfig.programmatic_dependent_launch (on by default) holds for every launch of the ops that
+    """RunOptions.programmatic_dependent_launch (on by default) holds for every launch of the ops that
     take PDL inside generate, prefill and decode steps alike; the process-wide switch (off by
     default, for the ops called on their own) is what it was before, after."""
     from aurora_kernels.ops import decode_attention, fused_linear
@@ -135,13 +135,13 @@ def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_se
             return pdl_options(launch_device)
 
         monkeypatch.setattr(module, "pdl_options", recording)
-    assert model.config.llm.programmatic_dependent_launch and not ak.programmatic_dependent_launch()
+    assert model.options.programmatic_dependent_launch and not ak.programmatic_dependent_launch()
     with_pdl = model.generate(pixel_values, ids, max_new_tokens=3)
     assert {name for name, _ in seen} == {"decode_attention", "fused_linear"}
     assert all(on for _, on in seen) and not ak.programmatic_dependent_launch()
     seen.clear()
     with ak.using_programmatic_dependent_launch(True):
-        without = model.set_programmatic_dependent_launch(False).generate(pixel_values, ids, max_new_tokens=3)
+        without = model.set_options(programmatic_dependent_launch=False).generate(pixel_values, ids, max_new_tokens=3)
         assert ak.programmatic_dependent_launch()
     assert seen and not any(on for _, on in seen)
     assert with_pdl == without
@@ -248,7 +248,7 @@ class _EagerGraph:
 
 
 def test_encoder_graphs_are_keyed_on_shape_weights_and_compressor(device, gen, monkeypatch):
-    """The cache of set_encoder_cuda_graphs, with the capture mocked (a CPU cannot capture): the
+    """The cache of RunOptions.encoder_cuda_graphs, with the capture mocked (a CPU cannot capture): the
     first prefill of a batch shape captures, the next replays with the new pixels; a replaced
     parameter, another compressor or backend captures anew; at most MAX_ENCODER_GRAPHS are kept,
     least recently used dropped; grad mode runs eagerly. The answer is eager's every time."""
@@ -259,7 +259,7 @@ def test_encoder_graphs_are_keyed_on_shape_weights_and_compressor(device, gen, m
     monkeypatch.setattr(aurora, "Graphed", _EagerGraph)
     monkeypatch.setattr(_EagerGraph, "captured", [])
     model = tiny_model(device, "mlp")
-    graphed = tiny_model(device, "mlp").set_encoder_cuda_graphs(True)
+    graphed = tiny_model(device, "mlp").set_options(encoder_cuda_graphs=True)
 
     def check(batch):
         pixel_values, _ = requests(model, device, gen, lengths=[3] * batch)
@@ -298,9 +298,9 @@ def test_encoder_graphs_are_keyed_on_shape_weights_and_compressor(device, gen, m
 def test_encoder_graphs_need_a_cuda_device(device, gen):
     if device.type != "cpu":
         pytest.skip("the error is about a model off CUDA (on a GPU, test_encoder_graphs_give_eager_answers_on_a_gpu)")
-    model = tiny_model(device).set_encoder_cuda_graphs(True)
+    model = tiny_model(device).set_options(encoder_cuda_graphs=True)
     pixel_values, ids = requests(model, device, gen)
-    with pytest.raises(ValueError, match="set_encoder_cuda_graphs: CUDA graphs need the model on a CUDA device"):
+    with pytest.raises(ValueError, match="encoder_cuda_graphs: CUDA graphs need the model on a CUDA device"):
         model.generate(pixel_values, ids, 2)
 
 
@@ -310,7 +310,7 @@ def test_encoder_graphs_give_eager_answers_on_a_gpu(device, gen):
     the bf16 bound, should cuBLAS pick another GEMM inside a capture), on the capturing call and on a
     replay with new pixels (a stale replay would be far off), and the same greedy tokens."""
     eager = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16)
-    graphed = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16).set_encoder_cuda_graphs(True)
+    graphed = tiny_model(device, "mlp", backend="triton").to(torch.bfloat16).set_options(encoder_cuda_graphs=True)
     for _ in range(2):  # capture, then replay with other pixels
         pixel_values, ids = requests(eager, device, gen)
         pixel_values = pixel_values.to(torch.bfloat16)

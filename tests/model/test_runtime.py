@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import aurora_kernels as ak
+from aurora_kernels.model import AuroraEdgeV, RunOptions
 from aurora_kernels.runtime import Runtime, batch_buckets
 from aurora_kernels.runtime import runtime as runtime_module
 from aurora_kernels.runtime.runtime import power_of_two_bucket
@@ -104,9 +105,28 @@ def test_option_changes_drop_the_captured_steps(mocked_capture, device, gen):
     runtime = Runtime(model, max_batch=2, max_length=64, decode="cuda_graph")
     pixel_values, ids = requests(model, device, gen, lengths=[5])
     fused = runtime.generate(pixel_values, ids, 4)
-    model.set_fused_decode_projections(False)
+    model.set_options(fuse_decode_projections=False)
     unfused = runtime.generate(pixel_values, ids, 4)
     assert runtime.captures == 2 and unfused == fused  # captured anew, with the other projections
+    model.set_options(fuse_decode_projections=False)  # the same options: nothing to drop
+    runtime.generate(pixel_values, ids, 4)
+    assert runtime.captures == 2
+    model.replace_compressor("pool")  # another compressor: the captured prefill held the old one
+    pooled = runtime.generate(pixel_values, ids, 4)
+    assert runtime.captures == 3 and pooled == model.generate(pixel_values, ids, 4, decode="eager")
+
+
+def test_run_options_are_checked_by_name(device):
+    model = tiny_model(device)
+    with pytest.raises(TypeError, match=r"fuse_projections: not a run option; expected one of \['encoder_cuda_graphs'"):
+        model.set_options(fuse_projections=False)
+    with pytest.raises(TypeError, match="programmatic_dependent_launch: expected a bool, got 'no'"):
+        model.set_options(programmatic_dependent_launch="no")
+    with pytest.raises(TypeError, match="options: expected a RunOptions, got dict"):
+        model.set_options({"fuse_decode_projections": False})
+    assert model.options == RunOptions()  # nothing changed by the refused calls
+    other = AuroraEdgeV(model.config, backend="reference", options=RunOptions(fuse_decode_projections=False))
+    assert other.options == RunOptions(fuse_decode_projections=False)
 
 
 def test_requests_past_the_limits_are_refused_by_name(device, gen):

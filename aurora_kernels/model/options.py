@@ -1,0 +1,47 @@
+"""How the model runs, apart from what it is.
+
+`AuroraConfig` holds the architecture (what a checkpoint fixes); `RunOptions` holds the run-time
+choices that change no result beyond rounding: which kernels a step uses and how they are launched.
+A model holds one `RunOptions` (`model.options`), replaced whole by `model.set_options(...)`; a
+runtime drops what it captured or compiled under the options before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    # One-sequence decode steps only: each projection with the norm or activation that feeds it as
+    # one kernel (rms_norm_linear, linear, silu_and_mul_linear: a GEMV) instead of cuBLAS plus a
+    # separate op. Batched steps keep cuBLAS, where the ops' tensor-core tiles lose, K split or not.
+    # bench/model_e2e.py times both settings; the figures that chose them: docs/performance-log.md.
+    fuse_decode_projections: bool = True
+    # generate launches fused_linear and decode_attention with programmatic dependent launch on
+    # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes (the gain:
+    # docs/performance-log.md). Scoped to generate, where no kernel writes the weights: the GEMV
+    # loads its first weight tile before its wait.
+    programmatic_dependent_launch: bool = True
+    # Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a B=1
+    # prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on that
+    # shape's first prefill and kept (MAX_ENCODER_GRAPHS in model/aurora.py, least recently used
+    # dropped): an eager prefill is host-bound. A Runtime's captured prefill holds the encoder too and
+    # needs none of this. Needs the model on a CUDA device; in grad mode the encoder runs eagerly (a
+    # graph holds no autograd history). Off until a GPU has timed it.
+    encoder_cuda_graphs: bool = False
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, bool):
+                raise TypeError(f"{field.name}: expected a bool, got {value!r}")
+
+    def replace(self, **changes) -> "RunOptions":
+        """These options with `changes`; an unknown name is an error that lists the known ones."""
+        known = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"{', '.join(unknown)}: not a run option; expected one of {sorted(known)}")
+        return dataclasses.replace(self, **changes)
