@@ -34,7 +34,7 @@ FLOOR_VENV ?= .venv-floor
 $(STAMP): pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench,model,hf]'
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,bench,model,hf,hub]'
 	touch $(STAMP)
 
 $(GPU_IMAGE_TRITON_STAMP): | $(STAMP)

@@ -4,6 +4,7 @@ Every op takes `backend="triton"` (default: the kernel) or `backend="reference"`
 PyTorch op of the same name in `aurora_kernels.ops.reference`). README.md has the table of ops; docs/ops.md their contracts.
 """
 
+from aurora_kernels import layers
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels._validation import set_value_checks, value_checks
 from aurora_kernels.ops import reference

@@ -59,10 +59,13 @@ def poisoned_outputs(enabled: bool = True):
 
 
 # Custom ops. Each op's launcher (typed; allocates the outputs, launches the kernels) is registered as
-# torch.ops.aurora_kernels.<op> with a fake implementation that only computes output metadata, so
+# torch.ops.<namespace>.<op> with a fake implementation that only computes output metadata, so
 # torch.compile(fullgraph=True) sees one opaque node per op instead of a graph break at the Triton
 # launch, and CUDA-graph capture of the compiled code works as for any aten op.
-CUSTOM_OP_NAMESPACE = "aurora_kernels"
+# The namespace is the name the package is imported under ("aurora_kernels" when pip-installed): a
+# build that installs it under another name (the HF kernels Hub imports each build under an id of its
+# own, hub_build.py) registers its ops apart, so two builds live in one process.
+CUSTOM_OP_NAMESPACE = __name__.partition(".")[0]
 # Registered through a plain Library (schema inferred from the launcher's annotations, the launcher as
 # the CPU and CUDA kernel) rather than torch.library.custom_op: the graph Inductor generates calls
 # every op through the dispatcher, and custom_op's Python wrapper costs tens of microseconds a call
@@ -119,7 +122,7 @@ def _register_no_backward(name: str) -> None:
     def backward(ctx, *grads):
         # one grad per output; an op that returns Tensor[] gets them as one list
         flat = [g for grad in grads for g in (grad if isinstance(grad, (list, tuple)) else (grad,))]
-        signal = torch.ops.aurora_kernels.no_backward(next(g for g in flat if g is not None), name)
+        signal = getattr(torch.ops, CUSTOM_OP_NAMESPACE).no_backward(next(g for g in flat if g is not None), name)
         return tuple(signal.expand(meta[0]).to(meta[1]) if meta is not None and needed else None
                      for meta, needed in zip(ctx.input_meta, ctx.needs_input_grad))  # fmt: skip
 
@@ -127,7 +130,7 @@ def _register_no_backward(name: str) -> None:
 
 
 def kernel_op(name: str, fake: Callable, mutates_args: tuple[str, ...] = ()):
-    """Decorator: register `launch` as torch.ops.aurora_kernels.<name> with `fake`.
+    """Decorator: register `launch` as torch.ops.<CUSTOM_OP_NAMESPACE>.<name> with `fake`.
 
     The returned function calls `launch` directly in eager mode (even a plain dispatcher round trip
     costs microseconds a call, which a decode step's ~250 launches would feel) and goes through the
