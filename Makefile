@@ -28,8 +28,11 @@ LIGER_VERSION ?= 0.8.5
 # the lowest transformers the package declares (pyproject.toml, the hf extra), tested in a venv of its own
 TRANSFORMERS_FLOOR ?= 4.54.1
 FLOOR_VENV ?= .venv-floor
+# the vLLM release the plugin is written and tested against (make test-vllm)
+VLLM_VERSION ?= 0.33.0
+VLLM_VENV ?= .venv-vllm
 
-.PHONY: test test-floor bench gpu-check gpu-wheels compile-report clean
+.PHONY: test test-floor test-vllm bench gpu-check gpu-wheels compile-report clean
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +49,7 @@ $(GPU_IMAGE_TRITON_STAMP): | $(STAMP)
 test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	$(VPY) -m ruff check aurora_kernels bench tests
 	$(VPY) -m ruff format --check aurora_kernels bench tests
-	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests
+	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests --ignore=tests/vllm
 
 # CPU: the model's tests (where transformers is used) with the lowest transformers the package declares.
 test-floor: $(STAMP)
@@ -54,6 +57,14 @@ test-floor: $(STAMP)
 	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,hf]' transformers==$(TRANSFORMERS_FLOOR)
 	TRITON_INTERPRET=1 $(FLOOR_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) tests/model
+
+# CPU: the vLLM plugin inside the real vLLM, in a venv of its own (vLLM pins its own torch; ~10 GB of
+# downloads, so CI does not run it). Registration and parity under the interpreter; serving: bench/vllm_check.py.
+test-vllm:
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check vllm==$(VLLM_VERSION) pytest filelock
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	TRITON_INTERPRET=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm
 
 # CPU: interpreter parity at small shapes, the sm_90 compile report (venv triton and 3.6), the H100 roofline floors.
 # GPU: times every op against its peers.
@@ -72,4 +83,4 @@ gpu-check:
 	PYTHONPATH=.$(if $(wildcard $(WHEELS)/*.whl),:$(GPU_SITE))$(if $(PYTHONPATH),:$(PYTHONPATH)) PYTHONUNBUFFERED=1 $(PYTHON) -m bench.gpu_check $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR)) $(if $(ARCHIVE),--archive $(ARCHIVE)) $(GPU_CHECK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) $(VLLM_VENV) $(GPU_IMAGE_TRITON) build *.egg-info .pytest_cache

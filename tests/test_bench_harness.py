@@ -748,3 +748,11 @@ def test_results_csv_in_ligers_layout_and_losses_first(tmp_path):
     summary = gpu_check.summarise([row])
     assert summary[0] == "  a peer beats ours: gelu_tanh [ViT 32 images] ms 0.92x; gelu_tanh [ViT 32 images] graph_ms 0.90x"
     assert "(device clock 0.90x..0.90x)" in summary[1]
+
+
+def test_vllm_check_compares_tokens_and_its_serving_script_parses():
+    from bench import vllm_check
+
+    compile(vllm_check._SERVE, "vllm_check._SERVE", "exec")  # run only on a GPU machine with vLLM
+    report = vllm_check.agreement([[1, 2, 3], [4, 5, 9]], [[1, 2, 3], [4, 6, 9]])
+    assert report == {"identical_share": 5 / 6, "first_difference": [None, 1]}
