@@ -23,12 +23,14 @@ def unpatch(model):
 
 @contextlib.contextmanager
 def patched(model, **options):
-    """The model on the kernels inside the block (patch_qwen2 or patch_siglip, by its type, with
-    `options`), as it was after."""
+    """The model on the kernels inside the block (patch_qwen2, patch_qwen2_vl or patch_siglip, by its
+    type, with `options`), as it was after."""
     from aurora_kernels.integrations.qwen2 import patch_qwen2
+    from aurora_kernels.integrations.qwen2_vl import patch_qwen2_vl
     from aurora_kernels.integrations.siglip import patch_siglip
 
-    patch = patch_siglip if type(model).__name__.startswith("Siglip") else patch_qwen2
+    name = type(model).__name__
+    patch = patch_siglip if name.startswith("Siglip") else patch_qwen2_vl if "VL" in name else patch_qwen2
     patch(model, **options)
     try:
         yield model

@@ -48,20 +48,26 @@ def _rms_norm_forward(self, hidden_states):
 def _mlp_forward(self, x):
     if getattr(self, "_aurora_gate_up", None) is None:
         _fuse_gate_up(self)
-    gate_up = F.linear(x, self._aurora_gate_up)
+    gate_up = F.linear(x, self._aurora_gate_up, self._aurora_gate_up_bias)
     return self.down_proj(ak.silu_and_mul(gate_up, backend=getattr(self, "_aurora_backend", "triton")))
 
 
 def _fuse_gate_up(mlp) -> None:
-    gate, up = mlp.gate_proj.weight, mlp.up_proj.weight
-    fused = torch.cat([gate.detach(), up.detach()])
-    rows = gate.shape[0]
-    mlp.gate_proj.weight = torch.nn.Parameter(fused[:rows], requires_grad=False)
-    mlp.up_proj.weight = torch.nn.Parameter(fused[rows:], requires_grad=False)
-    mlp._aurora_gate_up = fused
+    """gate_proj's and up_proj's weights (and biases, where they have them: Qwen2.5-VL's vision MLP)
+    become views of one [2I, H] tensor ([2I]), so one matmul computes both halves."""
+    for part in ("weight", "bias"):
+        gate, up = getattr(mlp.gate_proj, part), getattr(mlp.up_proj, part)
+        if gate is None:
+            mlp._aurora_gate_up_bias = None
+            continue
+        fused = torch.cat([gate.detach(), up.detach()])
+        rows = gate.shape[0]
+        setattr(mlp.gate_proj, part, torch.nn.Parameter(fused[:rows], requires_grad=False))
+        setattr(mlp.up_proj, part, torch.nn.Parameter(fused[rows:], requires_grad=False))
+        setattr(mlp, "_aurora_gate_up" if part == "weight" else "_aurora_gate_up_bias", fused)
 
 
-def _kernel_rotary(q, k, cos, sin, backend: str, unsqueeze_dim: int = 1):
+def _kernel_rotary(q, k, cos, sin, unsqueeze_dim: int = 1, *, backend: str):
     """q [B, H, L, D], k [B, Hkv, L, D], cos/sin [B, L, D] (transformers' layout): the kernel reads
     the [B, L, H, D] views, no copies."""
     if unsqueeze_dim != 1:
@@ -70,21 +76,22 @@ def _kernel_rotary(q, k, cos, sin, backend: str, unsqueeze_dim: int = 1):
     return q_rot.transpose(1, 2), k_rot.transpose(1, 2)
 
 
-def _install_rotary_dispatcher(qwen2) -> None:
-    """modeling_qwen2.apply_rotary_pos_emb -> a dispatcher (once): the kernel inside a patched
-    instance's forward, transformers' function elsewhere."""
-    if getattr(qwen2.apply_rotary_pos_emb, "_aurora_dispatcher", False):
+def _install_rotary_dispatcher(module, name: str = "apply_rotary_pos_emb", kernel=_kernel_rotary) -> None:
+    """module.<name> (transformers' rotary function that the attention calls) -> a dispatcher (once):
+    kernel(q, k, cos, sin, *rest, backend=...) inside a patched instance's forward, transformers'
+    function elsewhere."""
+    if getattr(getattr(module, name), "_aurora_dispatcher", False):
         return
-    original = qwen2.apply_rotary_pos_emb
+    original = getattr(module, name)
 
-    def apply_rotary_pos_emb(q, k, cos, sin, *args, **kwargs):
+    def dispatcher(q, k, cos, sin, *args, **kwargs):
         backend = _rotary_backend.get()
         if backend is None:
             return original(q, k, cos, sin, *args, **kwargs)
-        return _kernel_rotary(q, k, cos, sin, backend, kwargs.get("unsqueeze_dim", 1))
+        return kernel(q, k, cos, sin, *args, backend=backend, **kwargs)
 
-    apply_rotary_pos_emb._aurora_dispatcher = True
-    qwen2.apply_rotary_pos_emb = apply_rotary_pos_emb
+    dispatcher._aurora_dispatcher = True
+    setattr(module, name, dispatcher)
 
 
 def _with_rotary_backend(forward, backend: str):
@@ -153,8 +160,9 @@ def apply_aurora_kernels_to_qwen2(*, rope=True, rms_norm=True, swiglu=True, atte
     if swiglu:
         replace("Qwen2MLP.forward", qwen2.Qwen2MLP, "forward", _with_backend(_mlp_forward, backend))
     if rope:
+        # *args, **kwargs: transformers 4.54's position_ids, which its function ignores too
         replace("apply_rotary_pos_emb", qwen2, "apply_rotary_pos_emb", lambda q, k, cos, sin, *args, unsqueeze_dim=1, **kwargs:
-                _kernel_rotary(q, k, cos, sin, backend, unsqueeze_dim))  # fmt: skip
+                _kernel_rotary(q, k, cos, sin, unsqueeze_dim, backend=backend))  # fmt: skip
     if attention:
         register_attention()
 

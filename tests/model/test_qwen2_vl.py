@@ -1,0 +1,131 @@
+"""patch_qwen2_vl on tiny randomly initialised transformers Qwen2-VL and Qwen2.5-VL models: a
+left-padded batch of two prompts, each with an image of its own size, through the patched model
+(LLM and vision tower on the kernels) gives the unpatched model's logits and greedy tokens."""
+
+import inspect
+
+import pytest
+import torch
+
+import aurora_kernels as ak
+from aurora_kernels.testing import assert_parity
+
+transformers = pytest.importorskip("transformers")
+
+IMAGE, VIDEO, START, END = 290, 291, 292, 293
+PATCH, MERGE, TEMPORAL = 4, 2, 2
+GRIDS = ((4, 4), (4, 8))  # each image's height and width in patches
+
+
+def _tiny_vl(family, gen):
+    text = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=512, rope_theta=1e6,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})  # fmt: skip
+    # head dim 80 in the vision tower, as the real models'; Qwen2.5-VL: windowed blocks but the last
+    vision = dict(depth=2, embed_dim=160, hidden_size=160 if family == "Qwen2_5_VL" else 64, num_heads=2, mlp_ratio=2,
+                  intermediate_size=256, patch_size=PATCH, spatial_merge_size=MERGE, temporal_patch_size=TEMPORAL,
+                  in_channels=3, out_hidden_size=64, fullatt_block_indexes=[1], window_size=16)  # fmt: skip
+    config = getattr(transformers, family + "Config")(text_config=text, vision_config=vision, image_token_id=IMAGE,
+                                                      video_token_id=VIDEO, vision_start_token_id=START,
+                                                      vision_end_token_id=END)  # fmt: skip
+    torch.manual_seed(gen.initial_seed() % 2**31)
+    model = getattr(transformers, family + "ForConditionalGeneration")(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape) * 0.1 + (1.0 if "norm" in name and name.endswith("weight") else 0.0))
+    return model
+
+
+def _image_batch(model, device):
+    """Two requests, left-padded: text, an image's tokens, text; as the processor would give them."""
+    gen = torch.Generator().manual_seed(5)
+    rows = []
+    for (h, w), before, after in zip(GRIDS, (3, 1), (2, 4)):
+        image_tokens = h * w // MERGE**2
+        rows.append([*torch.randint(1, 280, (before,), generator=gen).tolist(), START, *[IMAGE] * image_tokens, END,
+                     *torch.randint(1, 280, (after,), generator=gen).tolist()])  # fmt: skip
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    patches = sum(h * w for h, w in GRIDS)
+    batch = {"input_ids": ids, "attention_mask": mask, "image_grid_thw": torch.tensor([[1, h, w] for h, w in GRIDS]),
+             "pixel_values": torch.randn((patches, 3 * TEMPORAL * PATCH * PATCH), generator=gen)}  # fmt: skip
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # transformers 5
+        batch["mm_token_type_ids"] = (ids == IMAGE).long()
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _patched_copy(model, device, **options):
+    from aurora_kernels.integrations import patch_qwen2_vl
+
+    patched = type(model)(model.config).eval()
+    patched.load_state_dict(model.state_dict())
+    return patch_qwen2_vl(patched.to(device), **options)
+
+
+@pytest.fixture(autouse=True)
+def restore_transformers_rotary(monkeypatch):
+    """The rotary dispatcher is inert outside patched instances; undo it after each test all the same."""
+    for family in ("qwen2_vl", "qwen2_5_vl"):
+        module = __import__(f"transformers.models.{family}.modeling_{family}", fromlist=["_"])
+        for name in ("apply_rotary_pos_emb", "apply_multimodal_rotary_pos_emb"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, getattr(module, name))
+
+
+@pytest.mark.parametrize("family", ["Qwen2VL", "Qwen2_5_VL"])
+def test_patched_model_matches_on_a_padded_image_batch(family, device, gen):
+    model = _tiny_vl(family, gen).to(device)
+    batch = _image_batch(model, device)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    patched = _patched_copy(model, device)
+    with torch.no_grad(), ak.count_calls() as calls:
+        got = patched(**batch).logits
+    real = batch["attention_mask"].bool()
+    assert_parity(got[real], expected[real].double(), torch.float32, f"patched {family} logits")
+    text_layers, vision_blocks = model.config.text_config.num_hidden_layers, model.config.vision_config.depth
+    assert calls[("attention_varlen", "triton")] == text_layers + vision_blocks  # the padded LLM, each vision block
+    assert calls[("apply_rotary", "triton")] == text_layers + vision_blocks
+    assert calls[("silu_and_mul", "triton")] == text_layers + (vision_blocks if family == "Qwen2_5_VL" else 0)
+    # the vision tower's norms: LayerNorm in Qwen2-VL, RMSNorm in Qwen2.5-VL (two a block and the merger's)
+    vision_norm = "layer_norm" if family == "Qwen2VL" else "rms_norm"
+    assert calls[(vision_norm, "triton")] >= 2 * vision_blocks + 1
+    assert calls[("rms_norm", "triton")] >= 2 * text_layers + 1
+
+
+@pytest.mark.parametrize("family", ["Qwen2VL", "Qwen2_5_VL"])
+def test_patched_model_generates_as_transformers(family, device, gen):
+    model = _tiny_vl(family, gen).to(device)
+    batch = _image_batch(model, device)
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        expected = model.generate(**batch, **settings)
+        got = _patched_copy(model, device).generate(**batch, **settings)
+    assert torch.equal(got, expected)
+
+
+def test_vision_off_leaves_the_tower_to_transformers_and_unpatch_restores(device, gen):
+    from aurora_kernels.integrations import patched, unpatch
+
+    model = _tiny_vl("Qwen2_5_VL", gen).to(device)
+    batch = _image_batch(model, device)
+    with torch.no_grad():
+        expected = model(**batch).logits
+        with patched(model, vision=False):
+            with ak.count_calls() as calls:
+                model(**batch)
+            # the LLM only: its padded attention, its rotary; nothing at the vision tower's shapes
+            assert calls[("attention_varlen", "triton")] == model.config.text_config.num_hidden_layers
+            assert calls[("apply_rotary", "triton")] == model.config.text_config.num_hidden_layers
+        with ak.count_calls() as calls:
+            restored = model(**batch).logits
+    assert not calls and torch.equal(restored, expected)
+    assert unpatch(model) is model
+
+
+def test_rejects_other_models():
+    from aurora_kernels.integrations import patch_qwen2_vl
+
+    with pytest.raises(TypeError, match="model: expected a transformers Qwen2VLForConditionalGeneration or .* got Linear"):
+        patch_qwen2_vl(torch.nn.Linear(2, 2))
