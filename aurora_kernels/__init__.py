@@ -8,6 +8,7 @@ from aurora_kernels import layers
 from aurora_kernels._dispatch import count_calls
 from aurora_kernels._validation import set_value_checks, value_checks
 from aurora_kernels.ops import reference
+from aurora_kernels.ops._autotune import autotuning, set_autotuning
 from aurora_kernels.ops._pdl import (
     programmatic_dependent_launch,
     set_programmatic_dependent_launch,
@@ -30,5 +31,5 @@ __version__ = "0.1.0"
 # (ops/fused_linear.py); the references list the same names.
 OPS = tuple(reference.__all__)
 
-__all__ = [*OPS, "RMSNorm", "count_calls", "set_value_checks", "value_checks", "OPS", "programmatic_dependent_launch",
+__all__ = [*OPS, "RMSNorm", "autotuning", "count_calls", "set_autotuning", "set_value_checks", "value_checks", "OPS", "programmatic_dependent_launch",
            "set_programmatic_dependent_launch", "using_programmatic_dependent_launch"]  # fmt: skip

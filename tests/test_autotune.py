@@ -21,10 +21,10 @@ def _scale_kernel(x_ptr, out_ptr, n, scale, BLOCK: tl.constexpr):
 
 
 def _scale_launchers(monkeypatch):
-    """A two-candidate launcher built as the ops build theirs, with the autotuner on whatever the
-    environment says (the GPU test run sets AURORA_AUTOTUNE=0) and outside the interpreter."""
+    """A two-candidate launcher built as the ops build theirs, outside the interpreter, with
+    autotuning on whatever the environment says (the GPU test run sets AURORA_AUTOTUNE=0)."""
     monkeypatch.setattr(_autotune, "INTERPRETER", False)
-    monkeypatch.setattr(_autotune, "AUTOTUNE", True)
+    monkeypatch.setattr(_autotune, "_default_autotuning", True)
     monkeypatch.setattr(_autotune, "_AUTOTUNERS", {})
     return _autotune.autotuned_launchers(
         _scale_kernel, {"any": (64, 128)}, lambda block: triton.Config({"BLOCK": block}, num_warps=1), key=["n"]
@@ -52,6 +52,29 @@ def test_every_autotuned_launcher_benchmarks_through_the_guard(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     with pytest.raises(RuntimeError, match="_scale_kernel: .* inside a CUDA graph capture"):
         tuner.do_bench(lambda: None, quantiles=(0.5,))
+
+
+def test_autotuning_off_takes_the_default_config_and_times_nothing(monkeypatch):
+    tuner = _scale_launchers(monkeypatch)["any"].autotuner
+    tuner.nargs = {}  # what a call sets before pruning
+    monkeypatch.setattr(_autotune, "_triton_benchmarker", lambda: pytest.fail("timed with autotuning off"))
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)  # even inside a capture
+    with _autotune.autotuning(False):
+        assert [c.kwargs["BLOCK"] for c in tuner.prune_configs({})] == [64]
+        assert tuner.do_bench(lambda: None, quantiles=(0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
+        seen = []
+        other = threading.Thread(target=lambda: seen.append(_autotune.autotuning_enabled()))
+        other.start()
+        other.join()
+    assert seen == [True]  # another thread kept the process default
+    assert [c.kwargs["BLOCK"] for c in tuner.prune_configs({})] == [64, 128]
+    _autotune.set_autotuning(False)
+    try:
+        assert not _autotune.autotuning_enabled()
+        with _autotune.autotuning(True):
+            assert _autotune.autotuning_enabled()
+    finally:
+        _autotune.set_autotuning(True)
 
 
 def test_autotuned_launchers_take_one_call_at_a_time():

@@ -1,9 +1,12 @@
 """The autotuned launchers of the compute-bound kernels (attention, token_mlp_compress).
 
-AURORA_AUTOTUNE=0 keeps only each list's first candidate (the default config): no benchmarking on a
-key's first call and one compile instead of several, which is what a correctness run on a GPU (the
-test suite in `make gpu-check`) wants; benchmarks and users keep the autotuner. Under the Triton
-interpreter nothing is autotuned: the launchers pick large blocks themselves.
+With autotuning off (`autotuning(False)` for the calling thread inside a block,
+`set_autotuning(False)` for the process; AURORA_AUTOTUNE=0 in the environment makes off the process
+default, which is how the GPU test run in `make gpu-check` starts its pytest), a key's first call
+takes its kernel's default config (each list's first candidate) without timing anything: one compile
+instead of several and no device sync. The tuner keeps what a key got, so a key first seen with
+autotuning off keeps the default config in this process. Benchmarks and users keep the autotuner.
+Under the Triton interpreter nothing is autotuned: the launchers pick large blocks themselves.
 
 A key's first call times its candidates, and timing synchronizes the device: inside a CUDA graph
 capture that ends the capture with an error from deep inside Triton. So the launchers refuse it
@@ -13,6 +16,7 @@ there with an error that says what to do (one call of those shapes before the ca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -31,7 +35,37 @@ def _triton_interprets() -> bool:
 # The kernels run under the interpreter only if it was on before triton and this package were
 # imported: both decorate their kernels at import.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and _triton_interprets()
-AUTOTUNE = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
+_default_autotuning = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
+_this_thread = threading.local()  # .autotuning: the calling thread's override (None: the default)
+
+
+def set_autotuning(enabled: bool) -> None:
+    """Autotune new keys (True) or give them their kernel's default config (False): the process
+    default (a thread inside `autotuning(...)` keeps its own setting)."""
+    global _default_autotuning
+    _default_autotuning = bool(enabled)
+
+
+def autotuning_enabled() -> bool:
+    """The setting in force in the calling thread."""
+    enabled = getattr(_this_thread, "autotuning", None)
+    return _default_autotuning if enabled is None else enabled
+
+
+@contextlib.contextmanager
+def autotuning(enabled: bool):
+    """Autotuning on or off for the calling thread only, inside the block."""
+    before = getattr(_this_thread, "autotuning", None)
+    _this_thread.autotuning = bool(enabled)
+    try:
+        yield
+    finally:
+        _this_thread.autotuning = before
+
+
+def _default_config_unless_autotuning(configs, named_args, **kwargs):
+    """The autotuners' early prune: every candidate, or with autotuning off the default alone."""
+    return configs if autotuning_enabled() else configs[:1]
 
 
 def power_of_4_class(value: int, smallest: int, largest: int) -> int:
@@ -59,11 +93,14 @@ def benchmark_outside_capture(kernel_name: str):
     touches the device) while the current stream is capturing a CUDA graph."""
 
     def benchmark(kernel_call, quantiles):
+        if not autotuning_enabled():  # one config left (Triton 3.6 still times it): nothing to compare
+            return [0.0] * len(quantiles)
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"{kernel_name}: these shapes (a new autotune key) are first seen inside a CUDA graph capture, "
                 "where timing the candidate configs would end the capture; call the op once with the same "
-                "shapes before capturing (or set AURORA_AUTOTUNE=0 for each kernel's default config)"
+                "shapes before capturing (or run it inside `aurora_kernels.autotuning(False)` for each kernel's "
+                "default config)"
             )
         return _triton_benchmarker()(kernel_call, quantiles=quantiles)
 
@@ -96,8 +133,9 @@ def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[s
         return {}
     tuners = {
         kind: triton.autotune(
-            configs=[to_config(c) for c in (candidates if AUTOTUNE else candidates[:1])],
+            configs=[to_config(c) for c in candidates],
             key=key,
+            prune_configs_by={"early_config_prune": _default_config_unless_autotuning},
             do_bench=benchmark_outside_capture(kernel.__name__),
         )(kernel)  # fmt: skip
         for kind, candidates in candidates_by_kind.items()

@@ -412,7 +412,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
            unroll: int = 1) -> list:  # fmt: skip
     """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
-    GPU test run keeps only each autotuner's first (AURORA_AUTOTUNE=0). unroll: the K loop's unroll
+    GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
     factor (1 in every shipped config; the tile sweep also tries 2)."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)

@@ -154,7 +154,7 @@ def test_bad_inputs(device, gen):
 @pytest.mark.parametrize("kind", list(fused_linear._GPU_CONFIGS))
 def test_every_autotune_candidate(kind, device, gen):
     """Each tile the autotuner may pick, launched on its own with every prologue: a GPU test run keeps
-    only each autotuner's first candidate (AURORA_AUTOTUNE=0), so the others are checked here (on a
+    only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so the others are checked here (on a
     CPU, their block shapes under the interpreter)."""
     dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
     rows = 1 if kind == "gemv" else 17  # 17: two row blocks of 16
