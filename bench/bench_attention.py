@@ -9,7 +9,7 @@ import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
-from bench.peers import compiled, direct, optional, sdpa_dense
+from bench.peers import SDPA_BACKENDS, compiled, direct, optional, sdpa_dense, sdpa_forced
 
 
 def _cu(lengths, device):
@@ -80,6 +80,10 @@ register_op("attention_varlen", ak.attention_varlen, reference.attention_varlen,
 VARLEN_PEERS = {
     "torch.compile": compiled(reference.attention_varlen),
     "SDPA padded batch": lambda: Peer(sdpa_masked, prepare=padded_batch),
+    **{
+        f"SDPA padded batch, {name[5:]}": sdpa_forced(backend, sdpa_masked, padded_batch)
+        for name, backend in SDPA_BACKENDS.items()
+    },
     "SDPA per request": direct(sdpa_per_request),
     "flash-attn": optional("flash_attn", "flash_attn_varlen_func", flash_attn_varlen),
 }
@@ -99,7 +103,8 @@ for images in (1, 8, 32):
             flops=4 * images * heads * head_dim * tokens * tokens,
             peers={
                 "torch.compile": compiled(reference.attention),
-                "SDPA": direct(sdpa_dense),
+                "SDPA": direct(sdpa_dense),  # SDPA's own pick
+                **{name: sdpa_forced(backend) for name, backend in SDPA_BACKENDS.items()},
                 "flash-attn": optional("flash_attn", "flash_attn_func"),
             },  # fmt: skip
         )

@@ -5,8 +5,8 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
-from bench.harness import Case, register_case, register_op
-from bench.peers import compiled
+from bench.harness import Case, Peer, register_case, register_op
+from bench.peers import compiled, direct, token_mlp_cublas_chain
 
 TOKENS, OUT_TOKENS, CHANNELS = 256, 64, 1536
 
@@ -33,6 +33,11 @@ for batch in (1, 16, 64):
                 ),
                 bytes=batch * (TOKENS + OUT_TOKENS) * CHANNELS * 2 + (hidden * TOKENS + OUT_TOKENS * hidden) * 2,
                 flops=batch * (2 * TOKENS * hidden * CHANNELS + 2 * hidden * OUT_TOKENS * CHANNELS),
-                peers={"torch.compile": compiled(reference.token_mlp_compress)},
+                # torch.compile of the reference compiles its fp32 math; of the chain, bf16 GEMMs
+                peers={
+                    "torch.compile": compiled(reference.token_mlp_compress),
+                    "cuBLAS chain (bf16)": direct(token_mlp_cublas_chain),
+                    "torch.compile (bf16 chain)": lambda: Peer(torch.compile(token_mlp_cublas_chain, dynamic=False)),
+                },  # fmt: skip
             )
         )

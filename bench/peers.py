@@ -67,3 +67,35 @@ def compiled(reference_fn):
 
 def direct(fn):
     return lambda: Peer(fn)
+
+
+def sdpa_forced(backend: str, fn=sdpa_dense, prepare=None):
+    """Peer factory: an SDPA call (`fn`, sdpa_dense by default) with one SDPA backend forced
+    ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"), each a row of its own: SDPA's own
+    pick is not always the fastest (on Hopper cuDNN's is the one to beat, and flash pads head dim 72
+    to 96). A backend that cannot run a case (flash takes no mask) raises, and the row says why."""
+
+    def load() -> Peer:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        chosen = getattr(SDPBackend, backend)
+
+        def run(*args, **kwargs):
+            with sdpa_kernel(chosen):
+                return fn(*args, **kwargs)
+
+        return Peer(run, prepare=prepare)
+
+    return load
+
+
+SDPA_BACKENDS = {"SDPA cuDNN": "CUDNN_ATTENTION", "SDPA flash": "FLASH_ATTENTION", "SDPA efficient": "EFFICIENT_ATTENTION"}
+
+
+def token_mlp_cublas_chain(x, w1, b1, w2, b2, activation="gelu_tanh"):
+    """The compressor as a user writes it in bf16: transpose, GEMM, activation, GEMM, transpose back
+    (the GEMMs cuBLAS's, reading the transposed operands in place; the result a [B, M, C] view)."""
+    if activation != "gelu_tanh":
+        raise ValueError(f"activation: the chain peer has gelu_tanh only, got {activation!r}")
+    hidden = F.gelu(F.linear(x.transpose(1, 2), w1, b1), approximate="tanh")  # [B, C, D]
+    return F.linear(hidden, w2, b2).transpose(1, 2)
