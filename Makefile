@@ -19,11 +19,14 @@ ARCHIVE ?=
 # gpu-check: more options of bench.gpu_check, e.g. "--run-budget 330" for a shorter device call
 GPU_CHECK_ARGS ?=
 
-# Pure-Python peers the GPU machines lack (liger-kernel): `make gpu-wheels` fetches them here into
+# Pure-Python packages the GPU machines lack (liger-kernel, pytest-benchmark): `make gpu-wheels` fetches them here into
 # $(WHEELS); carried to the GPU machine, `make gpu-check` installs them into $(GPU_SITE) and benchmarks them.
 WHEELS ?= .whl
 GPU_SITE ?= /tmp/aurora-gpu-site
 LIGER_VERSION ?= 0.8.5
+# pytest-benchmark for gpu-check's pytest-benchmark phase, and its one dependency
+PYTEST_BENCHMARK_VERSION ?= 5.3.1
+PY_CPUINFO2_VERSION ?= 10.1.1
 
 # the lowest transformers the package declares (pyproject.toml, the hf extra), tested in a venv of its own
 TRANSFORMERS_FLOOR ?= 4.54.1
@@ -45,11 +48,12 @@ $(GPU_IMAGE_TRITON_STAMP): | $(STAMP)
 	touch $(GPU_IMAGE_TRITON_STAMP)
 
 # CPU: the linter and the formatter's check (seconds), then every kernel under the Triton
-# interpreter on CPU tensors.
+# interpreter on CPU tensors. tests/benchmarks (pytest-benchmark) runs inside it, once, in its CPU
+# mode, from tests/test_bench_harness.py; tests/vllm needs vLLM's venv (make test-vllm).
 test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	$(VPY) -m ruff check aurora_kernels bench tests
 	$(VPY) -m ruff format --check aurora_kernels bench tests
-	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests --ignore=tests/vllm
+	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests --ignore=tests/vllm --ignore=tests/benchmarks
 
 # CPU: the model's tests (where transformers is used) with the lowest transformers the package declares.
 test-floor: $(STAMP)
@@ -72,7 +76,8 @@ bench: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m bench $(if $(RESULTS_DIR),--results-dir $(RESULTS_DIR))
 
 gpu-wheels:
-	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d $(WHEELS) liger-kernel==$(LIGER_VERSION)
+	$(PYTHON) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d $(WHEELS) liger-kernel==$(LIGER_VERSION) \
+		pytest-benchmark==$(PYTEST_BENCHMARK_VERSION) py-cpuinfo2==$(PY_CPUINFO2_VERSION)
 
 compile-report: $(STAMP)
 	$(VPY) -m aurora_kernels.compile_report

@@ -2,13 +2,15 @@
 whole test suite on CUDA, then every benchmark, write everything under --results-dir, and print a
 one-screen summary last. Budgets keep the whole run under the device's 10 minutes a command: tests
 270 s at most (with AURORA_AUTOTUNE=0: each kernel's default config), op benchmarks what the tests
-left of the run's 540 s (--run-budget) less 120 s kept for the model and 60 s for the sweep, 150 s
-at least (cases interleaved over the ops, the rest listed as skipped), then the fused_linear tile
-sweep (bench.sweep_fused_linear at B=1: every GEMV tile with cold weights, against the autotuned
-op and cuBLAS), then the end-to-end model all that is left, 120 s at least. While the tests run,
-bench.warm compiles what the benchmarks will run on the cores the tests leave free, and it is
-stopped before the first timing, so the budgets go to timing rather than to compiling. `--phases tests`, `--phases ops,sweep`, `--phases model` split it over
-several device calls when a run needs more.
+left of the run's 540 s (--run-budget) less 120 s kept for the model, 60 s for the sweep and 45 s
+for pytest-benchmark, 150 s at least (cases interleaved over the ops, the rest listed as skipped),
+then the fused_linear tile sweep (bench.sweep_fused_linear at B=1: every GEMV tile with cold weights,
+against the autotuned op and cuBLAS), then tests/benchmarks through pytest-benchmark (each op's
+smallest and largest case; its JSON kept with the record; the wheel comes from `make gpu-wheels`),
+then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm
+compiles what the benchmarks will run on the cores the tests leave free, and it is stopped before
+the first timing, so the budgets go to timing rather than to compiling. `--phases tests`,
+`--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
 """
@@ -41,6 +43,8 @@ MIN_OPS_BUDGET_S = 150.0
 MIN_MODEL_BUDGET_S = 120.0
 # the fused_linear tile sweep (bench.sweep_fused_linear, B=1, cold weights), reserved likewise
 SWEEP_BUDGET_S = 60.0
+# tests/benchmarks through pytest-benchmark (each op's ends, no torch.compile peers), reserved likewise
+PYTEST_BENCHMARK_BUDGET_S = 45.0
 
 
 def _child_env(**extra) -> dict:
@@ -109,8 +113,8 @@ def run_tests(results_dir: str) -> tuple[int, str]:
     env = _child_env(AURORA_TEST_DEVICE="cuda", AURORA_AUTOTUNE="0")
     log_path = os.path.join(results_dir, "tests-cuda.log")
     # verbose: a line per test as it ends, so a run stopped at its limit still says what passed and failed
-    # tests/vllm needs vLLM's own venv (make test-vllm)
-    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "tests", "--ignore=tests/vllm",
+    # tests/vllm needs vLLM's own venv (make test-vllm); tests/benchmarks is the pytest-benchmark phase
+    cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "tests", "--ignore=tests/vllm", "--ignore=tests/benchmarks",
            f"--junitxml={os.path.join(results_dir, 'tests-cuda.xml')}"]  # fmt: skip
     if importlib.util.find_spec("xdist") is not None:
         # Triton's compiles are CPU-bound: spread them over the machine's cores (the GPU is shared)
@@ -268,7 +272,31 @@ def run_sweep(results_dir: str) -> list[str]:
             *[f"    {line}" for line in sweep_fused_linear.summary_lines(results)]]  # fmt: skip
 
 
-PHASES = ("tests", "ops", "sweep", "model")
+def run_pytest_benchmark(results_dir: str) -> str:
+    """tests/benchmarks through pytest-benchmark on CUDA (each op's smallest and largest case, ours
+    and the peers but torch.compile's) into pytest-benchmark.json, within PYTEST_BENCHMARK_BUDGET_S;
+    the summary's line for it."""
+    out = os.path.join(results_dir, "pytest-benchmark.json")
+    cmd = [sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "-p", "no:xdist", "-p", "no:cacheprovider",
+           "-q", f"--benchmark-json={out}"]  # fmt: skip
+    env = _child_env(AURORA_TEST_DEVICE="cuda", AURORA_BENCH_CASES="ends")
+    with open(os.path.join(results_dir, "pytest-benchmark.log"), "w") as log:
+        try:
+            code = subprocess.run(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=PYTEST_BENCHMARK_BUDGET_S
+            ).returncode
+        except subprocess.TimeoutExpired:
+            return (
+                f"  pytest-benchmark: stopped at its {PYTEST_BENCHMARK_BUDGET_S:.0f} s budget (no JSON); see pytest-benchmark.log"
+            )
+    if not os.path.exists(out):
+        return f"  pytest-benchmark: exit {code}, no JSON; see pytest-benchmark.log"
+    with open(out) as f:
+        count = len(json.load(f)["benchmarks"])
+    return f"  pytest-benchmark: {count} benchmarks (exit {code}) in pytest-benchmark.json"
+
+
+PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "model")
 
 
 def main(argv=None) -> int:
@@ -277,7 +305,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--phases",
         default=",".join(PHASES),
-        help="comma-separated subset of tests,ops,sweep,model (one device call each fits its 10 minutes)",
+        help=f"comma-separated subset of {','.join(PHASES)} (one device call each fits its 10 minutes)",
     )
     parser.add_argument(
         "--run-budget",
@@ -324,7 +352,7 @@ def main(argv=None) -> int:
         if args.archive:
             archive(results_dir, args.archive)
 
-    timing = bool({"ops", "sweep", "model"} & set(phases))
+    timing = bool({"ops", "sweep", "pytest-benchmark", "model"} & set(phases))
     warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
@@ -343,6 +371,7 @@ def main(argv=None) -> int:
             if ops_budget is None:
                 model_budget = (args.model_budget or MIN_MODEL_BUDGET_S) if "model" in phases else 0.0
                 sweep_budget = SWEEP_BUDGET_S if "sweep" in phases else 0.0
+                sweep_budget += PYTEST_BENCHMARK_BUDGET_S if "pytest-benchmark" in phases else 0.0
                 ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget - sweep_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
             rows = run.run_gpu_ops(harness.load_cases(), device, facts, ceilings, results_dir, ops_budget)
@@ -351,6 +380,10 @@ def main(argv=None) -> int:
             print(f"fused_linear tile sweep: {SWEEP_BUDGET_S:.0f} s budget", flush=True)
             sweep_lines = run_sweep(results_dir)
             print("\n".join(sweep_lines), flush=True)
+            save_archive()
+        if "pytest-benchmark" in phases:
+            sweep_lines.append(run_pytest_benchmark(results_dir))
+            print(sweep_lines[-1], flush=True)
             save_archive()
         if "model" in phases:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))

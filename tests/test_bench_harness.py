@@ -453,7 +453,7 @@ def test_gpu_check_rejects_unknown_phases(capsys):
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main(["--phases", "tests,plots"])
     assert exit_info.value.code == 2
-    assert "--phases: expected a subset of tests,ops,sweep,model, got tests,plots" in capsys.readouterr().err
+    assert "--phases: expected a subset of tests,ops,sweep,pytest-benchmark,model, got tests,plots" in capsys.readouterr().err
 
 
 def _smallest_case_index(op: str) -> int:
@@ -594,11 +594,15 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     monkeypatch.setattr(run, "run_gpu_ops", run_gpu_ops)
     monkeypatch.setattr(run, "run_gpu_model", run_gpu_model)
     monkeypatch.setattr(sweep_fused_linear, "sweep", sweep)
-    code = gpu_check.main(["--phases", "ops,sweep,model", "--results-dir", str(results), "--archive", str(archive)])
+    monkeypatch.setattr(gpu_check, "run_pytest_benchmark", lambda d: "  pytest-benchmark: 26 benchmarks (exit 0)")
+    code = gpu_check.main(
+        ["--phases", "ops,sweep,pytest-benchmark,model", "--results-dir", str(results), "--archive", str(archive)]
+    )
     assert code == 0
-    # the ops leave the sweep and the model their shares; the model then gets what was left (all quick here)
+    # the ops leave the sweep, pytest-benchmark and the model their shares; the model then gets what was left
     ops_budget, sweep_budget, model_budget = budgets
-    assert gpu_check.MIN_OPS_BUDGET_S <= ops_budget <= gpu_check.RUN_BUDGET_S - gpu_check.MIN_MODEL_BUDGET_S - sweep_budget
+    reserved = gpu_check.MIN_MODEL_BUDGET_S + sweep_budget + gpu_check.PYTEST_BENCHMARK_BUDGET_S
+    assert gpu_check.MIN_OPS_BUDGET_S <= ops_budget <= gpu_check.RUN_BUDGET_S - reserved
     assert sweep_budget == gpu_check.SWEEP_BUDGET_S
     assert gpu_check.RUN_BUDGET_S - 60 <= model_budget <= gpu_check.RUN_BUDGET_S
     summary = (results / "summary.txt").read_text()
@@ -607,11 +611,37 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     assert ("    o_proj M=1: best tile gemv (8, 512, 4, 1) 3.0 us (1000 GB/s), autotuned 3.5 us, cuBLAS 6.0 us\n"
             in summary)  # fmt: skip
     assert "  model end to end failed: RuntimeError: CUDA out of memory" in summary
+    assert "  pytest-benchmark: 26 benchmarks (exit 0)" in summary
     assert summary in capsys.readouterr().out
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
     expected = ("results.json", "results.md", "rms_norm.png", "summary.txt", "warm-up.log", "fused-linear-sweep.json")
     assert {f"results/{n}" for n in expected} <= names
+
+
+def test_gpu_check_pytest_benchmark_phase(tmp_path, monkeypatch):
+    """The phase runs tests/benchmarks on CUDA at each op's ends, and says what it got: the JSON's
+    count, or that it ran out of its budget."""
+    seen = []
+
+    def finished(cmd, env, stdout, stderr, timeout):
+        seen.append((cmd, env))
+        out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--benchmark-json="))
+        with open(out, "w") as f:
+            json.dump({"benchmarks": [{}, {}, {}]}, f)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", finished)
+    assert gpu_check.run_pytest_benchmark(str(tmp_path)) == "  pytest-benchmark: 3 benchmarks (exit 0) in pytest-benchmark.json"
+    cmd, env = seen[0]
+    assert "tests/benchmarks" in cmd and env["AURORA_TEST_DEVICE"] == "cuda" and env["AURORA_BENCH_CASES"] == "ends"
+
+    def too_long(cmd, env, stdout, stderr, timeout):
+        raise subprocess.TimeoutExpired(cmd, timeout)
+
+    monkeypatch.setattr(gpu_check.subprocess, "run", too_long)
+    (tmp_path / "pytest-benchmark.json").unlink()
+    assert "stopped at its 45 s budget (no JSON)" in gpu_check.run_pytest_benchmark(str(tmp_path))
 
 
 def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch):
@@ -783,3 +813,25 @@ def test_vllm_check_compares_tokens_and_its_serving_script_parses():
     compile(vllm_check._SERVE, "vllm_check._SERVE", "exec")  # run only on a GPU machine with vLLM
     report = vllm_check.agreement([[1, 2, 3], [4, 5, 9]], [[1, 2, 3], [4, 6, 9]])
     assert report == {"identical_share": 5 / 6, "first_difference": [None, 1]}
+
+
+def test_the_pytest_benchmark_suite_runs_in_its_cpu_mode_and_writes_its_json(tmp_path):
+    """tests/benchmarks through pytest-benchmark, as a user runs it (a few rounds of each op's eager
+    reference on a CPU, seconds): one benchmark per op, each saying what it timed and where."""
+    import sys
+
+    out = tmp_path / "benchmarks.json"
+    # a CPU run as a user starts it: not an xdist worker (pytest-benchmark turns itself off inside one)
+    env = {k: v for k, v in os.environ.items() if k != "AURORA_TEST_DEVICE" and not k.startswith("PYTEST_")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "-p", "no:xdist", "-q",
+                          "-p", "no:cacheprovider", f"--benchmark-json={out}"], capture_output=True, text=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = json.loads(out.read_text())
+    benchmarks = record["benchmarks"]
+    assert {b["extra_info"]["op"] for b in benchmarks} == {c.op for c in harness.load_cases()}
+    for b in benchmarks:
+        info = b["extra_info"]
+        assert info["implementation"] == "eager" and info["device"] == "cpu" and "need a GPU" in info["note"]
+        assert {"shape", "dtype", "bytes", "flops"} <= info.keys()
+        assert b["stats"]["rounds"] == 3 and b["stats"]["median"] > 0
