@@ -1,4 +1,5 @@
-"""layer_norm at the ViT's shapes: 256 tokens an image, hidden 1152."""
+"""layer_norm at the ViT's shapes: 256 tokens an image, hidden 1152; plain (the first block's first
+norm) and with the residual add folded in (every other norm of the tower)."""
 
 import torch
 import torch.nn.functional as F
@@ -41,5 +42,33 @@ for images in (1, 32):
                     "liger_kernel.ops.layer_norm", "LigerLayerNormFunction", lambda f: liger_layer_norm(f.apply)
                 ),  # fmt: skip
             },
+        )
+    )
+
+
+def _add_then_layer_norm(x, weight, bias, eps=1e-6, residual=None):
+    """The unfused pair a model runs without the residual form: the add, then F.layer_norm."""
+    h = x + residual
+    return F.layer_norm(h, (h.shape[-1],), weight, bias, eps), h
+
+
+for images in (1, 32):
+    rows = images * 256
+
+    def build_with_residual(device, gen, rows=rows):
+        x, residual = (randn((rows, HIDDEN), torch.bfloat16, device, gen) for _ in range(2))
+        return (x, randn((HIDDEN,), torch.bfloat16, device, gen), randn((HIDDEN,), torch.bfloat16, device, gen)), {
+            "residual": residual
+        }
+
+    register_case(
+        Case(
+            op="layer_norm",
+            name=f"ViT {images} image(s) rows={rows} N={HIDDEN} +residual",
+            dtype=torch.bfloat16,
+            build=build_with_residual,
+            bytes=4 * rows * HIDDEN * 2 + 2 * HIDDEN * 2,  # x, residual in; normed, h out; weight, bias
+            flops=9 * rows * HIDDEN,
+            peers={"torch.compile": compiled(reference.layer_norm), "add + F.layer_norm": direct(_add_then_layer_norm)},
         )
     )

@@ -24,8 +24,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.backend = backend
 
-    def forward(self, x):
-        return ak.layer_norm(x, self.weight, self.bias, self.eps, backend=self.backend)
+    def forward(self, x, residual=None):
+        return ak.layer_norm(x, self.weight, self.bias, self.eps, residual, backend=self.backend)
 
 
 class RotaryTables(nn.Module):

@@ -1,6 +1,7 @@
 """SigLIP-style ViT: conv patch embedding, learned positions, pre-LN blocks with non-causal
 attention and a GELU-tanh MLP, final LayerNorm. Output as transformers' SiglipVisionModel
-`last_hidden_state`."""
+`last_hidden_state`. Each residual add is folded into the LayerNorm that follows it (`layer_norm`
+with residual), as the LLM's into its RMSNorms."""
 
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ class VisionBlock(nn.Module):
         self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.backend = backend
 
-    def forward(self, x):  # [B, N, C]
-        qkv = self.qkv_proj(self.layer_norm1(x)).unflatten(-1, (3, self.num_heads, self.head_dim))
+    def forward(self, x, residual=None):
+        """x [B, N, C]: the previous block's MLP output (or the embeddings, with residual None);
+        residual: the stream before it. Returns (mlp output, residual): their sum is the block's
+        output, carried apart so each LayerNorm adds it in the pass that normalises it."""
+        if residual is None:
+            normed, residual = self.layer_norm1(x), x
+        else:
+            normed, residual = self.layer_norm1(x, residual)
+        qkv = self.qkv_proj(normed).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)  # strided views [B, N, H, D] of the one projection
-        x = x + self.out_proj(ak.attention(q, k, v, backend=self.backend).flatten(-2))
-        return x + self.fc2(ak.gelu_tanh(self.fc1(self.layer_norm2(x)), backend=self.backend))
+        attended = self.out_proj(ak.attention(q, k, v, backend=self.backend).flatten(-2))
+        normed, residual = self.layer_norm2(attended, residual)
+        return self.fc2(ak.gelu_tanh(self.fc1(normed), backend=self.backend)), residual
 
 
 class VisionTower(nn.Module):
@@ -51,6 +60,7 @@ class VisionTower(nn.Module):
         patches = F.conv2d(pixel_values.to(weight.dtype), weight, self.patch_embedding.bias, stride=cfg.patch_size)
         # conv gives [B, C, g, g]: one copy to token-major rows [B, N, C], the layout every op here reads
         x = patches.flatten(2).transpose(1, 2).contiguous() + self.position_embedding
+        residual = None
         for layer in self.layers:
-            x = layer(x)
-        return self.post_layernorm(x)
+            x, residual = layer(x, residual)
+        return self.post_layernorm(x) if residual is None else self.post_layernorm(x, residual)[0]

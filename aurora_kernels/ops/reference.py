@@ -199,12 +199,17 @@ def rms_norm(x, weight, eps=1e-6, residual=None):
     return normed.to(x.dtype), h.to(x.dtype)
 
 
-def layer_norm(x, weight, bias, eps=1e-6):
-    """(x - mean) * rsqrt(var + eps) * weight + bias over the last dim (biased variance)."""
-    h = _up(x)
+def layer_norm(x, weight, bias, eps=1e-6, residual=None):
+    """(x - mean) * rsqrt(var + eps) * weight + bias over the last dim (biased variance).
+
+    With residual: h = x + residual, returns (layer_norm(h), h), h rounded to the input dtype and its
+    norm computed from the unrounded sum.
+    """
+    h = _up(x) if residual is None else _up(x) + _up(residual)
     mean = h.mean(dim=-1, keepdim=True)
     var = (h - mean).pow(2).mean(dim=-1, keepdim=True)
-    return ((h - mean) * torch.rsqrt(var + eps) * _up(weight) + _up(bias)).to(x.dtype)
+    normed = ((h - mean) * torch.rsqrt(var + eps) * _up(weight) + _up(bias)).to(x.dtype)
+    return normed if residual is None else (normed, h.to(x.dtype))
 
 
 def _rotate_half(x):
