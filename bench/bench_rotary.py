@@ -6,7 +6,7 @@ import aurora_kernels as ak
 from aurora_kernels.model.layers import RotaryTables
 from aurora_kernels.ops import reference
 from aurora_kernels.testing import randn
-from bench.harness import Case, register_case, register_op
+from bench.harness import Case, Peer, register_case, register_op
 from bench.peers import compiled, liger_rotary, optional
 
 HEADS_Q, HEADS_KV, HEAD_DIM, ROPE_THETA = 12, 2, 128, 1e6
@@ -45,5 +45,43 @@ for batch, length, phase in ((32, 1, "decode"), (256, 1, "decode"), (8, 1024, "p
                 "torch.compile": compiled(reference.apply_rotary),
                 "liger": optional("liger_kernel.ops.rope", "LigerRopeFunction", lambda f: liger_rotary(f.apply)),
             },
+        )
+    )
+
+
+def _prefill_with_cache(tokens, dtype, device, gen):
+    """A packed prefill of `tokens` rows, its k and v written into a paged cache of twice as many rows
+    (16-row pages) at scrambled slots, as the model's prefill writes them."""
+    (q, k, cos, sin), _ = _qkv_slices(1, tokens, dtype, device, gen)
+    v = randn((tokens, HEADS_KV, HEAD_DIM), dtype, device, gen)
+    rows = 2 * tokens
+    caches = [torch.zeros((rows // 16, 16, HEADS_KV, HEAD_DIM), dtype=dtype, device=device).view(-1, HEADS_KV, HEAD_DIM)
+              for _ in range(2)]  # fmt: skip
+    slots = torch.randperm(rows, device=device, generator=gen)[:tokens]
+    return (q[0], k[0], cos[0], sin[0]), {"v": v, "k_cache": caches[0], "v_cache": caches[1], "cache_slots": slots}
+
+
+def _rotary_then_index_copy(q, k, cos, sin, v, k_cache, v_cache, cache_slots):
+    """The unfused pair the model ran before: our rotary, then torch's two index_copy_ into the cache."""
+    q_rot, k_rot = ak.apply_rotary(q, k, cos, sin)
+    k_cache.index_copy_(0, cache_slots, k_rot)
+    v_cache.index_copy_(0, cache_slots, v)
+    return q_rot, k_rot
+
+
+for tokens in (1024, 8192):
+    register_case(
+        Case(
+            op="apply_rotary",
+            name=f"prefill T={tokens} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM} +cache write",
+            dtype=torch.bfloat16,
+            build=lambda device, gen, tokens=tokens: _prefill_with_cache(tokens, torch.bfloat16, device, gen),
+            # q, k, v in; q_rot, k_rot out; k_rot and v into the cache; the tables and the slots
+            bytes=tokens * (2 * (HEADS_Q + HEADS_KV) + 3 * HEADS_KV) * HEAD_DIM * 2 + 2 * tokens * HEAD_DIM * 2 + 8 * tokens,
+            flops=3 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM,
+            peers={
+                "ours unfused: apply_rotary + index_copy_": lambda: Peer(_rotary_then_index_copy),
+                "torch.compile": compiled(reference.apply_rotary),
+            },  # fmt: skip
         )
     )

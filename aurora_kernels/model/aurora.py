@@ -325,6 +325,7 @@ class AuroraEdgeV(nn.Module):
             raise ValueError(f"kv: expected a KVCache of {batch} sequences (KVCache.rows), got {kv!r}")
         return self.run_prefill(pixel_values, self.plan_prefill(pixel_values, input_ids, max_new_tokens, kv), kv), kv
 
+    @torch.no_grad()  # it fills a KV cache in place: inference only
     def run_prefill(self, pixel_values: torch.Tensor, plan: PrefillPlan, kv: KVCache, encoder_graphs: bool = True):
         """The device part of a prefill: its plan's requests into kv (its first sequences), their
         lengths set; logits [kv.batch, vocab] at each sequence's last row. Reads nothing back from

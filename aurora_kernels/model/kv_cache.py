@@ -2,7 +2,7 @@
 [num_blocks, page_size, Hkv, D] with an int32 block table [B, pages per sequence].
 
 `seqlens` (int32 [B], on the device) counts the tokens cached per sequence; prefill writes the
-prompts' K/V through `write` and sets it, each decode step appends one token in the kernel
+prompts' K/V into `layer_rows` and sets it, each decode step appends one token in the kernel
 (`decode_attention(k=, v=)`) and then advances it. The block table is fixed when the cache is made
 (a copy stays on the host, so a prefill's slots are computed there, without reading the device).
 """
@@ -35,7 +35,7 @@ class KVCache:
             self.block_table = torch.tensor(self._pages, dtype=torch.int32, device=device)
             shape = (batch * pages + scratch, page_size, heads_kv, head_dim)
             self.scratch_slot = batch * pages * page_size if scratch else None
-        # every row, the scratch ones too (what `write` indexes), and the views the decode steps read
+        # every row, the scratch ones too (what `layer_rows` shows a prefill), and the views the decode steps read
         self._k_rows = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self._v_rows = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         contiguous_scratch = scratch and page_size is None
@@ -65,8 +65,8 @@ class KVCache:
         pages = self._pages[sequence]
         return [pages[p // self.page_size] * self.page_size + p % self.page_size for p in range(length)]
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        """k, v [T, Hkv, D] (any strides) into rows `slots` (host_slots' numbering, over the whole
-        cache and its scratch rows) of layer `layer`."""
-        for cache, new in ((self._k_rows[layer], k), (self._v_rows[layer], v)):
-            cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new)
+    def layer_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s K and V caches as [rows, Hkv, D] views over every row, the scratch ones too:
+        what host_slots' rows index, and what a prefill writes (apply_rotary's cache write)."""
+        k, v = self._k_rows[layer], self._v_rows[layer]
+        return k.view(-1, *k.shape[2:]), v.view(-1, *v.shape[2:])

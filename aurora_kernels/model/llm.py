@@ -55,15 +55,21 @@ class Qwen2LM(nn.Module):
 
     def prefill(self, x, positions, cu_seqlens, max_seqlen: int, cache: KVCache | None = None, slots=None):
         """Packed requests x [T, C] (cu_seqlens, positions [T]) -> final hidden states [T, C]; with a
-        cache, every layer's K/V are written at `slots` (KVCache.slots)."""
+        cache, every layer's rotated K and its V are written at `slots` (int64 [T], KVCache.host_slots'
+        rows) by the launch that rotates them."""
+        cos, sin = self.rotary(positions)
 
         def attend(index, q, k, v):
-            if cache is not None:
-                cache.write(index, k, v, slots)
+            if cache is None:
+                q, k = ak.apply_rotary(q, k, cos, sin, backend=self.backend)
+            else:
+                k_rows, v_rows = cache.layer_rows(index)
+                q, k = ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_rows, v_cache=v_rows, cache_slots=slots,
+                                       backend=self.backend)  # fmt: skip
             return ak.attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
                                        backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, self.rotated(attend, positions))
+        return self.run_layers(x, attend)
 
     def decode(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False) -> torch.Tensor:
         """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each

@@ -217,16 +217,21 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(q, k, cos, sin):
+def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_slots=None):
     """Rotary embedding, rotate-half convention: x * cos + rotate_half(x) * sin.
 
     q [..., L, Hq, D], k [..., L, Hkv, D]; cos, sin [..., L, D] broadcast over the heads.
-    Returns (q_rot, k_rot) as new tensors.
+    Returns (q_rot, k_rot) as new tensors. With v, k_cache, v_cache [rows, Hkv, D] and cache_slots
+    [tokens]: the rotated k and v also go into the caches' rows cache_slots (in place).
     """
     cos_h, sin_h = _up(cos).unsqueeze(-2), _up(sin).unsqueeze(-2)
-    q_rot = _up(q) * cos_h + _rotate_half(_up(q)) * sin_h
-    k_rot = _up(k) * cos_h + _rotate_half(_up(k)) * sin_h
-    return q_rot.to(q.dtype), k_rot.to(k.dtype)
+    q_rot = (_up(q) * cos_h + _rotate_half(_up(q)) * sin_h).to(q.dtype)
+    k_rot = (_up(k) * cos_h + _rotate_half(_up(k)) * sin_h).to(k.dtype)
+    if v is not None:
+        heads_kv, head_dim = k.shape[-2], k.shape[-1]
+        k_cache.index_copy_(0, cache_slots, k_rot.reshape(-1, heads_kv, head_dim))
+        v_cache.index_copy_(0, cache_slots, v.reshape(-1, heads_kv, head_dim))
+    return q_rot, k_rot
 
 
 def silu_and_mul(x):

@@ -15,6 +15,8 @@ q and k may be strided slices of a fused qkv projection.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -24,10 +26,12 @@ from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     FLOAT_DTYPES,
     check_backend,
+    check_no_internal_overlap,
     check_same_device,
     check_same_dtype,
     check_tensor,
     check_triton_device,
+    should_check_values,
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER
@@ -39,23 +43,58 @@ MAX_TILE = 4096  # ...and no more elements in its [BLOCK_T, BLOCK_HQ, BLOCK_HALF
 
 
 @triton.jit
-def _rotate_heads(
-    x_ptr, out_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, cos1, cos2, sin1, sin2,
-    STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-):  # fmt: skip
-    """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * HALF_DIM] at
-    x_token_starts[t]; the tables' halves are [BLOCK_T, 1, BLOCK_HALF], shared by the heads."""
+def _head_offsets(token_starts, head_stride, num_heads, token_mask, STRIDE_MULTIPLE: tl.constexpr,
+                  HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
+    """[BLOCK_T, BLOCK_H, BLOCK_HALF] offsets of the first halves of every head of a block of tokens
+    (token t's heads start at token_starts[t], head_stride apart), and their mask."""
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
     mask = token_mask[:, None, None] & (heads < num_heads)[None, :, None] & (dims < HALF_DIM)[None, None, :]
     head_offsets = tl.multiple_of(heads.to(tl.int64) * head_stride, STRIDE_MULTIPLE)
-    first = (x_token_starts[:, None] + head_offsets[None, :])[:, :, None] + dims[None, None, :]
+    return (token_starts[:, None] + head_offsets[None, :])[:, :, None] + dims[None, None, :], mask
+
+
+@triton.jit
+def _rotate_heads(
+    x_ptr, out_ptr, cache_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, cos1, cos2, sin1, sin2,
+    cache_token_starts, cache_head_stride,
+    WRITE_CACHE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):  # fmt: skip
+    """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * HALF_DIM] at
+    x_token_starts[t]; the tables' halves are [BLOCK_T, 1, BLOCK_HALF], shared by the heads. The
+    result goes to out_ptr ([tokens, num_heads, 2 * HALF_DIM], contiguous) and, with WRITE_CACHE,
+    also to the cache row of each token (cache_token_starts[t], heads cache_head_stride apart)."""
+    first, mask = _head_offsets(x_token_starts, head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM, BLOCK_H,
+                                BLOCK_HALF)  # fmt: skip
     x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(x_ptr + first + HALF_DIM, mask=mask, other=0.0).to(tl.float32)
+    heads = tl.arange(0, BLOCK_H)
+    dims = tl.arange(0, BLOCK_HALF)
     out_first = ((tokens.to(tl.int64) * num_heads)[:, None] + heads[None, :])[:, :, None] * (2 * HALF_DIM) + dims[None, None, :]
     dtype = out_ptr.dtype.element_ty
-    tl.store(out_ptr + out_first, (x1 * cos1 - x2 * sin1).to(dtype), mask=mask)
-    tl.store(out_ptr + out_first + HALF_DIM, (x2 * cos2 + x1 * sin2).to(dtype), mask=mask)
+    rotated1, rotated2 = (x1 * cos1 - x2 * sin1).to(dtype), (x2 * cos2 + x1 * sin2).to(dtype)
+    tl.store(out_ptr + out_first, rotated1, mask=mask)
+    tl.store(out_ptr + out_first + HALF_DIM, rotated2, mask=mask)
+    if WRITE_CACHE:
+        cache_first, _ = _head_offsets(cache_token_starts, cache_head_stride, num_heads, token_mask, STRIDE_MULTIPLE,
+                                       HALF_DIM, BLOCK_H, BLOCK_HALF)  # fmt: skip
+        tl.store(cache_ptr + cache_first, rotated1, mask=mask)
+        tl.store(cache_ptr + cache_first + HALF_DIM, rotated2, mask=mask)
+
+
+@triton.jit
+def _copy_heads(
+    x_ptr, cache_ptr, token_mask, x_token_starts, head_stride, num_heads, cache_token_starts, cache_head_stride,
+    STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):  # fmt: skip
+    """Every head of a block of tokens into their cache rows, unchanged (v)."""
+    first, mask = _head_offsets(x_token_starts, head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM, BLOCK_H,
+                                BLOCK_HALF)  # fmt: skip
+    cache_first, _ = _head_offsets(cache_token_starts, cache_head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM,
+                                   BLOCK_H, BLOCK_HALF)  # fmt: skip
+    tl.store(cache_ptr + cache_first, tl.load(x_ptr + first, mask=mask), mask=mask)
+    tl.store(cache_ptr + cache_first + HALF_DIM, tl.load(x_ptr + first + HALF_DIM, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -66,13 +105,15 @@ def _table_half(table_ptr, token_starts, dims, mask):
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
-    num_tokens, num_heads_q, num_heads_kv,
+    q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
+    num_tokens, num_heads_q, num_heads_kv, num_slots,
     q_outer_stride, q_inner_size, q_inner_stride, q_head_stride,
     k_outer_stride, k_inner_size, k_inner_stride, k_head_stride,
+    v_outer_stride, v_inner_size, v_inner_stride, v_head_stride,
     cos_outer_stride, cos_inner_size, cos_inner_stride,
     sin_outer_stride, sin_inner_size, sin_inner_stride,
-    STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr,
+    k_cache_row_stride, k_cache_head_stride, v_cache_row_stride, v_cache_head_stride,
+    WRITE_CACHE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -85,12 +126,23 @@ def _rotary_kernel(
     cos2 = _table_half(cos_ptr, cos_starts + HALF_DIM, dims, table_mask)
     sin1 = _table_half(sin_ptr, sin_starts, dims, table_mask)
     sin2 = _table_half(sin_ptr, sin_starts + HALF_DIM, dims, table_mask)
+    # with WRITE_CACHE, each token's cache row: its slot, clamped into the cache (a slot out of range,
+    # which the op's value checks refuse where they run, writes a wrong row of the cache, never
+    # memory outside it)
+    slots = tl.zeros([BLOCK_T], dtype=tl.int64)
+    if WRITE_CACHE:
+        slots = tl.minimum(tl.maximum(tl.load(slots_ptr + tokens, mask=token_mask, other=0), 0), num_slots - 1).to(tl.int64)
     q_starts = row_starts(tokens, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
-    _rotate_heads(q_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q,
-                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(q_ptr, q_out_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q,
+                  cos1, cos2, sin1, sin2, slots, 0, False, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
     k_starts = row_starts(tokens, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
-    _rotate_heads(k_ptr, k_out_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv,
-                  cos1, cos2, sin1, sin2, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+    _rotate_heads(k_ptr, k_out_ptr, k_cache_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv,
+                  cos1, cos2, sin1, sin2, slots * k_cache_row_stride, k_cache_head_stride, WRITE_CACHE, STRIDE_MULTIPLE,
+                  HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+    if WRITE_CACHE:
+        v_starts = row_starts(tokens, v_outer_stride, v_inner_size, v_inner_stride, STRIDE_MULTIPLE)
+        _copy_heads(v_ptr, v_cache_ptr, token_mask, v_starts, v_head_stride, num_heads_kv, slots * v_cache_row_stride,
+                    v_cache_head_stride, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
 
 
 def _launch_config(num_heads_q: int, num_heads_kv: int, head_dim: int) -> dict:
@@ -151,38 +203,112 @@ def _check_args(q, k, cos, sin):
     check_same_device({"q": q, "k": k, "cos": cos, "sin": sin})
 
 
-def apply_rotary(q, k, cos, sin, *, backend="triton"):
+def _check_cache_args(q, k, v, k_cache, v_cache, cache_slots):
+    given = {"v": v, "k_cache": k_cache, "v_cache": v_cache, "cache_slots": cache_slots}
+    missing = [name for name, t in given.items() if t is None]
+    if missing and len(missing) < len(given):
+        raise ValueError(f"{', '.join(missing)}: expected v, k_cache, v_cache and cache_slots together (a cache write), "
+                         f"got only {', '.join(n for n in given if n not in missing)}")  # fmt: skip
+    if missing:
+        return
+    check_tensor("v", v, shape=tuple(k.shape), layout="(the shape of k)", unit_stride_last=True)
+    check_same_dtype("v", v, "k", k)
+    heads_kv, head_dim = k.shape[-2], k.shape[-1]
+    check_tensor("k_cache", k_cache, shape=(None, heads_kv, head_dim), layout="[cache rows, Hkv, D]", unit_stride_last=True)
+    check_tensor("v_cache", v_cache, shape=tuple(k_cache.shape), layout="(the shape of k_cache)", unit_stride_last=True)
+    check_same_dtype("k_cache", k_cache, "k", k)
+    check_same_dtype("v_cache", v_cache, "k", k)
+    tokens = math.prod(k.shape[:-2])
+    check_tensor("cache_slots", cache_slots, shape=(tokens,), layout="[tokens]: each token's cache row", dtypes=(torch.int64,))
+    if tokens > 1 and cache_slots.stride(0) != 1:
+        raise ValueError(f"cache_slots: expected a contiguous tensor (the kernel reads it as raw memory), got strides "
+                         f"{list(cache_slots.stride())}; pass cache_slots.contiguous()")  # fmt: skip
+    check_same_device({"q": q, "v": v, "k_cache": k_cache, "v_cache": v_cache, "cache_slots": cache_slots})
+
+
+def _check_cache_at_run_time(k_cache, v_cache, cache_slots) -> None:
+    """The cache write's checks on the real tensors, inside the op (so a compiled graph runs them):
+    the caches are written in place, so each must have no internal overlap and they must be two
+    tensors; and where value checks run, every slot is a row of the cache."""
+    check_no_internal_overlap("k_cache", k_cache)
+    check_no_internal_overlap("v_cache", v_cache)
+    if k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
+        raise ValueError("k_cache, v_cache: expected two caches in separate memory (got one tensor twice: v would "
+                         "overwrite the rotated k)")  # fmt: skip
+    if cache_slots.numel() and should_check_values(cache_slots):
+        low, high = (int(x) for x in torch.stack([cache_slots.min(), cache_slots.max()]).tolist())
+        if low < 0 or high >= k_cache.shape[0]:
+            raise ValueError(f"cache_slots: expected rows in [0, {k_cache.shape[0]}) of k_cache, got {low}..{high}")
+
+
+def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_slots=None, backend="triton"):
     """Rotary embedding of q and k, rotate-half convention; returns new tensors (q_rot, k_rot).
 
     q [..., L, Hq, D], k [..., L, Hkv, D] (same leading dims, same dtype fp16/bf16/fp32, contiguous
     last dim, any other strides); cos, sin [..., L, D] in any float dtype, broadcast over heads and
     over leading dims they lack (e.g. [L, D] for a dense batch).
+
+    With v (k's shape), k_cache, v_cache [cache rows, Hkv, D] (k's dtype, contiguous last dim) and
+    cache_slots int64 [tokens] (each token of q's leading dims, flattened, to its cache row; vLLM's
+    slot_mapping): the rotated k and v are also written into the caches at those rows, in place, in
+    the same launch (a prefill filling its KV cache). Two tokens with one slot leave either's row.
     """
     check_backend(backend)
     _check_args(q, k, cos, sin)
+    _check_cache_args(q, k, v, k_cache, v_cache, cache_slots)
     record_call("apply_rotary", backend)
+    writes = v is not None
     if backend == "reference":
-        return reference.apply_rotary(q, k, cos, sin)
+        if writes:
+            _check_cache_at_run_time(k_cache, v_cache, cache_slots)
+        return reference.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=cache_slots)
     check_triton_device("q", q)
+    if writes:
+        return tuple(_rotary_cache_launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots))
     return tuple(_rotary_launch(q, k, cos, sin))
 
 
 @kernel_op("apply_rotary", fake=lambda q, k, cos, sin: [q.new_empty(q.shape), k.new_empty(k.shape)])
 def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[torch.Tensor]:
+    return _launch(q, k, cos, sin, None, None, None, None)
+
+
+# a tuple, not a list: an op that writes its arguments may not return Tensor[] (functionalization
+# takes a list output of a mutating op for an alias)
+@kernel_op("apply_rotary_and_write_cache", fake=lambda q, k, cos, sin, *caches: (q.new_empty(q.shape), k.new_empty(k.shape)),
+           mutates_args=("k_cache", "v_cache"))  # fmt: skip
+def _rotary_cache_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, v: torch.Tensor,
+                         k_cache: torch.Tensor, v_cache: torch.Tensor,
+                         cache_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    _check_cache_at_run_time(k_cache, v_cache, cache_slots)
+    q_out, k_out = _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
+    return q_out, k_out
+
+
+def _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> list[torch.Tensor]:
     q_out, k_out = new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device)
     token_shape = (*q.shape[:-2], q.shape[-1])
     q_rows, k_rows = collapse_rows("q", q, trailing=2), collapse_rows("k", k, trailing=2)
     cos_rows = collapse_rows("cos", cos.expand(*token_shape))
     sin_rows = collapse_rows("sin", sin.expand(*token_shape))
     num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
-    if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0:
+    writes = v is not None
+    v_rows = collapse_rows("v", v, trailing=2) if writes else k_rows
+    v_head_stride = v.stride(-2) if writes else 0
+    cache_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1)) if writes else (0, 0, 0, 0)
+    if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0 and (not writes or k_cache.shape[0] > 0):
         cfg = _launch_config(num_heads_q, num_heads_kv, head_dim)
         grid = (cdiv(q_rows.num_rows, cfg["BLOCK_T"]),)
+        strides = (q_rows.outer_stride, q_rows.inner_stride, q.stride(-2), k_rows.outer_stride, k_rows.inner_stride,
+                   k.stride(-2), v_rows.outer_stride, v_rows.inner_stride, v_head_stride, *cache_strides)  # fmt: skip
         _rotary_kernel[grid](
-            q, k, cos, sin, q_out, k_out, q_rows.num_rows, num_heads_q, num_heads_kv,
-            *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *cos_rows[1:], *sin_rows[1:],
-            STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_rows.outer_stride, q_rows.inner_stride, q.stride(-2),
-                                                               k_rows.outer_stride, k_rows.inner_stride, k.stride(-2))),
+            q, k, cos, sin, q_out, k_out, v if writes else k, k_cache if writes else k_out, v_cache if writes else k_out,
+            cache_slots if writes else q, q_rows.num_rows, num_heads_q, num_heads_kv,
+            k_cache.shape[0] if writes else 1,
+            *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *v_rows[1:], v_head_stride,
+            *cos_rows[1:], *sin_rows[1:], *cache_strides,
+            WRITE_CACHE=writes,
+            STRIDE_MULTIPLE=stride_multiple(q.element_size(), strides),
             TABLE_STRIDE_MULTIPLE=stride_multiple(cos.element_size(), (cos_rows.outer_stride, cos_rows.inner_stride,
                                                                        sin_rows.outer_stride, sin_rows.inner_stride)),
             **cfg,
@@ -193,13 +319,14 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 @register_compile_configs
 def _compile_configs():
     configs = []
-    for heads_q, heads_kv, head_dim, where in ((12, 2, 128, "LLM"), (16, 16, 72, "ViT-shaped")):
+    for heads_q, heads_kv, head_dim, where, write_cache in ((12, 2, 128, "LLM", False), (12, 2, 128, "LLM prefill", True),
+                                                            (16, 16, 72, "ViT-shaped", False)):  # fmt: skip
         cfg = _launch_config(heads_q, heads_kv, head_dim)
         warps = cfg.pop("num_warps")
         configs += configs_per_dtype(
             FLOAT_DTYPES,
             op="apply_rotary",
-            shape=f"Hq={heads_q} Hkv={heads_kv} D={head_dim} ({where})",
+            shape=f"Hq={heads_q} Hkv={heads_kv} D={head_dim} ({where}{', cache write' if write_cache else ''})",
             kernel=_rotary_kernel,
             signature={
                 "q_ptr": "*T",
@@ -208,9 +335,14 @@ def _compile_configs():
                 "sin_ptr": "*T",
                 "q_out_ptr": "*T",
                 "k_out_ptr": "*T",
+                "v_ptr": "*T",
+                "k_cache_ptr": "*T",
+                "v_cache_ptr": "*T",
+                "slots_ptr": "*i64",
                 "num_tokens": "i32",
                 "num_heads_q": "i32",
                 "num_heads_kv": "i32",
+                "num_slots": "i32",
                 "q_outer_stride": "i64",
                 "q_inner_size": "i32",
                 "q_inner_stride": "i32",
@@ -219,16 +351,35 @@ def _compile_configs():
                 "k_inner_size": "i32",
                 "k_inner_stride": "i32",
                 "k_head_stride": "i32",
+                "v_outer_stride": "i64",
+                "v_inner_size": "i32",
+                "v_inner_stride": "i32",
+                "v_head_stride": "i32",
                 "cos_outer_stride": "i64",
                 "cos_inner_size": "i32",
                 "cos_inner_stride": "i32",
                 "sin_outer_stride": "i64",
                 "sin_inner_size": "i32",
                 "sin_inner_stride": "i32",
+                "k_cache_row_stride": "i64",
+                "k_cache_head_stride": "i32",
+                "v_cache_row_stride": "i64",
+                "v_cache_head_stride": "i32",
             },  # fmt: skip
-            constexprs=cfg,
+            constexprs={"WRITE_CACHE": write_cache, **cfg},
             num_warps=warps,
             num_stages=1,
-            aligned=("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "q_out_ptr", "k_out_ptr"),
+            aligned=(
+                "q_ptr",
+                "k_ptr",
+                "cos_ptr",
+                "sin_ptr",
+                "q_out_ptr",
+                "k_out_ptr",
+                "v_ptr",
+                "k_cache_ptr",
+                "v_cache_ptr",
+                "slots_ptr",
+            ),  # fmt: skip
         )
     return configs

@@ -3,7 +3,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.ops import reference
-from aurora_kernels.testing import check_op, randn
+from aurora_kernels.testing import assert_parity, check_op, randn
 from tests.catalogue import DTYPE_IDS, DTYPES, GQA_HEADS, HEAD_DIMS, far_apart, fused_qkv
 
 
@@ -76,3 +76,75 @@ def test_tables_at_nonzero_offsets(device, gen):
     positions = torch.arange(777, 777 + 23, device=device)
     q, k, _ = fused_qkv((23,), 12, 2, 128, torch.bfloat16, device, gen)
     check_op(ak.apply_rotary, reference.apply_rotary, q, k, tables.cos[positions], tables.sin[positions])
+
+
+def _cache_write_case(token_shape, heads_q, heads_kv, head_dim, dtype, device, gen, rows=64):
+    """q, k, v as slices of one fused projection, a cache of `rows` rows viewed from a paged pool,
+    poisoned with a sentinel, and each token's slot: distinct rows in a scrambled order."""
+    q, k, v = fused_qkv(token_shape, heads_q, heads_kv, head_dim, dtype, device, gen)
+    cos, sin = _tables(token_shape, head_dim, torch.float32, device, gen)
+    tokens = q.numel() // (heads_q * head_dim)
+    caches = [torch.full((rows // 16, 16, heads_kv, head_dim), 7.0, dtype=dtype, device=device).view(-1, heads_kv, head_dim)
+              for _ in range(2)]  # fmt: skip
+    slots = torch.randperm(rows, generator=torch.Generator().manual_seed(tokens))[:tokens].to(device)
+    return q, k, v, cos, sin, caches, slots
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("token_shape, head_dim", [((37,), 128), ((2, 9), 72)], ids=["packed-D128", "dense-D72"])
+def test_the_cache_write_is_the_rotated_k_and_v_at_their_slots(dtype, token_shape, head_dim, device, gen):
+    """The rotated k and v land in the cache at each token's slot, every other row untouched; q_rot
+    and k_rot as without the write."""
+    q, k, v, cos, sin, (k_cache, v_cache), slots = _cache_write_case(token_shape, 12, 2, head_dim, dtype, device, gen)
+    want_k_cache, want_v_cache = k_cache.double(), v_cache.double()
+    want_q, want_k = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double(), v=v.double(),
+                                            k_cache=want_k_cache, v_cache=want_v_cache, cache_slots=slots)  # fmt: skip
+    with ak.count_calls() as calls:
+        q_rot, k_rot = ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots)
+    assert calls == {("apply_rotary", "triton"): 1}
+    assert_parity(q_rot, want_q, dtype, "q_rot")
+    assert_parity(k_rot, want_k, dtype, "k_rot")
+    assert_parity(k_cache, want_k_cache, dtype, "k_cache after the write")
+    assert torch.equal(v_cache[slots], v.reshape(-1, 2, head_dim))  # v is copied, not rounded
+    untouched = torch.ones(k_cache.shape[0], dtype=torch.bool, device=device)
+    untouched[slots] = False
+    assert (k_cache[untouched] == 7).all() and (v_cache[untouched] == 7).all()
+
+
+def test_the_cache_write_under_torch_compile(device, gen):
+    q, k, v, cos, sin, (k_cache, v_cache), slots = _cache_write_case((11,), 4, 2, 64, torch.float32, device, gen)
+    want_k_cache, want_v_cache = k_cache.clone(), v_cache.clone()
+    want = reference.apply_rotary(q, k, cos, sin, v=v, k_cache=want_k_cache, v_cache=want_v_cache, cache_slots=slots)
+
+    def step(q, k, v, k_cache, v_cache):
+        return ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots)
+
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True)(q, k, v, k_cache, v_cache)
+    assert_parity(got[0], want[0].double(), torch.float32, "compiled q_rot")
+    assert_parity(k_cache, want_k_cache.double(), torch.float32, "compiled k_cache write")
+    assert torch.equal(v_cache, want_v_cache)
+
+
+def test_cache_write_arguments_are_checked_by_name(device, gen):
+    q, k, v, cos, sin, (k_cache, v_cache), slots = _cache_write_case((5,), 4, 2, 64, torch.float32, device, gen)
+    with pytest.raises(ValueError, match="v_cache, cache_slots: expected v, k_cache, v_cache and cache_slots together"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache)
+    with pytest.raises(TypeError, match="cache_slots: expected dtype int64, got torch.int32"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots.int())
+    with pytest.raises(ValueError, match=r"cache_slots: expected shape \[5\]"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots[:4])
+    with pytest.raises(ValueError, match=r"k_cache: expected shape \[\*, 2, 64\]"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache.view(-1, 64), v_cache=v_cache, cache_slots=slots)
+    with pytest.raises(TypeError, match="v_cache: expected dtype torch.float32"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache.half(), cache_slots=slots)
+    with pytest.raises(ValueError, match="k_cache, v_cache: expected two caches in separate memory"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=k_cache, cache_slots=slots)
+    with pytest.raises(ValueError, match="k_cache: expected a tensor whose elements do not overlap"):
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache[:1].expand(64, -1, -1), v_cache=v_cache, cache_slots=slots)
+    if device.type == "cpu":  # the value check reads the slots: on CUDA only under value_checks("always")
+        with pytest.raises(ValueError, match=r"cache_slots: expected rows in \[0, 64\) of k_cache, got -\d+\.\.-1"):
+            ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots - slots.max() - 1)
+    with ak.value_checks("never"):  # unchecked, a slot past the cache writes its last row, nothing outside it
+        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots + 1000)
+    assert torch.equal(v_cache[-1], v[-1])
