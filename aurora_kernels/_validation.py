@@ -23,20 +23,17 @@ overrides in the calling thread only, for the length of a `with` block.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from typing import Iterable, Sequence
 
 import torch
 
+from aurora_kernels._settings import ThreadSetting
 from aurora_kernels.ops._autotune import INTERPRETER
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BACKENDS = ("triton", "reference")
 _VALUE_CHECK_MODES = ("auto", "always", "never")
-_default_value_check_mode = "auto"
-_this_thread = threading.local()  # .value_check_mode: the calling thread's override (None: the default)
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
@@ -50,35 +47,30 @@ def _fmt_shape(shape: Sequence) -> str:
 # ----------------------------------------------------------------------------- value-check policy
 
 
-def _check_mode(mode) -> None:
+def _checked_mode(mode) -> str:
     if mode not in _VALUE_CHECK_MODES:
         raise ValueError(f"mode: expected one of {_VALUE_CHECK_MODES}, got {mode!r}")
+    return mode
+
+
+_VALUE_CHECKS = ThreadSetting("auto", _checked_mode)
 
 
 def set_value_checks(mode: str) -> None:
     """The process-wide default: "auto" (value checks on CPU tensors only), "always" or "never".
     A thread inside `value_checks(...)` keeps its own mode until the block ends."""
-    global _default_value_check_mode
-    _check_mode(mode)
-    _default_value_check_mode = mode
+    _VALUE_CHECKS.set_default(mode)
 
 
 def value_check_mode() -> str:
     """The mode in force in the calling thread."""
-    return getattr(_this_thread, "value_check_mode", None) or _default_value_check_mode
+    return _VALUE_CHECKS.get()
 
 
-@contextlib.contextmanager
 def value_checks(mode: str = "always"):
     """Value checks in `mode` for the calling thread only, inside the block (other threads keep
     theirs)."""
-    _check_mode(mode)
-    previous = getattr(_this_thread, "value_check_mode", None)
-    _this_thread.value_check_mode = mode
-    try:
-        yield
-    finally:
-        _this_thread.value_check_mode = previous
+    return _VALUE_CHECKS.within(mode)
 
 
 def _tracing() -> bool:

@@ -24,7 +24,7 @@ def _scale_launchers(monkeypatch):
     """A two-candidate launcher built as the ops build theirs, outside the interpreter, with
     autotuning on whatever the environment says (the GPU test run sets AURORA_AUTOTUNE=0)."""
     monkeypatch.setattr(_autotune, "INTERPRETER", False)
-    monkeypatch.setattr(_autotune, "_default_autotuning", True)
+    monkeypatch.setattr(_autotune._AUTOTUNING, "_default", True)
     monkeypatch.setattr(_autotune, "_AUTOTUNERS", {})
     return _autotune.autotuned_launchers(
         _scale_kernel, {"any": (64, 128)}, lambda block: triton.Config({"BLOCK": block}, num_warps=1), key=["n"]

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 import aurora_kernels as ak
+from aurora_kernels.integrations._undo import record_undo
 
 ATTENTION_NAME = "aurora"
 
@@ -71,3 +72,12 @@ def register_attention() -> None:
 
     AttentionInterface.register(ATTENTION_NAME, _attention)
     AttentionMaskInterface.register(ATTENTION_NAME, flash_attention_mask)
+
+
+def select_attention(model, owner) -> None:
+    """`owner` (the patched model, or the part of it whose attention is ours) on the "aurora"
+    implementation, undone by unpatch(model)."""
+    register_attention()
+    previous = owner.config._attn_implementation
+    owner.set_attn_implementation(ATTENTION_NAME)
+    record_undo(model, lambda: owner.set_attn_implementation(previous))

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
-from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+from aurora_kernels.integrations._attention import register_attention, select_attention
 from aurora_kernels.integrations._undo import record_undo
 
 # the backend of the patched instance whose forward is running (None: no patched instance)
@@ -126,10 +126,7 @@ def patch_qwen2(model, *, rms_norm=True, rotary=True, mlp=True, attention=True, 
         model.forward = _with_rotary_backend(model.forward, backend)
         record_undo(model, lambda: model.__dict__.pop("forward", None))
     if attention:
-        register_attention()
-        previous = model.config._attn_implementation
-        model.set_attn_implementation(ATTENTION_NAME)
-        record_undo(model, lambda: model.set_attn_implementation(previous))
+        select_attention(model, model)
         for module in model.modules():
             module._aurora_backend = backend
     return model

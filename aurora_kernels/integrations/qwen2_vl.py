@@ -21,7 +21,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
-from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+from aurora_kernels.integrations._attention import select_attention
 from aurora_kernels.integrations._undo import record_undo
 from aurora_kernels.integrations.qwen2 import (
     _install_rotary_dispatcher,
@@ -105,8 +105,5 @@ def patch_qwen2_vl(model, *, rms_norm=True, rotary=True, mlp=True, attention=Tru
         model.forward = _with_rotary_backend(model.forward, backend)
         record_undo(model, lambda: model.__dict__.pop("forward", None))
     if attention:
-        register_attention()
-        previous = text.config._attn_implementation
-        text.set_attn_implementation(ATTENTION_NAME)
-        record_undo(model, lambda: text.set_attn_implementation(previous))
+        select_attention(model, text)
     return model

@@ -21,7 +21,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
-from aurora_kernels.integrations._attention import ATTENTION_NAME, register_attention
+from aurora_kernels.integrations._attention import select_attention
 from aurora_kernels.integrations._undo import record_undo
 
 
@@ -61,8 +61,5 @@ def patch_siglip(model, *, layer_norm=True, mlp=True, attention=True, backend="t
         module.forward = types.MethodType(forward, module)
         record_undo(model, lambda module=module: module.__dict__.pop("forward", None))
     if attention:
-        register_attention()
-        previous = model.config._attn_implementation
-        model.set_attn_implementation(ATTENTION_NAME)
-        record_undo(model, lambda: model.set_attn_implementation(previous))
+        select_attention(model, model)
     return model

@@ -16,12 +16,13 @@ there with an error that says what to do (one call of those shapes before the ca
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 
 import torch
 import triton
+
+from aurora_kernels._settings import ThreadSetting
 
 
 def _triton_interprets() -> bool:
@@ -35,32 +36,23 @@ def _triton_interprets() -> bool:
 # The kernels run under the interpreter only if it was on before triton and this package were
 # imported: both decorate their kernels at import.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and _triton_interprets()
-_default_autotuning = os.environ.get("AURORA_AUTOTUNE", "1") != "0"
-_this_thread = threading.local()  # .autotuning: the calling thread's override (None: the default)
+_AUTOTUNING = ThreadSetting(os.environ.get("AURORA_AUTOTUNE", "1") != "0", bool)
 
 
 def set_autotuning(enabled: bool) -> None:
     """Autotune new keys (True) or give them their kernel's default config (False): the process
     default (a thread inside `autotuning(...)` keeps its own setting)."""
-    global _default_autotuning
-    _default_autotuning = bool(enabled)
+    _AUTOTUNING.set_default(enabled)
 
 
 def autotuning_enabled() -> bool:
     """The setting in force in the calling thread."""
-    enabled = getattr(_this_thread, "autotuning", None)
-    return _default_autotuning if enabled is None else enabled
+    return _AUTOTUNING.get()
 
 
-@contextlib.contextmanager
 def autotuning(enabled: bool):
     """Autotuning on or off for the calling thread only, inside the block."""
-    before = getattr(_this_thread, "autotuning", None)
-    _this_thread.autotuning = bool(enabled)
-    try:
-        yield
-    finally:
-        _this_thread.autotuning = before
+    return _AUTOTUNING.within(enabled)
 
 
 def _default_config_unless_autotuning(configs, named_args, **kwargs):

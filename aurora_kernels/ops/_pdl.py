@@ -27,45 +27,35 @@ tests check that path's arithmetic.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from aurora_kernels._settings import ThreadSetting
 from aurora_kernels.ops._autotune import INTERPRETER
 
-_default_enabled = False
-_this_thread = threading.local()  # .enabled: the calling thread's override (None: the default)
+_PDL = ThreadSetting(False, bool)
 
 
 def set_programmatic_dependent_launch(enabled: bool) -> None:
     """Launch fused_linear and decode_attention with programmatic dependent launch: the process-wide
     default (a thread inside `using_programmatic_dependent_launch` keeps its own setting). Launches
     made before the change keep their setting: a captured CUDA graph replays as captured."""
-    global _default_enabled
-    _default_enabled = bool(enabled)
+    _PDL.set_default(enabled)
 
 
 def programmatic_dependent_launch() -> bool:
     """The setting in force in the calling thread."""
-    enabled = getattr(_this_thread, "enabled", None)
-    return _default_enabled if enabled is None else enabled
+    return _PDL.get()
 
 
-@contextlib.contextmanager
 def using_programmatic_dependent_launch(enabled: bool):
     """PDL on or off for the calling thread only, inside the block (a model generating in one thread
     does not switch another thread's launches)."""
-    before = getattr(_this_thread, "enabled", None)
-    _this_thread.enabled = bool(enabled)
-    try:
-        yield
-    finally:
-        _this_thread.enabled = before
+    return _PDL.within(enabled)
 
 
 @functools.lru_cache(maxsize=None)
