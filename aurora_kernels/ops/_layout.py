@@ -26,6 +26,12 @@ class RowLayout(NamedTuple):
     inner_stride: int
 
 
+def row_layout_signature(name: str) -> dict:
+    """The compile signature of a RowLayout passed as `<name>_outer_stride, <name>_inner_size,
+    <name>_inner_stride` (the outer stride int64: rows far apart overflow int32)."""
+    return {f"{name}_outer_stride": "i64", f"{name}_inner_size": "i32", f"{name}_inner_stride": "i32"}
+
+
 def collapse_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowLayout:
     """Describe the rows of t (all dims but the last `trailing`) as at most two strided groups."""
     if t.is_contiguous() and t.numel() > 0:  # the common case, in a fraction of the host time
@@ -129,8 +135,7 @@ def row_starts(rows, outer_stride, inner_size, inner_stride, STRIDE_MULTIPLE: tl
 #   kernel(x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
 #          STRIDE_MULTIPLE: constexpr, BLOCK_ROWS: constexpr, BLOCK_COLS: constexpr)
 # where num_cols is the output row's width; the two helpers below launch one and list its configs.
-ELEMENTWISE_SIGNATURE = {"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num_cols": "i32",
-                         "x_outer_stride": "i64", "x_inner_size": "i32", "x_inner_stride": "i32"}  # fmt: skip
+ELEMENTWISE_SIGNATURE = {"x_ptr": "*T", "out_ptr": "*T", "num_rows": "i32", "num_cols": "i32", **row_layout_signature("x")}
 
 
 @triton.jit

@@ -67,7 +67,15 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, sm_count, stride_multiple
+from aurora_kernels.ops._layout import (
+    cdiv,
+    collapse_rows,
+    pow2_at_least,
+    row_layout_signature,
+    row_starts,
+    sm_count,
+    stride_multiple,
+)
 from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 
 # The prologue constexpr: what the kernel applies to x before the product; the public op of each.
@@ -515,12 +523,8 @@ def _compile_configs():
                                 "in_features": "i32",
                                 "out_features": "i32",
                                 "k_per_split": "i32",
-                                "x_outer_stride": "i64",
-                                "x_inner_size": "i32",
-                                "x_inner_stride": "i32",
-                                "res_outer_stride": "i64",
-                                "res_inner_size": "i32",
-                                "res_inner_stride": "i32",
+                                **row_layout_signature("x"),
+                                **row_layout_signature("res"),
                                 "weight_row_stride": "i32",
                                 "eps": "fp32",
                             },  # fmt: skip

@@ -33,7 +33,7 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import cdiv, collapse_rows, row_starts, row_tile_config, stride_multiple
+from aurora_kernels.ops._layout import cdiv, collapse_rows, row_layout_signature, row_starts, row_tile_config, stride_multiple
 
 
 @triton.jit
@@ -149,12 +149,8 @@ def _compile_configs():
                     "residual_out_ptr": "*T",
                     "num_rows": "i32",
                     "num_cols": "i32",
-                    "x_outer_stride": "i64",
-                    "x_inner_size": "i32",
-                    "x_inner_stride": "i32",
-                    "res_outer_stride": "i64",
-                    "res_inner_size": "i32",
-                    "res_inner_stride": "i32",
+                    **row_layout_signature("x"),
+                    **row_layout_signature("res"),
                     "eps": "fp32",
                 },  # fmt: skip
                 constexprs={"HAS_RESIDUAL": has_residual, **cfg},

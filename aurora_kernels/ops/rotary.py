@@ -35,7 +35,7 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER
-from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_starts, stride_multiple
+from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_layout_signature, row_starts, stride_multiple
 
 MAX_HEAD_DIM = 512
 TOKENS_PER_PROGRAM = 4  # on a GPU, at most...
@@ -343,24 +343,14 @@ def _compile_configs():
                 "num_heads_q": "i32",
                 "num_heads_kv": "i32",
                 "num_slots": "i32",
-                "q_outer_stride": "i64",
-                "q_inner_size": "i32",
-                "q_inner_stride": "i32",
+                **row_layout_signature("q"),
                 "q_head_stride": "i32",
-                "k_outer_stride": "i64",
-                "k_inner_size": "i32",
-                "k_inner_stride": "i32",
+                **row_layout_signature("k"),
                 "k_head_stride": "i32",
-                "v_outer_stride": "i64",
-                "v_inner_size": "i32",
-                "v_inner_stride": "i32",
+                **row_layout_signature("v"),
                 "v_head_stride": "i32",
-                "cos_outer_stride": "i64",
-                "cos_inner_size": "i32",
-                "cos_inner_stride": "i32",
-                "sin_outer_stride": "i64",
-                "sin_inner_size": "i32",
-                "sin_inner_stride": "i32",
+                **row_layout_signature("cos"),
+                **row_layout_signature("sin"),
                 "k_cache_row_stride": "i64",
                 "k_cache_head_stride": "i32",
                 "v_cache_row_stride": "i64",
