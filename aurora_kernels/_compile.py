@@ -19,7 +19,8 @@ class KernelConfig:
     signature: the kernel's runtime arguments, name -> Triton type ("*bf16", "i32", "i64", "fp32");
     constexprs: the constexpr arguments; aligned: arguments the launcher's runtime specialisation
     would see as divisible by 16 (pointers from the caching allocator, strides of aligned rows);
-    uses_dot: its tl.dot must become tensor-core instructions; barrier_free_loops: its loops must
+    uses_dot: its tl.dot must become tensor-core instructions; wgmma: Hopper's warpgroup MMA ones,
+    not sm_80's mma.sync; barrier_free_loops: its loops must
     hold no barrier (a stream over memory whose every step would otherwise wait for the block);
     loads_before_barrier: every global load ahead of its first tensor-core product (or, with none,
     its first global store) must be issued before its first barrier (a latency-bound kernel: a load
@@ -36,6 +37,7 @@ class KernelConfig:
     num_stages: int
     aligned: tuple = ()
     uses_dot: bool = False
+    wgmma: bool = False
     barrier_free_loops: bool = False
     loads_before_barrier: bool = False
     dtype: str = ""  # the label of the dtype the config is typed for ("bf16", "fp16", "fp32")
@@ -66,14 +68,19 @@ DTYPE_LABELS = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float3
 
 
 def configs_per_dtype(dtypes, *, shape: str, signature: dict, **fields) -> list[KernelConfig]:
-    """One KernelConfig per dtype: "*T" in the signature becomes a pointer to that dtype, and a kernel's
+    """One KernelConfig per dtype: "*T" in the signature becomes a pointer to that dtype (and
+    "tensordesc<T[BN, BK]>" a TMA descriptor of it), and a kernel's
     STRIDE_MULTIPLE constexprs (see `ops._layout.stride_multiple`) are the 16-byte multiples that the
     model's strides (head dims 64/72/128, row widths 1152/1536/8960, fused projections) all are;
     cos/sin tables (TABLE_STRIDE_MULTIPLE) are taken as fp32."""
     configs = []
     kernel_args = fields["kernel"].arg_names
     for dtype in dtypes:
-        typed = {name: (pointer_type(dtype) if kind == "*T" else kind) for name, kind in signature.items()}
+        element = pointer_type(dtype)[1:]
+        typed = {
+            name: (pointer_type(dtype) if kind == "*T" else kind.replace("<T[", f"<{element}["))
+            for name, kind in signature.items()
+        }
         multiples = {name: 16 // size for name, size in (("STRIDE_MULTIPLE", dtype.itemsize), ("TABLE_STRIDE_MULTIPLE", 4))
                      if name in kernel_args}  # fmt: skip
         per_dtype = {**fields, "constexprs": {**multiples, **fields.get("constexprs", {})}}

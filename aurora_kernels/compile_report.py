@@ -134,6 +134,7 @@ def compile_one(cfg: KernelConfig) -> dict:
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
         "uses_dot": cfg.uses_dot,
+        "wgmma": cfg.wgmma,
         "barrier_free_loops": cfg.barrier_free_loops,
         "loads_before_barrier": cfg.loads_before_barrier,
     }
@@ -208,6 +209,8 @@ def problems(row: dict) -> list[str]:
         found.append(f"shared memory {row['shared_bytes']} B over the sm_90 limit {H100_SHARED_MEMORY_LIMIT} B")
     if row["uses_dot"] and row["tensor_core"] == "none":
         found.append("tl.dot did not become a tensor-core instruction")
+    if row.get("wgmma") and row["tensor_core"] != "wgmma":
+        found.append(f"tl.dot became {row['tensor_core']}, not wgmma")
     if row.get("vector_loads") == 0:
         found.append("no vectorised global load: every load is one element wide")
     if row.get("barrier_free_loops") and row.get("loop_barriers"):

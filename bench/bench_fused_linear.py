@@ -3,14 +3,16 @@ rms_norm_linear (qkv, gate_up), linear (o_proj), silu_and_mul_linear (down_proj)
 
 What decides whether the model should use them (RunOptions.fuse_decode_projections) is the row
 "ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
-matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd.
+matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd;
+at B > 1 also "ours, mma tiles": the op on the tiles it takes before sm_90, beside the wgmma tiles
+it takes on an H100 (RunOptions.fuse_batched_projections is decided by these rows).
 """
 
 import torch
 import torch.nn.functional as F
 
 import aurora_kernels as ak
-from aurora_kernels.ops import reference
+from aurora_kernels.ops import fused_linear, reference
 from aurora_kernels.ops.fused_linear import MODEL_PROJECTIONS, PROLOGUE_OPS
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
@@ -61,9 +63,26 @@ def _torch_chain(prologue):
     return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear, "none": F.linear}[prologue]
 
 
-def _peers(prologue) -> dict:
+def _ours_mma_tiles(prologue):
+    """The op on its sm_80 tiles (mma.sync, the weight by pointers) where the launcher would pick the
+    wgmma ones: what the wgmma tiles replace on sm_90."""
+    index = fused_linear.PROLOGUES.index(prologue)
+
+    def on_mma_tiles(x, *args, residual=None):
+        if prologue == "rms_norm":
+            norm_weight, weight, bias = args
+            return tuple(fused_linear.launch(x, weight, bias, norm_weight, residual, 1e-6, index, weight_tma=False))
+        weight, bias = args
+        return fused_linear.launch(x, weight, bias, None, None, 0.0, index, weight_tma=False)[0]
+
+    return on_mma_tiles
+
+
+def _peers(prologue, batch) -> dict:
     chain = _torch_chain(prologue)
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
+    if batch > 1:
+        peers["ours, mma tiles"] = lambda: Peer(_ours_mma_tiles(prologue))
     if prologue == "none":
         return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}
     return {
@@ -105,6 +124,6 @@ for batch in BATCHES:
                 build=_inputs(prologue, batch, in_features, out_features, has_bias),
                 bytes=_bytes(prologue, batch, in_features, out_features, has_bias),
                 flops=2 * batch * in_features * out_features,
-                peers=_peers(prologue),
+                peers=_peers(prologue, batch),
             )
         )

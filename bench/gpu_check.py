@@ -194,6 +194,7 @@ def summarise_model(results_dir: str) -> list[str]:
     import json
 
     from bench.model_e2e import (
+        BATCHED_RUNS,
         ONE_SEQUENCE_RUNS,
         REQUEST_KEYS,
         batch_label,
@@ -214,9 +215,9 @@ def summarise_model(results_dir: str) -> list[str]:
         group = {(r["backend"], r["decode"]): r for r in rows if group_of(r) == key}
         base = group.get(("reference", "eager"), {}).get("tokens_per_s")
         cells = []
-        # the runs beside the defaults (without PDL; the fused runs, B=1), where the record has them
-        others = [run for run in (("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS)
-                  if run in group]  # fmt: skip
+        # the runs beside the defaults (without PDL; the fused runs, B=1 and B>1), where the record has them
+        others = [run for run in (("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
+                                  *BATCHED_RUNS) if run in group]  # fmt: skip
         for backend, mode in [("triton", "eager"), ("triton", "compile"), ("triton", "cuda_graph"), *others]:
             r = group.get((backend, mode), {})
             label = mode if backend == "triton" else f"{mode} {backend}"
@@ -227,7 +228,7 @@ def summarise_model(results_dir: str) -> list[str]:
                 cells.append(f"{label} {r.get('skipped') or r.get('error') or 'missing'}")
         label = batch_label({"batch": key[1], "prompt": key[2]})
         lines.append(f"  model {key[0]:4s} B={label:>2s}: " + "; ".join(cells))
-        for run in (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS):  # the defaults' request times against their floors
+        for run in (("triton", "cuda_graph"), *ONE_SEQUENCE_RUNS, *BATCHED_RUNS):  # request times against their floors
             r = group.get(run, {})
             if "tpot_ms" in r:
                 times = ", ".join(

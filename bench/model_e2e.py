@@ -50,10 +50,15 @@ BACKENDS = {
     "triton-encoder-graph": ("triton", RunOptions(fuse_decode_projections=False, encoder_cuda_graphs=True)),
     "triton-fused": ("triton", RunOptions()),
     "triton-fused-no-pdl": ("triton", RunOptions(programmatic_dependent_launch=False)),
+    "triton-fused-batched": ("triton", RunOptions(fuse_batched_projections=True)),
     "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
 }
-ONE_SEQUENCE_RUNS = tuple((backend, "cuda_graph") for backend in BACKENDS if backend.startswith("triton-fused"))
-RUNS = (("triton", "cuda_graph"), ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
+ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"), ("triton-fused-no-pdl", "cuda_graph"))
+# "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's
+# projections as the fused ops' tensor-core tiles, wgmma on sm_90), timed at B > 1 alone: its rows
+# against "triton"'s decide that option's default
+BATCHED_RUNS = (("triton-fused-batched", "cuda_graph"),)
+RUNS = (("triton", "cuda_graph"), *BATCHED_RUNS, ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
         ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
 # warm, and run early it has cost the B=32 rows their place in the model's time budget
@@ -299,13 +304,13 @@ def schedule(batches, runs, compressors=COMPRESSORS) -> list[tuple[int, str, str
     """(batch, prompt, compressor, (backend, decode)) in the order they run: for each batch both
     compressors side by side (a spent budget never leaves one without the other), every run but
     LAST_RUNS, and at B=1 the LONG_PROMPT_RUNS again with the long prompt; then LAST_RUNS for every
-    batch. ONE_SEQUENCE_RUNS run at B=1 alone."""
+    batch. ONE_SEQUENCE_RUNS run at B=1 alone, BATCHED_RUNS at B > 1 alone."""
     passes = ([r for r in runs if r not in LAST_RUNS], [r for r in runs if r in LAST_RUNS])
     order = []
     for pass_runs in passes:
         for batch in batches:
             order += [(batch, "ragged", compressor, run) for compressor in compressors for run in pass_runs
-                      if batch == 1 or run not in ONE_SEQUENCE_RUNS]  # fmt: skip
+                      if run not in (BATCHED_RUNS if batch == 1 else ONE_SEQUENCE_RUNS)]  # fmt: skip
             if batch == 1:
                 order += [
                     (1, "long", compressor, run) for compressor in compressors for run in pass_runs if run in LONG_PROMPT_RUNS

@@ -74,7 +74,9 @@ def _candidate(t: dict, prologue_index: int, kind: str, config: tuple, unroll: i
     return (
         name,
         "candidate",
-        lambda w: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll),
+        lambda w: launch(
+            x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll, weight_tma=kind == "wgmma"
+        ),
     )
 
 
@@ -109,7 +111,9 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
                 continue
             t = projection_inputs(prologue, in_features, out_features, has_residual, has_bias, rows, dtype, device)
             weights = cold_copies(t["weight"])
-            kind, index = _launcher_kind(rows, dtype), PROLOGUES.index(prologue)
+            index = PROLOGUES.index(prologue)
+            # more rows: the sm_90 tiles (wgmma, the weight by TMA) and the ones before them (mma.sync)
+            kinds = [_launcher_kind(rows, dtype, weight_tma) for weight_tma in ((False,) if rows == 1 else (True, False))]
 
             def timed(name, role, fn, config=None):
                 ms = graph_median_ms(fn, weights)
@@ -117,15 +121,16 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
                                 "weight_gb_per_s": weight_gb / (ms * 1e-3)})  # fmt: skip
                 print(f"{where:42s} M={rows:<3d} {name:32s} {ms * 1e3:8.2f} us {weight_gb / (ms * 1e-3):8.0f} GB/s", flush=True)
 
-            for config in _GPU_CONFIGS[kind]:
-                timed(*_candidate(t, index, kind, config), config=config)
+            for kind in dict.fromkeys(kinds):
+                for config in _GPU_CONFIGS[kind]:
+                    timed(*_candidate(t, index, kind, config), config=config)
             for impl in _op_and_baseline(prologue, t):
                 timed(*impl)
-            if kind == "gemv":  # the fastest tiles again with their K loop unrolled twice (not shipped)
+            if kinds == ["gemv"]:  # the fastest tiles again with their K loop unrolled twice (not shipped)
                 tried = sorted((r for r in results if (r["projection"], r["rows"]) == (where, rows) and r.get("config")),
                                key=lambda r: r["us"])  # fmt: skip
                 for r in tried[:UNROLLED_TILES]:
-                    timed(*_candidate(t, index, kind, r["config"], unroll=2), config=r["config"])
+                    timed(*_candidate(t, index, "gemv", r["config"], unroll=2), config=r["config"])
             t = weights = None  # free the weight copies (assigned, not deleted: timed() refers to them)
     return results
 

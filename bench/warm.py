@@ -33,7 +33,7 @@ MODEL_TASK = "model"
 MAX_WORKERS = 8
 # the end-to-end runs that compile something: the Triton kernels at every shape the model meets (the
 # eager triton run launches the same ones) and the compiled decode steps; the reference compiles nothing
-MODEL_RUNS = (("triton", "cuda_graph"), *model_e2e.ONE_SEQUENCE_RUNS, ("triton", "compile"))
+MODEL_RUNS = (("triton", "cuda_graph"), *model_e2e.ONE_SEQUENCE_RUNS, *model_e2e.BATCHED_RUNS, ("triton", "compile"))
 # of the GPU's memory: the full preset's bf16 weights (4.4 GB), its caches and activations at B=32
 MODEL_MEMORY_FRACTION = 0.15
 

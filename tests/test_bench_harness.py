@@ -323,6 +323,9 @@ def test_model_e2e_runs_on_the_tiny_preset(device):
     # also take the long prompt
     fused = ("triton-fused", "cuda_graph")
     assert model_e2e.schedule((1, 8), (fused,)) == [(1, p, c, fused) for p in ("ragged", "long") for c in ("mlp", "none")]
+    # and the batched fused run covers batched steps alone
+    batched = ("triton-fused-batched", "cuda_graph")
+    assert model_e2e.schedule((1, 8, 32), (batched,)) == [(b, "ragged", c, batched) for b in (8, 32) for c in ("mlp", "none")]
     checkpoints = []
     # compressor "mlp" alone (the profiled one), to halve the time: the swap to "none" runs in
     # test_warm_model_compiles_the_decode_step, the mlp-vs-none lines in test_model_e2e_report_and_summary
@@ -501,9 +504,9 @@ def test_warm_model_compiles_the_decode_step(device):
     failures = warm.warm_model(device, preset_name="tiny", batches=(1,), new_tokens=3, dtype=torch.float32)
     if device.type == "cpu":
         error = "ValueError: decode: 'cuda_graph' needs the model on a CUDA device, got cpu"
-        assert failures == [f"{c} B=1 {b} cuda_graph: {error}" for c in ("mlp", "none") for b, mode in warm.MODEL_RUNS
-                            if mode == "cuda_graph"] + [f"{c} B=1 (512-token prompt) triton-fused cuda_graph: {error}"
-                                                        for c in ("mlp", "none")]  # fmt: skip
+        one_sequence = [run for run in warm.MODEL_RUNS if run[1] == "cuda_graph" and run not in warm.model_e2e.BATCHED_RUNS]
+        assert failures == [f"{c} B=1 {b} cuda_graph: {error}" for c in ("mlp", "none") for b, _ in one_sequence] + [
+            f"{c} B=1 (512-token prompt) triton-fused cuda_graph: {error}" for c in ("mlp", "none")]  # fmt: skip
     else:
         assert failures == []
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs

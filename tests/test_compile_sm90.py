@@ -73,6 +73,16 @@ def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
     assert not any(r["barrier_free_loops"] for r in report["rows"] if r not in gemv)
 
 
+def test_the_batched_projection_tiles_are_wgmma(report):
+    """The fused_linear tiles the launcher picks for 2..64 fp16/bf16 rows on sm_90 (the weight by TMA)
+    are held to Hopper's warpgroup MMA, and compile to it; the mma.sync tiles, for weights TMA cannot
+    read and for GPUs before sm_90, are not held to it."""
+    tma = [r for r in report["rows"] if r["constexprs"].get("WEIGHT_TMA")]
+    assert tma and all(r["wgmma"] and r["tensor_core"] == "wgmma" for r in tma)
+    assert {r["op"] for r in tma} == {"linear", "rms_norm_linear", "silu_and_mul_linear"}
+    assert not any(r["wgmma"] for r in report["rows"] if r not in tma)
+
+
 def test_the_decode_attention_issues_its_loads_before_its_first_barrier(report):
     """The split kernel's fp16/bf16 configs (tensor-core products) and the merge kernel are checked
     for global loads behind their first barrier, and have none: a batch-1 call is one K/V tile a
@@ -140,6 +150,8 @@ def load_after_a_sum(x_ptr, out_ptr, TILE: tl.constexpr):
 signature = {"x_ptr": "*fp16", "out_ptr": "*fp16"}
 rows = [
     compile_one(KernelConfig("small dot", "8x8", small_dot, signature, {"TILE": 8}, 4, 1, uses_dot=True)),
+    compile_one(KernelConfig("narrow dot", "16x16 on 4 warps", small_dot, signature, {"TILE": 16}, 4, 1, uses_dot=True,
+                             wgmma=True)),
     compile_one(KernelConfig("huge tile", "128x128 on one warp", huge_tile, signature, {"TILE": 128}, 1, 1)),
     compile_one(KernelConfig("reduction in a loop", "64x64 tiles on 4 warps", column_sums_in_loop,
                              {**signature, "num_tiles": "i32"}, {"TILE": 64}, 4, 1, barrier_free_loops=True)),
@@ -152,7 +164,7 @@ json.dump([problems(row) for row in rows], sys.stdout)
 
 def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_load_behind_a_barrier(tmp_path):
     """What the interpreter accepts but sm_90 does not: an 8x8 tl.dot (the compiler wants M, N, K >= 16)
-    is a "does not compile" row; a 128x128 fp16 tile on one warp (512 values a thread) spills; a sum
+    is a "does not compile" row; a 16x16 dot held to wgmma becomes mma.sync (wgmma's M is 64); a 128x128 fp16 tile on one warp (512 values a thread) spills; a sum
     across warps at every step of a loop puts barriers in it, which a GEMV config may not have; a load
     addressed by a sum across warps is issued behind that sum's barrier, which the decode attention's
     configs may not have ahead of their first product. The check that passes on the shipped configs
@@ -167,8 +179,9 @@ def test_the_check_fails_on_a_dot_under_16_a_spill_a_barrier_in_a_loop_and_a_loa
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
     result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    small_dot, huge_tile, reduction_in_loop, load_after_a_sum = json.loads(result.stdout.strip().splitlines()[-1])
+    small_dot, narrow_dot, huge_tile, reduction_in_loop, load_after_a_sum = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(small_dot) == 1 and small_dot[0].startswith("does not compile"), small_dot
+    assert "tl.dot became mma, not wgmma" in narrow_dot, narrow_dot
     assert any(p.startswith("spills") for p in huge_tile), huge_tile
     assert any("barriers (bar.sync) inside its loops" in p for p in reduction_in_loop), reduction_in_loop
     assert any("global loads behind its first barrier" in p for p in load_after_a_sum), load_after_a_sum

@@ -347,7 +347,8 @@ class AuroraEdgeV(nn.Module):
         self._check_token_ids("tokens", tokens)
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
-        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv, self.options.fuse_decode_projections)
+        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv, self.options.fuse_decode_projections,
+                                 self.options.fuse_batched_projections)  # fmt: skip
         kv.seqlens += 1
         return self.llm.logits(hidden[:, 0])
 

@@ -71,15 +71,15 @@ class Qwen2LM(nn.Module):
 
         return self.run_layers(x, attend)
 
-    def decode(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False) -> torch.Tensor:
+    def decode(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False, fuse_batched: bool = False) -> torch.Tensor:
         """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each
         layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
-        appends the K/V there; the caller then advances it. With fuse_projections, a one-sequence
-        step runs each projection with the op that feeds it as one kernel (a GEMV): with more rows
-        its tensor-core tiles lose to cuBLAS (see RunOptions.fuse_decode_projections)."""
+        appends the K/V there; the caller then advances it. fuse_projections: a one-sequence step runs
+        each projection with the op that feeds it as one kernel (a GEMV); fuse_batched: so does a
+        step of several sequences (tensor-core tiles). See RunOptions.fuse_decode_projections."""
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
                                        rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, attend, fuse_projections and x.shape[0] == 1)
+        return self.run_layers(x, attend, fuse_projections if x.shape[0] == 1 else fuse_batched)

@@ -14,11 +14,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class RunOptions:
-    # One-sequence decode steps only: each projection with the norm or activation that feeds it as
-    # one kernel (rms_norm_linear, linear, silu_and_mul_linear: a GEMV) instead of cuBLAS plus a
-    # separate op. Batched steps keep cuBLAS, where the ops' tensor-core tiles lose, K split or not.
-    # bench/model_e2e.py times both settings; the figures that chose them: docs/performance-log.md.
+    # One-sequence decode steps: each projection with the norm or activation that feeds it as one
+    # kernel (rms_norm_linear, linear, silu_and_mul_linear: a GEMV) instead of cuBLAS plus a
+    # separate op. bench/model_e2e.py times both settings; the figures that chose them:
+    # docs/performance-log.md.
     fuse_decode_projections: bool = True
+    # The same for batched decode steps (2..64 sequences: the ops' tensor-core tiles, wgmma on
+    # sm_90). Off: the mma tiles lost to cuBLAS at 8 and 32 rows on the H100, and the wgmma tiles
+    # that replace them have not been timed yet (bench/model_e2e.py's "triton-fused-batched" runs).
+    fuse_batched_projections: bool = False
     # generate launches fused_linear and decode_attention with programmatic dependent launch on
     # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes (the gain:
     # docs/performance-log.md). Scoped to generate, where no kernel writes the weights: the GEMV

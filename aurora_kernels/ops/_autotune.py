@@ -119,13 +119,13 @@ class OneCallAtATime:
 
 
 def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str]) -> dict:
-    """kind -> triton.autotune(kernel) over `to_config(candidate)` for each candidate of that kind,
+    """kind -> triton.autotune(kernel) over `to_config(kind, candidate)` for each candidate of that kind,
     called one at a time ({} under the interpreter)."""
     if INTERPRETER:
         return {}
     tuners = {
         kind: triton.autotune(
-            configs=[to_config(c) for c in candidates],
+            configs=[to_config(kind, c) for c in candidates],
             key=key,
             prune_configs_by={"early_config_prune": _default_config_unless_autotuning},
             do_bench=benchmark_outside_capture(kernel.__name__),

@@ -243,7 +243,7 @@ _GPU_CONFIGS = {
 MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,
-    lambda c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
+    lambda kind, c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
     key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "query_rows_class"],  # the autotuner adds the tensors' dtypes
 )  # fmt: skip
 # Size classes of query rows x heads for the autotuner's key, 4096 .. 1M (at most 5 tunings per head

@@ -32,25 +32,32 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   versions a large part of the bandwidth: docs/performance-log.md.) Under programmatic dependent
   launch (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that
   its weight tile is read before the wait for the kernel before.
-- More rows: tl.dot on [BLOCK_M >= 16, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows
-  cost only arithmetic, which is free here). The normalised or activated input is rounded to the
-  input dtype before the product, as the unfused ops' output would be, so the rms_norm prologue
-  makes two passes: the rows' norms, then the normalised chunks. Alone, too few programs would walk
-  all of K (24 for down_proj), so K is split over programs where the column blocks alone would leave
-  SMs idle (`k_splits`: down_proj at 8 rows makes 9 splits of 1024), each split's fp32 sums added up
-  by a second kernel. These tiles still lose to cuBLAS at 8 and 32 rows, so the model keeps cuBLAS
-  for batched steps (docs/performance-log.md).
+- More rows: tl.dot on [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows cost
+  only arithmetic, which is free here). The normalised or activated input is rounded to the input
+  dtype before the product, as the unfused ops' output would be, so the rms_norm prologue makes two
+  passes: the rows' norms, then the normalised chunks. On sm_90+ (fp16/bf16, a weight TMA can read:
+  `weight_tma_ok`) the tiles are Hopper's: BLOCK_M 64, the warpgroup MMA's (wgmma) smallest M, the
+  weight tiles brought by TMA from a TensorDescriptor into a ring of shared memory, the input chunk
+  with its prologue in registers as wgmma's A operand. Elsewhere BLOCK_M is the rows rounded up to
+  16 (at most 32), the weight read by pointers and the dots sm_80's mma.sync. Alone, too few
+  programs would walk all of K (12 to 24 for down_proj), so K is split over programs where the
+  column blocks alone would not fill every SM once (`k_splits`: down_proj at 8 rows makes 9 or 18
+  splits), each split's fp32 sums added up by a second kernel. Whether these tiles beat cuBLAS
+  plus the unfused op is the GPU's to say: the model takes them for batched steps only under
+  RunOptions.fuse_batched_projections (docs/performance-log.md).
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from aurora_kernels._compile import configs_per_dtype, register_compile_configs
 from aurora_kernels._dispatch import kernel_op, new_output, record_call
@@ -81,7 +88,8 @@ from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
 # The prologue constexpr: what the kernel applies to x before the product; the public op of each.
 PROLOGUES = ("none", "rms_norm", "silu_and_mul")
 PROLOGUE_OPS = {"none": "linear", "rms_norm": "rms_norm_linear", "silu_and_mul": "silu_and_mul_linear"}
-MAX_BLOCK_M = 32  # rows per program on the tensor-core path (B=32 decode); more rows, more programs
+MAX_BLOCK_M = 32  # rows per program of the mma tiles (B=32 decode); more rows, more programs
+WGMMA_BLOCK_M = 64  # rows per program of the wgmma tiles: wgmma's M
 
 
 @triton.jit
@@ -133,8 +141,14 @@ def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows,
 
 
 @triton.jit
-def _weight_tile(weight_rows, k, col_mask, in_features):
-    return tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+def _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA: tl.constexpr):
+    """The [BLOCK_N, BLOCK_K] weight tile at (col_start, k_start): by TMA from the weight's
+    TensorDescriptor (zeros outside the weight, as the masks give), or by pointers."""
+    if WEIGHT_TMA:
+        tile = weight.load([col_start, k_start])
+    else:
+        tile = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+    return tile
 
 
 @triton.jit
@@ -150,14 +164,14 @@ def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP
 
 @triton.jit
 def _fused_linear_kernel(
-    x_ptr, residual_ptr, norm_weight_ptr, weight_ptr, bias_ptr, out_ptr, residual_out_ptr, partial_ptr,
+    x_ptr, residual_ptr, norm_weight_ptr, weight, bias_ptr, out_ptr, residual_out_ptr, partial_ptr,
     num_rows, in_features, out_features, k_per_split,
     x_outer_stride, x_inner_size, x_inner_stride,
     res_outer_stride, res_inner_size, res_inner_stride,
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    WEIGHT_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
@@ -178,7 +192,13 @@ def _fused_linear_kernel(
     col_mask = cols < out_features
     x_rows = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)
     res_rows = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)
-    weight_rows = weight_ptr + cols.to(tl.int64)[:, None] * weight_row_stride
+    # weight: a pointer, or under WEIGHT_TMA (the wgmma tiles) a TensorDescriptor of [N, K] whose
+    # block is [BLOCK_N, BLOCK_K]
+    col_start = pid_n * BLOCK_N
+    if WEIGHT_TMA:
+        weight_rows = weight_row_stride  # unused: the descriptor finds the tile
+    else:
+        weight_rows = weight + cols.to(tl.int64)[:, None] * weight_row_stride
     dtype = out_ptr.dtype.element_ty
 
     # Under PDL (ops/_pdl.py) the GEMV loads its first weight tile before waiting for the kernel
@@ -187,7 +207,7 @@ def _fused_linear_kernel(
     k_first = 0
     if USE_PDL and not USE_DOT:
         k = tl.arange(0, BLOCK_K)
-        first_weight_tile = _weight_tile(weight_rows, k, col_mask, in_features)
+        first_weight_tile = _weight_tile(weight, weight_rows, col_start, 0, k, col_mask, in_features, False)
     wait_for_previous_kernel(USE_PDL)
 
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
@@ -228,11 +248,11 @@ def _fused_linear_kernel(
         # from L2 and its prologue is computed: loaded after them, it waited for them (and for the
         # residual store between). The tensor-core path is pipelined, and loading first spilled there.
         if not USE_DOT:
-            w = _weight_tile(weight_rows, k, col_mask, in_features)
+            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, False)
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       k, in_features, writes_h, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         if USE_DOT:
-            w = _weight_tile(weight_rows, k, col_mask, in_features)
+            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA)
         acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
     if not USE_DOT:
         acc = tl.sum(acc, axis=1)[None, :]
@@ -268,8 +288,8 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
-# the rows' block and the prologue. "gemv": one row on the FMA units; "dot_half": fp16/bf16 rows on
-# tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units).
+# the rows' block and the prologue. "gemv": one row on the FMA units; "wgmma" (sm_90+) and
+# "dot_half" (elsewhere): fp16/bf16 rows on tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units).
 # The GEMV tiles each give every warp a whole [BLOCK_N, 256] slab of the tile (BLOCK_K = 256 x warps:
 # 32 lanes x 16 bytes in bf16/fp16, twice over in fp32). Then the input chunk's natural layout is the
 # weight tile's: the loop needs no layout conversion and no barrier (the compile report checks
@@ -286,14 +306,30 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # 64x128 with 4 warps and 128x64 spilled somewhere; with it, 16x256 with 4 warps (8 B under 3.9, at
 # 32 rows) and 64x128 with 8 warps, 32x128 with 4 and 64x64 with 4 (8 to 24 B, the SwiGLU prologue
 # at 16 rows), so these two take 8 warps.
+# "wgmma": fp16/bf16 rows on sm_90+ with a TMA-readable weight (`weight_tma_ok`): 64-row tiles, the
+# warpgroup MMA's smallest (fewer rows are zero padding), the weight tiles by TMA into a
+# `stages`-deep ring of shared memory, the input chunk in registers as wgmma's A operand; "dot_half"
+# tiles, with their 16 or 32 rows, compile to sm_80's mma.sync whatever their stages. Triton's Hopper
+# pipeline still fences each TMA issue with barriers (3 to 6 a K step in the compile report), so
+# the tiles take BLOCK_K 64 and 128, not less. Of the wgmma tiles tried, 64x256 (4 or 8 warps),
+# 128x256 with 8 and 128x128 with 4 spilled somewhere under Triton 3.9.
 _GPU_CONFIGS = {
     "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
+    "wgmma": ((64, 128, 8, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 6)),
     "dot_half": ((16, 256, 8, 2), (64, 64, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
+
+
+def _weight_block_shape(nargs: dict) -> None:
+    """The wgmma configs' pre-hook: the weight descriptor's block is the config's tile."""
+    nargs["weight"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+
+
 _LAUNCHERS = autotuned_launchers(
     _fused_linear_kernel, _GPU_CONFIGS,
-    lambda c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3]),
+    lambda kind, c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3],
+                                  pre_hook=_weight_block_shape if kind == "wgmma" else None),
     key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL"],
 )  # fmt: skip
 
@@ -308,23 +344,46 @@ _LAUNCHERS = autotuned_launchers(
 # still reads whole rows in every split (8 rows of 1536: 24 KB a program, from L2), for the norm.
 K_SPLIT_MULTIPLE = 256
 DOT_PROGRAMS_PER_SM = 2
-_WIDEST_DOT_BLOCK_N = max(c[0] for kind in ("dot_half", "dot_fp32") for c in _GPU_CONFIGS[kind])
 
 
-def k_splits(in_features: int, out_features: int, row_blocks: int, device: torch.device) -> tuple[int, int]:
-    """(num_k_splits, k_per_split) of the tensor-core path: enough programs for DOT_PROGRAMS_PER_SM on
-    every SM, counting the columns in blocks of the widest candidate's BLOCK_N. At 8 rows on 132 SMs:
-    down_proj 9 splits of 1024, qkv and o_proj 6 of 256, gate_up (280 column blocks) none."""
-    programs = cdiv(out_features, _WIDEST_DOT_BLOCK_N) * row_blocks
+def k_splits(in_features: int, out_features: int, row_blocks: int, device: torch.device, kind: str) -> tuple[int, int]:
+    """(num_k_splits, k_per_split) of a tensor-core kind: enough programs for DOT_PROGRAMS_PER_SM on
+    every SM, counting the columns in blocks of the kind's widest BLOCK_N. At one row block on 132
+    SMs, "wgmma" (BLOCK_N up to 128): down_proj 9 splits of 1024, qkv and o_proj 6 of 256, gate_up
+    (140 column blocks, a wave already) none; "dot_half" (64): the same, gate_up's 280 blocks none."""
+    programs = cdiv(out_features, max(c[0] for c in _GPU_CONFIGS[kind])) * row_blocks
+    if programs >= sm_count(device):  # a wave on every SM already: a split would only add its sum
+        return 1, in_features
     wanted = cdiv(DOT_PROGRAMS_PER_SM * sm_count(device), programs)
     k_per_split = cdiv(cdiv(in_features, wanted), K_SPLIT_MULTIPLE) * K_SPLIT_MULTIPLE
     return cdiv(in_features, k_per_split), k_per_split
 
 
-def _launcher_kind(num_rows: int, dtype: torch.dtype) -> str:
+def weight_tma_ok(weight: torch.Tensor) -> bool:
+    """Whether the tensor-core path may read `weight` by TMA into wgmma tiles: fp16/bf16 on a GPU of
+    sm_90 or later (or a CPU tensor: the interpreter takes the H100's path), with the 16-byte aligned
+    start and row stride that a TMA descriptor needs (a row slice of a fused weight has both when
+    its offset and stride are multiples of 8 elements)."""
+    if weight.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if weight.device.type == "cuda":
+        index = weight.device.index if weight.device.index is not None else torch.cuda.current_device()
+        if _cuda_major_capability(index) < 9:
+            return False
+    return weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_major_capability(index: int) -> int:
+    return torch.cuda.get_device_capability(index)[0]
+
+
+def _launcher_kind(num_rows: int, dtype: torch.dtype, weight_tma: bool) -> str:
     if num_rows == 1:
         return "gemv"
-    return "dot_fp32" if dtype == torch.float32 else "dot_half"
+    if dtype == torch.float32:
+        return "dot_fp32"
+    return "wgmma" if weight_tma else "dot_half"
 
 
 def _interpreter_blocks(in_features: int, out_features: int) -> dict:
@@ -417,11 +476,13 @@ _LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in ("li
 
 
 def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None,
-           unroll: int = 1) -> list:  # fmt: skip
+           unroll: int = 1, weight_tma: bool | None = None) -> list:  # fmt: skip
     """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
     GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
-    factor (1 in every shipped config; the tile sweep also tries 2)."""
+    factor (1 in every shipped config; the tile sweep also tries 2). weight_tma: whether more than
+    one fp16/bf16 row takes the wgmma tiles (True) or the mma tiles (False); None: where
+    `weight_tma_ok` allows."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
@@ -430,13 +491,27 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     num_rows = x_rows.num_rows
     if num_rows == 0:
         return [out] if residual is None else [out, residual_out]
-    use_dot = num_rows > 1
-    block_m = min(pow2_at_least(num_rows, 16), MAX_BLOCK_M) if use_dot else 1
+    if weight_tma is None:
+        weight_tma = num_rows > 1 and weight_tma_ok(weight)
+    kind = _launcher_kind(num_rows, x.dtype, weight_tma)
+    block_m = {"gemv": 1, "wgmma": WGMMA_BLOCK_M}.get(kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M))
     row_blocks = cdiv(num_rows, block_m)
-    num_k_splits, k_per_split = k_splits(in_features, out_features, row_blocks, x.device) if use_dot else (1, in_features)
+    num_k_splits, k_per_split = (
+        (1, in_features) if kind == "gemv" else k_splits(in_features, out_features, row_blocks, x.device, kind)
+    )
     partial = new_output((num_k_splits, num_rows, out_features), torch.float32, x.device) if num_k_splits > 1 else out
+    if config is not None:
+        blocks = {"BLOCK_N": config[0], "BLOCK_K": config[1], "num_warps": config[2], "num_stages": config[3]}
+    elif INTERPRETER:
+        blocks = _interpreter_blocks(in_features, out_features)
+    else:
+        blocks = None  # the autotuner's (a wgmma config's pre-hook sets the descriptor's block)
+    weight_arg = weight
+    if kind == "wgmma":
+        block_shape = [blocks["BLOCK_N"], blocks["BLOCK_K"]] if blocks else [WGMMA_BLOCK_M, 16]
+        weight_arg = TensorDescriptor(weight, list(weight.shape), list(weight.stride()), block_shape)
     args = (
-        x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight,
+        x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight_arg,
         bias if bias is not None else x, out, residual_out if residual is not None else out, partial,
         num_rows, in_features, out_features, k_per_split, *x_rows[1:], *res_rows[1:], weight.stride(0), eps,
     )  # fmt: skip
@@ -444,25 +519,20 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "PROLOGUE": prologue,
         "HAS_RESIDUAL": residual is not None,
         "HAS_BIAS": bias is not None,
-        "USE_DOT": use_dot,
+        "USE_DOT": kind != "gemv",
         "DOT_IN_FP32": dot_in_fp32(x.dtype),
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
         "SPLIT_K": num_k_splits > 1,
+        "WEIGHT_TMA": kind == "wgmma",
         "BLOCK_M": block_m,
         "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
-    if config is not None:
-        block_n, block_k, warps, stages = config
-        _fused_linear_kernel[(cdiv(out_features, block_n), row_blocks, num_k_splits)](
-            *args, **constexprs, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages
-        )
-    elif INTERPRETER:
-        blocks = _interpreter_blocks(in_features, out_features)
+    if blocks is not None:
         _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs, **blocks)
     else:
-        launcher = _LAUNCHERS[_launcher_kind(num_rows, x.dtype)]
+        launcher = _LAUNCHERS[kind]
         launcher[lambda meta: (cdiv(out_features, meta["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs)
     if num_k_splits > 1:
         block_n = _sum_block_n(out_features)
@@ -493,17 +563,26 @@ MODEL_PROJECTIONS = (
 @register_compile_configs
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
-    dtype, the tensor-core path at BLOCK_M 16 and 32 (B=8 and B=32 decode, K split as `k_splits`
-    splits it on 132 SMs); and with programmatic dependent launch (USE_PDL) in bf16, the model's
-    dtype: the GEMV, and the tensor-core path at 16. Then the split sum, in each dtype."""
+    dtype; the wgmma tiles (the launcher's pick for 2..64 fp16/bf16 rows on sm_90) and, for weights
+    TMA cannot read, the mma tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits`
+    splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL),
+    in bf16, the model's dtype: the GEMV, the wgmma tiles and the mma tiles at 16. Then the split
+    sum, in each dtype."""
+    half = (torch.float16, torch.bfloat16)
+    kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
+        "gemv": (FLOAT_DTYPES, (1,), (1,)),
+        "wgmma": (half, (WGMMA_BLOCK_M,), (WGMMA_BLOCK_M,)),
+        "dot_half": (half, (16, MAX_BLOCK_M), (16,)),
+        "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
+    }
     configs = []
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
-        split_k = k_splits(in_features, out_features, 1, torch.device("cpu"))[0] > 1
         for kind, candidates in _GPU_CONFIGS.items():
-            dtypes = {"gemv": FLOAT_DTYPES, "dot_half": (torch.float16, torch.bfloat16), "dot_fp32": (torch.float32,)}[kind]
-            for block_m in (1,) if kind == "gemv" else (16, MAX_BLOCK_M):
+            dtypes, block_ms, pdl_block_ms = kinds[kind]
+            split_k = kind != "gemv" and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1
+            for block_m in block_ms:
                 for block_n, block_k, warps, stages in candidates:
-                    pdl_variants = [(torch.bfloat16, True)] if kind != "dot_fp32" and block_m < MAX_BLOCK_M else []
+                    pdl_variants = [(torch.bfloat16, True)] if block_m in pdl_block_ms else []
                     for dtype, use_pdl in [(d, False) for d in dtypes] + pdl_variants:
                         configs += configs_per_dtype(
                             (dtype,),
@@ -514,7 +593,7 @@ def _compile_configs():
                                 "x_ptr": "*T",
                                 "residual_ptr": "*T",
                                 "norm_weight_ptr": "*T",
-                                "weight_ptr": "*T",
+                                "weight": f"tensordesc<T[{block_n}, {block_k}]>" if kind == "wgmma" else "*T",
                                 "bias_ptr": "*T",
                                 "out_ptr": "*T",
                                 "residual_out_ptr": "*T",
@@ -535,7 +614,8 @@ def _compile_configs():
                                 "USE_DOT": kind != "gemv",
                                 "DOT_IN_FP32": dtype == torch.float32,
                                 "USE_PDL": use_pdl,
-                                "SPLIT_K": split_k and kind != "gemv",
+                                "SPLIT_K": split_k,
+                                "WEIGHT_TMA": kind == "wgmma",
                                 "BLOCK_M": block_m,
                                 "BLOCK_N": block_n,
                                 "BLOCK_K": block_k,
@@ -547,7 +627,7 @@ def _compile_configs():
                                 "x_ptr",
                                 "residual_ptr",
                                 "norm_weight_ptr",
-                                "weight_ptr",
+                                *(("weight",) if kind != "wgmma" else ()),
                                 "bias_ptr",
                                 "out_ptr",
                                 "residual_out_ptr",
@@ -560,7 +640,8 @@ def _compile_configs():
                                 "weight_row_stride",
                             ),  # fmt: skip
                             # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
-                            uses_dot=kind == "dot_half",
+                            uses_dot=kind in ("wgmma", "dot_half"),
+                            wgmma=kind == "wgmma",
                             barrier_free_loops=kind == "gemv",
                         )
     configs += configs_per_dtype(

@@ -101,7 +101,7 @@ _GPU_CONFIGS = {
 }
 _LAUNCHERS = autotuned_launchers(
     _token_mlp_compress_kernel, _GPU_CONFIGS,
-    lambda c: triton.Config({"BLOCK_C": c[0], "BLOCK_D": c[1], "BLOCK_N": c[2]}, num_warps=c[3], num_stages=c[4]),
+    lambda kind, c: triton.Config({"BLOCK_C": c[0], "BLOCK_D": c[1], "BLOCK_N": c[2]}, num_warps=c[3], num_stages=c[4]),
     key=["hidden", "channels", "num_tokens", "out_tokens", "batch_class"],
 )  # fmt: skip
 # Size classes of the batch for the autotuner's key (1, 4, 16, 64+): the grid is (C / BLOCK_C, B), so

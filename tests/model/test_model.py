@@ -107,8 +107,9 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
 
 def test_batched_decode_steps_keep_unfused_projections(device, gen):
     """fuse_decode_projections covers one-sequence steps (the GEMV); a batch's steps run cuBLAS and
-    the separate ops, where the fused ops' tensor-core tiles are slower (docs/performance-log.md)."""
+    the separate ops unless fuse_batched_projections (off until a GPU has timed its tiles)."""
     model = tiny_model(device, "mlp", backend="triton").set_options(fuse_decode_projections=True)
+    assert not model.options.fuse_batched_projections
     pixel_values, ids = requests(model, device, gen)
     _, kv = model.prefill(pixel_values, ids, 1)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
@@ -116,6 +117,25 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
         model.decode_step(tokens, kv)
     assert not {op for op, _ in calls} & set(FUSED_PROJECTIONS), calls
     assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
+
+
+def test_batched_decode_steps_with_fused_projections(device, gen):
+    """fuse_batched_projections: a batch's decode step runs each projection with its norm or
+    activation as one kernel (the tensor-core tiles, whose fp16/bf16 wgmma path
+    tests/ops/test_fused_linear.py checks) and gives the unfused step's logits."""
+    model = tiny_model(device, "mlp", backend="triton")
+    pixel_values, ids = requests(model, device, gen)
+    tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
+    logits = {}
+    for fused in (False, True):
+        model.set_options(fuse_batched_projections=fused)
+        _, kv = model.prefill(pixel_values, ids, 1)
+        with ak.count_calls() as calls:
+            logits[fused] = model.decode_step(tokens, kv)
+        layers = model.config.llm.num_layers
+        expected = {"rms_norm_linear": 2 * layers, "linear": layers, "silu_and_mul_linear": layers} if fused else {}
+        assert {op: calls[(op, "triton")] for op in FUSED_PROJECTIONS if calls[(op, "triton")]} == expected
+    assert_parity(logits[True], logits[False].double(), torch.float32, "fused vs unfused batched step")
 
 
 def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_setting(device, gen, monkeypatch):

@@ -157,11 +157,13 @@ def test_every_autotune_candidate(kind, device, gen):
     only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so the others are checked here (on a
     CPU, their block shapes under the interpreter)."""
     dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
-    rows = 1 if kind == "gemv" else 17  # 17: two row blocks of 16
-    x, residual = (randn((rows, K), dtype, device, gen) for _ in range(2))
-    gate_up = randn((rows, 2 * K), dtype, device, gen, scale=2.0)
-    norm_weight = randn((K,), dtype, device, gen, scale=0.5, shift=1.0)
-    weight, bias = _weights(K, N, dtype, device, gen)
+    rows = {"gemv": 1, "wgmma": 65}.get(kind, 17)  # two row blocks (of 64, of 16)
+    # K: the wgmma tiles read the weight by TMA, whose rows must start 16 bytes apart (304 x 2 B)
+    in_features = 304 if kind == "wgmma" else K
+    x, residual = (randn((rows, in_features), dtype, device, gen) for _ in range(2))
+    gate_up = randn((rows, 2 * in_features), dtype, device, gen, scale=2.0)
+    norm_weight = randn((in_features,), dtype, device, gen, scale=0.5, shift=1.0)
+    weight, bias = _weights(in_features, N, dtype, device, gen)
     calls = {
         "none": ((x, weight, bias, None, None, 0.0), reference.linear, (x, weight, bias)),
         "rms_norm": ((x, weight, bias, norm_weight, residual, 1e-6), reference.rms_norm_linear,
@@ -175,7 +177,8 @@ def test_every_autotune_candidate(kind, device, gen):
     for config, unroll in [(c, 1) for c in configs] + unrolled:
         for prologue, (launch_args, reference_fn, reference_args) in calls.items():
             with poisoned_outputs():
-                outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), config=config, unroll=unroll)
+                outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), config=config, unroll=unroll,
+                                              weight_tma=kind == "wgmma")  # fmt: skip
             expected = reference_in_float64(reference_fn, *reference_args)
             for out, ref in zip(outputs, expected if isinstance(expected, tuple) else (expected,)):
                 assert_parity(out, ref, dtype, f"{kind} {config} unroll {unroll} {prologue}")
@@ -186,12 +189,35 @@ def test_k_split_rule():
     leave SMs idle (down_proj's 24 blocks walked all of K = 8960), in whole multiples of every
     candidate's BLOCK_K; the parity tests above run split (K 300 in 256 + 44) and unsplit calls."""
     cpu = torch.device("cpu")  # the rule then assumes an H100's 132 SMs
-    splits = {where: fused_linear.k_splits(k, n, 1, cpu) for where, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS}
-    assert list(splits.values()) == [(6, 256), (6, 256), (1, 1536), (9, 1024)], splits
-    assert fused_linear.k_splits(K, N, 1, cpu) == (2, 256)
-    assert fused_linear.k_splits(K, 40_000, 1, cpu) == (1, 512)  # enough column blocks: one split
-    for kind in ("dot_half", "dot_fp32"):
+    for kind, expected in {
+        "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512)],
+        "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024)],
+    }.items():
+        splits = [fused_linear.k_splits(k, n, 1, cpu, kind) for _, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS]
+        assert splits == expected, (kind, splits)
+    assert fused_linear.k_splits(K, N, 1, cpu, "dot_half") == (2, 256)
+    assert fused_linear.k_splits(K, 40_000, 1, cpu, "dot_half") == (1, K)  # a wave of column blocks: one split
+    for kind in ("wgmma", "dot_half", "dot_fp32"):
         assert all(fused_linear.K_SPLIT_MULTIPLE % block_k == 0 for _, block_k, _, _ in fused_linear._GPU_CONFIGS[kind])
+
+
+def test_wgmma_path_choice_and_parity(device, gen):
+    """Decode batches of fp16/bf16 rows take the wgmma tiles where TMA can read the weight (rows 16
+    bytes apart, an aligned start), the mma tiles where not: both give the reference's answer. 65 rows
+    are two row blocks of 64; N 100 leaves a partial column block, which TMA pads with zeros."""
+    in_features = 512  # two K splits of 256 at N 100: each split's chunks and the split sum
+    weight, bias = _weights(in_features, N, torch.bfloat16, device, gen)
+    assert fused_linear.weight_tma_ok(weight)
+    fused = randn((N, in_features + 4), torch.bfloat16, device, gen, scale=in_features**-0.5)[:, :in_features]
+    assert not fused_linear.weight_tma_ok(fused)  # rows 1032 bytes apart
+    assert not fused_linear.weight_tma_ok(weight.float())
+    norm_weight = randn((in_features,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
+    for rows in (3, 65):
+        x, residual = (randn((rows, 1, in_features), torch.bfloat16, device, gen) for _ in range(2))
+        for w in (weight, fused):
+            check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, w, bias, 1e-6, residual)
+    gate_up = randn((8, 2 * in_features), torch.bfloat16, device, gen, scale=2.0)
+    check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, gate_up, weight)
 
 
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
