@@ -236,10 +236,22 @@ def _attention_kernel(
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
 # size class of the query rows) and the dtype. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA units, for the parity bound)
 # takes smaller tiles to stay clear of spills. The compile report checks every one at the model's shapes.
+# Heads of at most NARROW_HEAD_DIM (the ViT's 72: 64 + 16 columns of work) also try 64 x 128 on one
+# warpgroup: twice the programs of 128 x 128 for a 256-token image, and each walks its keys in two
+# blocks; at D 128 that tile spills. BLOCK_N 256 (a 256-token image's keys in one block) spilled at
+# every head dim and tile tried (64 and 128 rows, 4 and 8 warps, 1 and 2 stages).
 _GPU_CONFIGS = {
     "half": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)),
+    "half_narrow_head": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)),
     "fp32": ((32, 16, 4, 1), (16, 16, 4, 2)),
 }
+NARROW_HEAD_DIM = 80
+
+
+def launcher_kind(head_dim: int, dtype: torch.dtype) -> str:
+    if dtype == torch.float32:
+        return "fp32"
+    return "half_narrow_head" if head_dim <= NARROW_HEAD_DIM else "half"
 MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,
@@ -290,7 +302,7 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
         grid = (cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)
         _attention_kernel[grid](*args, **constexprs, **blocks)
     else:
-        launcher = _LAUNCHERS["fp32" if q.dtype == torch.float32 else "half"]
+        launcher = _LAUNCHERS[launcher_kind(head_dim, q.dtype)]
         launcher[lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]), heads_q, batch)](*args, **constexprs)
     return out
 
@@ -420,7 +432,7 @@ def _compile_configs():
             n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n))
         )
         for dtype in FLOAT_DTYPES:
-            for block_m, block_n, warps, stages in _GPU_CONFIGS["fp32" if dtype == torch.float32 else "half"]:
+            for block_m, block_n, warps, stages in _GPU_CONFIGS[launcher_kind(head_dim, dtype)]:
                 configs += configs_per_dtype(
                     (dtype,), op="attention_varlen" if packed else "attention", shape=f"{use} D={head_dim}",
                     kernel=_attention_kernel, signature=signature,

@@ -115,6 +115,18 @@ def test_many_key_blocks(blocks, causal, device, gen):
     check_op(_forced_blocks(*blocks), reference.attention_varlen, *args, causal=causal)
 
 
+@pytest.mark.parametrize("kind", list(attention_module._GPU_CONFIGS))
+def test_every_autotune_candidate(kind, device, gen):
+    """Each tile the autotuner may pick (a GPU test run keeps only each autotuner's first), at a head
+    dim of its kind, ragged and causal: on a CPU, its block shapes under the interpreter."""
+    head_dim = {"half_narrow_head": 72, "half": 128, "fp32": 64}[kind]
+    dtype = torch.float32 if kind == "fp32" else torch.bfloat16
+    assert attention_module.launcher_kind(head_dim, dtype) == kind
+    args = _packed([150, 1, 40], [150, 1, 60], 4, 2, head_dim, dtype, device, gen)
+    for block_m, block_n, _, _ in attention_module._GPU_CONFIGS[kind]:
+        check_op(_forced_blocks(block_m, block_n), reference.attention_varlen, *args, causal=True)
+
+
 def test_empty_inputs(device, gen):
     q, k, v = _qkv(0, 5, 5, 2, 2, 64, torch.float16, device, gen)
     assert ak.attention(q, k, v).shape == (0, 5, 2, 64)
