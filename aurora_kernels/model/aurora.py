@@ -347,10 +347,10 @@ class AuroraEdgeV(nn.Module):
         self._check_token_ids("tokens", tokens)
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
-        hidden = self.llm.decode(self.llm.embed_tokens(tokens)[:, None], kv, self.options.fuse_decode_projections,
-                                 self.options.fuse_batched_projections)  # fmt: skip
+        logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuse_decode_projections,
+                                        self.options.fuse_batched_projections)  # fmt: skip
         kv.seqlens += 1
-        return self.llm.logits(hidden[:, 0])
+        return logits
 
     def replace_compressor(self, kind: str) -> "AuroraEdgeV":
         """Switch the token compressor ("mlp" with fresh random weights, "pool", "none"), the rest of

@@ -75,6 +75,11 @@ class AuroraConfig:
     compressor: CompressorConfig = field(default_factory=CompressorConfig)
 
     def __post_init__(self):
+        for part in ("vision", "llm", "compressor"):
+            for f in dataclasses.fields(getattr(self, part)):
+                value = getattr(getattr(self, part), f.name)
+                if f.type == "int" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                    raise ValueError(f"{part}.{f.name}: expected a positive int, got {value!r}")
         if self.compressor.kind not in COMPRESSORS:
             raise ValueError(f"compressor: expected one of {COMPRESSORS}, got {self.compressor.kind!r}")
         if self.compressor.kind == "pool":

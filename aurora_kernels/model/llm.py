@@ -26,20 +26,27 @@ class Qwen2LM(nn.Module):
         self.rotary = RotaryTables(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings)
         self.backend = backend
 
-    def run_layers(self, x: torch.Tensor, attend: Attend, fused_projections: bool = False) -> torch.Tensor:
+    def run_layers(self, x: torch.Tensor, attend: Attend) -> torch.Tensor:
         """x [..., C] through every layer (attention and RoPE by `attend`) and the final norm."""
+        return self.norm(*self._layers(x, attend, False))[0]
+
+    def _layers(self, x: torch.Tensor, attend: Attend, fused_projections: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) after every layer, before the final norm's residual add."""
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, attend, fused_projections)
-        return self.norm(x, residual)[0]
+        return x, residual
 
     def rotated(self, attend: Attend, positions: torch.Tensor) -> Attend:
         """`attend` after apply_rotary at `positions` (the tables' rows gathered once for all layers)."""
         return rotate_then(attend, *self.rotary(positions), self.backend)
 
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's weight [vocab, C]: the embeddings' when tied."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.head_weight())
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, L] -> logits [B, L, vocab] (causal, no cache)."""
@@ -71,15 +78,22 @@ class Qwen2LM(nn.Module):
 
         return self.run_layers(x, attend)
 
-    def decode(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False, fuse_batched: bool = False) -> torch.Tensor:
-        """One new token per sequence, x [B, 1, C] at position cache.seqlens -> hidden [B, 1, C]. Each
+    def decode_logits(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False,
+                      fuse_batched: bool = False) -> torch.Tensor:  # fmt: skip
+        """One new token per sequence, x [B, C] at position cache.seqlens -> logits [B, vocab]. Each
         layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
         appends the K/V there; the caller then advances it. fuse_projections: a one-sequence step runs
-        each projection with the op that feeds it as one kernel (a GEMV); fuse_batched: so does a
-        step of several sequences (tensor-core tiles). See RunOptions.fuse_decode_projections."""
+        each projection with the op that feeds it as one kernel (a GEMV), the final norm with the LM
+        head too; fuse_batched: so does a step of several sequences (tensor-core tiles). See
+        RunOptions.fuse_decode_projections."""
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
                                        rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        return self.run_layers(x, attend, fuse_projections if x.shape[0] == 1 else fuse_batched)
+        fused = fuse_projections if x.shape[0] == 1 else fuse_batched
+        x, residual = self._layers(x[:, None], attend, fused)
+        if fused:
+            return ak.rms_norm_linear(x, self.norm.weight, self.head_weight(), None, self.norm.eps, residual,
+                                      backend=self.backend)[0][:, 0]  # fmt: skip
+        return self.logits(self.norm(x, residual)[0][:, 0])

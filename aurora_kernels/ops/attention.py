@@ -252,6 +252,8 @@ def launcher_kind(head_dim: int, dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "fp32"
     return "half_narrow_head" if head_dim <= NARROW_HEAD_DIM else "half"
+
+
 MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,

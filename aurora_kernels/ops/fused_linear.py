@@ -551,12 +551,14 @@ def _sum_block_n(out_features: int) -> int:
     return min(pow2_at_least(out_features, 16), 1024)
 
 
-# The model's four decode projections: (where, prologue, K, N, has_residual, has_bias)
+# The model's decode projections, the four of a layer and the LM head after the final norm:
+# (where, prologue, K, N, has_residual, has_bias)
 MODEL_PROJECTIONS = (
     ("input_layernorm -> qkv_proj", "rms_norm", 1536, 2048, True, True),
     ("o_proj", "none", 1536, 1536, False, False),
     ("post_attention_layernorm -> gate_up_proj", "rms_norm", 1536, 17920, True, False),
     ("silu_and_mul -> down_proj", "silu_and_mul", 8960, 1536, False, False),
+    ("norm -> lm_head", "rms_norm", 1536, 151936, True, False),
 )
 
 
@@ -575,11 +577,17 @@ def _compile_configs():
         "dot_half": (half, (16, MAX_BLOCK_M), (16,)),
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
     }
-    configs = []
+    configs, compiled = [], set()
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes, block_ms, pdl_block_ms = kinds[kind]
             split_k = kind != "gemv" and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1
+            # N is a run-time argument: a projection whose constexprs and K are one listed before
+            # (the LM head's are gate_up's) compiles to the same code
+            code = (kind, prologue, in_features, has_residual, has_bias, split_k)
+            if code in compiled:
+                continue
+            compiled.add(code)
             for block_m in block_ms:
                 for block_n, block_k, warps, stages in candidates:
                     pdl_variants = [(torch.bfloat16, True)] if block_m in pdl_block_ms else []

@@ -56,6 +56,13 @@ def test_preset_errors():
         preset("tiny", compressor="pool", compressor_settings={"pool_kernel": 3})
     with pytest.raises(ValueError, match="llm.num_kv_heads"):
         preset("tiny", llm={"num_kv_heads": 3})
+    # sizes: a model of no layers (its final norm would get no residual stream), a bool, a float
+    with pytest.raises(ValueError, match="llm.num_layers: expected a positive int, got 0"):
+        preset("tiny", llm={"num_layers": 0})
+    with pytest.raises(ValueError, match="vision.patch_size: expected a positive int, got True"):
+        preset("tiny", vision={"patch_size": True})
+    with pytest.raises(ValueError, match="compressor.out_tokens: expected a positive int, got 16.0"):
+        preset("tiny", compressor_settings={"out_tokens": 16.0})
 
 
 @pytest.mark.parametrize("compressor", ["mlp", "pool", "none"])
@@ -81,7 +88,8 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
     """Every op on its kernel (interpreter on CPU): the same tokens as the eager reference (unfused),
     logits within the fp32 bound; cached generation matches the kernel's own recompute; nothing ran
     eager. Fused: each decode step's layer makes 2 rms_norm_linear, 1 linear, 1 silu_and_mul_linear
-    calls (prefill keeps the unfused ops)."""
+    calls, and the final norm with the LM head one more rms_norm_linear (prefill keeps the unfused
+    ops)."""
     model = tiny_model(device, compressor, backend="triton").set_options(fuse_decode_projections=fused)
     pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2] if fused else PROMPT_LENGTHS)
     new_tokens, layers = 4, model.config.llm.num_layers
@@ -94,7 +102,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
     assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
     if fused:
         decode_steps = new_tokens - 1  # the first new token comes from the prefill's logits
-        assert calls[("rms_norm_linear", "triton")] == 2 * layers * decode_steps
+        assert calls[("rms_norm_linear", "triton")] == (2 * layers + 1) * decode_steps  # and the final norm -> LM head
         assert calls[("linear", "triton")] == calls[("silu_and_mul_linear", "triton")] == layers * decode_steps
     recomputed = model.logits_without_cache(pixel_values, ids, tokens)
     model.set_backend("reference").set_options(fuse_decode_projections=False)
@@ -133,7 +141,7 @@ def test_batched_decode_steps_with_fused_projections(device, gen):
         with ak.count_calls() as calls:
             logits[fused] = model.decode_step(tokens, kv)
         layers = model.config.llm.num_layers
-        expected = {"rms_norm_linear": 2 * layers, "linear": layers, "silu_and_mul_linear": layers} if fused else {}
+        expected = {"rms_norm_linear": 2 * layers + 1, "linear": layers, "silu_and_mul_linear": layers} if fused else {}
         assert {op: calls[(op, "triton")] for op in FUSED_PROJECTIONS if calls[(op, "triton")]} == expected
     assert_parity(logits[True], logits[False].double(), torch.float32, "fused vs unfused batched step")
 

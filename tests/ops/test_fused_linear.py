@@ -190,8 +190,8 @@ def test_k_split_rule():
     candidate's BLOCK_K; the parity tests above run split (K 300 in 256 + 44) and unsplit calls."""
     cpu = torch.device("cpu")  # the rule then assumes an H100's 132 SMs
     for kind, expected in {
-        "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512)],
-        "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024)],
+        "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512), (1, 1536)],
+        "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024), (1, 1536)],
     }.items():
         splits = [fused_linear.k_splits(k, n, 1, cpu, kind) for _, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS]
         assert splits == expected, (kind, splits)
