@@ -4,8 +4,9 @@ D 128, ragged prompts). Layout as flash-attn: dense [B, L, H, D], packed [T, H, 
 
 One flash-style kernel body serves both: a program owns BLOCK_M query rows of one (sequence, query
 head), keeps q in registers and streams the keys in BLOCK_N blocks with an online softmax (running
-row max and sum in fp32, exp2 with the scale folded into log2 e), so the [Lq, Lk] score matrix never
-exists in memory. Packed sequences find their rows through cu_seqlens; dense batches through the
+row max and sum in fp32, exp2 with the scale folded into log2 e; in blocks with no mask, the row max
+is taken before scaling and each exponent's argument is one FMA), so the [Lq, Lk] score matrix
+never exists in memory. Packed sequences find their rows through cu_seqlens; dense batches through the
 batch stride. GQA reads KV head h // (Hq // Hkv) by index: K/V are never repeated in memory, and the
 programs of one KV head's query heads are neighbours in the grid, so they share K/V tiles in L2.
 
@@ -91,15 +92,20 @@ def _attend_key_block(
         else:
             k_tail = tl.load(k_tail_ptrs, mask=tail_ok[:, None], other=0.0)
         scores = dot_acc(q_tail, k_tail, scores, DOT_IN_FP32)
-    scores = scores * qk_scale_log2
+    # row_max starts finite (-1e30), so a row that sees no key in this block gets p = 0, alpha = 1
     if MASKED:
         visible = key_ok[None, :]
         if CAUSAL:
             visible = visible & (keys[None, :] <= rows[:, None] + causal_shift)
-        scores = tl.where(visible, scores, float("-inf"))
-    # row_max starts finite (-1e30), so a row that sees no key in this block gets p = 0, alpha = 1
-    new_max = tl.maximum(row_max, tl.max(scores, 1))
-    p = tl.math.exp2(scores - new_max[:, None])
+        scores = tl.where(visible, scores * qk_scale_log2, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(scores, 1))
+        p = tl.math.exp2(scores - new_max[:, None])
+    else:
+        # qk_scale_log2 >= 0 (a negative scale's sign is in q: NEGATE_Q), so the row max of the scaled
+        # scores is the scaled row max, and each exponent's argument one FMA: two FP32 operations an
+        # element where scaling first made three
+        new_max = tl.maximum(row_max, tl.max(scores, 1) * qk_scale_log2)
+        p = tl.math.exp2(tl.fma(scores, qk_scale_log2, -new_max[:, None]))
     alpha = tl.math.exp2(row_max - new_max)
     row_sum = row_sum * alpha + tl.sum(p, 1)
     if MASKED:
@@ -129,7 +135,7 @@ def _attention_kernel(
     query_rows_class,  # unused here: part of the autotuner's key (QUERY_ROWS_CLASSES)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NEGATE_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Causal work grows with the query block: launch the longest blocks first so the short ones
     # fill the tail of the wave.
@@ -179,6 +185,10 @@ def _attention_kernel(
     q = tl.load(
         q_base + rows64[:, None] * q_token_stride + cols[None, :], mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM), other=0.0
     )
+    # a negative softmax scale: (-q) k^T times |scale|, so the kernel's scale is >= 0. Negated in fp32
+    # (exact both ways): the interpreter would negate a bf16 tensor's raw bits as an integer.
+    if NEGATE_Q:
+        q = (-q.to(tl.float32)).to(q.dtype)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
     if BLOCK_D_TAIL > 0:
         tail_cols = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
@@ -186,6 +196,8 @@ def _attention_kernel(
         q_tail = tl.load(
             q_base + rows64[:, None] * q_token_stride + tail_cols[None, :], mask=row_ok[:, None] & tail_ok[None, :], other=0.0
         )
+        if NEGATE_Q:
+            q_tail = (-q_tail.to(tl.float32)).to(q_tail.dtype)
         acc_tail = tl.zeros((BLOCK_M, BLOCK_D_TAIL), tl.float32)
     else:
         # unused placeholders: the tail dots are compiled out when BLOCK_D_TAIL == 0
@@ -293,10 +305,10 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     # the kernel's lengths: the dense ones, or the packed rows that bound every packed sequence
     lengths = (q.shape[0], k.shape[0]) if packed else (max_seqlen_q, max_seqlen_k)
     args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
-            *lengths, heads_q // k.shape[-2], scale * LOG2_E,
+            *lengths, heads_q // k.shape[-2], abs(scale) * LOG2_E,
             *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
-                  "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype),
+                  "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype), "NEGATE_Q": scale < 0,
                   "STRIDE_MULTIPLE": stride_multiple(q.element_size(), [*strides(q), *strides(k), *strides(v), *strides(out)])}  # fmt: skip
     if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
@@ -439,8 +451,7 @@ def _compile_configs():
                     (dtype,), op="attention_varlen" if packed else "attention", shape=f"{use} D={head_dim}",
                     kernel=_attention_kernel, signature=signature,
                     constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": causal,
-                                "IS_VARLEN": packed, "DOT_IN_FP32": dtype == torch.float32,
-
+                                "IS_VARLEN": packed, "DOT_IN_FP32": dtype == torch.float32, "NEGATE_Q": False,
                                 "BLOCK_M": block_m, "BLOCK_N": block_n},
                     num_warps=warps, num_stages=stages, aligned=aligned,
                     # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)

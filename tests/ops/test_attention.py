@@ -127,6 +127,19 @@ def test_every_autotune_candidate(kind, device, gen):
         check_op(_forced_blocks(block_m, block_n), reference.attention_varlen, *args, causal=True)
 
 
+@pytest.mark.parametrize("scale", [-0.3, 0.0], ids=["negative", "zero"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_negative_and_zero_softmax_scales(scale, dtype, device, gen):
+    """The kernel scales with |softmax_scale| and moves a negative scale's sign into q (its unmasked
+    blocks take the row max before scaling, which only a scale >= 0 allows); a scale of 0 is a uniform
+    average over the visible keys. Ragged and causal, so masked and unmasked blocks both run."""
+    args = _packed([150, 1, 40], [150, 1, 60], 4, 2, 72, dtype, device, gen)
+    for blocks in ((32, 32), (64, 64)):
+        check_op(_forced_blocks(*blocks), reference.attention_varlen, *args, causal=True, softmax_scale=scale)
+    q, k, v = _qkv(2, 40, 70, 4, 4, 64, dtype, device, gen)
+    check_op(ak.attention, reference.attention, q, k, v, softmax_scale=scale)
+
+
 def test_empty_inputs(device, gen):
     q, k, v = _qkv(0, 5, 5, 2, 2, 64, torch.float16, device, gen)
     assert ak.attention(q, k, v).shape == (0, 5, 2, 64)
