@@ -27,7 +27,7 @@ def _scale_launchers(monkeypatch):
     monkeypatch.setattr(_autotune._AUTOTUNING, "_default", True)
     monkeypatch.setattr(_autotune, "_AUTOTUNERS", {})
     return _autotune.autotuned_launchers(
-        _scale_kernel, {"any": (64, 128)}, lambda block: triton.Config({"BLOCK": block}, num_warps=1), key=["n"]
+        _scale_kernel, {"any": (64, 128)}, lambda kind, block: triton.Config({"BLOCK": block}, num_warps=1), key=["n"]
     )
 
 

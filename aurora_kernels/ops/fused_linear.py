@@ -363,14 +363,16 @@ def weight_tma_ok(weight: torch.Tensor) -> bool:
     """Whether the tensor-core path may read `weight` by TMA into wgmma tiles: fp16/bf16 on a GPU of
     sm_90 or later (or a CPU tensor: the interpreter takes the H100's path), with the 16-byte aligned
     start and row stride that a TMA descriptor needs (a row slice of a fused weight has both when
-    its offset and stride are multiples of 8 elements)."""
+    its offset and stride are multiples of 8 elements), and rows that do not overlap."""
     if weight.dtype not in (torch.float16, torch.bfloat16):
         return False
     if weight.device.type == "cuda":
         index = weight.device.index if weight.device.index is not None else torch.cuda.current_device()
         if _cuda_major_capability(index) < 9:
             return False
-    return weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0
+    row_bytes = weight.stride(0) * weight.element_size()
+    # rows that overlap (a stride under K: an expanded weight, say) are for the pointer tiles alone
+    return weight.data_ptr() % 16 == 0 and row_bytes % 16 == 0 and weight.stride(0) >= weight.shape[1]
 
 
 @functools.lru_cache(maxsize=None)

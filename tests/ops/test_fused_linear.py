@@ -211,6 +211,9 @@ def test_wgmma_path_choice_and_parity(device, gen):
     fused = randn((N, in_features + 4), torch.bfloat16, device, gen, scale=in_features**-0.5)[:, :in_features]
     assert not fused_linear.weight_tma_ok(fused)  # rows 1032 bytes apart
     assert not fused_linear.weight_tma_ok(weight.float())
+    expanded = weight[:1].expand(N, in_features)  # every row the same memory: legal, not for TMA
+    assert not fused_linear.weight_tma_ok(expanded)
+    check_op(ak.linear, reference.linear, randn((5, in_features), torch.bfloat16, device, gen), expanded)
     norm_weight = randn((in_features,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
     for rows in (3, 65):
         x, residual = (randn((rows, 1, in_features), torch.bfloat16, device, gen) for _ in range(2))
