@@ -310,8 +310,8 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # warpgroup MMA's smallest (fewer rows are zero padding), the weight tiles by TMA into a
 # `stages`-deep ring of shared memory, the input chunk in registers as wgmma's A operand; "dot_half"
 # tiles, with their 16 or 32 rows, compile to sm_80's mma.sync whatever their stages. Triton's Hopper
-# pipeline still fences each TMA issue with barriers (3 to 6 a K step in the compile report), so
-# the tiles take BLOCK_K 64 and 128, not less. Of the wgmma tiles tried, 64x256 (4 or 8 warps),
+# pipeline still fences each TMA issue with barriers (3 a K step under Triton 3.6, 4 or 5 under
+# 3.9, in the compile report), so the tiles take BLOCK_K 64 and 128, not less. Of the wgmma tiles tried, 64x256 (4 or 8 warps),
 # 128x256 with 8 and 128x128 with 4 spilled somewhere under Triton 3.9.
 _GPU_CONFIGS = {
     "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
@@ -349,8 +349,9 @@ DOT_PROGRAMS_PER_SM = 2
 def k_splits(in_features: int, out_features: int, row_blocks: int, device: torch.device, kind: str) -> tuple[int, int]:
     """(num_k_splits, k_per_split) of a tensor-core kind: enough programs for DOT_PROGRAMS_PER_SM on
     every SM, counting the columns in blocks of the kind's widest BLOCK_N. At one row block on 132
-    SMs, "wgmma" (BLOCK_N up to 128): down_proj 9 splits of 1024, qkv and o_proj 6 of 256, gate_up
-    (140 column blocks, a wave already) none; "dot_half" (64): the same, gate_up's 280 blocks none."""
+    SMs, "wgmma" (BLOCK_N up to 128): down_proj 18 splits of 512, qkv and o_proj 6 of 256, gate_up
+    (140 column blocks, a wave already) none; "dot_half" (64): down_proj 9 of 1024, qkv and o_proj 6
+    of 256, gate_up none."""
     programs = cdiv(out_features, max(c[0] for c in _GPU_CONFIGS[kind])) * row_blocks
     if programs >= sm_count(device):  # a wave on every SM already: a split would only add its sum
         return 1, in_features
