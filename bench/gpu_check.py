@@ -10,9 +10,11 @@ smallest and largest case; its JSON kept with the record; the wheel comes from `
 then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm
 compiles what the benchmarks will run on the cores the tests leave free, and it is stopped before
 the first timing, so the budgets go to timing rather than to compiling. `--phases tests`,
-`--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more.
+`--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more;
+`--ops` and `--model-runs` narrow a call to the rows that decide one question.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
+        [--ops linear,attention] [--model-runs triton:cuda_graph,triton-fused-batched:cuda_graph]
 """
 
 from __future__ import annotations
@@ -56,14 +58,14 @@ def _child_env(**extra) -> dict:
     return env
 
 
-def start_warm_up(results_dir: str, phases: list[str], beside_tests: bool) -> subprocess.Popen:
+def start_warm_up(results_dir: str, phases: list[str], beside_tests: bool, ops: list[str] | None = None) -> subprocess.Popen:
     """bench.warm in the background (its own process group), logging to warm-up.log: the compiles of
-    the ops and model phases done ahead, on the cores the tests leave free."""
+    the ops and model phases done ahead (of `ops` alone, if given), on the cores the tests leave free."""
     cores = usable_cores()
     workers = max(1, cores - TEST_WORKERS) if beside_tests else cores  # bench.warm caps it
     cmd = [sys.executable, "-m", "bench.warm", "--workers", str(workers), "--deadline-s", str(WARM_UP_DEADLINE_S),
            "--memory-fraction", "0.5" if beside_tests else "0.9"]  # fmt: skip
-    cmd += [] if "ops" in phases else ["--no-ops"]
+    cmd += ([f"--ops={','.join(ops)}"] if ops else []) if "ops" in phases else ["--no-ops"]
     cmd += [] if "model" in phases else ["--no-model"]
     with open(os.path.join(results_dir, "warm-up.log"), "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True)
@@ -300,6 +302,24 @@ def run_pytest_benchmark(results_dir: str) -> str:
 PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "model")
 
 
+def _narrowing(parser: argparse.ArgumentParser, args) -> tuple[list[str] | None, tuple | None]:
+    """--ops and --model-runs checked against what the benchmarks have: (ops or None for all, runs or
+    None for all), or a usage error that names the known values."""
+    from bench import harness, model_e2e
+
+    ops = args.ops.split(",") if args.ops else None
+    known_ops = sorted({case.op for case in harness.load_cases()})
+    if ops is not None and not set(ops) <= set(known_ops):
+        parser.error(f"--ops: expected ops among {','.join(known_ops)}, got {args.ops}")
+    if not args.model_runs:
+        return ops, None
+    wanted = [tuple(pair.split(":", 1)) for pair in args.model_runs.split(",")]
+    if not set(wanted) <= set(model_e2e.RUNS):
+        known = ",".join(f"{backend}:{decode}" for backend, decode in model_e2e.RUNS)
+        parser.error(f"--model-runs: expected backend:decode pairs among {known}, got {args.model_runs}")
+    return ops, tuple(run for run in model_e2e.RUNS if run in wanted)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
@@ -327,6 +347,12 @@ def main(argv=None) -> int:
         help=f"seconds for the end-to-end model runs (default: what is "
         f"left of the run budget, {MIN_MODEL_BUDGET_S:.0f} s at least)",
     )
+    parser.add_argument("--ops", help="comma-separated ops whose cases the ops phase times (default: every op)")
+    parser.add_argument(
+        "--model-runs",
+        help="comma-separated backend:decode pairs the model phase times, in bench.model_e2e.RUNS's order "
+        "(default: all of them), e.g. triton:cuda_graph,triton-fused-batched:cuda_graph",
+    )
     parser.add_argument(
         "--archive",
         help="also pack the results directory into this .tar.gz after each phase "
@@ -336,6 +362,7 @@ def main(argv=None) -> int:
     phases = args.phases.split(",")
     if not set(phases) <= set(PHASES):
         parser.error(f"--phases: expected a subset of {','.join(PHASES)}, got {args.phases}")
+    ops, model_runs = _narrowing(parser, args)
     import torch
 
     if not torch.cuda.is_available():
@@ -354,7 +381,7 @@ def main(argv=None) -> int:
             archive(results_dir, args.archive)
 
     timing = bool({"ops", "sweep", "pytest-benchmark", "model"} & set(phases))
-    warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases) if timing else None
+    warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases, ops=ops) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
         test_code, test_summary = run_tests(results_dir)
@@ -375,7 +402,8 @@ def main(argv=None) -> int:
                 sweep_budget += PYTEST_BENCHMARK_BUDGET_S if "pytest-benchmark" in phases else 0.0
                 ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget - sweep_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
-            rows = run.run_gpu_ops(harness.load_cases(), device, facts, ceilings, results_dir, ops_budget)
+            cases = [case for case in harness.load_cases() if ops is None or case.op in ops]
+            rows = run.run_gpu_ops(cases, device, facts, ceilings, results_dir, ops_budget)
             save_archive()
         if "sweep" in phases:
             print(f"fused_linear tile sweep: {SWEEP_BUDGET_S:.0f} s budget", flush=True)
@@ -390,7 +418,7 @@ def main(argv=None) -> int:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))
             print(f"model end to end: {model_budget:.0f} s budget", flush=True)
             try:
-                run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive)
+                run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive, runs=model_runs)
             except Exception as exc:  # the model could not even be built: the rest of the record stands
                 model_error = harness.error_text(exc)
                 print(f"model end to end failed: {model_error}", flush=True)

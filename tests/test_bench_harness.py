@@ -459,6 +459,25 @@ def test_gpu_check_rejects_unknown_phases(capsys):
     assert "--phases: expected a subset of tests,ops,sweep,pytest-benchmark,model, got tests,plots" in capsys.readouterr().err
 
 
+def test_gpu_check_narrows_to_known_ops_and_model_runs(capsys, monkeypatch):
+    """--ops and --model-runs name what a focused device call times; a typo is a usage error that lists
+    the known values, before anything runs. Known ones pass through in model_e2e.RUNS's order."""
+    from bench import model_e2e
+
+    for argv, message in ((["--ops", "linear,attenton"], "--ops: expected ops among "),
+                          (["--model-runs", "triton:graph"], "--model-runs: expected backend:decode pairs among triton:cuda_graph,")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            gpu_check.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    parser = gpu_check.argparse.ArgumentParser()
+    args = gpu_check.argparse.Namespace(ops="linear,attention", model_runs="triton-fused-batched:cuda_graph,triton:cuda_graph")
+    ops, runs = gpu_check._narrowing(parser, args)
+    assert ops == ["linear", "attention"]
+    assert runs == (("triton", "cuda_graph"), ("triton-fused-batched", "cuda_graph"))
+    assert all(run in model_e2e.RUNS for run in runs)
+
+
 def _smallest_case_index(op: str) -> int:
     cases = harness.load_cases()
     return min((i for i, c in enumerate(cases) if c.op == op), key=lambda i: cases[i].bytes)
@@ -573,6 +592,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
 
     def run_gpu_ops(cases, device, facts, ceilings, results_dir, budget_s):
         budgets.append(budget_s)
+        assert {c.op for c in cases} == {"rms_norm", "linear"}  # --ops
         case = min((c for c in cases if c.op == "rms_norm"), key=lambda c: c.bytes)
         impls = {"ours": harness.Peer(lambda *a, **k: None), "peer": harness.Peer(lambda *a, **k: None)}
         timings = iter([0.01, 0.02])
@@ -580,8 +600,9 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
         harness.write_results(results_dir, facts, ceilings, rows)
         return rows
 
-    def run_gpu_model(device, ceilings, results_dir, budget_s, after_each=None):
+    def run_gpu_model(device, ceilings, results_dir, budget_s, after_each=None, runs=None):
         budgets.append(budget_s)
+        assert runs == (("triton", "cuda_graph"),)  # --model-runs
         raise RuntimeError("CUDA out of memory")  # building the model failed: the rest of the record stands
 
     def sweep(rows_list, budget_s):
@@ -599,8 +620,9 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     monkeypatch.setattr(sweep_fused_linear, "sweep", sweep)
     monkeypatch.setattr(gpu_check, "run_pytest_benchmark", lambda d: "  pytest-benchmark: 26 benchmarks (exit 0)")
     code = gpu_check.main(
-        ["--phases", "ops,sweep,pytest-benchmark,model", "--results-dir", str(results), "--archive", str(archive)]
-    )
+        ["--phases", "ops,sweep,pytest-benchmark,model", "--results-dir", str(results), "--archive", str(archive),
+         "--ops", "rms_norm,linear", "--model-runs", "triton:cuda_graph"]
+    )  # fmt: skip
     assert code == 0
     # the ops leave the sweep, pytest-benchmark and the model their shares; the model then gets what was left
     ops_budget, sweep_budget, model_budget = budgets
