@@ -20,8 +20,8 @@ class RunOptions:
     # docs/performance-log.md.
     fuse_decode_projections: bool = True
     # The same for batched decode steps (2..64 sequences: the ops' tensor-core tiles, wgmma on
-    # sm_90). Off: the mma tiles lost to cuBLAS at 8 and 32 rows on the H100, and the wgmma tiles
-    # that replace them have not been timed yet (bench/model_e2e.py's "triton-fused-batched" runs).
+    # sm_90). Off until a GPU run shows these steps beat cuBLAS plus the separate op
+    # (bench/model_e2e.py's "triton-fused-batched" rows; the figures: docs/performance-log.md).
     fuse_batched_projections: bool = False
     # generate launches fused_linear and decode_attention with programmatic dependent launch on
     # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes (the gain:
