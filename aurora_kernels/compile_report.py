@@ -158,6 +158,9 @@ def compile_one(cfg: KernelConfig) -> dict:
     row["vector_loads"] = len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]\.|cp\.async\.c[ga]\.shared\.global", ptx))
     # programmatic dependent launch (USE_PDL): the grid dependency wait must be in the code
     row["grid_dependency_wait"] = "griddepcontrol.wait" in ptx
+    # PREFETCH_L2: the L2 bulk prefetches of the weight rows must be issued ahead of that wait
+    ahead_of_wait = ptx[: ptx.index("griddepcontrol.wait")] if "griddepcontrol.wait" in ptx else ptx
+    row["l2_prefetches_before_wait"] = len(re.findall(r"cp\.async\.bulk\.prefetch\.L2", ahead_of_wait))
     row["loop_barriers"] = loop_barriers(ptx)
     if cfg.loads_before_barrier:
         try:
@@ -219,6 +222,8 @@ def problems(row: dict) -> list[str]:
         found.append(f"{row['loads_behind_barrier']} global loads behind its first barrier, ahead of its first product or store")
     if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
         found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
+    if row["constexprs"].get("PREFETCH_L2") and not row.get("l2_prefetches_before_wait"):
+        found.append("PREFETCH_L2, but no L2 bulk prefetch ahead of the grid dependency wait")
     return found
 
 

@@ -51,9 +51,17 @@ BACKENDS = {
     "triton-fused": ("triton", RunOptions()),
     "triton-fused-no-pdl": ("triton", RunOptions(programmatic_dependent_launch=False)),
     "triton-fused-batched": ("triton", RunOptions(fuse_batched_projections=True)),
+    "triton-fused-prefetch": ("triton", RunOptions(weight_prefetch=True)),
     "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
 }
-ONE_SEQUENCE_RUNS = (("triton-fused", "cuda_graph"), ("triton-fused-no-pdl", "cuda_graph"))
+# "triton-fused-prefetch": "triton-fused" with RunOptions.weight_prefetch (each GEMV asks the L2 for
+# its weight rows before its PDL wait), B=1 alone: its rows against "triton-fused"'s decide that
+# option's default
+ONE_SEQUENCE_RUNS = (
+    ("triton-fused", "cuda_graph"),
+    ("triton-fused-prefetch", "cuda_graph"),
+    ("triton-fused-no-pdl", "cuda_graph"),
+)
 # "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's
 # projections as the fused ops' tensor-core tiles, wgmma on sm_90), timed at B > 1 alone: its rows
 # against "triton"'s decide that option's default

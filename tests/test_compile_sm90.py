@@ -65,6 +65,15 @@ def test_pdl_configs_wait_on_the_kernel_before_and_the_others_do_not(report):
     assert not any(r.get("grid_dependency_wait") for r in report["rows"] if not r["constexprs"].get("USE_PDL"))
 
 
+def test_the_gemv_prefetch_configs_ask_the_l2_for_their_rows_before_the_wait(report):
+    """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the
+    grid dependency wait (a static loop over BLOCK_N rows); no other config has any."""
+    prefetching = [r for r in report["rows"] if r["constexprs"].get("PREFETCH_L2")]
+    assert prefetching and all(r["constexprs"]["USE_PDL"] and not r["constexprs"]["USE_DOT"] for r in prefetching)
+    assert all(r["l2_prefetches_before_wait"] == r["constexprs"]["BLOCK_N"] for r in prefetching)
+    assert not any(r["l2_prefetches_before_wait"] for r in report["rows"] if r not in prefetching)
+
+
 def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
     """The one-row fused_linear tiles (the batch-1 decode step's projections) are checked for
     barriers in their loop, and have none; the other kernels are not held to it."""

@@ -19,7 +19,9 @@ or merged just before the call would be read stale). The model turns it on insid
 (RunOptions.programmatic_dependent_launch, on by default), for its own thread only, whose weights
 nothing writes. `using_programmatic_dependent_launch(True)` turns it on for the calling thread
 inside a block, `set_programmatic_dependent_launch(True)` for every thread without a block of its
-own; either way for the kernels that take it: fused_linear and decode_attention. It launches so on CUDA devices of compute
+own; either way for the kernels that take it: fused_linear and decode_attention. Under it the
+GEMV can also ask the L2 for the rest of its weight rows before its wait (`using_weight_prefetch`,
+RunOptions.weight_prefetch in the model). It launches so on CUDA devices of compute
 capability 9 or more. Under the interpreter the kernels take their PDL path with the waits left out
 (it has no grid dependency control, and runs each kernel after the one before anyway), so the CPU
 tests check that path's arithmetic.
@@ -38,6 +40,25 @@ from aurora_kernels._settings import ThreadSetting
 from aurora_kernels.ops._autotune import INTERPRETER
 
 _PDL = ThreadSetting(False, bool)
+# Under PDL, whether the GEMV also asks the L2 for the rest of its program's weight rows before its
+# wait (`prefetch_rows_to_l2`): off unless a caller (the model's generate, under
+# RunOptions.weight_prefetch) turns it on for its thread.
+_WEIGHT_PREFETCH = ThreadSetting(False, bool)
+
+
+def using_weight_prefetch(enabled: bool):
+    """The GEMV's L2 weight prefetch under PDL on or off for the calling thread, inside the block."""
+    return _WEIGHT_PREFETCH.within(enabled)
+
+
+def weight_prefetch_option(use_pdl: bool, weight: torch.Tensor) -> bool:
+    """The PREFETCH_L2 constexpr: on under PDL where the calling thread asked for it, on a GPU (the
+    interpreter runs no inline PTX), for a weight whose rows start 16 bytes apart from a 16-byte
+    aligned start, whole rows a multiple of 16 bytes (what the bulk prefetch takes)."""
+    if not (use_pdl and _WEIGHT_PREFETCH.get()) or INTERPRETER:
+        return False
+    row_bytes = weight.shape[1] * weight.element_size()
+    return weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0 and row_bytes % 16 == 0
 
 
 def set_programmatic_dependent_launch(enabled: bool) -> None:
@@ -75,6 +96,18 @@ def pdl_options(device: torch.device) -> dict:
 
 
 _INTERPRETED = tl.constexpr(INTERPRETER)
+
+
+@triton.jit
+def prefetch_rows_to_l2(row_start, row_bytes):
+    """Thread 0 of the program asks the L2 for the bytes [row_start, row_start + row_bytes) (sm_90's
+    bulk prefetch: one instruction a row, no registers, no wait); nothing where row_bytes is 0. A
+    hint: what the program then loads is the same either way."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; setp.ne.and.u32 p, $2, 0, p;"
+        " @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [row_start, row_bytes], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
 
 
 @triton.jit

@@ -83,7 +83,7 @@ from aurora_kernels.ops._layout import (
     sm_count,
     stride_multiple,
 )
-from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
+from aurora_kernels.ops._pdl import pdl_options, prefetch_rows_to_l2, wait_for_previous_kernel, weight_prefetch_option
 
 # The prologue constexpr: what the kernel applies to x before the product; the public op of each.
 PROLOGUES = ("none", "rms_norm", "silu_and_mul")
@@ -170,8 +170,8 @@ def _fused_linear_kernel(
     res_outer_stride, res_inner_size, res_inner_stride,
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, SPLIT_K: tl.constexpr,
-    WEIGHT_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH_L2: tl.constexpr,
+    SPLIT_K: tl.constexpr, WEIGHT_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
@@ -203,11 +203,18 @@ def _fused_linear_kernel(
 
     # Under PDL (ops/_pdl.py) the GEMV loads its first weight tile before waiting for the kernel
     # before it (weights are not written during a decode step) and makes its first step after the
-    # wait; the tensor-core path waits first.
+    # wait; with PREFETCH_L2 it also asks the L2 for the rest of its rows then, so that the whole
+    # weight streams in while the kernel before finishes. The tensor-core path waits first.
     k_first = 0
     if USE_PDL and not USE_DOT:
         k = tl.arange(0, BLOCK_K)
         first_weight_tile = _weight_tile(weight, weight_rows, col_start, 0, k, col_mask, in_features, False)
+        if PREFETCH_L2:
+            rest_bytes = tl.maximum(in_features - BLOCK_K, 0) * (weight.dtype.element_ty.primitive_bitwidth // 8)
+            for r in tl.static_range(BLOCK_N):
+                col = col_start + r
+                prefetch_rows_to_l2(weight + col.to(tl.int64) * weight_row_stride + BLOCK_K,
+                                    tl.where(col < out_features, rest_bytes, 0))  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
 
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
@@ -532,6 +539,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
+    constexprs["PREFETCH_L2"] = kind == "gemv" and weight_prefetch_option(constexprs["USE_PDL"], weight)
     if blocks is not None:
         _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs, **blocks)
     else:
@@ -593,8 +601,11 @@ def _compile_configs():
             compiled.add(code)
             for block_m in block_ms:
                 for block_n, block_k, warps, stages in candidates:
-                    pdl_variants = [(torch.bfloat16, True)] if block_m in pdl_block_ms else []
-                    for dtype, use_pdl in [(d, False) for d in dtypes] + pdl_variants:
+                    # (dtype, USE_PDL, PREFETCH_L2): every dtype, then bf16 under PDL (the GEMV with and
+                    # without its L2 weight prefetch)
+                    pdl_variants = [(torch.bfloat16, True, False)] if block_m in pdl_block_ms else []
+                    pdl_variants += [(torch.bfloat16, True, True)] if kind == "gemv" else []
+                    for dtype, use_pdl, prefetch in [(d, False, False) for d in dtypes] + pdl_variants:
                         configs += configs_per_dtype(
                             (dtype,),
                             op=PROLOGUE_OPS[prologue],
@@ -625,6 +636,7 @@ def _compile_configs():
                                 "USE_DOT": kind != "gemv",
                                 "DOT_IN_FP32": dtype == torch.float32,
                                 "USE_PDL": use_pdl,
+                                "PREFETCH_L2": prefetch,
                                 "SPLIT_K": split_k,
                                 "WEIGHT_TMA": kind == "wgmma",
                                 "BLOCK_M": block_m,

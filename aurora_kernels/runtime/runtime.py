@@ -37,7 +37,7 @@ from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_s
 from aurora_kernels._validation import check_int
 from aurora_kernels.model.kv_cache import KVCache
 from aurora_kernels.model.prefill_plan import PaddedShape
-from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
+from aurora_kernels.ops._pdl import using_programmatic_dependent_launch, using_weight_prefetch
 from aurora_kernels.runtime.sampling import SamplingParams, sample
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
@@ -355,7 +355,11 @@ class Runtime:
         model.check_requests(pixel_values, input_ids)
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
-        with using_programmatic_dependent_launch(model.options.programmatic_dependent_launch):
+        options = model.options
+        with (
+            using_programmatic_dependent_launch(options.programmatic_dependent_launch),
+            using_weight_prefetch(options.weight_prefetch),
+        ):
             return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer,
                                 return_logits, stats)  # fmt: skip
 

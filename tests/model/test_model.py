@@ -175,6 +175,28 @@ def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_se
     assert with_pdl == without
 
 
+def test_generate_asks_for_the_weight_prefetch_as_its_config_says(device, gen, monkeypatch):
+    """RunOptions.weight_prefetch (off by default) reaches every fused_linear launch inside generate,
+    and only there."""
+    from aurora_kernels.ops import _pdl, fused_linear
+
+    model = tiny_model(device, "mlp", backend="triton")
+    pixel_values, ids = requests(model, device, gen, lengths=[5])  # one sequence: the fused GEMVs
+    seen = []
+
+    def recording(use_pdl, weight):
+        seen.append(_pdl._WEIGHT_PREFETCH.get())
+        return False  # under the interpreter nothing runs inline PTX
+
+    monkeypatch.setattr(fused_linear, "weight_prefetch_option", recording)
+    assert not model.options.weight_prefetch
+    model.generate(pixel_values, ids, max_new_tokens=3)
+    assert seen and not any(seen)
+    seen.clear()
+    model.set_options(weight_prefetch=True).generate(pixel_values, ids, max_new_tokens=3)
+    assert seen and all(seen) and not _pdl._WEIGHT_PREFETCH.get()
+
+
 def test_eos_stops_each_request(device, gen):
     model = tiny_model(device)
     pixel_values, ids = requests(model, device, gen)

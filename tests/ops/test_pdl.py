@@ -47,6 +47,25 @@ def test_the_ops_that_take_it_match_the_reference_with_it_on(pdl_on, device, gen
     check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, num_kv_splits=4)
 
 
+def test_the_weight_prefetch_is_asked_for_under_pdl_on_aligned_weights_on_a_gpu(monkeypatch, device, gen):
+    """The GEMV's L2 prefetch (PREFETCH_L2): only under PDL, only where the thread turned it on, never
+    under the interpreter (no inline PTX there), only for weights whose rows the bulk prefetch can
+    take (16-byte aligned starts, whole rows a multiple of 16 bytes); the sm_90 compile report
+    checks the instructions themselves."""
+    from aurora_kernels.ops import _pdl
+
+    weight = randn((64, 256), torch.bfloat16, device, gen)
+    with _pdl.using_weight_prefetch(True):
+        assert _pdl.weight_prefetch_option(True, weight) == (not _pdl.INTERPRETER)
+        monkeypatch.setattr(_pdl, "INTERPRETER", False)  # the rule as a GPU applies it
+        assert _pdl.weight_prefetch_option(True, weight)
+        assert not _pdl.weight_prefetch_option(False, weight)  # no PDL
+        assert not _pdl.weight_prefetch_option(True, weight[:, :100])  # 200-byte rows
+        assert not _pdl.weight_prefetch_option(True, randn((64, 260), torch.bfloat16, device, gen)[:, 4:])  # start
+        assert not _pdl.weight_prefetch_option(True, randn((64, 260), torch.bfloat16, device, gen)[:, :256])  # stride
+    assert not _pdl.weight_prefetch_option(True, weight)  # off outside the block
+
+
 @cuda_only
 def test_a_decode_chain_under_pdl_replays_bit_for_bit_like_without(pdl_on, device, gen):
     """Four layers of a one-sequence decode step (norm + qkv GEMV, decode attention appending to its
