@@ -347,8 +347,7 @@ class AuroraEdgeV(nn.Module):
         self._check_token_ids("tokens", tokens)
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
-        logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuse_decode_projections,
-                                        self.options.fuse_batched_projections)  # fmt: skip
+        logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuses_decode_projections(kv.batch))
         kv.seqlens += 1
         return logits
 

@@ -78,20 +78,17 @@ class Qwen2LM(nn.Module):
 
         return self.run_layers(x, attend)
 
-    def decode_logits(self, x: torch.Tensor, cache: KVCache, fuse_projections: bool = False,
-                      fuse_batched: bool = False) -> torch.Tensor:  # fmt: skip
+    def decode_logits(self, x: torch.Tensor, cache: KVCache, fused: bool = False) -> torch.Tensor:
         """One new token per sequence, x [B, C] at position cache.seqlens -> logits [B, vocab]. Each
         layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
-        appends the K/V there; the caller then advances it. fuse_projections: a one-sequence step runs
-        each projection with the op that feeds it as one kernel (a GEMV), the final norm with the LM
-        head too; fuse_batched: so does a step of several sequences (tensor-core tiles). See
-        RunOptions.fuse_decode_projections."""
+        appends the K/V there; the caller then advances it. fused: each projection runs with the op
+        that feeds it as one kernel (a GEMV for one sequence, tensor-core tiles for more), the final
+        norm with the LM head too (RunOptions.fuses_decode_projections decides)."""
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
                                        rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        fused = fuse_projections if x.shape[0] == 1 else fuse_batched
         x, residual = self._layers(x[:, None], attend, fused)
         if fused:
             return ak.rms_norm_linear(x, self.norm.weight, self.head_weight(), None, self.norm.eps, residual,

@@ -11,6 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# the most sequences whose decode step fuse_batched_projections fuses: one wgmma tile of rows
+# (fused_linear.WGMMA_BLOCK_M)
+MAX_FUSED_BATCH = 64
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -19,9 +23,10 @@ class RunOptions:
     # separate op. bench/model_e2e.py times both settings; the figures that chose them:
     # docs/performance-log.md.
     fuse_decode_projections: bool = True
-    # The same for batched decode steps (2..64 sequences: the ops' tensor-core tiles, wgmma on
-    # sm_90). Off until a GPU run shows these steps beat cuBLAS plus the separate op
-    # (bench/model_e2e.py's "triton-fused-batched" rows; the figures: docs/performance-log.md).
+    # The same for decode steps of 2..MAX_FUSED_BATCH sequences (the ops' tensor-core tiles, wgmma on
+    # sm_90; more rows than one tile re-read the weight, so larger batches keep cuBLAS). Off until a
+    # GPU run shows these steps beat cuBLAS plus the separate op (bench/model_e2e.py's
+    # "triton-fused-batched" rows; the figures: docs/performance-log.md).
     fuse_batched_projections: bool = False
     # generate launches fused_linear and decode_attention with programmatic dependent launch on
     # GPUs of sm_90+ (ops/_pdl.py): each kernel starts while the one before finishes (the gain:
@@ -46,6 +51,12 @@ class RunOptions:
             value = getattr(self, field.name)
             if not isinstance(value, bool):
                 raise TypeError(f"{field.name}: expected a bool, got {value!r}")
+
+    def fuses_decode_projections(self, batch: int) -> bool:
+        """Whether a decode step of `batch` sequences runs its projections on the fused ops."""
+        if batch == 1:
+            return self.fuse_decode_projections
+        return self.fuse_batched_projections and batch <= MAX_FUSED_BATCH
 
     def replace(self, **changes) -> "RunOptions":
         """These options with `changes`; an unknown name is an error that lists the known ones."""

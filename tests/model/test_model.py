@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import aurora_kernels as ak
-from aurora_kernels.model import AuroraEdgeV, preset
+from aurora_kernels.model import AuroraEdgeV, RunOptions, preset
 from aurora_kernels.model.cost import parameter_count, projection_weight_bytes
 from aurora_kernels.testing import assert_parity, rel_error
 from tests.catalogue import cuda_only
@@ -125,6 +125,19 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
         model.decode_step(tokens, kv)
     assert not {op for op, _ in calls} & set(FUSED_PROJECTIONS), calls
     assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
+
+
+def test_which_decode_steps_fuse_their_projections():
+    """One sequence: fuse_decode_projections; 2..64 (one wgmma tile of rows): fuse_batched_projections;
+    more sequences keep cuBLAS, where the fused tiles would re-read the weight per 64 rows."""
+    from aurora_kernels.model.options import MAX_FUSED_BATCH
+    from aurora_kernels.ops import fused_linear
+
+    assert MAX_FUSED_BATCH == fused_linear.WGMMA_BLOCK_M
+    both = RunOptions(fuse_batched_projections=True)
+    assert [both.fuses_decode_projections(b) for b in (1, 2, 64, 65)] == [True, True, True, False]
+    assert [RunOptions().fuses_decode_projections(b) for b in (1, 2)] == [True, False]
+    assert not RunOptions(fuse_decode_projections=False, fuse_batched_projections=True).fuses_decode_projections(1)
 
 
 def test_batched_decode_steps_with_fused_projections(device, gen):
