@@ -131,6 +131,29 @@ def row_starts(rows, outer_stride, inner_size, inner_stride, STRIDE_MULTIPLE: tl
     return tl.multiple_of((rows // inner_size) * outer_stride + (rows % inner_size) * inner_stride, STRIDE_MULTIPLE)
 
 
+@triton.jit
+def residual_stream_rows(x_ptr, residual_ptr, residual_out_ptr, num_rows, num_cols,
+                         x_outer_stride, x_inner_size, x_inner_stride, res_outer_stride, res_inner_size, res_inner_stride,
+                         HAS_RESIDUAL: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+                         BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):  # fmt: skip
+    """A row norm's input for this program's BLOCK_ROWS rows: h = x (+ residual) in fp32, and with a
+    residual h written to residual_out (contiguous, the residual stream's next value). Returns (h,
+    the tile's mask, the contiguous output offsets)."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_COLS)
+    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
+    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
+    h = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+    out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
+    if HAS_RESIDUAL:
+        res_offsets = (
+            row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
+        )
+        h += tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
+        tl.store(residual_out_ptr + out_offsets, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
+    return h, mask, out_offsets
+
+
 # Elementwise kernels over rows share one signature:
 #   kernel(x_ptr, out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
 #          STRIDE_MULTIPLE: constexpr, BLOCK_ROWS: constexpr, BLOCK_COLS: constexpr)
@@ -180,3 +203,32 @@ def elementwise_compile_configs(op: str, kernel, num_cols: int, shape: str) -> l
         FLOAT_DTYPES, op=op, shape=shape, kernel=kernel, signature=ELEMENTWISE_SIGNATURE, constexprs=cfg,
         num_warps=warps, num_stages=1, aligned=("x_ptr", "out_ptr", "num_cols", "x_outer_stride"),
     )  # fmt: skip
+
+
+def residual_norm_compile_configs(op: str, kernel, num_cols: int, shape: str, has_bias: bool) -> list:
+    """The configs of a row norm with an optional residual add (rms_norm, layer_norm: the kernel
+    takes x, residual, weight[, bias], out, residual_out, the rows' two layouts and eps), with
+    and without the residual, every dtype, at rows of num_cols."""
+    from aurora_kernels._compile import configs_per_dtype
+    from aurora_kernels._validation import FLOAT_DTYPES
+
+    cfg = row_tile_config(num_cols)
+    warps = cfg.pop("num_warps")
+    pointers = ("x_ptr", "residual_ptr", "weight_ptr", *(("bias_ptr",) if has_bias else ()), "out_ptr", "residual_out_ptr")
+    signature = {**{name: "*T" for name in pointers}, "num_rows": "i32", "num_cols": "i32", **row_layout_signature("x"),
+                 **row_layout_signature("res"), "eps": "fp32"}  # fmt: skip
+    return [
+        config
+        for has_residual in (False, True)
+        for config in configs_per_dtype(
+            FLOAT_DTYPES,
+            op=op,
+            shape=f"{shape} residual={has_residual}",
+            kernel=kernel,
+            signature=signature,
+            constexprs={"HAS_RESIDUAL": has_residual, **cfg},
+            num_warps=warps,
+            num_stages=1,
+            aligned=(*pointers, "num_cols", "x_outer_stride", "res_outer_stride"),
+        )  # fmt: skip
+    ]

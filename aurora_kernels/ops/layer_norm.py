@@ -19,10 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._compile import register_compile_configs
 from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
-    FLOAT_DTYPES,
     check_backend,
     check_eps,
     check_row_input,
@@ -32,7 +31,14 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import cdiv, collapse_rows, row_layout_signature, row_starts, row_tile_config, stride_multiple
+from aurora_kernels.ops._layout import (
+    cdiv,
+    collapse_rows,
+    residual_norm_compile_configs,
+    residual_stream_rows,
+    row_tile_config,
+    stride_multiple,
+)
 
 
 @triton.jit
@@ -44,19 +50,12 @@ def _layer_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    x, mask, out_offsets = residual_stream_rows(
+        x_ptr, residual_ptr, residual_out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
+        res_outer_stride, res_inner_size, res_inner_stride, HAS_RESIDUAL, STRIDE_MULTIPLE, BLOCK_ROWS, BLOCK_COLS,
+    )  # fmt: skip
     cols = tl.arange(0, BLOCK_COLS)
     col_mask = cols < num_cols
-    mask = (rows < num_rows)[:, None] & col_mask[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
-    x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
-    out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
-    if HAS_RESIDUAL:
-        res_offsets = (
-            row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
-        )
-        x += tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
-        tl.store(residual_out_ptr + out_offsets, x.to(residual_out_ptr.dtype.element_ty), mask=mask)
     mean = tl.sum(x, axis=1) / num_cols
     centred = tl.where(mask, x - mean[:, None], 0.0)
     inv_std = tl.rsqrt(tl.sum(centred * centred, axis=1) / num_cols + eps)
@@ -117,41 +116,4 @@ def _layer_norm_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 @register_compile_configs
 def _compile_configs():
-    cfg = row_tile_config(1152)
-    warps = cfg.pop("num_warps")
-    configs = []
-    for has_residual in (False, True):
-        configs += configs_per_dtype(
-            FLOAT_DTYPES,
-            op="layer_norm",
-            shape=f"N=1152 (ViT hidden) residual={has_residual}",
-            kernel=_layer_norm_kernel,
-            signature={
-                "x_ptr": "*T",
-                "residual_ptr": "*T",
-                "weight_ptr": "*T",
-                "bias_ptr": "*T",
-                "out_ptr": "*T",
-                "residual_out_ptr": "*T",
-                "num_rows": "i32",
-                "num_cols": "i32",
-                **row_layout_signature("x"),
-                **row_layout_signature("res"),
-                "eps": "fp32",
-            },  # fmt: skip
-            constexprs={"HAS_RESIDUAL": has_residual, **cfg},
-            num_warps=warps,
-            num_stages=1,
-            aligned=(
-                "x_ptr",
-                "residual_ptr",
-                "weight_ptr",
-                "bias_ptr",
-                "out_ptr",
-                "residual_out_ptr",
-                "num_cols",
-                "x_outer_stride",
-                "res_outer_stride",
-            ),  # fmt: skip
-        )
-    return configs
+    return residual_norm_compile_configs("layer_norm", _layer_norm_kernel, 1152, "N=1152 (ViT hidden)", has_bias=True)

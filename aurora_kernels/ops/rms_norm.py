@@ -20,10 +20,9 @@ import triton
 import triton.language as tl
 from torch import nn
 
-from aurora_kernels._compile import configs_per_dtype, register_compile_configs
+from aurora_kernels._compile import register_compile_configs
 from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
-    FLOAT_DTYPES,
     check_backend,
     check_eps,
     check_row_input,
@@ -33,7 +32,14 @@ from aurora_kernels._validation import (
     check_triton_device,
 )
 from aurora_kernels.ops import reference
-from aurora_kernels.ops._layout import cdiv, collapse_rows, row_layout_signature, row_starts, row_tile_config, stride_multiple
+from aurora_kernels.ops._layout import (
+    cdiv,
+    collapse_rows,
+    residual_norm_compile_configs,
+    residual_stream_rows,
+    row_tile_config,
+    stride_multiple,
+)
 
 
 @triton.jit
@@ -45,18 +51,11 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
 ):  # fmt: skip
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    h, mask, out_offsets = residual_stream_rows(
+        x_ptr, residual_ptr, residual_out_ptr, num_rows, num_cols, x_outer_stride, x_inner_size, x_inner_stride,
+        res_outer_stride, res_inner_size, res_inner_stride, HAS_RESIDUAL, STRIDE_MULTIPLE, BLOCK_ROWS, BLOCK_COLS,
+    )  # fmt: skip
     cols = tl.arange(0, BLOCK_COLS)
-    mask = (rows < num_rows)[:, None] & (cols < num_cols)[None, :]
-    x_offsets = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
-    h = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
-    out_offsets = rows.to(tl.int64)[:, None] * num_cols + cols[None, :]
-    if HAS_RESIDUAL:
-        res_offsets = (
-            row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)[:, None] + cols[None, :]
-        )
-        h += tl.load(residual_ptr + res_offsets, mask=mask, other=0.0).to(tl.float32)
-        tl.store(residual_out_ptr + out_offsets, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
     inv_rms = tl.rsqrt(tl.sum(h * h, axis=1) / num_cols + eps)
     weight = tl.load(weight_ptr + cols, mask=cols < num_cols, other=0.0).to(tl.float32)
     y = h * inv_rms[:, None] * weight[None, :]
@@ -131,40 +130,10 @@ class RMSNorm(nn.Module):
 
 @register_compile_configs
 def _compile_configs():
-    configs = []
-    for num_cols, where in ((1536, "LLM hidden"), (128, "per-head")):
-        cfg = row_tile_config(num_cols)
-        warps = cfg.pop("num_warps")
-        for has_residual in (False, True):
-            configs += configs_per_dtype(
-                FLOAT_DTYPES,
-                op="rms_norm",
-                shape=f"N={num_cols} ({where}) residual={has_residual}",
-                kernel=_rms_norm_kernel,
-                signature={
-                    "x_ptr": "*T",
-                    "residual_ptr": "*T",
-                    "weight_ptr": "*T",
-                    "out_ptr": "*T",
-                    "residual_out_ptr": "*T",
-                    "num_rows": "i32",
-                    "num_cols": "i32",
-                    **row_layout_signature("x"),
-                    **row_layout_signature("res"),
-                    "eps": "fp32",
-                },  # fmt: skip
-                constexprs={"HAS_RESIDUAL": has_residual, **cfg},
-                num_warps=warps,
-                num_stages=1,
-                aligned=(
-                    "x_ptr",
-                    "residual_ptr",
-                    "weight_ptr",
-                    "out_ptr",
-                    "residual_out_ptr",
-                    "num_cols",
-                    "x_outer_stride",
-                    "res_outer_stride",
-                ),  # fmt: skip
-            )
-    return configs
+    return [
+        config
+        for num_cols, where in ((1536, "LLM hidden"), (128, "per-head"))
+        for config in residual_norm_compile_configs(
+            "rms_norm", _rms_norm_kernel, num_cols, f"N={num_cols} ({where})", has_bias=False
+        )  # fmt: skip
+    ]
