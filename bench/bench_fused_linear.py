@@ -1,11 +1,12 @@
-"""The LLM's four decode projections, each with the op that feeds it, at B = 1, 8, 32 rows:
-rms_norm_linear (qkv, gate_up), linear (o_proj), silu_and_mul_linear (down_proj).
+"""The LLM's decode projections, each with the op that feeds it, at B = 1, 4, 8, 32 rows:
+rms_norm_linear (qkv, gate_up, the LM head), linear (o_proj), silu_and_mul_linear (down_proj).
 
 What decides whether the model should use them (RunOptions.fuse_decode_projections) is the row
 "ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
-matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd;
-at B > 1 also "ours, mma tiles": the op on the tiles it takes before sm_90, beside the wgmma tiles
-it takes on an H100 (RunOptions.fuse_batched_projections is decided by these rows).
+matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd,
+and the op on the tiles it does not take at that batch: at B = 4 (the GEMV's rows) "ours, wgmma
+tiles"; at B = 8 and 32 (the wgmma tiles on an H100) "ours, mma tiles", the tiles it takes before
+sm_90. RunOptions.fuse_batched_projections is decided by the rows at B > 1.
 """
 
 import torch
@@ -13,11 +14,11 @@ import torch.nn.functional as F
 
 import aurora_kernels as ak
 from aurora_kernels.ops import fused_linear, reference
-from aurora_kernels.ops.fused_linear import MODEL_PROJECTIONS, PROLOGUE_OPS
+from aurora_kernels.ops.fused_linear import GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUE_OPS
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
 
-BATCHES = (1, 8, 32)
+BATCHES = (1, 4, 8, 32)
 
 
 def _small_linear(dtype, device, gen):
@@ -63,26 +64,29 @@ def _torch_chain(prologue):
     return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear, "none": F.linear}[prologue]
 
 
-def _ours_mma_tiles(prologue):
-    """The op on its sm_80 tiles (mma.sync, the weight by pointers) where the launcher would pick the
-    wgmma ones: what the wgmma tiles replace on sm_90."""
+def _ours_on(prologue, kind):
+    """The op on the path `kind` (a key of fused_linear._GPU_CONFIGS) where the launcher would pick
+    another: "wgmma" (the sm_90 tiles) where it takes the GEMV's rows, "dot_half" (sm_80's mma.sync,
+    the weight by pointers) where it takes the wgmma tiles."""
     index = fused_linear.PROLOGUES.index(prologue)
 
-    def on_mma_tiles(x, *args, residual=None):
+    def on_kind(x, *args, residual=None):
         if prologue == "rms_norm":
             norm_weight, weight, bias = args
-            return tuple(fused_linear.launch(x, weight, bias, norm_weight, residual, 1e-6, index, weight_tma=False))
+            return tuple(fused_linear.launch(x, weight, bias, norm_weight, residual, 1e-6, index, kind=kind))
         weight, bias = args
-        return fused_linear.launch(x, weight, bias, None, None, 0.0, index, weight_tma=False)[0]
+        return fused_linear.launch(x, weight, bias, None, None, 0.0, index, kind=kind)[0]
 
-    return on_mma_tiles
+    return on_kind
 
 
 def _peers(prologue, batch) -> dict:
     chain = _torch_chain(prologue)
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
-    if batch > 1:
-        peers["ours, mma tiles"] = lambda: Peer(_ours_mma_tiles(prologue))
+    if 1 < batch <= GEMV_MAX_ROWS:
+        peers["ours, wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma"))
+    elif batch > GEMV_MAX_ROWS:
+        peers["ours, mma tiles"] = lambda: Peer(_ours_on(prologue, "dot_half"))
     if prologue == "none":
         return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}
     return {

@@ -63,8 +63,9 @@ ONE_SEQUENCE_RUNS = (
     ("triton-fused-no-pdl", "cuda_graph"),
 )
 # "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's
-# projections as the fused ops' tensor-core tiles, wgmma on sm_90), timed at B > 1 alone: its rows
-# against "triton"'s decide that option's default
+# projections as the fused ops: the GEMV's row blocks up to 4 sequences, the tensor-core tiles
+# beyond, wgmma on sm_90), timed at B > 1 alone: its rows against "triton"'s decide that option's
+# default
 BATCHED_RUNS = (("triton-fused-batched", "cuda_graph"),)
 RUNS = (("triton", "cuda_graph"), *BATCHED_RUNS, ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
         ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip

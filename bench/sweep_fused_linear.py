@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 
 import aurora_kernels as ak
-from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, MODEL_PROJECTIONS, PROLOGUES, _launcher_kind, launch
+from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUES, launch
 from bench.bench_fused_linear import _ours_unfused
 
 # the fastest candidate tiles of each projection timed again with their K loop unrolled twice: not
@@ -74,9 +74,7 @@ def _candidate(t: dict, prologue_index: int, kind: str, config: tuple, unroll: i
     return (
         name,
         "candidate",
-        lambda w: launch(
-            x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll, weight_tma=kind == "wgmma"
-        ),
+        lambda w: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll, kind=kind),
     )
 
 
@@ -112,8 +110,9 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
             t = projection_inputs(prologue, in_features, out_features, has_residual, has_bias, rows, dtype, device)
             weights = cold_copies(t["weight"])
             index = PROLOGUES.index(prologue)
-            # more rows: the sm_90 tiles (wgmma, the weight by TMA) and the ones before them (mma.sync)
-            kinds = [_launcher_kind(rows, dtype, weight_tma) for weight_tma in ((False,) if rows == 1 else (True, False))]
+            # more rows: the GEMV's row blocks (up to GEMV_MAX_ROWS rows), the sm_90 tiles (wgmma, the
+            # weight by TMA) and the ones before them (mma.sync)
+            kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + ["wgmma", "dot_half"]
 
             def timed(name, role, fn, config=None):
                 ms = graph_median_ms(fn, weights)

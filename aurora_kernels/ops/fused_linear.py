@@ -21,19 +21,21 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
 - The prologue is recomputed by every program from the M input rows (a few KB, read from L2):
   cheaper than a launch. The programs of the first column block also write h = x + residual, the
   residual stream's next value.
-- One row (batch-1 decode, USE_DOT False): a GEMV on the FMA units in fp32, BLOCK_M = 1. It allows
-  narrow column blocks (BLOCK_N 2..8), so even down_proj's N = 1536 makes hundreds of programs.
-  Each lane keeps its own products (and the rms_norm's squares) in a [BLOCK_N, BLOCK_K] fp32 tile,
-  summed over K once after the loop; each warp owns whole 256-column slabs of the tile, the input
-  chunk's own layout; and each step loads its weight tile before its input chunk. So the loop is
-  loads and FMAs only, with no barrier (the compile report checks), and its weight loads do not wait
-  for the input's. The rms_norm's 1/rms is a common factor of a row's products, applied after the
+- One row (batch-1 decode), or up to GEMV_MAX_ROWS = 4 fp16/bf16 rows (USE_DOT False): a GEMV on
+  the FMA units in fp32, BLOCK_M 1, 2 or 4. It allows narrow column blocks (BLOCK_N 1..8), so even
+  down_proj's N = 1536 makes hundreds of programs. Each lane keeps its own products (and the
+  rms_norm's squares) in a [BLOCK_M, BLOCK_N, BLOCK_K] fp32 tile, summed over K once after the loop;
+  each warp owns whole 256-column slabs of the tile, the input chunk's own layout; and each step
+  loads its weight tile before its input chunk. So the loop is loads and FMAs only, with no barrier
+  (the compile report checks), and its weight loads do not wait for the input's. The rows share
+  the weight's stream: at 4 rows each weight element feeds 4 FMAs, about a fifth of an H100's FP32
+  rate at the copy bandwidth, where the tensor-core tiles would pad 4 rows to 64 (wgmma) or 16. The rms_norm's 1/rms is a common factor of a row's products, applied after the
   loop: one pass. (A reduction at every step, and barriers in the loop, each cost the earlier
   versions a large part of the bandwidth: docs/performance-log.md.) Under programmatic dependent
   launch (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that
   its weight tile is read before the wait for the kernel before.
-- More rows: tl.dot on [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores; the padding rows cost
-  only arithmetic, which is free here). The normalised or activated input is rounded to the input
+- More rows (and fp32 beyond one): tl.dot on [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores;
+  the padding rows cost only arithmetic, which is free here). The normalised or activated input is rounded to the input
   dtype before the product, as the unfused ops' output would be, so the rms_norm prologue makes two
   passes: the rows' norms, then the normalised chunks. On sm_90+ (fp16/bf16, a weight TMA can read:
   `weight_tma_ok`) the tiles are Hopper's: BLOCK_M 64, the warpgroup MMA's (wgmma) smallest M, the
@@ -89,25 +91,60 @@ from aurora_kernels.ops._pdl import pdl_options, prefetch_rows_to_l2, wait_for_p
 PROLOGUES = ("none", "rms_norm", "silu_and_mul")
 PROLOGUE_OPS = {"none": "linear", "rms_norm": "rms_norm_linear", "silu_and_mul": "silu_and_mul_linear"}
 MAX_BLOCK_M = 32  # rows per program of the mma tiles (B=32 decode); more rows, more programs
+GEMV_MAX_ROWS = 4  # up to this many fp16/bf16 rows take the GEMV (on the FMA units)
+GEMV_KINDS = ("gemv", "gemv_rows")
 WGMMA_BLOCK_M = 64  # rows per program of the wgmma tiles: wgmma's M
 
 
+# The tiles' axes. The tensor-core path multiplies [rows, K] input chunks by [N, K] weight tiles; the
+# GEMV's products are rank 3, [rows, N, K], and each of its operands is loaded in that rank, as
+# [rows, 1, K] and [1, N, K]. (Loaded in rank 2 and broadcast, they were converted to the product's
+# layout through shared memory at every step.) The helpers below take vectors of rows, columns and
+# input features and place them on these axes.
 @triton.jit
-def _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL: tl.constexpr):
-    """x (+ residual) at columns k of the programs' rows, in fp32."""
-    h = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
+def _along_rows(v, USE_DOT: tl.constexpr):
+    """A vector over the program's rows [BLOCK_M] on the input chunk's rows axis."""
+    if USE_DOT:
+        return v[:, None]
+    else:
+        return v[:, None, None]
+
+
+@triton.jit
+def _along_cols(v, USE_DOT: tl.constexpr):
+    """A vector over the program's columns [BLOCK_N] on the weight tile's columns axis."""
+    if USE_DOT:
+        return v[:, None]
+    else:
+        return v[None, :, None]
+
+
+@triton.jit
+def _along_k(v, USE_DOT: tl.constexpr):
+    """A vector over input features [BLOCK_K] on the K axis of the input chunk and the weight tile."""
+    if USE_DOT:
+        return v[None, :]
+    else:
+        return v[None, None, :]
+
+
+@triton.jit
+def _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL: tl.constexpr, USE_DOT: tl.constexpr):
+    """x (+ residual) at columns k of the programs' rows, in fp32 (mask on the input chunk's axes)."""
+    h = tl.load(x_ptr + _along_rows(x_rows, USE_DOT) + _along_k(k, USE_DOT), mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        h += tl.load(residual_ptr + res_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
+        residual = tl.load(residual_ptr + _along_rows(res_rows, USE_DOT) + _along_k(k, USE_DOT), mask=mask, other=0.0)
+        h += residual.to(tl.float32)
     return h
 
 
 @triton.jit
-def _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL: tl.constexpr):
+def _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL: tl.constexpr, USE_DOT: tl.constexpr):
     """The programs of column block 0 (and K split 0) write h = x + residual at columns k (the
     residual stream's next value, contiguous [rows, K])."""
     if HAS_RESIDUAL:
         if writes_h:
-            residual_out = residual_out_ptr + rows.to(tl.int64)[:, None] * in_features + k[None, :]
+            residual_out = residual_out_ptr + _along_rows(rows.to(tl.int64), USE_DOT) * in_features + _along_k(k, USE_DOT)
             tl.store(residual_out, h.to(residual_out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -115,46 +152,51 @@ def _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESI
 def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask, k,
                  in_features, writes_h, inv_rms, sum_squares,
                  PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, USE_DOT: tl.constexpr):  # fmt: skip
-    """Columns k of the product's input, the prologue applied, for the programs' rows; and the
-    GEMV's running sum of squares (rms_norm: it applies 1/rms after its loop)."""
+    """Columns k of the product's input, the prologue applied, for the programs' rows (on the input
+    chunk's axes); and the GEMV's running sum of squares (rms_norm: it applies 1/rms after its loop)."""
     k_mask = k < in_features
-    mask = row_mask[:, None] & k_mask[None, :]
+    mask = _along_rows(row_mask, USE_DOT) & _along_k(k_mask, USE_DOT)
     if PROLOGUE == 1:
         norm_weight = tl.load(norm_weight_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-        h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
+        h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL, USE_DOT)
         if USE_DOT:
             a = h * inv_rms[:, None] * norm_weight[None, :]
         else:
-            _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL)
+            _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL, USE_DOT)
             sum_squares += h * h
-            a = h * norm_weight[None, :]
+            a = h * _along_k(norm_weight, USE_DOT)
     elif PROLOGUE == 2:
-        gate = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + x_rows[:, None] + in_features + k[None, :], mask=mask, other=0.0).to(tl.float32)
+        gate = tl.load(x_ptr + _along_rows(x_rows, USE_DOT) + _along_k(k, USE_DOT), mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + _along_rows(x_rows, USE_DOT) + in_features + _along_k(k, USE_DOT), mask=mask, other=0.0)
+        up = up.to(tl.float32)
         if USE_DOT:
             a = gate * tl.sigmoid(gate) * up
         else:  # the same value: in the other order, ptxas 13 spilled 4 bytes of the 4-row GEMV tiles
             a = gate * up * tl.sigmoid(gate)
     else:
-        a = tl.load(x_ptr + x_rows[:, None] + k[None, :], mask=mask, other=0.0)
+        a = tl.load(x_ptr + _along_rows(x_rows, USE_DOT) + _along_k(k, USE_DOT), mask=mask, other=0.0)
     return a, sum_squares
 
 
 @triton.jit
-def _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA: tl.constexpr):
-    """The [BLOCK_N, BLOCK_K] weight tile at (col_start, k_start): by TMA from the weight's
-    TensorDescriptor (zeros outside the weight, as the masks give), or by pointers."""
+def _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA: tl.constexpr,
+                 USE_DOT: tl.constexpr):  # fmt: skip
+    """The weight tile at (col_start, k_start): [BLOCK_N, BLOCK_K] by TMA from the weight's
+    TensorDescriptor (zeros outside the weight, as the masks give), or by pointers (weight_rows:
+    the columns' rows, on the weight tile's columns axis)."""
     if WEIGHT_TMA:
         tile = weight.load([col_start, k_start])
     else:
-        tile = tl.load(weight_rows + k[None, :], mask=col_mask[:, None] & (k < in_features)[None, :], other=0.0)
+        mask = _along_cols(col_mask, USE_DOT) & _along_k(k < in_features, USE_DOT)
+        tile = tl.load(weight_rows + _along_k(k, USE_DOT), mask=mask, other=0.0)
     return tile
 
 
 @triton.jit
 def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """The tensor-core path: acc [BLOCK_M, BLOCK_N] += a @ w.T. The GEMV: a [1, BLOCK_K] broadcast
-    over the weight tile into acc [BLOCK_N, BLOCK_K], 2-D, with no reduction inside the loop."""
+    """The tensor-core path: acc [BLOCK_M, BLOCK_N] += a @ w.T. The GEMV: a [BLOCK_M, 1, BLOCK_K]
+    times the weight tile [1, BLOCK_N, BLOCK_K] into acc [BLOCK_M, BLOCK_N, BLOCK_K], with no
+    reduction inside the loop."""
     if USE_DOT:
         acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
     else:
@@ -198,7 +240,7 @@ def _fused_linear_kernel(
     if WEIGHT_TMA:
         weight_rows = weight_row_stride  # unused: the descriptor finds the tile
     else:
-        weight_rows = weight + cols.to(tl.int64)[:, None] * weight_row_stride
+        weight_rows = weight + _along_cols(cols.to(tl.int64), USE_DOT) * weight_row_stride
     dtype = out_ptr.dtype.element_ty
 
     # Under PDL (ops/_pdl.py) the GEMV loads its first weight tile before waiting for the kernel
@@ -208,7 +250,7 @@ def _fused_linear_kernel(
     k_first = 0
     if USE_PDL and not USE_DOT:
         k = tl.arange(0, BLOCK_K)
-        first_weight_tile = _weight_tile(weight, weight_rows, col_start, 0, k, col_mask, in_features, False)
+        first_weight_tile = _weight_tile(weight, weight_rows, col_start, 0, k, col_mask, in_features, False, USE_DOT)
         if PREFETCH_L2:
             rest_bytes = tl.maximum(in_features - BLOCK_K, 0) * (weight.dtype.element_ty.primitive_bitwidth // 8)
             for r in tl.static_range(BLOCK_N):
@@ -228,19 +270,20 @@ def _fused_linear_kernel(
             for k_start in range(0, in_features, BLOCK_K):
                 k = k_start + tl.arange(0, BLOCK_K)
                 mask = row_mask[:, None] & (k < in_features)[None, :]
-                h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL)
-                _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL)
+                h = _load_h(x_ptr, residual_ptr, x_rows, res_rows, k, mask, HAS_RESIDUAL, USE_DOT)
+                _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL, USE_DOT)
                 sum_squares += tl.sum(h * h, axis=1)
             inv_rms = tl.rsqrt(sum_squares / in_features + eps)
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:
-        # BLOCK_M == 1. The loop is loads and FMAs only: each lane keeps its own products (and the
-        # rms_norm's squares) in fp32 and they are summed over K once, after the loop. A reduction
-        # inside it would put barriers between one weight tile's loads and the next, and would give
-        # the input chunk a layout of its own, converted through shared memory at every step.
-        sum_squares = tl.zeros((BLOCK_M, BLOCK_K), tl.float32)
+        # The loop is loads and FMAs only: each lane keeps its own products (and the rms_norm's
+        # squares) in fp32 and they are summed over K once, after the loop. A reduction inside it
+        # would put barriers between one weight tile's loads and the next, and would give the input
+        # chunk a layout of its own, converted through shared memory at every step. The BLOCK_M
+        # rows share the weight's stream: each weight element feeds BLOCK_M products.
+        sum_squares = tl.zeros((BLOCK_M, 1, BLOCK_K), tl.float32)
         inv_rms = tl.zeros((BLOCK_M,), tl.float32)  # unused: the GEMV applies 1/rms after its loop
-        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
     if USE_PDL and not USE_DOT:
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       tl.arange(0, BLOCK_K), in_features, writes_h, inv_rms, sum_squares,
@@ -255,16 +298,16 @@ def _fused_linear_kernel(
         # from L2 and its prologue is computed: loaded after them, it waited for them (and for the
         # residual store between). The tensor-core path is pipelined, and loading first spilled there.
         if not USE_DOT:
-            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, False)
+            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, False, USE_DOT)
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       k, in_features, writes_h, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         if USE_DOT:
-            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA)
+            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA, USE_DOT)
         acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
     if not USE_DOT:
-        acc = tl.sum(acc, axis=1)[None, :]
+        acc = tl.sum(acc, axis=2)
         if PROLOGUE == 1:
-            acc *= tl.rsqrt(tl.sum(sum_squares, axis=1) / in_features + eps)[:, None]
+            acc *= tl.rsqrt(tl.sum(sum_squares, axis=2) / in_features + eps)
 
     out_mask = row_mask[:, None] & col_mask[None, :]
     if SPLIT_K:
@@ -295,8 +338,9 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
-# the rows' block and the prologue. "gemv": one row on the FMA units; "wgmma" (sm_90+) and
-# "dot_half" (elsewhere): fp16/bf16 rows on tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units).
+# the rows' block and the prologue. "gemv": one row on the FMA units; "gemv_rows": 2 to 4 fp16/bf16
+# rows on them; "wgmma" (sm_90+) and "dot_half" (elsewhere): more fp16/bf16 rows on tensor cores;
+# "dot_fp32": fp32 (ieee dots on the FMA units).
 # The GEMV tiles each give every warp a whole [BLOCK_N, 256] slab of the tile (BLOCK_K = 256 x warps:
 # 32 lanes x 16 bytes in bf16/fp16, twice over in fp32). Then the input chunk's natural layout is the
 # weight tile's: the loop needs no layout conversion and no barrier (the compile report checks
@@ -308,6 +352,10 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # dot, so Triton does not pipeline it (stages 1): a warp's bytes in flight are its slab, and
 # occupancy does the rest. The list is what a cold-weight sweep (bench/sweep_fused_linear.py) keeps:
 # the autotuner's pick within 0.1 us of the best tile at each projection (docs/performance-log.md).
+# "gemv_rows" keeps the same slabs with fewer columns, since each lane's products are BLOCK_M times
+# as many (BLOCK_N x 8 x BLOCK_M fp32 registers): 4-column tiles took 204 to 255 registers at 4 rows
+# and spilled in fp32 (which keeps the fp32 tiles beyond one row: Triton 3.6's ptxas also spilled
+# 8 bytes of three 2-row fp32 tiles). Not yet timed on a GPU.
 # Each tile compiles without spills at every projection under Triton 3.6 and 3.9 (the compile report
 # checks). Of the tensor-core tiles tried: before the split, 16x256 with 3 or 4 stages, 32x128,
 # 64x128 with 4 warps and 128x64 spilled somewhere; with it, 16x256 with 4 warps (8 B under 3.9, at
@@ -322,6 +370,7 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # 128x256 with 8 and 128x128 with 4 spilled somewhere under Triton 3.9.
 _GPU_CONFIGS = {
     "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
+    "gemv_rows": ((2, 1024, 4, 1), (1, 1024, 4, 1), (2, 2048, 8, 1), (1, 2048, 8, 1)),
     "wgmma": ((64, 128, 8, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 6)),
     "dot_half": ((16, 256, 8, 2), (64, 64, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
@@ -393,6 +442,8 @@ def _launcher_kind(num_rows: int, dtype: torch.dtype, weight_tma: bool) -> str:
         return "gemv"
     if dtype == torch.float32:
         return "dot_fp32"
+    if num_rows <= GEMV_MAX_ROWS:
+        return "gemv_rows"
     return "wgmma" if weight_tma else "dot_half"
 
 
@@ -486,13 +537,14 @@ _LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in ("li
 
 
 def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None,
-           unroll: int = 1, weight_tma: bool | None = None) -> list:  # fmt: skip
+           unroll: int = 1, kind: str | None = None) -> list:  # fmt: skip
     """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
     GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
-    factor (1 in every shipped config; the tile sweep also tries 2). weight_tma: whether more than
-    one fp16/bf16 row takes the wgmma tiles (True) or the mma tiles (False); None: where
-    `weight_tma_ok` allows."""
+    factor (1 in every shipped config; the tile sweep also tries 2). kind: a key of _GPU_CONFIGS, the
+    path to take instead of the one the rows, the dtype and the weight choose (`_launcher_kind`), so
+    that benchmarks can race the paths at the same rows ("wgmma" needs `weight_tma_ok(weight)`;
+    "gemv_rows" takes blocks of up to GEMV_MAX_ROWS rows)."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
@@ -501,13 +553,14 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     num_rows = x_rows.num_rows
     if num_rows == 0:
         return [out] if residual is None else [out, residual_out]
-    if weight_tma is None:
-        weight_tma = num_rows > 1 and weight_tma_ok(weight)
-    kind = _launcher_kind(num_rows, x.dtype, weight_tma)
-    block_m = {"gemv": 1, "wgmma": WGMMA_BLOCK_M}.get(kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M))
+    if kind is None:
+        kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and weight_tma_ok(weight))
+    block_m = {"gemv": 1, "gemv_rows": min(pow2_at_least(num_rows), GEMV_MAX_ROWS), "wgmma": WGMMA_BLOCK_M}.get(
+        kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M)
+    )
     row_blocks = cdiv(num_rows, block_m)
     num_k_splits, k_per_split = (
-        (1, in_features) if kind == "gemv" else k_splits(in_features, out_features, row_blocks, x.device, kind)
+        (1, in_features) if kind in GEMV_KINDS else k_splits(in_features, out_features, row_blocks, x.device, kind)
     )
     partial = new_output((num_k_splits, num_rows, out_features), torch.float32, x.device) if num_k_splits > 1 else out
     if config is not None:
@@ -529,7 +582,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "PROLOGUE": prologue,
         "HAS_RESIDUAL": residual is not None,
         "HAS_BIAS": bias is not None,
-        "USE_DOT": kind != "gemv",
+        "USE_DOT": kind not in GEMV_KINDS,
         "DOT_IN_FP32": dot_in_fp32(x.dtype),
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
@@ -539,7 +592,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
-    constexprs["PREFETCH_L2"] = kind == "gemv" and weight_prefetch_option(constexprs["USE_PDL"], weight)
+    constexprs["PREFETCH_L2"] = kind in GEMV_KINDS and weight_prefetch_option(constexprs["USE_PDL"], weight)
     if blocks is not None:
         _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs, **blocks)
     else:
@@ -576,14 +629,15 @@ MODEL_PROJECTIONS = (
 @register_compile_configs
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
-    dtype; the wgmma tiles (the launcher's pick for 2..64 fp16/bf16 rows on sm_90) and, for weights
-    TMA cannot read, the mma tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits`
-    splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL),
-    in bf16, the model's dtype: the GEMV, the wgmma tiles and the mma tiles at 16. Then the split
-    sum, in each dtype."""
+    dtype, and its row blocks of 2 and 4 in fp16/bf16; the wgmma tiles (the launcher's pick for 5..64
+    fp16/bf16 rows on sm_90) and, for weights TMA cannot read, the mma tiles at BLOCK_M 16 and 32
+    (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL),
+    in bf16, the model's dtype: the GEMV (with and without its L2 prefetch), the wgmma tiles and the
+    mma tiles at 16. Then the split sum, in each dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
+        "gemv_rows": (half, (2, GEMV_MAX_ROWS), (2, GEMV_MAX_ROWS)),
         "wgmma": (half, (WGMMA_BLOCK_M,), (WGMMA_BLOCK_M,)),
         "dot_half": (half, (16, MAX_BLOCK_M), (16,)),
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
@@ -592,7 +646,7 @@ def _compile_configs():
     for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes, block_ms, pdl_block_ms = kinds[kind]
-            split_k = kind != "gemv" and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1
+            split_k = kind not in GEMV_KINDS and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1
             # N is a run-time argument: a projection whose constexprs and K are one listed before
             # (the LM head's are gate_up's) compiles to the same code
             code = (kind, prologue, in_features, has_residual, has_bias, split_k)
@@ -604,7 +658,7 @@ def _compile_configs():
                     # (dtype, USE_PDL, PREFETCH_L2): every dtype, then bf16 under PDL (the GEMV with and
                     # without its L2 weight prefetch)
                     pdl_variants = [(torch.bfloat16, True, False)] if block_m in pdl_block_ms else []
-                    pdl_variants += [(torch.bfloat16, True, True)] if kind == "gemv" else []
+                    pdl_variants += [(torch.bfloat16, True, True)] if kind in GEMV_KINDS else []
                     for dtype, use_pdl, prefetch in [(d, False, False) for d in dtypes] + pdl_variants:
                         configs += configs_per_dtype(
                             (dtype,),
@@ -633,7 +687,7 @@ def _compile_configs():
                                 "PROLOGUE": PROLOGUES.index(prologue),
                                 "HAS_RESIDUAL": has_residual,
                                 "HAS_BIAS": has_bias,
-                                "USE_DOT": kind != "gemv",
+                                "USE_DOT": kind not in GEMV_KINDS,
                                 "DOT_IN_FP32": dtype == torch.float32,
                                 "USE_PDL": use_pdl,
                                 "PREFETCH_L2": prefetch,
@@ -665,7 +719,7 @@ def _compile_configs():
                             # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
                             uses_dot=kind in ("wgmma", "dot_half"),
                             wgmma=kind == "wgmma",
-                            barrier_free_loops=kind == "gemv",
+                            barrier_free_loops=kind in GEMV_KINDS,
                         )
     configs += configs_per_dtype(
         FLOAT_DTYPES,

@@ -1,5 +1,5 @@
 """linear, rms_norm_linear and silu_and_mul_linear: one kernel with three prologues, two paths (the
-one-row GEMV, the tensor-core tiles for more rows)."""
+GEMV for up to GEMV_MAX_ROWS fp16/bf16 rows or one fp32 row, the tensor-core tiles for more)."""
 
 import pytest
 import torch
@@ -18,9 +18,11 @@ from aurora_kernels.testing import (
 )
 from tests.catalogue import DTYPE_IDS, DTYPES, cuda_only
 
-# rows: 1 (the GEMV), 3 and 17 (one and two row blocks of the tile path); K 300 and N 100 are not
-# multiples of any block, and K 300 walks several K chunks
-ROWS = (1, 3, 17)
+# rows: 1 (the GEMV), 2 and 3 (the GEMV's blocks of 2 and 4 rows, the last one masked, in fp16/bf16;
+# one row block of the tile path in fp32) and 17 (the tile path's rows in one wgmma block, two
+# blocks of the others); K 300 and N 100 are not multiples of any block, and K 300 walks several K
+# chunks
+ROWS = (1, 2, 3, 17)
 K, N = 300, 100
 
 
@@ -57,10 +59,11 @@ def test_silu_and_mul_linear_parity(dtype, rows, device, gen):
     check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, x, *_weights(K, N, dtype, device, gen, False))
 
 
-@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("batch", [1, 4, 5])
 def test_model_widths_and_decode_shapes(batch, device, gen):
     """The LLM's hidden width (K 1536: 12 chunks of the interpreter's 128) and the decode layout
-    [B, 1, C], with an fp32 norm weight on bf16 activations; B=1 is the one-pass GEMV."""
+    [B, 1, C], with an fp32 norm weight on bf16 activations; B=1 and B=4 are the one-pass GEMV,
+    B=5 the tensor-core tiles."""
     x = randn((batch, 1, 1536), torch.bfloat16, device, gen)
     residual = randn((batch, 1, 1536), torch.bfloat16, device, gen)
     norm_weight = randn((1536,), torch.float32, device, gen, scale=0.5, shift=1.0)
@@ -157,7 +160,7 @@ def test_every_autotune_candidate(kind, device, gen):
     only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so the others are checked here (on a
     CPU, their block shapes under the interpreter)."""
     dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
-    rows = {"gemv": 1, "wgmma": 65}.get(kind, 17)  # two row blocks (of 64, of 16)
+    rows = {"gemv": 1, "gemv_rows": 3, "wgmma": 65}.get(kind, 17)  # two row blocks (of 64, of 16)
     # K: the wgmma tiles read the weight by TMA, whose rows must start 16 bytes apart (304 x 2 B)
     in_features = 304 if kind == "wgmma" else K
     x, residual = (randn((rows, in_features), dtype, device, gen) for _ in range(2))
@@ -178,10 +181,21 @@ def test_every_autotune_candidate(kind, device, gen):
         for prologue, (launch_args, reference_fn, reference_args) in calls.items():
             with poisoned_outputs():
                 outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), config=config, unroll=unroll,
-                                              weight_tma=kind == "wgmma")  # fmt: skip
+                                              kind=kind)  # fmt: skip
             expected = reference_in_float64(reference_fn, *reference_args)
             for out, ref in zip(outputs, expected if isinstance(expected, tuple) else (expected,)):
                 assert_parity(out, ref, dtype, f"{kind} {config} unroll {unroll} {prologue}")
+
+
+def test_path_choice_by_rows():
+    """One row, and up to GEMV_MAX_ROWS fp16/bf16 rows, stream the weight on the FMA units (the
+    GEMV); more rows take the tensor-core tiles (wgmma where TMA can read the weight), fp32 rows
+    beyond one the fp32 tiles."""
+    kind = fused_linear._launcher_kind
+    assert fused_linear.GEMV_MAX_ROWS == 4
+    assert [kind(rows, torch.bfloat16, True) for rows in (1, 2, 3, 4, 5, 64)] == ["gemv"] + ["gemv_rows"] * 3 + ["wgmma"] * 2
+    assert [kind(rows, torch.float16, False) for rows in (4, 5)] == ["gemv_rows", "dot_half"]
+    assert [kind(rows, torch.float32, False) for rows in (1, 2)] == ["gemv", "dot_fp32"]
 
 
 def test_k_split_rule():
@@ -215,7 +229,7 @@ def test_wgmma_path_choice_and_parity(device, gen):
     assert not fused_linear.weight_tma_ok(expanded)
     check_op(ak.linear, reference.linear, randn((5, in_features), torch.bfloat16, device, gen), expanded)
     norm_weight = randn((in_features,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
-    for rows in (3, 65):
+    for rows in (5, 65):
         x, residual = (randn((rows, 1, in_features), torch.bfloat16, device, gen) for _ in range(2))
         for w in (weight, fused):
             check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, w, bias, 1e-6, residual)
@@ -225,7 +239,7 @@ def test_wgmma_path_choice_and_parity(device, gen):
 
 @pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
                          ids=["torch_compile", "cuda_graph"])  # fmt: skip
-@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("rows", [1, 3, 8])  # the GEMV, its row blocks, the tensor-core tiles
 def test_compiled_and_graph_captured(check, rows, device, gen):
     x, residual = (randn((rows, 1, 256), torch.bfloat16, device, gen) for _ in range(2))
     norm_weight = randn((256,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
