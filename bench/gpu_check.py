@@ -11,7 +11,7 @@ then the end-to-end model all that is left, 120 s at least. While the tests run,
 compiles what the benchmarks will run on the cores the tests leave free, and it is stopped before
 the first timing, so the budgets go to timing rather than to compiling. `--phases tests`,
 `--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more;
-`--ops` and `--model-runs` narrow a call to the rows that decide one question.
+`--ops`, `--model-runs` and `--model-batches` narrow a call to the rows that decide one question.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
         [--ops linear,attention] [--model-runs triton:cuda_graph,triton-fused-batched:cuda_graph]
@@ -302,6 +302,17 @@ def run_pytest_benchmark(results_dir: str) -> str:
 PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "model")
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """--model-batches: comma-separated decode batch sizes, each an int >= 1."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes >= 1, got {text!r}")
+    return sizes
+
+
 def _narrowing(parser: argparse.ArgumentParser, args) -> tuple[list[str] | None, tuple | None]:
     """--ops and --model-runs checked against what the benchmarks have: (ops or None for all, runs or
     None for all), or a usage error that names the known values."""
@@ -352,6 +363,11 @@ def main(argv=None) -> int:
         "--model-runs",
         help="comma-separated backend:decode pairs the model phase times, in bench.model_e2e.RUNS's order "
         "(default: all of them), e.g. triton:cuda_graph,triton-fused-batched:cuda_graph",
+    )
+    parser.add_argument(
+        "--model-batches",
+        type=_batch_sizes,
+        help="comma-separated decode batch sizes the model phase times (default: bench.model_e2e.BATCHES), e.g. 4",
     )
     parser.add_argument(
         "--archive",
@@ -418,7 +434,8 @@ def main(argv=None) -> int:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))
             print(f"model end to end: {model_budget:.0f} s budget", flush=True)
             try:
-                run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive, runs=model_runs)
+                run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive, runs=model_runs,
+                                  batches=args.model_batches)  # fmt: skip
             except Exception as exc:  # the model could not even be built: the rest of the record stands
                 model_error = harness.error_text(exc)
                 print(f"model end to end failed: {model_error}", flush=True)

@@ -124,10 +124,11 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
     return rows
 
 
-def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, after_each=None, runs=None) -> list[dict]:
-    """The end-to-end model benchmark (`runs`: those of bench.model_e2e.RUNS, default all); its results
-    are written after every configuration, and then after_each() runs (gpu_check's archive), so a run
-    cut short keeps what it measured."""
+def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, after_each=None, runs=None,
+                  batches=None) -> list[dict]:  # fmt: skip
+    """The end-to-end model benchmark (`runs`: those of bench.model_e2e.RUNS, default all; `batches`:
+    default bench.model_e2e.BATCHES); its results are written after every configuration, and then
+    after_each() runs (gpu_check's archive), so a run cut short keeps what it measured."""
     from bench import model_e2e
 
     def checkpoint(rows):
@@ -135,7 +136,8 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
         if after_each is not None:
             after_each()
 
-    model_rows = model_e2e.run(device, ceilings, budget_s, checkpoint=checkpoint, **({"runs": runs} if runs else {}))
+    narrowed = {**({"runs": runs} if runs else {}), **({"batches": batches} if batches else {})}
+    model_rows = model_e2e.run(device, ceilings, budget_s, checkpoint=checkpoint, **narrowed)
     model_e2e.write(results_dir, model_rows)
     print(model_e2e.markdown(model_rows))
     try:
