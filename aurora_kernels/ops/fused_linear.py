@@ -29,24 +29,25 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   loads its weight tile before its input chunk. So the loop is loads and FMAs only, with no barrier
   (the compile report checks), and its weight loads do not wait for the input's. The rows share
   the weight's stream: at 4 rows each weight element feeds 4 FMAs, about a fifth of an H100's FP32
-  rate at the copy bandwidth, where the tensor-core tiles would pad 4 rows to 64 (wgmma) or 16. The rms_norm's 1/rms is a common factor of a row's products, applied after the
-  loop: one pass. (A reduction at every step, and barriers in the loop, each cost the earlier
-  versions a large part of the bandwidth: docs/performance-log.md.) Under programmatic dependent
-  launch (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that
-  its weight tile is read before the wait for the kernel before.
+  rate at the copy bandwidth, where the tensor-core tiles would pad 4 rows to 64 (wgmma) or 16.
+  The rms_norm's 1/rms is a common factor of a row's products, applied after the loop: one pass.
+  (A reduction at every step, and barriers in the loop, each cost the earlier versions a large
+  part of the bandwidth: docs/performance-log.md.) Under programmatic dependent launch
+  (ops/_pdl.py; the model's generate uses it) its first step is peeled off the loop, so that its
+  weight tile is read before the wait for the kernel before.
 - More rows (and fp32 beyond one): tl.dot on [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N] (tensor cores;
-  the padding rows cost only arithmetic, which is free here). The normalised or activated input is rounded to the input
-  dtype before the product, as the unfused ops' output would be, so the rms_norm prologue makes two
-  passes: the rows' norms, then the normalised chunks. On sm_90+ (fp16/bf16, a weight TMA can read:
-  `weight_tma_ok`) the tiles are Hopper's: BLOCK_M 64, the warpgroup MMA's (wgmma) smallest M, the
-  weight tiles brought by TMA from a TensorDescriptor into a ring of shared memory, the input chunk
-  with its prologue in registers as wgmma's A operand. Elsewhere BLOCK_M is the rows rounded up to
-  16 (at most 32), the weight read by pointers and the dots sm_80's mma.sync. Alone, too few
-  programs would walk all of K (12 to 24 for down_proj), so K is split over programs where the
-  column blocks alone would not fill every SM once (`k_splits`: down_proj at 8 rows makes 9 or 18
-  splits), each split's fp32 sums added up by a second kernel. Whether these tiles beat cuBLAS
-  plus the unfused op is the GPU's to say: the model takes them for batched steps only under
-  RunOptions.fuse_batched_projections (docs/performance-log.md).
+  the padding rows cost only arithmetic, which is free here). The normalised or activated input is
+  rounded to the input dtype before the product, as the unfused ops' output would be, so the
+  rms_norm prologue makes two passes: the rows' norms, then the normalised chunks. On sm_90+
+  (fp16/bf16, a weight TMA can read: `weight_tma_ok`) the tiles are Hopper's: BLOCK_M 64, the
+  warpgroup MMA's (wgmma) smallest M, the weight tiles brought by TMA from a TensorDescriptor into a
+  ring of shared memory, the input chunk with its prologue in registers as wgmma's A operand.
+  Elsewhere BLOCK_M is the rows rounded up to 16 (at most 32), the weight read by pointers and the
+  dots sm_80's mma.sync. Alone, too few programs would walk all of K (12 to 24 for down_proj), so K
+  is split over programs where the column blocks alone would not fill every SM once (`k_splits`:
+  down_proj at 8 rows makes 9 or 18 splits), each split's fp32 sums added up by a second kernel.
+  Whether these tiles beat cuBLAS plus the unfused op is the GPU's to say: the model takes them for
+  batched steps only under RunOptions.fuse_batched_projections (docs/performance-log.md).
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
 batches. Prefill-sized inputs are correct but belong to cuBLAS.
 """
@@ -628,12 +629,12 @@ MODEL_PROJECTIONS = (
 
 @register_compile_configs
 def _compile_configs():
-    """Every autotune candidate at each of the model's projections: the GEMV (one row) in every
-    dtype, and its row blocks of 2 and 4 in fp16/bf16; the wgmma tiles (the launcher's pick for 5..64
-    fp16/bf16 rows on sm_90) and, for weights TMA cannot read, the mma tiles at BLOCK_M 16 and 32
-    (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL),
-    in bf16, the model's dtype: the GEMV (with and without its L2 prefetch), the wgmma tiles and the
-    mma tiles at 16. Then the split sum, in each dtype."""
+    """Every autotune candidate at each of the model's projections: the GEMV (one row) in every dtype,
+    and its row blocks of 2 and 4 in fp16/bf16; the wgmma tiles (the launcher's pick for 5..64 fp16/bf16
+    rows on sm_90) and, for weights TMA cannot read, the mma tiles at BLOCK_M 16 and 32 (B=8 and B=32
+    decode), K split as `k_splits` splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic
+    dependent launch (USE_PDL), in bf16, the model's dtype: the GEMV (with and without its L2 prefetch),
+    the wgmma tiles and the mma tiles at 16. Then the split sum, in each dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
