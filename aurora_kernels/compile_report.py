@@ -6,7 +6,7 @@ the launcher uses. This module compiles each one with `triton.compile(..., GPUTa
 reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags this Triton really
 builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
 in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
-shared memory, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX),
+shared memory, how many blocks an SM holds at once, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX),
 whether global loads are 16 bytes wide, how many barriers the loops hold and, where a config asks,
 how many global loads the SASS (by the nvdisasm that ships with Triton) issues behind its first
 barrier. It catches what the interpreter lets through (dot tiles under 16, shared memory over the
@@ -80,6 +80,28 @@ def _assemble_again(ptx: str, cfg: KernelConfig) -> str:
     with _printed_ptxas_logs() as printed:
         backend.make_cubin(ptx, {}, options, 90)
     return printed.getvalue()
+
+
+# An sm_90 SM's limits (CUDA's occupancy calculator, compute capability 9.0): registers are given to
+# a warp in units of 256, shared memory to a block in units of 128 bytes plus 1 KB the runtime keeps
+SM90_REGISTERS = 65536
+SM90_REGISTER_UNIT = 256
+SM90_SHARED_BYTES = 233472  # 228 KB
+SM90_SHARED_UNIT = 128
+SM90_SHARED_RESERVED = 1024
+SM90_MAX_WARPS = 64
+SM90_MAX_BLOCKS = 32
+
+
+def blocks_per_sm(registers: int, shared_bytes: int, num_warps: int) -> int:
+    """How many blocks of this config an sm_90 SM holds at once: the least of what its registers,
+    shared memory and warp slots allow. A latency-bound kernel hides one block's waits behind
+    another's work only with two or more (the overlap FlashAttention-3 schedules by hand)."""
+    warp_registers = -(-registers * 32 // SM90_REGISTER_UNIT) * SM90_REGISTER_UNIT
+    by_registers = SM90_REGISTERS // warp_registers // num_warps
+    block_shared = -(-shared_bytes // SM90_SHARED_UNIT) * SM90_SHARED_UNIT + SM90_SHARED_RESERVED
+    by_shared = SM90_SHARED_BYTES // block_shared
+    return min(by_registers, by_shared, SM90_MAX_WARPS // num_warps, SM90_MAX_BLOCKS)
 
 
 def loop_barriers(ptx: str) -> int:
@@ -180,6 +202,8 @@ def compile_one(cfg: KernelConfig) -> dict:
     row["spill_stores"] = int(spills.group(1)) if spills else None
     row["spill_loads"] = int(spills.group(2)) if spills else None
     row["stack_bytes"] = int(stack.group(1)) if stack else None
+    if row["registers"] is not None:
+        row["blocks_per_sm"] = blocks_per_sm(row["registers"], row["shared_bytes"], cfg.num_warps)
     return row
 
 
@@ -229,9 +253,9 @@ def problems(row: dict) -> list[str]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | tensor core | vector loads "
-        "| loop barriers | loads behind a barrier | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | blocks/SM | tensor core "
+        "| vector loads | loop barriers | loads behind a barrier | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -240,14 +264,15 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-                f"| - | - | - | - | - | - | - | {status} |"
+                f"| - | - | - | - | - | - | - | - | {status} |"
             )
             continue
         tc = r["tensor_core"] if r["uses_dot"] else "n/a"
         behind = r.get("loads_behind_barrier", "-")
         lines.append(
             f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {tc} | {r['vector_loads']} | {r['loop_barriers']} | {behind} | {status} |"
+            f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {r.get('blocks_per_sm', '-')} | {tc} "
+            f"| {r['vector_loads']} | {r['loop_barriers']} | {behind} | {status} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -268,7 +293,8 @@ def document(report: dict) -> str:
     return (
         "# sm_90 compile report\n\nEvery launch config the launchers can pick at the model's shapes, compiled "
         "ahead of time for the H100 on a CPU machine (`python -m aurora_kernels.compile_report`): registers "
-        "per thread, spills, shared memory, whether the dots became tensor-core instructions, how many "
+        "per thread, spills, shared memory, how many blocks an SM holds at once (by those and the warps), "
+        "whether the dots became tensor-core instructions, how many "
         "16-byte global loads the PTX has, how many barriers (bar.sync) its loops hold (a GEMV's must "
         "hold none) and, for the latency-bound decode attention's kernels, how many global loads the SASS issues "
         f"behind the first barrier, ahead of the first product or store (must be none).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"

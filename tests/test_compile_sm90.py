@@ -103,6 +103,21 @@ def test_the_decode_attention_issues_its_loads_before_its_first_barrier(report):
     assert not any(r["loads_before_barrier"] for r in report["rows"] if r not in held)
 
 
+def test_blocks_per_sm_is_the_least_of_registers_shared_memory_and_warps():
+    """The occupancy column: registers go to a warp in units of 256, shared memory to a block in units
+    of 128 bytes plus the runtime's 1 KB; an SM has 64K registers, 228 KB, 64 warps and 32 blocks."""
+    from aurora_kernels.compile_report import blocks_per_sm
+
+    assert blocks_per_sm(186, 114688, 4) == 2  # 192 x 32 registers a warp: 10 warps; 2 x 113 KB
+    assert blocks_per_sm(124, 40960, 4) == 4  # 128 x 32 a warp: 16 warps (shared memory allows 5)
+    assert blocks_per_sm(148, 65536, 4) == 3  # 152 x 32: 13 warps; 3 x 65 KB fit, 4 do not
+    assert blocks_per_sm(245, 229376, 8) == 1
+    assert blocks_per_sm(140, 36864, 8) == 1  # 144 x 32 x 8 warps = 36864 registers: not twice in 64K
+    assert blocks_per_sm(32, 0, 8) == 8  # the 64 warp slots
+    assert blocks_per_sm(16, 0, 1) == 32  # the 32 block slots
+    assert blocks_per_sm(64, 116736, 1) == 1  # 114 KB + 1 KB twice is over 228 KB
+
+
 def test_stride_multiple_claims_only_what_holds():
     """STRIDE_MULTIPLE tells the compiler that row offsets are 16-byte multiples; a wrong claim would
     misalign vector loads on a GPU (the interpreter cannot notice), so the rule itself is tested."""
