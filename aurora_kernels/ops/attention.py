@@ -246,15 +246,19 @@ def _attention_kernel(
 
 
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
-# size class of the query rows) and the dtype. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA units, for the parity bound)
-# takes smaller tiles to stay clear of spills. The compile report checks every one at the model's shapes.
-# Heads of at most NARROW_HEAD_DIM (the ViT's 72: 64 + 16 columns of work) also try 64 x 128 on one
-# warpgroup: twice the programs of 128 x 128 for a 256-token image, and each walks its keys in two
-# blocks; at D 128 that tile spills. BLOCK_N 256 (a 256-token image's keys in one block) spilled at
-# every head dim and tile tried (64 and 128 rows, 4 and 8 warps, 1 and 2 stages).
+# size class of the query rows) and the dtype. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA
+# units, for the parity bound) takes smaller tiles to stay clear of spills. The compile report checks
+# every one at the model's shapes and gives the blocks an SM holds at once (blocks/SM). A Triton loop
+# waits for each product before its softmax: blocks that share an SM overlap one's softmax with
+# another's products (what FlashAttention-3 schedules between two warpgroups). So besides 128 x 64 on
+# 8 warps (one block an SM), the tiles are the ones several blocks of fit: 64 x 64 (two an SM at D 128,
+# three at the ViT's 72: 64 + 16 columns of work), 64 x 32 (three, four) and, for heads of at most
+# NARROW_HEAD_DIM, 128 x 32 on 8 warps (two). The tiles of one block an SM that never won a tuning
+# (128 x 128, 64 x 128) are out, and BLOCK_N 256 spilled at every head dim and tile tried
+# (docs/performance-log.md).
 _GPU_CONFIGS = {
-    "half": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)),
-    "half_narrow_head": ((128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3)),
+    "half": ((128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)),
+    "half_narrow_head": ((128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 3)),
     "fp32": ((32, 16, 4, 1), (16, 16, 4, 2)),
 }
 NARROW_HEAD_DIM = 80
