@@ -64,20 +64,29 @@ def head_dim_blocks(head_dim: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _tile_pointers(base, keys, token_stride, cols, WIDE_OFFSETS: tl.constexpr):
+    """base + keys x token_stride + cols, keys and cols broadcast to the tile's shape. The offsets are
+    32-bit products and adds (half the instructions of 64-bit ones, in the loop that issues the K/V
+    loads) where the launcher found every key's offset to fit (WIDE_OFFSETS False)."""
+    if WIDE_OFFSETS:
+        return base + keys.to(tl.int64) * token_stride + cols
+    return base + (keys * token_stride + cols)
+
+
+@triton.jit
 def _attend_key_block(
     acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
     k_token_stride, v_token_stride, qk_scale_log2,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT_IN_FP32: tl.constexpr, WIDE_OFFSETS: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over keys key_start .. key_start + BLOCK_N."""
     keys = key_start + tl.arange(0, BLOCK_N)
-    keys64 = keys.to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     key_ok = keys < len_k
     # k is loaded as its transpose [D, BLOCK_N] so the dot reads q @ k^T directly
-    k_ptrs = k_base + keys64[None, :] * k_token_stride + cols[:, None]
-    v_ptrs = v_base + keys64[:, None] * v_token_stride + cols[None, :]
+    k_ptrs = _tile_pointers(k_base, keys[None, :], k_token_stride, cols[:, None], WIDE_OFFSETS)
+    v_ptrs = _tile_pointers(v_base, keys[:, None], v_token_stride, cols[None, :], WIDE_OFFSETS)
     if MASKED:
         k = tl.load(k_ptrs, mask=key_ok[None, :] & (cols[:, None] < HEAD_DIM), other=0.0)
     else:
@@ -86,7 +95,7 @@ def _attend_key_block(
     if BLOCK_D_TAIL > 0:
         tail_cols = BLOCK_D + tl.arange(0, BLOCK_D_TAIL)
         tail_ok = tail_cols < HEAD_DIM
-        k_tail_ptrs = k_base + keys64[None, :] * k_token_stride + tail_cols[:, None]
+        k_tail_ptrs = _tile_pointers(k_base, keys[None, :], k_token_stride, tail_cols[:, None], WIDE_OFFSETS)
         if MASKED:
             k_tail = tl.load(k_tail_ptrs, mask=key_ok[None, :] & tail_ok[:, None], other=0.0)
         else:
@@ -115,7 +124,7 @@ def _attend_key_block(
     p = p.to(v.dtype)
     acc = dot_acc(p, v, acc * alpha[:, None], DOT_IN_FP32)
     if BLOCK_D_TAIL > 0:
-        v_tail_ptrs = v_base + keys64[:, None] * v_token_stride + tail_cols[None, :]
+        v_tail_ptrs = _tile_pointers(v_base, keys[:, None], v_token_stride, tail_cols[None, :], WIDE_OFFSETS)
         if MASKED:
             v_tail = tl.load(v_tail_ptrs, mask=key_ok[:, None] & tail_ok[None, :], other=0.0)
         else:
@@ -135,7 +144,7 @@ def _attention_kernel(
     query_rows_class,  # unused here: part of the autotuner's key (QUERY_ROWS_CLASSES)
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    NEGATE_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NEGATE_Q: tl.constexpr, WIDE_OFFSETS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     # Causal work grows with the query block: launch the longest blocks first so the short ones
     # fill the tail of the wave.
@@ -219,13 +228,13 @@ def _attention_kernel(
         acc, acc_tail, row_max, row_sum = _attend_key_block(
             acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
             k_token_stride, v_token_stride, qk_scale_log2,
-            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, False, DOT_IN_FP32,
+            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, False, DOT_IN_FP32, WIDE_OFFSETS,
         )  # fmt: skip
     for key_start in range(unmasked_end, keys_end, BLOCK_N):
         acc, acc_tail, row_max, row_sum = _attend_key_block(
             acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
             k_token_stride, v_token_stride, qk_scale_log2,
-            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32,
+            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32, WIDE_OFFSETS,
         )  # fmt: skip
 
     # A row that saw no key (empty key sequence, or above the causal diagonal) has row_sum 0 and acc
@@ -282,9 +291,24 @@ _LAUNCHERS = autotuned_launchers(
 QUERY_ROWS_CLASSES = (4**6, 4**10)
 
 
+MAX_BLOCK_N = 128  # the largest key block of any candidate and of the interpreter's blocks
+INT32_MAX = 2**31 - 1
+
+
 def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
     """Large blocks: the interpreter's cost grows with programs and loop steps, not with tile size."""
-    return {"BLOCK_M": min(pow2_at_least(max_seqlen_q, 16), 128), "BLOCK_N": min(pow2_at_least(max_seqlen_k, 16), 128)}
+    return {"BLOCK_M": min(pow2_at_least(max_seqlen_q, 16), 128), "BLOCK_N": min(pow2_at_least(max_seqlen_k, 16), MAX_BLOCK_N)}
+
+
+def wide_offsets(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the kernel must form the K/V tiles' offsets in 64 bits: where a key's offset from its
+    sequence's first row (up to the key rows, dense Lk or packed Tk, plus a block past them, times the
+    token stride, plus D) may not fit in 32 bits, and for fp32, whose 16-row tiles spilled with
+    32-bit offsets (ptxas 13; docs/performance-log.md)."""
+    if k.dtype == torch.float32:
+        return True
+    key_rows = k.shape[-3] + MAX_BLOCK_N
+    return key_rows * max(k.stride(-3), v.stride(-3)) + k.shape[-1] > INT32_MAX
 
 
 def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks=None):
@@ -313,6 +337,7 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
             *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype), "NEGATE_Q": scale < 0,
+                  "WIDE_OFFSETS": wide_offsets(k, v),
                   "STRIDE_MULTIPLE": stride_multiple(q.element_size(), [*strides(q), *strides(k), *strides(v), *strides(out)])}  # fmt: skip
     if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
@@ -456,6 +481,7 @@ def _compile_configs():
                     kernel=_attention_kernel, signature=signature,
                     constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": causal,
                                 "IS_VARLEN": packed, "DOT_IN_FP32": dtype == torch.float32, "NEGATE_Q": False,
+                                "WIDE_OFFSETS": dtype == torch.float32,
                                 "BLOCK_M": block_m, "BLOCK_N": block_n},
                     num_warps=warps, num_stages=stages, aligned=aligned,
                     # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)

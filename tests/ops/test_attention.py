@@ -127,6 +127,32 @@ def test_every_autotune_candidate(kind, device, gen):
         check_op(_forced_blocks(block_m, block_n), reference.attention_varlen, *args, causal=True)
 
 
+def test_key_offsets_go_64_bit_only_where_32_bits_may_not_hold_them():
+    """The K/V tile offsets are 32-bit unless a key's offset from its sequence's first row (key rows
+    plus a block, times the token stride, plus D) may pass 2**31 - 1, or the dtype is fp32."""
+    head_dim, heads = 128, 2
+
+    def keys(rows, token_stride, dtype=torch.bfloat16):  # meta tensors: the rule reads shapes and strides
+        return torch.empty_strided((rows, heads, head_dim), (token_stride, head_dim, 1), dtype=dtype, device="meta")
+
+    stride = heads * head_dim
+    fits = (attention_module.INT32_MAX - head_dim) // stride - attention_module.MAX_BLOCK_N
+    assert not attention_module.wide_offsets(keys(fits, stride), keys(fits, stride))
+    assert attention_module.wide_offsets(keys(fits + 1, stride), keys(fits + 1, stride))
+    assert attention_module.wide_offsets(keys(16, stride), keys(16, 2**24))  # v's stride counts too
+    assert attention_module.wide_offsets(keys(16, stride, torch.float32), keys(16, stride, torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_64_bit_key_offsets(dtype, device, gen, monkeypatch):
+    """The 64-bit offsets of keys too far apart for 32 bits (a tensor of that size is gigabytes), taken
+    here by lowering the bound: ragged, causal, D 72 (a tail block), masked and unmasked blocks."""
+    monkeypatch.setattr(attention_module, "INT32_MAX", 1000)
+    args = _packed([150, 1, 40], [150, 1, 60], 4, 2, 72, dtype, device, gen)
+    assert attention_module.wide_offsets(args[1], args[2])
+    check_op(_forced_blocks(32, 32), reference.attention_varlen, *args, causal=True)
+
+
 @pytest.mark.parametrize("scale", [-0.3, 0.0], ids=["negative", "zero"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_negative_and_zero_softmax_scales(scale, dtype, device, gen):
