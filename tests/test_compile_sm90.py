@@ -57,10 +57,11 @@ def test_every_kernel_op_is_in_the_report(report):
 
 
 def test_pdl_configs_wait_on_the_kernel_before_and_the_others_do_not(report):
-    """USE_PDL compiles the grid dependency wait into fused_linear and decode attention; without it
-    the kernels are as they were (no wait instruction)."""
+    """USE_PDL compiles the grid dependency wait into fused_linear (its K-split sum too) and decode
+    attention; without it the kernels are as they were (no wait instruction)."""
     pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
-    assert {r["kernel"] for r in pdl} == {"_fused_linear_kernel", "_decode_split_kernel", "_decode_merge_kernel"}
+    assert {r["kernel"] for r in pdl} == {"_fused_linear_kernel", "_sum_k_splits_kernel", "_decode_split_kernel",
+                                          "_decode_merge_kernel"}  # fmt: skip
     assert all(r.get("grid_dependency_wait") for r in pdl)
     assert not any(r.get("grid_dependency_wait") for r in report["rows"] if not r["constexprs"].get("USE_PDL"))
 

@@ -19,12 +19,12 @@ or merged just before the call would be read stale). The model turns it on insid
 (RunOptions.programmatic_dependent_launch, on by default), for its own thread only, whose weights
 nothing writes. `using_programmatic_dependent_launch(True)` turns it on for the calling thread
 inside a block, `set_programmatic_dependent_launch(True)` for every thread without a block of its
-own; either way for the kernels that take it: fused_linear and decode_attention. Under it the
-GEMV can also ask the L2 for the rest of its weight rows before its wait (`using_weight_prefetch`,
-RunOptions.weight_prefetch in the model). It launches so on CUDA devices of compute
-capability 9 or more. Under the interpreter the kernels take their PDL path with the waits left out
-(it has no grid dependency control, and runs each kernel after the one before anyway), so the CPU
-tests check that path's arithmetic.
+own; either way for the kernels that take it: fused_linear (with the sum of its K splits) and
+decode_attention. Under it the GEMV can also ask the L2 for the rest of its weight rows before its
+wait (`using_weight_prefetch`, RunOptions.weight_prefetch in the model). It launches so on CUDA
+devices of compute capability 9 or more. Under the interpreter the kernels take their PDL path with
+the waits left out (it has no grid dependency control, and runs each kernel after the one before
+anyway), so the CPU tests check that path's arithmetic.
 """
 
 from __future__ import annotations

@@ -323,12 +323,14 @@ def _fused_linear_kernel(
 
 @triton.jit
 def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_stride, out_features,
-                         HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """out[row, cols] = the K splits' fp32 sums [num_k_splits, rows, N] added up, + bias, rounded."""
+                         HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """out[row, cols] = the K splits' fp32 sums [num_k_splits, rows, N] added up, + bias, rounded.
+    Under PDL it is launched while the split kernel runs and waits for it before reading a sum."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < out_features
     partial = partial_ptr + tl.program_id(1).to(tl.int64) * out_features + cols
     acc = tl.zeros((BLOCK_N,), tl.float32)
+    wait_for_previous_kernel(USE_PDL)
     for _ in range(num_k_splits):
         acc += tl.load(partial, mask=col_mask, other=0.0)
         partial += split_stride
@@ -603,7 +605,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         block_n = _sum_block_n(out_features)
         _sum_k_splits_kernel[(cdiv(out_features, block_n), num_rows)](
             partial, bias if bias is not None else partial, out, num_k_splits, num_rows * out_features, out_features,
-            HAS_BIAS=bias is not None, BLOCK_N=block_n, num_warps=SUM_WARPS,
+            HAS_BIAS=bias is not None, BLOCK_N=block_n, num_warps=SUM_WARPS, **pdl_options(x.device),
         )  # fmt: skip
     return [out] if residual is None else [out, residual_out]
 
@@ -722,22 +724,24 @@ def _compile_configs():
                             wgmma=kind == "wgmma",
                             barrier_free_loops=kind in GEMV_KINDS,
                         )
-    configs += configs_per_dtype(
-        FLOAT_DTYPES,
-        op="linear",
-        shape="sum of the K splits, N=1536 (o_proj, down_proj)",
-        kernel=_sum_k_splits_kernel,
-        signature={
-            "partial_ptr": "*fp32",
-            "bias_ptr": "*T",
-            "out_ptr": "*T",
-            "num_k_splits": "i32",
-            "split_stride": "i64",
-            "out_features": "i32",
-        },  # fmt: skip
-        constexprs={"HAS_BIAS": False, "BLOCK_N": _sum_block_n(1536)},
-        num_warps=SUM_WARPS,
-        num_stages=1,
-        aligned=("partial_ptr", "bias_ptr", "out_ptr", "split_stride", "out_features"),
-    )
+    # every dtype, then bf16 under PDL
+    for dtypes, use_pdl in ((FLOAT_DTYPES, False), ((torch.bfloat16,), True)):
+        configs += configs_per_dtype(
+            dtypes,
+            op="linear",
+            shape="sum of the K splits, N=1536 (o_proj, down_proj)" + (", PDL" if use_pdl else ""),
+            kernel=_sum_k_splits_kernel,
+            signature={
+                "partial_ptr": "*fp32",
+                "bias_ptr": "*T",
+                "out_ptr": "*T",
+                "num_k_splits": "i32",
+                "split_stride": "i64",
+                "out_features": "i32",
+            },  # fmt: skip
+            constexprs={"HAS_BIAS": False, "USE_PDL": use_pdl, "BLOCK_N": _sum_block_n(1536)},
+            num_warps=SUM_WARPS,
+            num_stages=1,
+            aligned=("partial_ptr", "bias_ptr", "out_ptr", "split_stride", "out_features"),
+        )
     return configs

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import aurora_kernels as ak
-from aurora_kernels.ops import reference
+from aurora_kernels.ops import fused_linear, reference
 from aurora_kernels.ops._pdl import pdl_options
 from aurora_kernels.testing import check_op, randn
 from tests.catalogue import cuda_only
@@ -33,14 +33,16 @@ def test_the_switch_launches_with_pdl_on_hopper_and_later(pdl_on, device):
 
 
 def test_the_ops_that_take_it_match_the_reference_with_it_on(pdl_on, device, gen):
-    """The GEMV (its first step peeled off the loop, its weight tile read before the wait), the
-    tensor-core tiles, and decode attention's split and merge kernels, each on its PDL path."""
+    """The GEMV at 1 and 3 rows (its first step peeled off the loop, its weight tile read before the
+    wait), the tensor-core tiles at 5 rows with K split in two and the kernel that sums the splits,
+    and decode attention's split and merge kernels, each on its PDL path."""
     dtype = torch.bfloat16
-    for rows in (1, 3):
+    for rows in (1, 3, 5):
         x, residual = randn((rows, 300), dtype, device, gen), randn((rows, 300), dtype, device, gen)
         norm_weight = randn((300,), dtype, device, gen, scale=0.5, shift=1.0)
         weight, bias = randn((100, 300), dtype, device, gen, scale=300**-0.5), randn((100,), dtype, device, gen)
         check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, weight, bias, 1e-6, residual)
+    assert fused_linear.k_splits(300, 100, 1, torch.device("cpu"), "wgmma")[0] == 2  # the 5 rows' splits on an H100
     seqlens = torch.tensor([70, 0, 33], dtype=torch.int32, device=device)
     q = randn((3, 1, 12, 64), dtype, device, gen)
     k_cache, v_cache = (randn((3, 96, 2, 64), dtype, device, gen) for _ in range(2))
