@@ -133,10 +133,10 @@ def _attend_key_block(
     return acc, acc_tail, new_max, row_sum
 
 
-@triton.jit(do_not_specialize=["query_rows_class"])
+@triton.jit(do_not_specialize=["num_heads", "num_seqs", "query_rows_class"])
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-    seqlen_q, seqlen_k, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths, or the packed rows
+    seqlen_q, seqlen_k, num_heads, num_seqs, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths, or the packed rows
     q_batch_stride, q_token_stride, q_head_stride,
     k_batch_stride, k_token_stride, k_head_stride,
     v_batch_stride, v_token_stride, v_head_stride,
@@ -146,14 +146,23 @@ def _attention_kernel(
     CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
     NEGATE_Q: tl.constexpr, WIDE_OFFSETS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # Causal work grows with the query block: launch the longest blocks first so the short ones
-    # fill the tail of the wave.
+    # One grid axis; the GPU starts programs in its order. Causal: the query block slowest, counting
+    # down, and the head fastest. Causal work grows with the query block, so every sequence's and
+    # head's longest blocks start first and the shortest fill the tail (block-fastest order left the
+    # last heads' longest blocks to start late: docs/performance-log.md), and the query heads that
+    # share a KV head run side by side on the same keys. Otherwise (every block the same work) the
+    # block fastest: one (sequence, head)'s blocks side by side, sharing its K/V tiles in L2.
+    query_blocks = tl.num_programs(0) // (num_heads * num_seqs)
     if CAUSAL:
-        m_block = tl.num_programs(0) - 1 - tl.program_id(0)
+        head = tl.program_id(0) % num_heads
+        seq_and_block = tl.program_id(0) // num_heads
+        batch = seq_and_block % num_seqs
+        m_block = query_blocks - 1 - seq_and_block // num_seqs
     else:
-        m_block = tl.program_id(0)
-    head = tl.program_id(1)
-    batch = tl.program_id(2)
+        m_block = tl.program_id(0) % query_blocks
+        seq_and_head = tl.program_id(0) // query_blocks
+        head = seq_and_head % num_heads
+        batch = seq_and_head // num_heads
     batch64 = batch.to(tl.int64)
     kv_head = (head // heads_per_kv).to(tl.int64)
     # packed inputs pass batch strides of 0 and move to their sequence's first row
@@ -256,19 +265,19 @@ def _attention_kernel(
 
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
 # size class of the query rows) and the dtype. fp16/bf16 tiles feed wgmma; fp32 (ieee dots on the FMA
-# units, for the parity bound) takes smaller tiles to stay clear of spills. The compile report checks
-# every one at the model's shapes and gives the blocks an SM holds at once (blocks/SM). A Triton loop
-# waits for each product before its softmax: blocks that share an SM overlap one's softmax with
-# another's products (what FlashAttention-3 schedules between two warpgroups). So besides 128 x 64 on
-# 8 warps (one block an SM), the tiles are the ones several blocks of fit: 64 x 64 (two an SM at D 128,
-# three at the ViT's 72: 64 + 16 columns of work), 64 x 32 (three, four) and, for heads of at most
-# NARROW_HEAD_DIM, 128 x 32 on 8 warps (two). The tiles of one block an SM that never won a tuning
-# (128 x 128, 64 x 128) are out, and BLOCK_N 256 spilled at every head dim and tile tried
-# (docs/performance-log.md).
+# units, for the parity bound) takes small tiles, 32 x 16 on 8 warps, to stay clear of spills (on 4,
+# ptxas 13 spilled it). The compile report checks every one at the model's shapes and gives the
+# blocks an SM holds at once (blocks/SM). A Triton loop waits for each product before its softmax:
+# blocks that share an SM overlap one's softmax with another's products (what FlashAttention-3
+# schedules between two warpgroups). So besides 128 x 64 on 8 warps (one block an SM at D 128), the
+# tiles are ones several blocks of fit: 64 x 64 (two an SM at D 128, three at the ViT's 72: 64 + 16
+# columns of work), 64 x 32 (three, four) and, for heads of at most NARROW_HEAD_DIM, 128 x 32 on 8
+# warps (two). The tiles of one block an SM that never won a tuning (128 x 128, 64 x 128) are out,
+# and BLOCK_N 256 spilled at every head dim and tile tried (docs/performance-log.md).
 _GPU_CONFIGS = {
     "half": ((128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3)),
     "half_narrow_head": ((128, 64, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 3)),
-    "fp32": ((32, 16, 4, 1), (16, 16, 4, 2)),
+    "fp32": ((32, 16, 8, 1), (16, 16, 4, 2)),
 }
 NARROW_HEAD_DIM = 80
 
@@ -279,7 +288,8 @@ def launcher_kind(head_dim: int, dtype: torch.dtype) -> str:
     return "half_narrow_head" if head_dim <= NARROW_HEAD_DIM else "half"
 
 
-MAX_GRID_BATCH = 65535  # grid axis 2 (the batch) is limited to 65535 programs on CUDA
+MIN_BLOCK_M = 16  # the fewest query rows of any candidate's block: the most programs a launch can take
+MAX_PROGRAMS = 2**31 - 1  # the grid's one axis, and the program ids' int32
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,
     lambda kind, c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
@@ -322,8 +332,12 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     batch = cu_seqlens_q.shape[0] - 1 if packed else q.shape[0]
     if packed:  # no sequence is longer than the packed rows: a larger max_seqlen launches no more programs
         max_seqlen_q, max_seqlen_k = min(max_seqlen_q, q.shape[0]), min(max_seqlen_k, k.shape[0])
-    if batch > MAX_GRID_BATCH:
-        raise ValueError(f"q: expected at most {MAX_GRID_BATCH} sequences in one call, got {batch}")
+    programs = cdiv(max_seqlen_q, MIN_BLOCK_M) * heads_q * batch
+    if programs > MAX_PROGRAMS:
+        raise ValueError(
+            f"q: expected at most {MAX_PROGRAMS} programs (blocks of {MIN_BLOCK_M} query rows x {heads_q} heads x "
+            f"{batch} sequences), got {programs}"
+        )
 
     def strides(t):  # (batch, token, head) strides; packed tensors have no batch axis
         return (0, *t.stride()[:2]) if packed else t.stride()[:3]
@@ -333,7 +347,7 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     # the kernel's lengths: the dense ones, or the packed rows that bound every packed sequence
     lengths = (q.shape[0], k.shape[0]) if packed else (max_seqlen_q, max_seqlen_k)
     args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
-            *lengths, heads_q // k.shape[-2], abs(scale) * LOG2_E,
+            *lengths, heads_q, batch, heads_q // k.shape[-2], abs(scale) * LOG2_E,
             *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype), "NEGATE_Q": scale < 0,
@@ -342,11 +356,10 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
     if blocks is not None:
-        grid = (cdiv(max_seqlen_q, blocks["BLOCK_M"]), heads_q, batch)
-        _attention_kernel[grid](*args, **constexprs, **blocks)
+        _attention_kernel[(cdiv(max_seqlen_q, blocks["BLOCK_M"]) * heads_q * batch,)](*args, **constexprs, **blocks)
     else:
         launcher = _LAUNCHERS[launcher_kind(head_dim, q.dtype)]
-        launcher[lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]), heads_q, batch)](*args, **constexprs)
+        launcher[lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]) * heads_q * batch,)](*args, **constexprs)
     return out
 
 
@@ -450,7 +463,7 @@ def _signature(packed_label: str) -> dict:
     strides = {f"{t}_{axis}_stride": "i32" for t in ("q", "k", "v", "out") for axis in ("batch", "token", "head")}
     return {"q_ptr": "*T", "k_ptr": "*T", "v_ptr": "*T", "out_ptr": "*T",
             "cu_seqlens_q_ptr": "*i32" if packed_label else "*T", "cu_seqlens_k_ptr": "*i32" if packed_label else "*T",
-            "seqlen_q": "i32", "seqlen_k": "i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", **strides,
+            "seqlen_q": "i32", "seqlen_k": "i32", "num_heads": "i32", "num_seqs": "i32", "heads_per_kv": "i32", "qk_scale_log2": "fp32", **strides,
             "query_rows_class": "i32"}  # fmt: skip
 
 

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -221,11 +223,24 @@ def test_compiled_and_graph_captured(check, device, gen):
     check(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16, "attention_varlen")
 
 
-def test_too_many_sequences_for_the_grid(device, gen):
-    q = randn((1, 2, 64), torch.float32, device, gen)
-    cu = torch.tensor([0] * 65536 + [1], dtype=torch.int32, device=device)  # 65536 sequences, the last one token
-    with pytest.raises(ValueError, match="q: expected at most 65535 sequences in one call, got 65536"):
-        ak.attention_varlen(q, q, q, cu, cu, 1, 1)
+def test_too_many_programs_for_the_grid(device, gen, monkeypatch):
+    """The grid is one axis of (query block, sequence, head) programs, at most 2**31 - 1 of them: a
+    launch that could need more is refused before it starts, naming the count (the bound lowered
+    here: a tensor that big is terabytes)."""
+    monkeypatch.setattr(attention_module, "MAX_PROGRAMS", 100)
+    args = _packed([300, 1, 40], [300, 1, 40], 4, 2, 64, torch.bfloat16, device, gen)
+    expected = "q: expected at most 100 programs (blocks of 16 query rows x 4 heads x 3 sequences), got 228"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        ak.attention_varlen(*args)
+
+
+@cuda_only
+def test_more_sequences_than_a_grid_axis_of_65535(device, gen):
+    """65,537 packed sequences (one grid axis per sequence would stop at 65,535), the last ones with
+    tokens: the programs' (block, sequence, head) decomposition reaches them."""
+    lengths = [0] * 65530 + [3, 1, 0, 7, 2, 0, 5]
+    check_op(ak.attention_varlen, reference.attention_varlen, *_packed(lengths, lengths, 4, 2, 64, torch.bfloat16, device, gen),
+             causal=True)  # fmt: skip
 
 
 def test_autotune_size_classes():
