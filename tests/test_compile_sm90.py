@@ -93,6 +93,24 @@ def test_the_batched_projection_tiles_are_wgmma(report):
     assert not any(r["wgmma"] for r in report["rows"] if r not in tma)
 
 
+def test_persistent_attention_grids_fit_on_the_sm_at_once(report):
+    """A persistent attention grid is PERSISTENT_BLOCKS_PER_SM programs an SM: each must be able to
+    start at once (a program left waiting for another to walk all its items doubles the time), so
+    the number may not exceed the blocks an SM holds by the tile's registers and shared memory. That
+    Triton flattened the item loop into the key loop shows in shared memory: the next item's q tile
+    is buffered beside this one's (more than the same tile takes with one item a program)."""
+    from aurora_kernels.ops.attention import PERSISTENT_BLOCKS_PER_SM
+
+    rows = [r for r in report["rows"] if r["kernel"] == "_attention_kernel" and r["constexprs"]["PERSISTENT"]]
+    assert {(r["constexprs"]["BLOCK_M"], r["constexprs"]["BLOCK_N"]) for r in rows} == set(PERSISTENT_BLOCKS_PER_SM)
+    for r in rows:
+        tile = (r["constexprs"]["BLOCK_M"], r["constexprs"]["BLOCK_N"])
+        assert PERSISTENT_BLOCKS_PER_SM[tile] <= r["blocks_per_sm"], (r["shape"], tile, r["blocks_per_sm"])
+        one_item = [o for o in report["rows"] if o["shape"] == r["shape"] and o["num_warps"] == r["num_warps"]
+                    and o["constexprs"] == {**r["constexprs"], "PERSISTENT": False}]  # fmt: skip
+        assert len(one_item) == 1 and r["shared_bytes"] > one_item[0]["shared_bytes"], (r["shape"], tile)
+
+
 def test_the_decode_attention_issues_its_loads_before_its_first_barrier(report):
     """The split kernel's fp16/bf16 configs (tensor-core products) and the merge kernel are checked
     for global loads behind their first barrier, and have none: a batch-1 call is one K/V tile a

@@ -20,7 +20,9 @@ work rather than 128 and the inputs are never copied.
 
 Causal masks (bottom-right: query i sees key j <= i + Lk - Lq) split each program's key range in two
 loops: blocks every row of the tile sees in full run with no mask arithmetic, the rest (the diagonal
-and the ragged end) with masks. Blocks past the diagonal are never visited.
+and the ragged end) with masks. Blocks past the diagonal are never visited. Dense non-causal calls
+whose keys are whole blocks (the ViT's 256) have no second loop, and for narrow heads their autotuner
+also tries persistent programs (one per resident slot, walking the work items).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER, autotuned_launchers, power_of_4_class
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
-from aurora_kernels.ops._layout import cdiv, pow2_at_least, stride_multiple
+from aurora_kernels.ops._layout import cdiv, pow2_at_least, sm_count, stride_multiple
 
 MAX_HEAD_DIM = 256
 LOG2_E = 1.4426950408889634
@@ -133,36 +135,36 @@ def _attend_key_block(
     return acc, acc_tail, new_max, row_sum
 
 
-@triton.jit(do_not_specialize=["num_heads", "num_seqs", "query_rows_class"])
-def _attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
-    seqlen_q, seqlen_k, num_heads, num_seqs, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths, or the packed rows
-    q_batch_stride, q_token_stride, q_head_stride,
-    k_batch_stride, k_token_stride, k_head_stride,
-    v_batch_stride, v_token_stride, v_head_stride,
-    out_batch_stride, out_token_stride, out_head_stride,
-    query_rows_class,  # unused here: part of the autotuner's key (QUERY_ROWS_CLASSES)
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
-    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    NEGATE_Q: tl.constexpr, WIDE_OFFSETS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    # One grid axis; the GPU starts programs in its order. Causal: the query block slowest, counting
-    # down, and the head fastest. Causal work grows with the query block, so every sequence's and
-    # head's longest blocks start first and the shortest fill the tail (block-fastest order left the
-    # last heads' longest blocks to start late: docs/performance-log.md), and the query heads that
-    # share a KV head run side by side on the same keys. Otherwise (every block the same work) the
-    # block fastest: one (sequence, head)'s blocks side by side, sharing its K/V tiles in L2.
-    query_blocks = tl.num_programs(0) // (num_heads * num_seqs)
+@triton.jit
+def _query_block_coords(item, query_blocks, num_heads, num_seqs, CAUSAL: tl.constexpr):
+    """(query block, head, sequence) of work item `item`. The GPU starts programs in the order of their
+    items. Causal: the query block slowest, counting down, and the head fastest. Causal work grows
+    with the query block, so every sequence's and head's longest blocks start first and the shortest
+    fill the tail (block-fastest order left the last heads' longest blocks to start late:
+    docs/performance-log.md), and the query heads that share a KV head run side by side on the same
+    keys. Otherwise (every block the same work) the block fastest: one (sequence, head)'s blocks side
+    by side, sharing its K/V tiles in L2."""
     if CAUSAL:
-        head = tl.program_id(0) % num_heads
-        seq_and_block = tl.program_id(0) // num_heads
+        head = item % num_heads
+        seq_and_block = item // num_heads
         batch = seq_and_block % num_seqs
         m_block = query_blocks - 1 - seq_and_block // num_seqs
     else:
-        m_block = tl.program_id(0) % query_blocks
-        seq_and_head = tl.program_id(0) // query_blocks
+        m_block = item % query_blocks
+        seq_and_head = item // query_blocks
         head = seq_and_head % num_heads
         batch = seq_and_head // num_heads
+    return m_block, head, batch
+
+
+@triton.jit
+def _sequence_bases(
+    q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch, heads_per_kv,
+    q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
+    v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
+    IS_VARLEN: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+):  # fmt: skip
+    """The first row of (sequence, head) in q, k, v and out, and the sequence's query and key lengths."""
     batch64 = batch.to(tl.int64)
     kv_head = (head // heads_per_kv).to(tl.int64)
     # packed inputs pass batch strides of 0 and move to their sequence's first row
@@ -192,10 +194,20 @@ def _attention_kernel(
     k_base = k_ptr + tl.multiple_of(k_offset, STRIDE_MULTIPLE)
     v_base = v_ptr + tl.multiple_of(v_offset, STRIDE_MULTIPLE)
     o_base = out_ptr + tl.multiple_of(o_offset, STRIDE_MULTIPLE)
-    row_start = m_block * BLOCK_M
-    if row_start >= len_q:
-        return
+    return q_base, k_base, v_base, o_base, len_q, len_k
 
+
+@triton.jit
+def _attend_query_block(
+    q_base, k_base, v_base, o_base, row_start, len_q, len_k, qk_scale_log2, q_token_stride, k_token_stride,
+    v_token_stride, out_token_stride,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, CAUSAL: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr, NEGATE_Q: tl.constexpr, WIDE_OFFSETS: tl.constexpr, WHOLE_KEY_BLOCKS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Query rows row_start .. row_start + BLOCK_M of one (sequence, head) over its keys, into out.
+    WHOLE_KEY_BLOCKS: the launcher found the keys to be whole BLOCK_N blocks with no causal mask, so
+    the masked loop is left out (one loop, which Triton can flatten into a persistent program's)."""
     rows = row_start + tl.arange(0, BLOCK_M)
     row_ok = rows < len_q
     rows64 = rows.to(tl.int64)
@@ -239,12 +251,13 @@ def _attention_kernel(
             k_token_stride, v_token_stride, qk_scale_log2,
             HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, False, DOT_IN_FP32, WIDE_OFFSETS,
         )  # fmt: skip
-    for key_start in range(unmasked_end, keys_end, BLOCK_N):
-        acc, acc_tail, row_max, row_sum = _attend_key_block(
-            acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
-            k_token_stride, v_token_stride, qk_scale_log2,
-            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32, WIDE_OFFSETS,
-        )  # fmt: skip
+    if not WHOLE_KEY_BLOCKS:
+        for key_start in range(unmasked_end, keys_end, BLOCK_N):
+            acc, acc_tail, row_max, row_sum = _attend_key_block(
+                acc, acc_tail, row_max, row_sum, q, q_tail, k_base, v_base, key_start, rows, len_k, causal_shift,
+                k_token_stride, v_token_stride, qk_scale_log2,
+                HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, BLOCK_N, CAUSAL, True, DOT_IN_FP32, WIDE_OFFSETS,
+            )  # fmt: skip
 
     # A row that saw no key (empty key sequence, or above the causal diagonal) has row_sum 0 and acc
     # 0: output 0. A row that saw keys whose scores were all -inf (q.k x scale overflowed) has row_sum
@@ -255,12 +268,65 @@ def _attention_kernel(
         saw_a_key = len_k > 0
     inv_sum = 1.0 / tl.where(saw_a_key, row_sum, 1.0)  # row_sum 0 with keys: acc (0) x inf is the NaN
     out_rows = o_base + rows64[:, None] * out_token_stride
-    out_dtype = out_ptr.dtype.element_ty
+    out_dtype = o_base.dtype.element_ty
     tl.store(out_rows + cols[None, :], (acc * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & (cols[None, :] < HEAD_DIM))
     if BLOCK_D_TAIL > 0:
         tl.store(
             out_rows + tail_cols[None, :], (acc_tail * inv_sum[:, None]).to(out_dtype), mask=row_ok[:, None] & tail_ok[None, :]
         )
+
+
+@triton.jit(do_not_specialize=["num_heads", "num_seqs", "query_rows_class"])
+def _attention_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
+    seqlen_q, seqlen_k, num_heads, num_seqs, heads_per_kv, qk_scale_log2,  # seqlen_q/k: the dense lengths, or the packed rows
+    q_batch_stride, q_token_stride, q_head_stride,
+    k_batch_stride, k_token_stride, k_head_stride,
+    v_batch_stride, v_token_stride, v_head_stride,
+    out_batch_stride, out_token_stride, out_head_stride,
+    query_rows_class,  # unused here: part of the autotuner's key (QUERY_ROWS_CLASSES)
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr,
+    CAUSAL: tl.constexpr, IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+    NEGATE_Q: tl.constexpr, WIDE_OFFSETS: tl.constexpr, WHOLE_KEY_BLOCKS: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One work item (query block, head, sequence) a program or, PERSISTENT (dense inputs whose keys
+    are whole key blocks with no causal mask: WHOLE_KEY_BLOCKS), a program per resident slot walking
+    the items in steps of the grid: one loop of items around one loop of key blocks, which Triton
+    flattens and pipelines as one, so the next item's q, k and v tiles load during this item's last
+    key blocks."""
+    tl.static_assert(not WHOLE_KEY_BLOCKS or not (CAUSAL or IS_VARLEN), "whole key blocks: dense, non-causal")
+    tl.static_assert(not PERSISTENT or WHOLE_KEY_BLOCKS, "persistent programs: whole key blocks only")
+    if PERSISTENT:
+        query_blocks = tl.cdiv(seqlen_q, BLOCK_M)  # dense: seqlen_q is every sequence's length
+        for item in tl.range(tl.program_id(0), query_blocks * num_heads * num_seqs, tl.num_programs(0), flatten=True):
+            m_block, head, batch = _query_block_coords(item, query_blocks, num_heads, num_seqs, CAUSAL)
+            q_base, k_base, v_base, o_base, len_q, len_k = _sequence_bases(
+                q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch,
+                heads_per_kv, q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
+                v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
+                IS_VARLEN, STRIDE_MULTIPLE,
+            )  # fmt: skip
+            _attend_query_block(
+                q_base, k_base, v_base, o_base, m_block * BLOCK_M, len_q, len_k, qk_scale_log2, q_token_stride,
+                k_token_stride, v_token_stride, out_token_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, DOT_IN_FP32,
+                NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
+    else:
+        query_blocks = tl.num_programs(0) // (num_heads * num_seqs)
+        m_block, head, batch = _query_block_coords(tl.program_id(0), query_blocks, num_heads, num_seqs, CAUSAL)
+        q_base, k_base, v_base, o_base, len_q, len_k = _sequence_bases(
+            q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch,
+            heads_per_kv, q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
+            v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
+            IS_VARLEN, STRIDE_MULTIPLE,
+        )  # fmt: skip
+        if m_block * BLOCK_M < len_q:
+            _attend_query_block(
+                q_base, k_base, v_base, o_base, m_block * BLOCK_M, len_q, len_k, qk_scale_log2, q_token_stride,
+                k_token_stride, v_token_stride, out_token_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, DOT_IN_FP32,
+                NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N,
+            )  # fmt: skip
 
 
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
@@ -280,19 +346,40 @@ _GPU_CONFIGS = {
     "fp32": ((32, 16, 8, 1), (16, 16, 4, 2)),
 }
 NARROW_HEAD_DIM = 80
+# Dense, non-causal launches whose keys are whole MAX_BLOCK_N blocks (the ViT's 256) leave the masked
+# loop out (WHOLE_KEY_BLOCKS: one loop; the ViT's 64 x 64 tile then takes 127 registers, not 141, under
+# Triton 3.6). With heads of at most NARROW_HEAD_DIM (the ViT: 4 or 8 key blocks a query block, so a
+# program's start, its q tile and first K/V tiles, is a large part of its time) their autotuner also
+# tries persistent programs (BLOCK_M, BLOCK_N, warps, stages, blocks an SM): that many programs an SM,
+# each walking the work items in steps of the grid with the next item's tiles loading during this
+# one's last key blocks. The blocks an SM may not exceed what the compile report gives for the tile
+# (a program that cannot start until another has walked all its items doubles the time); a test holds
+# them to it under both Tritons.
+PERSISTENT_CONFIGS = ((64, 64, 4, 3, 2), (64, 32, 4, 3, 2))
+PERSISTENT_BLOCKS_PER_SM = {(c[0], c[1]): c[4] for c in PERSISTENT_CONFIGS}
+_GPU_CONFIGS["half_narrow_head_whole_key_blocks"] = (*_GPU_CONFIGS["half_narrow_head"], *PERSISTENT_CONFIGS)
 
 
-def launcher_kind(head_dim: int, dtype: torch.dtype) -> str:
+def whole_key_blocks(packed: bool, causal: bool, len_k: int) -> bool:
+    """Whether every program sees whole key blocks and no mask: dense, non-causal, the key length a
+    multiple of MAX_BLOCK_N (so of every candidate's and the interpreter's BLOCK_N)."""
+    return not packed and not causal and len_k > 0 and len_k % MAX_BLOCK_N == 0
+
+
+def launcher_kind(head_dim: int, dtype: torch.dtype, whole_blocks: bool = False) -> str:
     if dtype == torch.float32:
         return "fp32"
-    return "half_narrow_head" if head_dim <= NARROW_HEAD_DIM else "half"
+    if head_dim > NARROW_HEAD_DIM:
+        return "half"
+    return "half_narrow_head_whole_key_blocks" if whole_blocks else "half_narrow_head"
 
 
 MIN_BLOCK_M = 16  # the fewest query rows of any candidate's block: the most programs a launch can take
 MAX_PROGRAMS = 2**31 - 1  # the grid's one axis, and the program ids' int32
 _LAUNCHERS = autotuned_launchers(
     _attention_kernel, _GPU_CONFIGS,
-    lambda kind, c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1]}, num_warps=c[2], num_stages=c[3]),
+    lambda kind, c: triton.Config({"BLOCK_M": c[0], "BLOCK_N": c[1], "PERSISTENT": len(c) > 4}, num_warps=c[2],
+                                  num_stages=c[3]),
     key=["HEAD_DIM", "CAUSAL", "IS_VARLEN", "query_rows_class"],  # the autotuner adds the tensors' dtypes
 )  # fmt: skip
 # Size classes of query rows x heads for the autotuner's key, 4096 .. 1M (at most 5 tunings per head
@@ -324,8 +411,8 @@ def wide_offsets(k: torch.Tensor, v: torch.Tensor) -> bool:
 def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, softmax_scale, blocks=None):
     """Dense inputs are [B, L, H, D] (cu_seqlens None, max_seqlen the lengths), packed ones [T, H, D].
 
-    blocks: {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages"} to force a config (tests), or None for
-    the autotuner (GPU) / large blocks (interpreter).
+    blocks: {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "PERSISTENT"} to force a config (tests),
+    or None for the autotuner (GPU) / large blocks (interpreter).
     """
     heads_q, head_dim = q.shape[-2], q.shape[-1]
     packed = cu_seqlens_q is not None
@@ -349,17 +436,25 @@ def _launch_into(q, k, v, out, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seq
     args = (q, k, v, out, cu_seqlens_q if packed else out, cu_seqlens_k if packed else out,
             *lengths, heads_q, batch, heads_q // k.shape[-2], abs(scale) * LOG2_E,
             *strides(q), *strides(k), *strides(v), *strides(out), power_of_4_class(q.shape[:-1].numel(), *QUERY_ROWS_CLASSES))  # fmt: skip
+    whole_blocks = whole_key_blocks(packed, bool(causal), max_seqlen_k)
     constexprs = {"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": bool(causal),
                   "IS_VARLEN": packed, "DOT_IN_FP32": dot_in_fp32(q.dtype), "NEGATE_Q": scale < 0,
-                  "WIDE_OFFSETS": wide_offsets(k, v),
+                  "WIDE_OFFSETS": wide_offsets(k, v), "WHOLE_KEY_BLOCKS": whole_blocks,
                   "STRIDE_MULTIPLE": stride_multiple(q.element_size(), [*strides(q), *strides(k), *strides(v), *strides(out)])}  # fmt: skip
+
+    def grid(meta):
+        items = cdiv(max_seqlen_q, meta["BLOCK_M"]) * heads_q * batch
+        if not meta["PERSISTENT"]:
+            return (items,)
+        return (min(items, sm_count(q.device) * PERSISTENT_BLOCKS_PER_SM[meta["BLOCK_M"], meta["BLOCK_N"]]),)
+
     if blocks is None and INTERPRETER:
         blocks = _interpreter_blocks(max_seqlen_q, max_seqlen_k)
     if blocks is not None:
-        _attention_kernel[(cdiv(max_seqlen_q, blocks["BLOCK_M"]) * heads_q * batch,)](*args, **constexprs, **blocks)
+        blocks = {"PERSISTENT": False, **blocks}
+        _attention_kernel[grid(blocks)](*args, **constexprs, **blocks)
     else:
-        launcher = _LAUNCHERS[launcher_kind(head_dim, q.dtype)]
-        launcher[lambda meta: (cdiv(max_seqlen_q, meta["BLOCK_M"]) * heads_q * batch,)](*args, **constexprs)
+        _LAUNCHERS[launcher_kind(head_dim, q.dtype, whole_blocks)][grid](*args, **constexprs)
     return out
 
 
@@ -467,11 +562,11 @@ def _signature(packed_label: str) -> dict:
             "query_rows_class": "i32"}  # fmt: skip
 
 
-# The model's three uses: (name, head dim, causal, packed, query heads per KV head)
+# The model's three uses: (name, head dim, causal, packed, key length: a dense use's; packed ones vary)
 MODEL_USES = (
-    ("ViT B x 256 tokens, 16 heads", 72, False, False, 1),
-    ("fusion cross-attention, packed text over 256 keys, 12 heads", 128, False, True, 1),
-    ("LLM prefill, packed, causal, GQA 12/2", 128, True, True, 6),
+    ("ViT B x 256 tokens, 16 heads", 72, False, False, 256),
+    ("fusion cross-attention, packed text over 256 keys, 12 heads", 128, False, True, None),
+    ("LLM prefill, packed, causal, GQA 12/2", 128, True, True, None),
 )
 
 
@@ -479,7 +574,7 @@ MODEL_USES = (
 def _compile_configs():
     """Every autotune candidate at each of the model's uses, each dtype."""
     configs = []
-    for use, head_dim, causal, packed, _ in MODEL_USES:
+    for use, head_dim, causal, packed, key_length in MODEL_USES:
         block_d, block_d_tail = head_dim_blocks(head_dim)
         signature = _signature("packed" if packed else "")
         # what the launcher's specialisation sees as 16-divisible: pointers, and strides that are
@@ -487,14 +582,16 @@ def _compile_configs():
         aligned = tuple(
             n for n in signature if n.endswith("_ptr") or (n.endswith("_stride") and (head_dim % 16 == 0 or "head" not in n))
         )
+        whole_blocks = not packed and whole_key_blocks(packed, causal, key_length)
         for dtype in FLOAT_DTYPES:
-            for block_m, block_n, warps, stages in _GPU_CONFIGS[launcher_kind(head_dim, dtype)]:
+            for block_m, block_n, warps, stages, *persistent in _GPU_CONFIGS[launcher_kind(head_dim, dtype, whole_blocks)]:
                 configs += configs_per_dtype(
                     (dtype,), op="attention_varlen" if packed else "attention", shape=f"{use} D={head_dim}",
                     kernel=_attention_kernel, signature=signature,
                     constexprs={"HEAD_DIM": head_dim, "BLOCK_D": block_d, "BLOCK_D_TAIL": block_d_tail, "CAUSAL": causal,
                                 "IS_VARLEN": packed, "DOT_IN_FP32": dtype == torch.float32, "NEGATE_Q": False,
-                                "WIDE_OFFSETS": dtype == torch.float32,
+                                "WIDE_OFFSETS": dtype == torch.float32, "WHOLE_KEY_BLOCKS": whole_blocks,
+                                "PERSISTENT": bool(persistent),
                                 "BLOCK_M": block_m, "BLOCK_N": block_n},
                     num_warps=warps, num_stages=stages, aligned=aligned,
                     # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)

@@ -96,17 +96,30 @@ def test_varlen_max_seqlen_larger_than_needed(device, gen):
     check_op(ak.attention_varlen, reference.attention_varlen, q, k, v, cu_q, cu_k, 300, 300)
 
 
-def _forced_blocks(block_m, block_n):
+def _forced_blocks(block_m, block_n, persistent=False):
     """attention_varlen through the launcher with forced tile sizes, so a test covers many key blocks,
     the unmasked/masked loop split and the causal block skipping at small shapes."""
 
     def run(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, softmax_scale=None, *, backend):
         assert backend == "triton"
         out = new_output(q.shape, q.dtype, q.device)
-        blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n, "PERSISTENT": persistent}
         return attention_module._launch_into(q, k, v, out, cu_q, cu_k, max_q, max_k, causal, softmax_scale, blocks)
 
-    run.__name__ = f"attention_varlen[{block_m}x{block_n}]"
+    run.__name__ = f"attention_varlen[{block_m}x{block_n}{', persistent' if persistent else ''}]"
+    return run
+
+
+def _forced_dense_blocks(block_m, block_n, persistent=False):
+    """attention (dense) through the launcher with forced tile sizes."""
+
+    def run(q, k, v, causal=False, softmax_scale=None, *, backend):
+        assert backend == "triton"
+        out = new_output(q.shape, q.dtype, q.device)
+        blocks = {"BLOCK_M": block_m, "BLOCK_N": block_n, "PERSISTENT": persistent}
+        return attention_module._launch_into(q, k, v, out, None, None, q.shape[1], k.shape[1], causal, softmax_scale, blocks)
+
+    run.__name__ = f"attention[{block_m}x{block_n}{', persistent' if persistent else ''}]"
     return run
 
 
@@ -120,13 +133,49 @@ def test_many_key_blocks(blocks, causal, device, gen):
 @pytest.mark.parametrize("kind", list(attention_module._GPU_CONFIGS))
 def test_every_autotune_candidate(kind, device, gen):
     """Each tile the autotuner may pick (a GPU test run keeps only each autotuner's first), at a head
-    dim of its kind, ragged and causal: on a CPU, its block shapes under the interpreter."""
-    head_dim = {"half_narrow_head": 72, "half": 128, "fp32": 64}[kind]
+    dim of its kind, on a CPU its block shapes under the interpreter: ragged and causal, or for the
+    kind of dense non-causal launches with whole key blocks, 256 keys (GQA, 100 query rows: a partial
+    query block), persistent programs too."""
+    head_dim = {"half_narrow_head": 72, "half_narrow_head_whole_key_blocks": 72, "half": 128, "fp32": 64}[kind]
     dtype = torch.float32 if kind == "fp32" else torch.bfloat16
-    assert attention_module.launcher_kind(head_dim, dtype) == kind
+    whole_blocks = kind.endswith("whole_key_blocks")
+    assert attention_module.launcher_kind(head_dim, dtype, whole_blocks) == kind
+    if whole_blocks:
+        q, k, v = _qkv(2, 100, 256, 4, 2, head_dim, dtype, device, gen)
+        for block_m, block_n, _, _, *persistent in attention_module._GPU_CONFIGS[kind]:
+            check_op(_forced_dense_blocks(block_m, block_n, bool(persistent)), reference.attention, q, k, v)
+        return
     args = _packed([150, 1, 40], [150, 1, 60], 4, 2, head_dim, dtype, device, gen)
     for block_m, block_n, _, _ in attention_module._GPU_CONFIGS[kind]:
         check_op(_forced_blocks(block_m, block_n), reference.attention_varlen, *args, causal=True)
+
+
+def test_whole_key_blocks_only_for_dense_non_causal_multiples_of_the_largest_block():
+    """The masked key loop is left out only where no program can need it."""
+    rule = attention_module.whole_key_blocks
+    assert rule(False, False, 256) and rule(False, False, 2 * attention_module.MAX_BLOCK_N)
+    assert not rule(False, False, 192)  # 1.5 blocks of 128
+    assert not rule(False, False, 0)
+    assert not rule(True, False, 256)  # packed: every sequence its own length
+    assert not rule(False, True, 256)  # causal: the diagonal is masked
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_dense_launches_with_and_without_whole_key_blocks(causal, device, gen):
+    """The launcher's own choice (interpreter blocks): 256 keys non-causal take whole key blocks,
+    250 keys or causal the masked loop; both give the reference's answer."""
+    for len_k in (256, 250):
+        check_op(ak.attention, reference.attention, *_qkv(2, 40, len_k, 4, 2, 72, torch.bfloat16, device, gen), causal=causal)
+
+
+@pytest.mark.parametrize("block_n", [64, 32])
+def test_persistent_programs_walk_several_items(block_n, device, gen, monkeypatch):
+    """A persistent grid of 2 programs (one SM here) over 2 images x 4 heads x 4 query blocks: each
+    program walks 16 items (query block, head, image) in steps of the grid, negative scale too."""
+    monkeypatch.setattr(attention_module, "sm_count", lambda device: 1)
+    q, k, v = _qkv(2, 256, 256, 4, 4, 72, torch.bfloat16, device, gen)
+    for scale in (None, -0.2):
+        check_op(_forced_dense_blocks(64, block_n, persistent=True), reference.attention, q, k, v, softmax_scale=scale)
 
 
 def test_key_offsets_go_64_bit_only_where_32_bits_may_not_hold_them():
