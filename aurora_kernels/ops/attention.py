@@ -55,6 +55,8 @@ from aurora_kernels.ops._layout import cdiv, pow2_at_least, sm_count, stride_mul
 
 MAX_HEAD_DIM = 256
 LOG2_E = 1.4426950408889634
+MAX_BLOCK_N = 128  # the largest key block of any candidate and of the interpreter's blocks
+INT32_MAX = 2**31 - 1
 
 
 def head_dim_blocks(head_dim: int) -> tuple[int, int]:
@@ -386,10 +388,6 @@ _LAUNCHERS = autotuned_launchers(
 # dim, causality, layout and dtype): one 256-token image x 16 heads is 32 programs of BLOCK_M 128, a
 # quarter of an H100, and 32 images are 1024, so their best tiles can differ.
 QUERY_ROWS_CLASSES = (4**6, 4**10)
-
-
-MAX_BLOCK_N = 128  # the largest key block of any candidate and of the interpreter's blocks
-INT32_MAX = 2**31 - 1
 
 
 def _interpreter_blocks(max_seqlen_q: int, max_seqlen_k: int) -> dict:
