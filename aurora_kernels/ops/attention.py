@@ -278,6 +278,36 @@ def _attend_query_block(
         )
 
 
+@triton.jit
+def _attend_item(
+    item, query_blocks, q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k,
+    num_heads, num_seqs, heads_per_kv, qk_scale_log2, q_batch_stride, q_token_stride, q_head_stride,
+    k_batch_stride, k_token_stride, k_head_stride, v_batch_stride, v_token_stride, v_head_stride,
+    out_batch_stride, out_token_stride, out_head_stride,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D_TAIL: tl.constexpr, CAUSAL: tl.constexpr,
+    IS_VARLEN: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, NEGATE_Q: tl.constexpr,
+    WIDE_OFFSETS: tl.constexpr, WHOLE_KEY_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVERY_ITEM_HAS_ROWS: tl.constexpr,
+):  # fmt: skip
+    """Work item `item` of `query_blocks` x heads x sequences: its query block, if the sequence has
+    rows there (a packed sequence shorter than the longest has none in its last blocks). Where the
+    launch is dense every item has (EVERY_ITEM_HAS_ROWS), and the check is left out: a branch around
+    the key loop keeps Triton from flattening a persistent program's item loop into it."""
+    m_block, head, batch = _query_block_coords(item, query_blocks, num_heads, num_seqs, CAUSAL)
+    q_base, k_base, v_base, o_base, len_q, len_k = _sequence_bases(
+        q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch, heads_per_kv,
+        q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
+        v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
+        IS_VARLEN, STRIDE_MULTIPLE,
+    )  # fmt: skip
+    if EVERY_ITEM_HAS_ROWS or m_block * BLOCK_M < len_q:
+        _attend_query_block(
+            q_base, k_base, v_base, o_base, m_block * BLOCK_M, len_q, len_k, qk_scale_log2, q_token_stride,
+            k_token_stride, v_token_stride, out_token_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, DOT_IN_FP32,
+            NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N,
+        )  # fmt: skip
+
+
 @triton.jit(do_not_specialize=["num_heads", "num_seqs", "query_rows_class"])
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr,
@@ -302,33 +332,22 @@ def _attention_kernel(
     if PERSISTENT:
         query_blocks = tl.cdiv(seqlen_q, BLOCK_M)  # dense: seqlen_q is every sequence's length
         for item in tl.range(tl.program_id(0), query_blocks * num_heads * num_seqs, tl.num_programs(0), flatten=True):
-            m_block, head, batch = _query_block_coords(item, query_blocks, num_heads, num_seqs, CAUSAL)
-            q_base, k_base, v_base, o_base, len_q, len_k = _sequence_bases(
-                q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch,
-                heads_per_kv, q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
-                v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
-                IS_VARLEN, STRIDE_MULTIPLE,
-            )  # fmt: skip
-            _attend_query_block(
-                q_base, k_base, v_base, o_base, m_block * BLOCK_M, len_q, len_k, qk_scale_log2, q_token_stride,
-                k_token_stride, v_token_stride, out_token_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, DOT_IN_FP32,
-                NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N,
+            _attend_item(
+                item, query_blocks, q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k,
+                num_heads, num_seqs, heads_per_kv, qk_scale_log2, q_batch_stride, q_token_stride, q_head_stride,
+                k_batch_stride, k_token_stride, k_head_stride, v_batch_stride, v_token_stride, v_head_stride,
+                out_batch_stride, out_token_stride, out_head_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, IS_VARLEN,
+                DOT_IN_FP32, STRIDE_MULTIPLE, NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N, True,
             )  # fmt: skip
     else:
-        query_blocks = tl.num_programs(0) // (num_heads * num_seqs)
-        m_block, head, batch = _query_block_coords(tl.program_id(0), query_blocks, num_heads, num_seqs, CAUSAL)
-        q_base, k_base, v_base, o_base, len_q, len_k = _sequence_bases(
-            q_ptr, k_ptr, v_ptr, out_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, head, batch,
-            heads_per_kv, q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
+        _attend_item(
+            tl.program_id(0), tl.num_programs(0) // (num_heads * num_seqs), q_ptr, k_ptr, v_ptr, out_ptr,
+            cu_seqlens_q_ptr, cu_seqlens_k_ptr, seqlen_q, seqlen_k, num_heads, num_seqs, heads_per_kv, qk_scale_log2,
+            q_batch_stride, q_token_stride, q_head_stride, k_batch_stride, k_token_stride, k_head_stride,
             v_batch_stride, v_token_stride, v_head_stride, out_batch_stride, out_token_stride, out_head_stride,
-            IS_VARLEN, STRIDE_MULTIPLE,
+            HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, IS_VARLEN, DOT_IN_FP32, STRIDE_MULTIPLE, NEGATE_Q, WIDE_OFFSETS,
+            WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N, False,
         )  # fmt: skip
-        if m_block * BLOCK_M < len_q:
-            _attend_query_block(
-                q_base, k_base, v_base, o_base, m_block * BLOCK_M, len_q, len_k, qk_scale_log2, q_token_stride,
-                k_token_stride, v_token_stride, out_token_stride, HEAD_DIM, BLOCK_D, BLOCK_D_TAIL, CAUSAL, DOT_IN_FP32,
-                NEGATE_Q, WIDE_OFFSETS, WHOLE_KEY_BLOCKS, BLOCK_M, BLOCK_N,
-            )  # fmt: skip
 
 
 # Autotune candidates on a GPU (BLOCK_M, BLOCK_N, warps, stages), keyed on (head dim, causal, packed,
