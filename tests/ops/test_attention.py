@@ -2,6 +2,8 @@ import re
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import aurora_kernels as ak
 from aurora_kernels._dispatch import new_output, poisoned_outputs
@@ -270,6 +272,35 @@ def test_compiled_and_graph_captured(check, device, gen):
     args = _packed([100, 0, 37], [100, 0, 37], 12, 2, 128, torch.bfloat16, device, gen)
     expected = reference_in_float64(reference.attention_varlen, *args, causal=True)
     check(lambda *a: ak.attention_varlen(*a, causal=True), args, expected, torch.bfloat16, "attention_varlen")
+
+
+@triton.jit
+def _coords_kernel(out_ptr, query_blocks, num_heads, num_seqs, CAUSAL: tl.constexpr):
+    item = tl.program_id(0)
+    m_block, head, batch = attention_module._query_block_coords(item, query_blocks, num_heads, num_seqs, CAUSAL)
+    tl.store(out_ptr + 3 * item, m_block)
+    tl.store(out_ptr + 3 * item + 1, head)
+    tl.store(out_ptr + 3 * item + 2, batch)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_work_items_cover_every_block_once_in_the_order_that_balances(causal, device):
+    """The grid's items map one to one onto (query block, head, sequence). Causal: items in start
+    order take every head's and sequence's last (longest) query block before any shorter one, the
+    head fastest (a KV head's query heads side by side); otherwise one (sequence, head)'s blocks are
+    side by side."""
+    query_blocks, heads, seqs = 5, 3, 2
+    out = torch.full((query_blocks * heads * seqs, 3), -1, dtype=torch.int32, device=device)
+    _coords_kernel[(out.shape[0],)](out, query_blocks, heads, seqs, CAUSAL=causal)
+    coords = [tuple(row) for row in out.tolist()]
+    expected = {(m, h, b) for m in range(query_blocks) for h in range(heads) for b in range(seqs)}
+    assert sorted(coords) == sorted(expected)  # every item once
+    if causal:
+        assert [m for m, _, _ in coords] == sorted((m for m, _, _ in coords), reverse=True)
+        assert [h for _, h, _ in coords[:heads]] == list(range(heads))
+    else:
+        assert [m for m, _, _ in coords[:query_blocks]] == list(range(query_blocks))
+        assert {(h, b) for _, h, b in coords[:query_blocks]} == {(0, 0)}
 
 
 def test_too_many_programs_for_the_grid(device, gen, monkeypatch):
