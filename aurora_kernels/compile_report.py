@@ -6,12 +6,12 @@ the launcher uses. This module compiles each one with `triton.compile(..., GPUTa
 reads the `ptxas -v` log of Triton's own `make_cubin` (the ptxas and the flags this Triton really
 builds with: 3.9 adds `--regAllocOptLevel=2`, which moves register counts by a few; a kernel found
 in Triton's cache is assembled again for it) and reports registers per thread, spill stores/loads,
-shared memory, how many blocks an SM holds at once, whether the matrix ops became tensor-core instructions (wgmma or mma in the PTX),
-whether global loads are 16 bytes wide, how many barriers the loops hold and, where a config asks,
-how many global loads the SASS (by the nvdisasm that ships with Triton) issues behind its first
-barrier. It catches what the interpreter lets through (dot tiles under 16, shared memory over the
-limit, spills, a barrier at every step of a GEMV's loop, a latency-bound kernel going to memory
-twice in a row before its first product).
+shared memory, how many blocks an SM holds at once, whether the matrix ops became tensor-core
+instructions (wgmma or mma in the PTX), whether global loads are 16 bytes wide, how many barriers
+the loops hold and, where a config asks, how many global loads the SASS (by the nvdisasm that ships
+with Triton) issues behind its first barrier. It catches what the interpreter lets through (dot
+tiles under 16, shared memory over the limit, spills, a barrier at every step of a GEMV's loop, a
+latency-bound kernel going to memory twice in a row before its first product).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice: with the installed Triton, and with the Triton of the GPU
