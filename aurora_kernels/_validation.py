@@ -241,6 +241,68 @@ def check_no_internal_overlap(name: str, t: torch.Tensor) -> None:
         reach += stride * (size - 1)
 
 
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """[first, last + 1) bytes of t's elements (torch strides are never negative)."""
+    last = sum(stride * (size - 1) for stride, size in zip(t.stride(), t.shape))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
+
+
+def _reaches(offset: int, dims: list[tuple[int, int]]) -> bool:
+    """Whether offset = sum(c_i * stride_i) for some |c_i| < size_i, over dims (stride, size) sorted
+    by stride, largest first, each stride above what the smaller dims reach together (a tensor that
+    passed `check_no_internal_overlap`). Then the largest dim's coefficient is offset / stride
+    rounded down or up, as any other leaves a remainder the smaller dims cannot reach."""
+    if not dims:
+        return offset == 0
+    (stride, size), rest = dims[0], dims[1:]
+    below = offset // stride
+    return any(abs(c) < size and _reaches(offset - c * stride, rest) for c in {below, below + 1})
+
+
+def _may_share_elements(written: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether an element of `other` may lie in memory of `written` (which has no internal overlap).
+    Not where their byte spans are apart. Where they meet, two views of one shape, strides and dtype
+    (a K and a V cache side by side in one allocation, FlashInfer's [pages, 2, ...] layout) share
+    one exactly when an offset between written's elements equals the distance between their first
+    ones; views of two layouts that interleave in one span are not resolved, and count as sharing."""
+    if written.numel() == 0 or other.numel() == 0:
+        return False
+    (start, end), (other_start, other_end) = _byte_span(written), _byte_span(other)
+    if end <= other_start or other_end <= start:
+        return False
+    itemsize = written.element_size()
+    if (other.shape, other.stride(), other.element_size()) != (written.shape, written.stride(), itemsize):
+        return True
+    if (other_start - start) % itemsize:
+        return True  # elements straddle each other's
+    dims = sorted(((st, sz) for st, sz in zip(written.stride(), written.shape) if sz > 1), reverse=True)
+    return _reaches((other_start - start) // itemsize, dims)
+
+
+def check_separate_memory(written: dict, read: dict) -> None:
+    """The tensors in `written` (each passed `check_no_internal_overlap`) are written in place by one
+    launch that also reads those in `read` (None entries skipped): no element of one may lie in
+    memory of another, or the launch's programs race (a V cache laid over part of the K cache writes
+    the new v over the new k). torch refuses such in-place writes too ("unsupported operation: some
+    elements of the input tensor and the written-to tensor refer to a single memory location").
+    It runs on every call of a cache-writing op, so only views of one storage (one allocation) go on
+    to compare their elements (its host time: docs/performance-log.md)."""
+    tensors = [(name, t, t.untyped_storage().data_ptr()) for name, t in [*written.items(), *read.items()] if t is not None]
+    for i, (name, t, storage) in enumerate(tensors):
+        if name not in written:
+            break
+        for other_name, other, other_storage in tensors[i + 1 :]:
+            if other_storage != storage or not _may_share_elements(t, other):
+                continue
+            both_written = other_name in written
+            raise ValueError(
+                f"{name}, {other_name}: expected tensors in separate memory ({name} is written in place while "
+                f"{other_name} is {'written' if both_written else 'read'}), got views whose elements share memory "
+                "(or interleave in a way that is not resolved); "
+                + ("give each its own memory" if both_written else f"pass {other_name}.clone()")
+            )
+
+
 # ----------------------------------------------------------------------------- index tensors
 # The kernels read index tensors (cu_seqlens, cache_seqlens, block_table) through a pointer as raw
 # memory, so a view's strides must be what the kernel assumes: the last dim contiguous (a 1-D index

@@ -183,10 +183,108 @@ def test_caches_that_overlap_themselves_are_refused_when_written(backend, f32, d
     overlapping = torch.as_strided(v_cache, v_cache.shape, (40 * 32, 16, 16, 1))  # heads on top of each other
     with pytest.raises(ValueError, match="v_cache: expected a tensor whose elements do not overlap"):
         ak.decode_attention(q, k_cache, overlapping, seqlens, new, new.clone(), backend=backend)
-    with pytest.raises(ValueError, match="k_cache, v_cache: expected two caches in separate memory when appending"):
+    with pytest.raises(ValueError, match="k_cache, v_cache: expected tensors in separate memory .*give each its own memory"):
         ak.decode_attention(q, k_cache, k_cache, seqlens, new, new.clone(), backend=backend)
     # read-only (no append): a shared, expanded cache is fine
     assert ak.decode_attention(q, shared, shared, seqlens, backend=backend).shape == q.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_written_caches_that_share_memory_with_another_argument_are_refused(backend, f32, device):
+    """Two caches laid over each other in part (V's heads 0..1 on K's heads 1..2 of one buffer), or a
+    new token that is a view of the cache it is written into: the launch would race with itself
+    (the new v over the new k), so both ops refuse, naming both, before writing anything."""
+    q, _, _, seqlens, new = _decode(f32, device)
+    buffer = f32(2, 40, 3, 16)
+    before = buffer.clone()
+    with pytest.raises(ValueError, match="k_cache, v_cache: expected tensors in separate memory"):
+        ak.decode_attention(q, buffer[:, :, 0:2], buffer[:, :, 1:3], seqlens, new, new.clone(), backend=backend)
+    k_cache, v_cache = buffer[:, :, 0:2].clone(), buffer[:, :, 1:3].clone()
+    with pytest.raises(ValueError, match=r"k_cache, k: expected tensors in separate memory \(k_cache is written in place "
+                                         r"while k is read\).*pass k.clone\(\)"):  # fmt: skip
+        ak.decode_attention(q, k_cache, v_cache, seqlens, k_cache[:, 30:31], new, backend=backend)
+    rows = 2 * 40
+    tokens_q, tokens_k = f32(rows, 4, 16), f32(rows, 2, 16)
+    cos, sin, slots = f32(rows, 16), f32(rows, 16), torch.arange(rows, device=device)
+    with pytest.raises(ValueError, match="k_cache, v_cache: expected tensors in separate memory"):
+        ak.apply_rotary(tokens_q, tokens_k, cos, sin, v=tokens_k.clone(), k_cache=buffer.view(rows, 3, 16)[:, 0:2],
+                        v_cache=buffer.view(rows, 3, 16)[:, 1:3], cache_slots=slots, backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match="v_cache, cos: expected tensors in separate memory"):
+        ak.apply_rotary(tokens_q, tokens_k, buffer.view(rows, 48)[:, :16], sin, v=tokens_k.clone(),
+                        k_cache=f32(rows, 2, 16), v_cache=buffer.view(rows, 48)[:, 16:].unflatten(-1, (2, 16)),
+                        cache_slots=slots, backend=backend)  # fmt: skip
+    assert torch.equal(buffer, before)  # nothing written before the errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_caches_side_by_side_in_one_allocation_are_written_like_separate_ones(backend, f32, device):
+    """The serving engines' layouts put K and V in one allocation: vLLM's [2, pages, ...], FlashInfer's
+    [pages, 2, ...] (the two caches interleave page by page), and [pages, page, 2 x Hkv, D]. Their
+    elements never coincide, so the ops take them, and write what separate caches would hold."""
+    q, _, _, seqlens, new = _decode(f32, device)
+    new_v = f32(*new.shape)
+    block_table = torch.tensor([[0, 1, 2], [3, 4, 5]], dtype=torch.int32, device=device)
+    k_pool, v_pool = f32(6, 16, 2, 16), f32(6, 16, 2, 16)
+    want_k, want_v = k_pool.clone(), v_pool.clone()
+    want = ak.decode_attention(q, want_k, want_v, seqlens, new, new_v, block_table=block_table, backend=backend)
+    for layout in ("vllm", "flashinfer", "heads"):
+        if layout == "vllm":
+            pools = torch.stack([k_pool, v_pool])
+            k_view, v_view = pools[0], pools[1]
+        elif layout == "flashinfer":
+            pools = torch.stack([k_pool, v_pool], 1)
+            k_view, v_view = pools[:, 0], pools[:, 1]
+        else:
+            pools = torch.cat([k_pool, v_pool], 2)
+            k_view, v_view = pools[:, :, :2], pools[:, :, 2:]
+        out = ak.decode_attention(q, k_view, v_view, seqlens, new, new_v, block_table=block_table, backend=backend)
+        assert torch.equal(out, want), layout
+        assert torch.equal(k_view, want_k) and torch.equal(v_view, want_v), layout
+
+
+def test_the_memory_sharing_test_agrees_with_counting_shared_elements(gen):
+    """`_may_share_elements` against the ground truth: the elements two views of one buffer both
+    address, enumerated. Views of one layout are resolved exactly both ways; views of two layouts
+    whose spans meet may be refused where they share nothing, never taken where they share one."""
+    from aurora_kernels._validation import _may_share_elements
+
+    buffer = torch.arange(4 * 6 * 3 * 8, dtype=torch.float32)
+
+    def addresses(view):  # the buffer elements a view addresses: first + sum(index * stride) over its indices
+        offsets = torch.zeros((), dtype=torch.int64)
+        for size, stride in zip(view.shape, view.stride()):
+            offsets = offsets[..., None] + torch.arange(size) * stride
+        return set(((view.data_ptr() - buffer.data_ptr()) // 4 + offsets).flatten().tolist())
+
+    def views():
+        shaped = buffer.view(4, 6, 3, 8)
+        yield shaped[:, :, 0:2], shaped[:, :, 1:3]
+        yield shaped[:, :, 0:1], shaped[:, :, 2:3]
+        yield shaped[:2], shaped[2:]
+        yield shaped[:, 0::2], shaped[:, 1::2]
+        yield shaped[:, :3], shaped[:, 2:5]
+        yield shaped[..., :4], shaped[..., 4:]
+        yield shaped[..., :5], shaped[..., 3:]
+        yield shaped[1:3, 1:4], shaped[2:4, 2:5]
+        yield shaped[:, :, 0], shaped[:, :, 1]
+        yield shaped[0], shaped[0].transpose(0, 1).contiguous().transpose(0, 1)  # another allocation
+        yield shaped[0, :, :, :4], shaped[0].transpose(0, 1)[:, :, 4:]  # two layouts, no element shared
+        yield shaped[0, :, :, :4], shaped[0].transpose(0, 1)[:, :, 3:]  # two layouts, sharing
+        yield buffer[:0], buffer
+        for _ in range(40):  # random slices of one layout
+            starts = [int(torch.randint(0, n, (), generator=gen)) for n in shaped.shape]
+            lengths = [int(torch.randint(1, n - s + 1, (), generator=gen)) for n, s in zip(shaped.shape, starts)]
+            shift = [int(torch.randint(0, n - ln + 1, (), generator=gen)) for n, ln in zip(shaped.shape, lengths)]
+            a = shaped[tuple(slice(s, s + ln) for s, ln in zip(starts, lengths))]
+            b = shaped[tuple(slice(s, s + ln) for s, ln in zip(shift, lengths))]
+            yield a, b
+
+    for a, b in views():
+        shared = bool(addresses(a) & addresses(b))
+        one_layout = a.shape == b.shape and a.stride() == b.stride()
+        for x, y in ((a, b), (b, a)):
+            found = _may_share_elements(x, y)
+            assert found == shared if one_layout else (found or not shared), (x.shape, x.stride(), y.shape, y.stride())
 
 
 # ----------------------------------------------------------------------------- 4. NaN and inf as torch

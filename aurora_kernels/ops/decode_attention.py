@@ -27,7 +27,8 @@ the cache once at full bandwidth:
   compile report has them per config): at large batch fewer programs fit an SM.
 
 What is checked: shapes, dtypes, devices and strides always, and with an append that the caches
-have no internal overlap (each sequence's token lands in memory of its own); inside the op (so in a
+have no internal overlap (each sequence's token lands in memory of its own) and share no element
+with each other or with the tensors the launch reads; inside the op (so in a
 compiled graph too), on CPU tensors or under `value_checks("always")`, also that 0 <=
 cache_seqlens[b] (+1 with an append) fits the cache and that the block_table entries a sequence uses
 are valid block indices. On CUDA by default those value checks would cost a host sync per call, so
@@ -59,6 +60,7 @@ from aurora_kernels._validation import (
     check_no_internal_overlap,
     check_same_device,
     check_same_dtype,
+    check_separate_memory,
     check_softmax_scale,
     check_tensor,
     check_triton_device,
@@ -424,19 +426,20 @@ def _capacity(k_cache, block_table) -> int:
     return k_cache.shape[1] * block_table.shape[1] if k_cache.shape[0] else 0
 
 
-def _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos) -> None:
+def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin) -> None:
     """The checks that need the real tensors, called inside the op so that a compiled graph runs
-    them too: with an append, the caches are written in place, so each must have no internal
-    overlap (each sequence's token lands in memory of its own) and they must not be one tensor
-    twice (tracing can neither compare data pointers nor sort symbolic strides); and the value checks (they read cache_seqlens and block_table): the lengths
+    them too (tracing can neither read data pointers nor sort symbolic strides): with an append, the
+    caches are written in place, so each must have no internal overlap (each sequence's token lands
+    in memory of its own) and no element of either may lie in memory of the other or of a tensor
+    the launch reads; and the value checks (they read cache_seqlens and block_table): the lengths
     (+1 with an append) fit the cache, the pages a sequence uses are in the pool, every position
     cache_seqlens[b] has a rotary row."""
     if k is not None:
         check_no_internal_overlap("k_cache", k_cache)
         check_no_internal_overlap("v_cache", v_cache)
-    if k is not None and k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
-        raise ValueError("k_cache, v_cache: expected two caches in separate memory when appending (got one tensor "
-                         "twice: the new v would overwrite the new k)")  # fmt: skip
+        check_separate_memory({"k_cache": k_cache, "v_cache": v_cache},
+                              {"q": q, "k": k, "v": v, "cache_seqlens": cache_seqlens, "block_table": block_table,
+                               "rotary_cos": rotary_cos, "rotary_sin": rotary_sin})  # fmt: skip
     if not should_check_values(cache_seqlens):
         return
     appended = 0 if k is None else 1
@@ -473,7 +476,7 @@ def decode_attention(
     _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
     record_call("decode_attention", backend)
     if backend == "reference":
-        _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
+        _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin)
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
                                           rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
     check_triton_device("q", q)
@@ -488,7 +491,7 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
                              rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
     (rotated with q when the rotary tables are given) to the caches in place when given."""
-    _check_at_run_time(k_cache, v_cache, cache_seqlens, k, block_table, rotary_cos)
+    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin)
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
     out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)

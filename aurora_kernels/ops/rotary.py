@@ -29,6 +29,7 @@ from aurora_kernels._validation import (
     check_no_internal_overlap,
     check_same_device,
     check_same_dtype,
+    check_separate_memory,
     check_tensor,
     check_triton_device,
     should_check_values,
@@ -226,15 +227,16 @@ def _check_cache_args(q, k, v, k_cache, v_cache, cache_slots):
     check_same_device({"q": q, "v": v, "k_cache": k_cache, "v_cache": v_cache, "cache_slots": cache_slots})
 
 
-def _check_cache_at_run_time(k_cache, v_cache, cache_slots) -> None:
+def _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> None:
     """The cache write's checks on the real tensors, inside the op (so a compiled graph runs them):
-    the caches are written in place, so each must have no internal overlap and they must be two
-    tensors; and where value checks run, every slot is a row of the cache."""
+    the caches are written in place, so each must have no internal overlap and no element of either
+    may lie in memory of the other or of a tensor the launch reads; and where value checks run,
+    every slot is a row of the cache."""
     check_no_internal_overlap("k_cache", k_cache)
     check_no_internal_overlap("v_cache", v_cache)
-    if k_cache.numel() and k_cache.data_ptr() == v_cache.data_ptr():
-        raise ValueError("k_cache, v_cache: expected two caches in separate memory (got one tensor twice: v would "
-                         "overwrite the rotated k)")  # fmt: skip
+    check_separate_memory(
+        {"k_cache": k_cache, "v_cache": v_cache}, {"q": q, "k": k, "v": v, "cos": cos, "sin": sin, "cache_slots": cache_slots}
+    )
     if cache_slots.numel() and should_check_values(cache_slots):
         low, high = (int(x) for x in torch.stack([cache_slots.min(), cache_slots.max()]).tolist())
         if low < 0 or high >= k_cache.shape[0]:
@@ -260,7 +262,7 @@ def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_sl
     writes = v is not None
     if backend == "reference":
         if writes:
-            _check_cache_at_run_time(k_cache, v_cache, cache_slots)
+            _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
         return reference.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=cache_slots)
     check_triton_device("q", q)
     if writes:
@@ -280,7 +282,7 @@ def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 def _rotary_cache_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, v: torch.Tensor,
                          k_cache: torch.Tensor, v_cache: torch.Tensor,
                          cache_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    _check_cache_at_run_time(k_cache, v_cache, cache_slots)
+    _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
     q_out, k_out = _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
     return q_out, k_out
 

@@ -138,7 +138,7 @@ def test_cache_write_arguments_are_checked_by_name(device, gen):
         ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache.view(-1, 64), v_cache=v_cache, cache_slots=slots)
     with pytest.raises(TypeError, match="v_cache: expected dtype torch.float32"):
         ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache.half(), cache_slots=slots)
-    with pytest.raises(ValueError, match="k_cache, v_cache: expected two caches in separate memory"):
+    with pytest.raises(ValueError, match="k_cache, v_cache: expected tensors in separate memory"):
         ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=k_cache, cache_slots=slots)
     with pytest.raises(ValueError, match="k_cache: expected a tensor whose elements do not overlap"):
         ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache[:1].expand(64, -1, -1), v_cache=v_cache, cache_slots=slots)
