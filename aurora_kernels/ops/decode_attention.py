@@ -119,20 +119,27 @@ def _rotate(x, partner, cos, sin, sign, ROTARY: tl.constexpr):
 
 
 @triton.jit
-def _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
-             k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity, num_pages,
-             BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
-    """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at positions key_start +
-    [0, BLOCK_N) of one sequence and KV head, 0 past cached_end; and which keys are real."""
+def _kv_tile_rows(block_table_row, key_start, cached_end, batch, k_cache_batch_stride, k_cache_token_stride,
+                  v_cache_batch_stride, v_cache_token_stride, capacity, num_pages,
+                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
+    """Where the cached keys and values at positions key_start + [0, BLOCK_N) of one sequence lie
+    (their rows' element offsets, paged through the block table), and which keys are real."""
     positions = key_start + tl.arange(0, BLOCK_N)
     key_ok = positions < cached_end
     k_rows, _ = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride, capacity,
                             num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     v_rows, _ = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride, capacity,
                             num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    return k_rows, v_rows, key_ok
+
+
+@triton.jit
+def _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok):
+    """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at those rows, 0 where
+    the key is not real."""
     k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
     v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
-    return k, v, key_ok
+    return k, v
 
 
 @triton.jit
@@ -179,7 +186,6 @@ def _decode_split_kernel(
     block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
     k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
     v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
-    wait_for_previous_kernel(USE_PDL)  # all it reads (lengths, q, caches) a kernel before it wrote
 
     # Latency first. At batch 1 a split is usually one tile (MIN_TOKENS_PER_SPLIT == BLOCK_N) of a
     # cache of a few hundred tokens: a call is a chain of trips to memory, and each trip behind a
@@ -190,6 +196,8 @@ def _decode_split_kernel(
     # is peeled off the loop, the tables are read in q's layout, and q is loaded after the tile (an
     # unrotated q goes to shared memory for the dot right after its load, behind a barrier). The
     # compile report checks that no global load is issued behind a barrier ahead of the first product.
+    # Under PDL the first trip (and a paged cache's block table) comes before the wait, while the
+    # kernel before still runs: after it, one trip.
     # The length clamped into the cache (capacity: S_max, or the block table's pages x PAGE_SIZE):
     # where cache_seqlens went unchecked (CUDA, value checks off) a bad length gives a wrong output at
     # worst, never a read or a write outside the cache; a full cache takes no append. For valid
@@ -213,9 +221,15 @@ def _decode_split_kernel(
         table_row = tl.minimum(cached, rotary_rows - 1).to(tl.int64)
         cos = tl.load(rotary_cos_ptr + table_row * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
         sin = tl.load(rotary_sin_ptr + table_row * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
-    k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, start, cached_end, batch, cols, col_ok,
-                            k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                            capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    k_rows, v_rows, key_ok = _kv_tile_rows(block_table_row, start, cached_end, batch, k_cache_batch_stride,
+                                           k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
+                                           num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+    # Under PDL the length, the block table and the rotary rows are read before the wait: no kernel
+    # launched under PDL writes them, so the kernel just before did not, and every kernel before that
+    # one has finished (ops/_pdl.py). Everything else (the cache, which a kernel of this op just
+    # before may have appended to, q and the new token) is read after it, and every write comes after.
+    wait_for_previous_kernel(USE_PDL)
+    k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok)
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
     q_partner = q
     if ROTARY:
@@ -239,9 +253,10 @@ def _decode_split_kernel(
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
     row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
     for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
-        k, v, key_ok = _kv_tile(k_head_base, v_head_base, block_table_row, key_start, cached_end, batch, cols, col_ok,
-                                k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride,
-                                capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+        k_rows, v_rows, key_ok = _kv_tile_rows(block_table_row, key_start, cached_end, batch, k_cache_batch_stride,
+                                               k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
+                                               num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
+        k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok)
         row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
 
     if APPEND:
