@@ -9,7 +9,8 @@ in Triton's cache is assembled again for it) and reports registers per thread, s
 shared memory, how many blocks an SM holds at once, whether the matrix ops became tensor-core
 instructions (wgmma or mma in the PTX), whether global loads are 16 bytes wide, how many barriers
 the loops hold and, where a config asks, how many global loads the SASS (by the nvdisasm that ships
-with Triton) issues behind its first barrier. It catches what the interpreter lets through (dot
+with Triton) issues behind its first barrier; and for a PDL config how many it issues before its
+grid dependency wait. It catches what the interpreter lets through (dot
 tiles under 16, shared memory over the limit, spills, a barrier at every step of a GEMV's loop, a
 latency-bound kernel going to memory twice in a row before its first product).
 
@@ -132,6 +133,14 @@ def loads_behind_barrier(sass: str) -> int:
     return len(re.findall(r"\bLDG(?:STS)?\.", sass[first_barrier.start() : first_product.start()]))
 
 
+def loads_before_wait(sass: str) -> int:
+    """The global loads (LDG, LDGSTS) in the SASS ahead of its grid dependency wait (ACQBULK, what
+    griddepcontrol.wait assembles to): what a PDL kernel reads while the kernel before it still
+    runs. Only what that kernel cannot be writing may be read there (ops/_pdl.py)."""
+    wait = re.search(r"\bACQBULK\b", sass)
+    return len(re.findall(r"\bLDG(?:STS)?\.", sass[: wait.start()])) if wait else 0
+
+
 def _sass(cubin: bytes) -> str:
     """The cubin's SASS, by the nvdisasm that ships with this Triton."""
     import triton
@@ -184,12 +193,16 @@ def compile_one(cfg: KernelConfig) -> dict:
     ahead_of_wait = ptx[: ptx.index("griddepcontrol.wait")] if "griddepcontrol.wait" in ptx else ptx
     row["l2_prefetches_before_wait"] = len(re.findall(r"cp\.async\.bulk\.prefetch\.L2", ahead_of_wait))
     row["loop_barriers"] = loop_barriers(ptx)
-    if cfg.loads_before_barrier:
+    if cfg.loads_before_barrier or row["grid_dependency_wait"]:
         try:
-            row["loads_behind_barrier"] = loads_behind_barrier(_sass(compiled.asm["cubin"]))
+            sass = _sass(compiled.asm["cubin"])
         except (OSError, subprocess.CalledProcessError) as exc:  # the report lists it; the CI test fails on it
             row["error"] = f"nvdisasm: {exc}"
             return row
+        if cfg.loads_before_barrier:
+            row["loads_behind_barrier"] = loads_behind_barrier(sass)
+        if row["grid_dependency_wait"]:
+            row["loads_before_wait"] = loads_before_wait(sass)
     try:
         log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
@@ -254,8 +267,8 @@ def problems(row: dict) -> list[str]:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| op | kernel | shape | constexprs | warps | stages | regs | spills (st/ld B) | shared B | blocks/SM | tensor core "
-        "| vector loads | loop barriers | loads behind a barrier | status |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| vector loads | loop barriers | loads behind a barrier | loads before the PDL wait | status |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         constexprs = " ".join(f"{k}={v}" for k, v in r["constexprs"].items())
@@ -264,7 +277,7 @@ def markdown(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(
                 f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
-                f"| - | - | - | - | - | - | - | - | {status} |"
+                f"| - | - | - | - | - | - | - | - | - | {status} |"
             )
             continue
         tc = r["tensor_core"] if r["uses_dot"] else "n/a"
@@ -272,7 +285,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['op']} | {r['kernel']} | {r['shape']} | {constexprs} | {r['num_warps']} | {r['num_stages']} "
             f"| {r['registers']} | {r['spill_stores']}/{r['spill_loads']} | {r['shared_bytes']} | {r.get('blocks_per_sm', '-')} | {tc} "
-            f"| {r['vector_loads']} | {r['loop_barriers']} | {behind} | {status} |"
+            f"| {r['vector_loads']} | {r['loop_barriers']} | {behind} | {r.get('loads_before_wait', '-')} | {status} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -296,8 +309,10 @@ def document(report: dict) -> str:
         "per thread, spills, shared memory, how many blocks an SM holds at once (by those and the warps), "
         "whether the dots became tensor-core instructions, how many "
         "16-byte global loads the PTX has, how many barriers (bar.sync) its loops hold (a GEMV's must "
-        "hold none) and, for the latency-bound decode attention's kernels, how many global loads the SASS issues "
-        f"behind the first barrier, ahead of the first product or store (must be none).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
+        "hold none), for the latency-bound decode attention's kernels how many global loads the SASS issues "
+        "behind the first barrier, ahead of the first product or store (must be none), and for the kernels "
+        "launched under programmatic dependent launch how many it issues before waiting for the kernel before "
+        f"(only reads of what that kernel cannot be writing).\n\nToolchain: triton {tools['triton']}, {tools['ptxas']}.\n\n"
         + markdown(report["rows"])
     )
 

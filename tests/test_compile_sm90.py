@@ -66,6 +66,26 @@ def test_pdl_configs_wait_on_the_kernel_before_and_the_others_do_not(report):
     assert not any(r.get("grid_dependency_wait") for r in report["rows"] if not r["constexprs"].get("USE_PDL"))
 
 
+def test_pdl_configs_read_before_their_wait_only_what_the_kernel_before_cannot_write(report):
+    """Under PDL a kernel runs while the one before it finishes (ops/_pdl.py). In the SASS, ahead of
+    the wait: the GEMV's first weight tile (one 16-byte load a weight row of the program, and not
+    its input), decode attention's length and rotary rows (not q, the new token or the cache), and
+    nothing at all in the tensor-core tiles, the K-split sum and the merge."""
+    pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
+    for r in pdl:
+        c = r["constexprs"]
+        if r["kernel"] == "_fused_linear_kernel" and not c["USE_DOT"]:
+            expected = c["BLOCK_N"]
+        elif r["kernel"] == "_decode_split_kernel":
+            assert not c["PAGED"]  # a paged cache's block table would be read there too
+            expected = 1 + 2 * c["ROTARY"]
+        else:
+            expected = 0
+        assert r["loads_before_wait"] == expected, (r["kernel"], r["shape"], c)
+    assert {r["kernel"] for r in pdl if r["loads_before_wait"]} == {"_fused_linear_kernel", "_decode_split_kernel"}
+    assert not any("loads_before_wait" in r for r in report["rows"] if r not in pdl)
+
+
 def test_the_gemv_prefetch_configs_ask_the_l2_for_their_rows_before_the_wait(report):
     """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the
     grid dependency wait (a static loop over BLOCK_N rows); no other config has any."""
