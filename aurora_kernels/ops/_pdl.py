@@ -6,12 +6,14 @@ start-up and the latency of its first weight loads with the GPU half idle. With 
 is launched early; its programs do what depends on no earlier kernel (index math, and in the GEMV
 the first weight tile: weights are never written during a decode step) and then wait in
 `gdc_wait` until the kernel before has finished and its writes are visible. Each PDL kernel calls
-`gdc_launch_dependents` only after its wait, so at most two kernels overlap, and a kernel launches
-only once every kernel before the one just before it has finished. So before its wait a program
-may read what the kernel just before it does not write: the weights (never written during a decode
-step), and in decode_attention the lengths, the block table and the rotary tables (no PDL kernel
-writes them). Everything else it reads (inputs, caches) and everything it writes comes after the
-wait: the output buffer it writes may be memory the kernel before still reads.
+`gdc_launch_dependents` after its wait, so at most two kernels overlap. Before its wait a program
+may read only what no kernel launched under PDL writes: whatever wrote it (a kernel without PDL, a
+copy, the host) had finished before the next kernel in the stream launched, and so before every
+later one. Those reads are the weights (never written during a decode step) and, in
+decode_attention, the lengths, the block table and the rotary tables. Everything else it reads
+(inputs, caches) and everything it writes comes after the wait: the output buffer it writes may be
+memory the kernel before still reads. A caller who launches kernels of their own under PDL must not
+write those from them.
 
 What it gains in the model's decode step: docs/performance-log.md.
 

@@ -225,9 +225,9 @@ def _decode_split_kernel(
                                            k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
                                            num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     # Under PDL the length, the block table and the rotary rows are read before the wait: no kernel
-    # launched under PDL writes them, so the kernel just before did not, and every kernel before that
-    # one has finished (ops/_pdl.py). Everything else (the cache, which a kernel of this op just
-    # before may have appended to, q and the new token) is read after it, and every write comes after.
+    # launched under PDL writes them, so whatever wrote them has finished (ops/_pdl.py). The cache (a
+    # split kernel just before may have appended to it), q and the new token are read after it, and
+    # every write comes after it.
     wait_for_previous_kernel(USE_PDL)
     k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok)
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
