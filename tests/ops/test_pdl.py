@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import aurora_kernels as ak
-from aurora_kernels.ops import fused_linear, reference
+from aurora_kernels.ops import _pdl, fused_linear, reference
 from aurora_kernels.ops._pdl import pdl_options
 from aurora_kernels.testing import check_op, randn
 from tests.catalogue import cuda_only
@@ -69,11 +69,14 @@ def test_the_weight_prefetch_is_asked_for_under_pdl_on_aligned_weights_on_a_gpu(
 
 
 @cuda_only
-def test_a_decode_chain_under_pdl_replays_bit_for_bit_like_without(pdl_on, device, gen):
+@pytest.mark.parametrize("weight_prefetch", [False, True])
+def test_a_decode_chain_under_pdl_replays_bit_for_bit_like_without(weight_prefetch, device, gen):
     """Four layers of a one-sequence decode step (norm + qkv GEMV, decode attention appending to its
     cache, o_proj, norm + gate_up, SwiGLU + down_proj), each kernel reading the one before's output,
-    captured in a CUDA graph with PDL and replayed 50 times: every replay equals the same chain run
-    eagerly without PDL, bit for bit (the same kernels and tiles, so no rounding differs)."""
+    behind a torch kernel that advances the length (as the runtime does, without PDL), captured in
+    one CUDA graph with PDL (and the GEMV's L2 weight prefetch) and in another without, on copies of
+    the caches. 50 replays each, every one at a new position: the outputs, the caches and the
+    lengths of the two are equal bit for bit (the same kernels and tiles, so no rounding differs)."""
     dtype, hidden, heads_q, heads_kv, head_dim, inter = torch.bfloat16, 256, 4, 2, 64, 512
     layers = [
         {
@@ -83,34 +86,44 @@ def test_a_decode_chain_under_pdl_replays_bit_for_bit_like_without(pdl_on, devic
             "norm2": randn((hidden,), dtype, device, gen, scale=0.1, shift=1.0),
             "gate_up": randn((2 * inter, hidden), dtype, device, gen, scale=hidden**-0.5),
             "down": randn((hidden, inter), dtype, device, gen, scale=inter**-0.5),
-            "k_cache": randn((1, 512, heads_kv, head_dim), dtype, device, gen),
-            "v_cache": randn((1, 512, heads_kv, head_dim), dtype, device, gen),
         }
         for _ in range(4)
     ]
     x0 = randn((1, 1, hidden), dtype, device, gen)
-    seqlens = torch.tensor([300], dtype=torch.int32, device=device)
+    caches = [(randn((1, 512, heads_kv, head_dim), dtype, device, gen), randn((1, 512, heads_kv, head_dim), dtype, device, gen))
+              for _ in layers]  # fmt: skip
 
-    def step():
+    def chain(caches, seqlens):
+        seqlens.add_(1)
         x, residual = x0, torch.zeros_like(x0)
-        for w in layers:
+        for w, (k_cache, v_cache) in zip(layers, caches):
             qkv, residual = ak.rms_norm_linear(x, w["norm1"], w["qkv"], None, 1e-6, residual)
             q, k, v = qkv.view(1, 1, -1, head_dim).split([heads_q, heads_kv, heads_kv], dim=2)
-            attn = ak.decode_attention(q, w["k_cache"], w["v_cache"], seqlens, k, v, num_kv_splits=8)
+            attn = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, num_kv_splits=8)
             o = ak.linear(attn.flatten(-2), w["o"])
             gate_up, residual = ak.rms_norm_linear(o, w["norm2"], w["gate_up"], None, 1e-6, residual)
             x = ak.silu_and_mul_linear(gate_up, w["down"])
         return x + residual
 
-    ak.set_programmatic_dependent_launch(False)
-    expected = step()
-    ak.set_programmatic_dependent_launch(True)
-    step()  # compiles the PDL kernels outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
+    def captured(pdl):
+        """The chain on copies of the caches and lengths, run once (compiling its kernels outside the
+        capture), then captured; with PDL on or off for this thread."""
+        state = [(k.clone(), v.clone()) for k, v in caches], torch.tensor([300], dtype=torch.int32, device=device)
+        with ak.using_programmatic_dependent_launch(pdl), _pdl.using_weight_prefetch(weight_prefetch):
+            chain(*state)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = chain(*state)
+        return graph, out, state
+
+    plain_graph, plain_out, plain_state = captured(pdl=False)
+    pdl_graph, pdl_out, pdl_state = captured(pdl=True)
     for replay in range(50):
-        captured.fill_(float("nan"))
-        graph.replay()
+        pdl_out.fill_(float("nan"))
+        plain_graph.replay()
+        pdl_graph.replay()
         torch.cuda.synchronize()
-        assert torch.equal(captured, expected), f"replay {replay} differs from the chain without PDL"
+        assert torch.equal(pdl_out, plain_out), f"replay {replay} differs from the chain without PDL"
+    assert torch.equal(pdl_state[1], plain_state[1]) and int(pdl_state[1]) == 300 + 51
+    for (k_pdl, v_pdl), (k_plain, v_plain) in zip(*(state[0] for state in (pdl_state, plain_state))):
+        assert torch.equal(k_pdl, k_plain) and torch.equal(v_pdl, v_plain)
