@@ -141,6 +141,13 @@ def loads_before_wait(sass: str) -> int:
     return len(re.findall(r"\bLDG(?:STS)?\.", sass[: wait.start()])) if wait else 0
 
 
+def next_launched_before_wait(sass: str) -> bool:
+    """Whether the SASS lets the next kernel launch (PREEXIT, what griddepcontrol.launch_dependents
+    assembles to) ahead of its grid dependency wait (ACQBULK)."""
+    wait, launch = re.search(r"\bACQBULK\b", sass), re.search(r"\bPREEXIT\b", sass)
+    return bool(wait and launch and launch.start() < wait.start())
+
+
 def _sass(cubin: bytes) -> str:
     """The cubin's SASS, by the nvdisasm that ships with this Triton."""
     import triton
@@ -203,6 +210,7 @@ def compile_one(cfg: KernelConfig) -> dict:
             row["loads_behind_barrier"] = loads_behind_barrier(sass)
         if row["grid_dependency_wait"]:
             row["loads_before_wait"] = loads_before_wait(sass)
+            row["next_launched_before_wait"] = next_launched_before_wait(sass)
     try:
         log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr

@@ -86,6 +86,16 @@ def test_pdl_configs_read_before_their_wait_only_what_the_kernel_before_cannot_w
     assert not any("loads_before_wait" in r for r in report["rows"] if r not in pdl)
 
 
+def test_only_the_merge_asked_to_launches_the_next_kernel_before_its_wait(report):
+    """A PDL kernel lets the next one launch after its wait, so at most two overlap; decode
+    attention's merge under NEXT_LAUNCHED (the weight prefetch's form) does it at its start, so
+    that the o_proj GEMV reads its weights while the split kernel runs (ops/_pdl.py)."""
+    pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
+    early = [r for r in pdl if r["next_launched_before_wait"]]
+    assert [(r["kernel"], r["constexprs"]["NEXT_LAUNCHED"]) for r in early] == [("_decode_merge_kernel", True)]
+    assert all(not r["constexprs"].get("NEXT_LAUNCHED") for r in pdl if r not in early)
+
+
 def test_the_gemv_prefetch_configs_ask_the_l2_for_their_rows_before_the_wait(report):
     """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the
     grid dependency wait (a static loop over BLOCK_N rows); no other config has any."""

@@ -36,8 +36,10 @@ class RunOptions:
     programmatic_dependent_launch: bool = True
     # Under programmatic dependent launch, each one-row GEMV also asks the L2 for the rest of its
     # program's weight rows before it waits for the kernel before (ops/_pdl.py), so the weights
-    # stream in during that kernel's tail. Off until a GPU run shows the step gains
-    # (bench/model_e2e.py's "triton-fused-prefetch" rows; the figures: docs/performance-log.md).
+    # stream in during that kernel's tail; and decode attention's merge lets the o_proj GEMV launch
+    # at its start, so that o_proj reads its weights during the attention. Off until a GPU run shows
+    # the step gains (bench/model_e2e.py's "triton-fused-prefetch" rows; the figures:
+    # docs/performance-log.md).
     weight_prefetch: bool = False
     # Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a B=1
     # prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on that

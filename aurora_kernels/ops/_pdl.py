@@ -6,14 +6,15 @@ start-up and the latency of its first weight loads with the GPU half idle. With 
 is launched early; its programs do what depends on no earlier kernel (index math, and in the GEMV
 the first weight tile: weights are never written during a decode step) and then wait in
 `gdc_wait` until the kernel before has finished and its writes are visible. Each PDL kernel calls
-`gdc_launch_dependents` after its wait, so at most two kernels overlap. Before its wait a program
-may read only what no kernel launched under PDL writes: whatever wrote it (a kernel without PDL, a
-copy, the host) had finished before the next kernel in the stream launched, and so before every
-later one. Those reads are the weights (never written during a decode step) and, in
-decode_attention, the lengths, the block table and the rotary tables. Everything else it reads
-(inputs, caches) and everything it writes comes after the wait: the output buffer it writes may be
-memory the kernel before still reads. A caller who launches kernels of their own under PDL must not
-write those from them.
+`gdc_launch_dependents` after its wait, so at most two kernels overlap (but for decode attention's
+merge under the weight prefetch, which calls it at its start: `early_next_launch_option`; three
+then, the third waiting). Before its wait a program may read only what no kernel launched under PDL
+writes: whatever wrote it (a kernel without PDL, a copy, the host) had finished before the next
+kernel in the stream launched, and so before every later one. Those reads are the weights (never
+written during a decode step) and, in decode_attention, the lengths, the block table and the
+rotary tables. Everything else it reads (inputs, caches) and everything it writes comes after the
+wait: the output buffer it writes may be memory the kernel before still reads. A caller who
+launches kernels of their own under PDL must not write those from them.
 
 What it gains in the model's decode step: docs/performance-log.md.
 
@@ -45,7 +46,8 @@ from aurora_kernels.ops._autotune import INTERPRETER
 
 _PDL = ThreadSetting(False, bool)
 # Under PDL, whether the GEMV also asks the L2 for the rest of its program's weight rows before its
-# wait (`prefetch_rows_to_l2`): off unless a caller (the model's generate, under
+# wait (`prefetch_rows_to_l2`), and decode attention's merge launches the next kernel (the o_proj
+# GEMV) early (`early_next_launch_option`): off unless a caller (the model's generate, under
 # RunOptions.weight_prefetch) turns it on for its thread.
 _WEIGHT_PREFETCH = ThreadSetting(False, bool)
 
@@ -63,6 +65,17 @@ def weight_prefetch_option(use_pdl: bool, weight: torch.Tensor) -> bool:
         return False
     row_bytes = weight.shape[1] * weight.element_size()
     return weight.data_ptr() % 16 == 0 and (weight.stride(0) * weight.element_size()) % 16 == 0 and row_bytes % 16 == 0
+
+
+def early_next_launch_option(use_pdl: bool) -> bool:
+    """The NEXT_LAUNCHED constexpr of decode attention's merge kernel: under PDL where the calling
+    thread asked for the weight prefetch, the merge lets the next kernel launch at its start rather
+    than after its wait. The merge is short and reads only the split kernel's partials; what follows
+    it in a decode step is the o_proj GEMV, which then reads its weight rows (at the model's width
+    its first tile is the whole of K) while the split kernel still runs, where the memory bus is
+    idle, instead of after the merge. Off otherwise: the launched kernel's waiting programs hold
+    SM slots for the length of the attention."""
+    return use_pdl and _WEIGHT_PREFETCH.get()
 
 
 def set_programmatic_dependent_launch(enabled: bool) -> None:
@@ -115,10 +128,20 @@ def prefetch_rows_to_l2(row_start, row_bytes):
 
 
 @triton.jit
-def wait_for_previous_kernel(USE_PDL: tl.constexpr):
+def launch_next_kernel_now(USE_PDL: tl.constexpr):
+    """Under PDL: let the next kernel launch before this one's wait (then pass NEXT_LAUNCHED to
+    `wait_for_previous_kernel`). For a short kernel whose successor has work that reads no kernel's
+    output: see `early_next_launch_option`. Without PDL, or under the interpreter, nothing."""
+    if USE_PDL and not _INTERPRETED:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def wait_for_previous_kernel(USE_PDL: tl.constexpr, NEXT_LAUNCHED: tl.constexpr = False):
     """Under PDL: wait until the kernel before has finished (its writes visible), then let the next
-    kernel launch. Every program calls it before touching another kernel's data. Without PDL, or
-    under the interpreter, nothing."""
+    kernel launch (unless `launch_next_kernel_now` did). Every program calls it before touching
+    another kernel's data. Without PDL, or under the interpreter, nothing."""
     if USE_PDL and not _INTERPRETED:
         gdc_wait()
-        gdc_launch_dependents()
+        if not NEXT_LAUNCHED:
+            gdc_launch_dependents()

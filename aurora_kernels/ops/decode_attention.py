@@ -69,7 +69,7 @@ from aurora_kernels._validation import (
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._dot import dot_acc, dot_in_fp32
 from aurora_kernels.ops._layout import cdiv, pow2_at_least, sm_count, stride_multiple
-from aurora_kernels.ops._pdl import pdl_options, wait_for_previous_kernel
+from aurora_kernels.ops._pdl import early_next_launch_option, launch_next_kernel_now, pdl_options, wait_for_previous_kernel
 from aurora_kernels.ops.attention import LOG2_E, MAX_HEAD_DIM
 
 PAGED_BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -339,9 +339,12 @@ def _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, first_row, num_rows, 
 @triton.jit
 def _decode_merge_kernel(partial_out_ptr, partial_lse_ptr, out_ptr, num_kv_splits,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                         USE_PDL: tl.constexpr):  # fmt: skip
-    """Stage 2: one program per (b, query head)."""
-    wait_for_previous_kernel(USE_PDL)
+                         USE_PDL: tl.constexpr, NEXT_LAUNCHED: tl.constexpr):  # fmt: skip
+    """Stage 2: one program per (b, query head). NEXT_LAUNCHED (under PDL): the next kernel may
+    launch at once (ops/_pdl.py, `early_next_launch_option`)."""
+    if NEXT_LAUNCHED:
+        launch_next_kernel_now(USE_PDL)
+    wait_for_previous_kernel(USE_PDL, NEXT_LAUNCHED)
     _merge_rows(partial_out_ptr, partial_lse_ptr, out_ptr, tl.program_id(0).to(tl.int64), 1, num_kv_splits,
                 HEAD_DIM, BLOCK_D, 1, BLOCK_S)  # fmt: skip
 
@@ -548,7 +551,8 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     if not single_split:
         _decode_merge_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, num_kv_splits,
-            HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits), **pdl,
+            HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits),
+            NEXT_LAUNCHED=early_next_launch_option(pdl["USE_PDL"]), **pdl,
         )  # fmt: skip
     return out
 
@@ -593,12 +597,15 @@ def _compile_configs():
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
                         **launch,
                     )  # fmt: skip
-        for use_pdl in (False, True) if dtype == torch.bfloat16 else (False,):
+        # under PDL (bf16, the model's), with and without the early launch of the next kernel
+        pdl_forms = ((False, False), (True, False), (True, True)) if dtype == torch.bfloat16 else ((False, False),)
+        for use_pdl, next_launched in pdl_forms:
             configs += configs_per_dtype(
                 (dtype,), op="decode_attention", kernel=_decode_merge_kernel,
-                shape=f"merge of up to 128 splits, D 128{', PDL' if use_pdl else ''}",
+                shape=f"merge of up to 128 splits, D 128{', PDL' if use_pdl else ''}{', next launched early' if next_launched else ''}",
                 signature={"partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32", "out_ptr": "*T", "num_kv_splits": "i32"},
-                constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS, "USE_PDL": use_pdl},
+                constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS, "USE_PDL": use_pdl,
+                            "NEXT_LAUNCHED": next_launched},
                 aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1, loads_before_barrier=True,
             )  # fmt: skip
     return configs

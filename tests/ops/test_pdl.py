@@ -47,6 +47,17 @@ def test_the_ops_that_take_it_match_the_reference_with_it_on(pdl_on, device, gen
     q = randn((3, 1, 12, 64), dtype, device, gen)
     k_cache, v_cache = (randn((3, 96, 2, 64), dtype, device, gen) for _ in range(2))
     check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, num_kv_splits=4)
+    with _pdl.using_weight_prefetch(True):  # the merge lets the next kernel launch at its start
+        check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, num_kv_splits=4)
+
+
+def test_the_merge_launches_the_next_kernel_early_only_under_pdl_with_the_weight_prefetch():
+    """NEXT_LAUNCHED of decode attention's merge: the thread's weight prefetch under PDL, nothing else
+    (the sm_90 compile report checks where the launch lands in the machine code)."""
+    assert not _pdl.early_next_launch_option(True)
+    with _pdl.using_weight_prefetch(True):
+        assert _pdl.early_next_launch_option(True)
+        assert not _pdl.early_next_launch_option(False)
 
 
 def test_the_weight_prefetch_is_asked_for_under_pdl_on_aligned_weights_on_a_gpu(monkeypatch, device, gen):
@@ -54,8 +65,6 @@ def test_the_weight_prefetch_is_asked_for_under_pdl_on_aligned_weights_on_a_gpu(
     under the interpreter (no inline PTX there), only for weights whose rows the bulk prefetch can
     take (16-byte aligned starts, whole rows a multiple of 16 bytes); the sm_90 compile report
     checks the instructions themselves."""
-    from aurora_kernels.ops import _pdl
-
     weight = randn((64, 256), torch.bfloat16, device, gen)
     with _pdl.using_weight_prefetch(True):
         assert _pdl.weight_prefetch_option(True, weight) == (not _pdl.INTERPRETER)
