@@ -354,11 +354,17 @@ def default_num_kv_splits(batch: int, heads_kv: int, max_context: int, device: t
     """Split count from the shapes alone (no host sync): enough programs for PROGRAMS_PER_SM on every
     SM, no split under MIN_TOKENS_PER_SPLIT cache tokens, at most MAX_KV_SPLITS. max_context is the
     cache's capacity (S_max, or max_blocks * block_size), the longest context that can occur, since the
-    real lengths live on the device. B 1, Hkv 2, 4k context on 132 SMs: 64 splits; B 128: 2; B 256: 1."""
+    real lengths live on the device. Then as few splits as cover the capacity in splits of that many
+    whole MIN_TOKENS_PER_SPLIT chunks: a count that leaves the last split empty at full capacity
+    launches a program more a sequence and KV head, and the merge reads a partial more, for nothing
+    (B 8, 4k context: 17 splits of 256 tokens are 16). B 1, Hkv 2, 4k context on 132 SMs: 64 splits;
+    B 128: 2; B 256: 1."""
     programs = max(1, batch * heads_kv)
     wanted = cdiv(PROGRAMS_PER_SM * sm_count(device), programs)
     by_length = max(1, cdiv(max_context, MIN_TOKENS_PER_SPLIT))
-    return max(1, min(wanted, by_length, MAX_KV_SPLITS))
+    splits = max(1, min(wanted, by_length, MAX_KV_SPLITS))
+    split_tokens = cdiv(cdiv(max_context, splits), MIN_TOKENS_PER_SPLIT) * MIN_TOKENS_PER_SPLIT
+    return cdiv(max_context, split_tokens) if max_context > 0 else 1
 
 
 def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:

@@ -199,6 +199,15 @@ def test_default_num_kv_splits_rule():
     assert default_num_kv_splits(128, 2, 16384, cpu) == 2
     assert default_num_kv_splits(256, 2, 16384, cpu) == 1
     assert default_num_kv_splits(1, 1, 10**6, cpu) == 128  # capped at MAX_KV_SPLITS
+    # 17 splits wanted, but 4096 tokens in splits of 256 are 16: a 17th would always be empty
+    assert default_num_kv_splits(8, 2, 4096, cpu) == 16
+    assert default_num_kv_splits(32, 2, 1024, cpu) == 4  # 5 wanted, 4 of 256
+    assert default_num_kv_splits(2, 2, 0, cpu) == 1  # a cache of no tokens
+    for batch in (1, 3, 8, 13, 32, 64):  # whatever the count, no split is empty at full capacity
+        for capacity in (64, 100, 320, 1000, 1024, 4096, 16384):
+            splits = default_num_kv_splits(batch, 2, capacity, cpu)
+            split_len = -(-(-(-capacity // splits)) // 64) * 64  # the kernel's: whole tiles of 64
+            assert (splits - 1) * split_len < capacity, (batch, capacity, splits)
 
 
 def test_bad_num_kv_splits(device, gen):
