@@ -10,9 +10,9 @@ shared memory, how many blocks an SM holds at once, whether the matrix ops becam
 instructions (wgmma or mma in the PTX), whether global loads are 16 bytes wide, how many barriers
 the loops hold and, where a config asks, how many global loads the SASS (by the nvdisasm that ships
 with Triton) issues behind its first barrier; and for a PDL config how many it issues before its
-grid dependency wait. It catches what the interpreter lets through (dot
-tiles under 16, shared memory over the limit, spills, a barrier at every step of a GEMV's loop, a
-latency-bound kernel going to memory twice in a row before its first product).
+grid dependency wait. It catches what the interpreter lets through (dot tiles under 16, shared
+memory over the limit, spills, a barrier at every step of a GEMV's loop, a latency-bound kernel
+going to memory twice in a row before its first product, a read ahead of a PDL wait).
 
 Register allocation differs between Triton releases (triton 3.6's ptxas spilled three configs that
 3.9's did not), so the check runs twice: with the installed Triton, and with the Triton of the GPU
