@@ -71,9 +71,9 @@ def early_next_launch_option(use_pdl: bool) -> bool:
     """The NEXT_LAUNCHED constexpr of decode attention's merge kernel: under PDL where the calling
     thread asked for the weight prefetch, the merge lets the next kernel launch at its start rather
     than after its wait. The merge is short and reads only the split kernel's partials; what follows
-    it in a decode step is the o_proj GEMV, which then reads its weight rows (at the model's width
-    its first tile is the whole of K) while the split kernel still runs, where the memory bus is
-    idle, instead of after the merge. Off otherwise: the launched kernel's waiting programs hold
+    it in a decode step is the o_proj GEMV, which then reads its first weight tile (the whole of its
+    rows where BLOCK_K >= K) while the split kernel still runs, the memory bus idle, instead of
+    after the merge. Off otherwise: the launched kernel's waiting programs hold
     SM slots for the length of the attention."""
     return use_pdl and _WEIGHT_PREFETCH.get()
 
