@@ -5,8 +5,9 @@ What decides whether the model should use them (RunOptions.fuse_decode_projectio
 "ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
 matmul, two launches. The peers are the same chain in plain torch ops, eager and torch.compile'd,
 and the op on the tiles it does not take at that batch: at B = 4 (the GEMV's rows) "ours, wgmma
-tiles"; at B = 8 and 32 (the wgmma tiles on an H100) "ours, mma tiles", the tiles it takes before
-sm_90. RunOptions.fuse_batched_projections is decided by the rows at B > 1.
+tiles" (the swapped ones, 16 rows); at B = 8 and 32 (the swapped wgmma tiles on an H100: the rows in
+the MMA's N) "ours, 64-row wgmma tiles" and "ours, mma tiles", the tiles it takes before sm_90.
+RunOptions.fuse_batched_projections is decided by the rows at B > 1.
 """
 
 import torch
@@ -66,8 +67,9 @@ def _torch_chain(prologue):
 
 def _ours_on(prologue, kind):
     """The op on the path `kind` (a key of fused_linear._GPU_CONFIGS) where the launcher would pick
-    another: "wgmma" (the sm_90 tiles) where it takes the GEMV's rows, "dot_half" (sm_80's mma.sync,
-    the weight by pointers) where it takes the wgmma tiles."""
+    another: "wgmma_swap_ab" (the sm_90 tiles) where it takes the GEMV's rows, "wgmma" (64 rows in
+    the MMA's M) and "dot_half" (sm_80's mma.sync, the weight by pointers) where it takes the
+    swapped wgmma tiles."""
     index = fused_linear.PROLOGUES.index(prologue)
 
     def on_kind(x, *args, residual=None):
@@ -84,8 +86,9 @@ def _peers(prologue, batch) -> dict:
     chain = _torch_chain(prologue)
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
     if 1 < batch <= GEMV_MAX_ROWS:
-        peers["ours, wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma"))
+        peers["ours, wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma_swap_ab"))
     elif batch > GEMV_MAX_ROWS:
+        peers["ours, 64-row wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma"))
         peers["ours, mma tiles"] = lambda: Peer(_ours_on(prologue, "dot_half"))
     if prologue == "none":
         return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}

@@ -111,8 +111,9 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
             weights = cold_copies(t["weight"])
             index = PROLOGUES.index(prologue)
             # more rows: the GEMV's row blocks (up to GEMV_MAX_ROWS rows), the sm_90 tiles (wgmma, the
-            # weight by TMA) and the ones before them (mma.sync)
-            kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + ["wgmma", "dot_half"]
+            # weight by TMA; the rows in the MMA's N, or 64 of them in its M) and the ones before them
+            # (mma.sync)
+            kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + ["wgmma_swap_ab", "wgmma", "dot_half"]
 
             def timed(name, role, fn, config=None):
                 ms = graph_median_ms(fn, weights)

@@ -114,11 +114,13 @@ def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
 
 
 def test_the_batched_projection_tiles_are_wgmma(report):
-    """The fused_linear tiles the launcher picks for 2..64 fp16/bf16 rows on sm_90 (the weight by TMA)
-    are held to Hopper's warpgroup MMA, and compile to it; the mma.sync tiles, for weights TMA cannot
-    read and for GPUs before sm_90, are not held to it."""
+    """The fused_linear tiles the launcher picks for 5..64 fp16/bf16 rows on sm_90 (the weight by TMA;
+    swapped, the rows in the MMA's N, at 16 and 32 rows) are held to Hopper's warpgroup MMA, and
+    compile to it; the mma.sync tiles, for weights TMA cannot read and for GPUs before sm_90, are not
+    held to it."""
     tma = [r for r in report["rows"] if r["constexprs"].get("WEIGHT_TMA")]
     assert tma and all(r["wgmma"] and r["tensor_core"] == "wgmma" for r in tma)
+    assert {r["constexprs"]["BLOCK_M"] for r in tma if r["constexprs"]["SWAP_AB"]} == {16, 32}
     assert {r["op"] for r in tma} == {"linear", "rms_norm_linear", "silu_and_mul_linear"}
     assert not any(r["wgmma"] for r in report["rows"] if r not in tma)
 

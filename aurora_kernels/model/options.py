@@ -24,8 +24,8 @@ class RunOptions:
     # docs/performance-log.md.
     fuse_decode_projections: bool = True
     # The same for decode steps of 2..MAX_FUSED_BATCH sequences (up to fused_linear.GEMV_MAX_ROWS on
-    # the GEMV, more on the ops' tensor-core tiles, wgmma on sm_90; more rows than one tile re-read
-    # the weight, so larger batches keep cuBLAS). Off until a GPU run shows these steps beat cuBLAS
+    # the GEMV, more on the ops' tensor-core tiles, wgmma on sm_90, swapped up to 32 rows; more rows
+    # than one tile re-read the weight, so larger batches keep cuBLAS). Off until a GPU run shows these steps beat cuBLAS
     # plus the separate op (bench/bench_fused_linear.py's rows at B > 1, bench/model_e2e.py's
     # "triton-fused-batched" rows; the figures: docs/performance-log.md).
     fuse_batched_projections: bool = False

@@ -39,11 +39,14 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   the padding rows cost only arithmetic, which is free here). The normalised or activated input is
   rounded to the input dtype before the product, as the unfused ops' output would be, so the
   rms_norm prologue makes two passes: the rows' norms, then the normalised chunks. On sm_90+
-  (fp16/bf16, a weight TMA can read: `weight_tma_ok`) the tiles are Hopper's: BLOCK_M 64, the
-  warpgroup MMA's (wgmma) smallest M, the weight tiles brought by TMA from a TensorDescriptor into a
-  ring of shared memory, the input chunk with its prologue in registers as wgmma's A operand.
-  Elsewhere BLOCK_M is the rows rounded up to 16 (at most 32), the weight read by pointers and the
-  dots sm_80's mma.sync. Alone, too few programs would walk all of K (12 to 24 for down_proj), so K
+  (fp16/bf16, a weight TMA can read: `weight_tma_ok`) the tiles are Hopper's, the weight tiles
+  brought by TMA from a TensorDescriptor into a ring of shared memory and multiplied by warpgroup
+  MMAs (wgmma), whose M is 64 at the least. Up to 32 rows the product is swapped (SWAP_AB, as
+  cuBLAS's kernels at these batches): out.T = weight @ x.T, the weight's columns in wgmma's M and
+  the rows, rounded up to 16 or 32, in its N, so no MMA works on padding rows and the accumulator
+  is BLOCK_N x 16..32 fp32, not 64 x BLOCK_N. More rows take BLOCK_M 64 in the MMA's M, the input
+  chunk with its prologue in registers as wgmma's A operand. Elsewhere BLOCK_M is the rows rounded
+  up to 16 (at most 32), the weight read by pointers and the dots sm_80's mma.sync. Alone, too few programs would walk all of K (12 to 24 for down_proj), so K
   is split over programs where the column blocks alone would not fill every SM once (`k_splits`:
   down_proj at 8 rows makes 9 or 18 splits), each split's fp32 sums added up by a second kernel.
   Whether these tiles beat cuBLAS plus the unfused op is the GPU's to say: the model takes them for
@@ -95,6 +98,10 @@ MAX_BLOCK_M = 32  # rows per program of the mma tiles (B=32 decode); more rows, 
 GEMV_MAX_ROWS = 4  # up to this many fp16/bf16 rows take the GEMV (on the FMA units)
 GEMV_KINDS = ("gemv", "gemv_rows")
 WGMMA_BLOCK_M = 64  # rows per program of the wgmma tiles: wgmma's M
+# The swapped wgmma tiles (kind "wgmma_swap_ab") put the rows in the MMA's N: 16 or 32 of them, the
+# rows rounded up (Triton 3.6 lowers an N of 8 to mma.sync, not wgmma)
+SWAP_AB_MIN_ROWS, SWAP_AB_MAX_ROWS = 16, 32
+TMA_KINDS = ("wgmma", "wgmma_swap_ab")  # the kinds whose weight tiles come by TMA
 
 
 # The tiles' axes. The tensor-core path multiplies [rows, K] input chunks by [N, K] weight tiles; the
@@ -194,12 +201,17 @@ def _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_featur
 
 
 @triton.jit
-def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr):
-    """The tensor-core path: acc [BLOCK_M, BLOCK_N] += a @ w.T. The GEMV: a [BLOCK_M, 1, BLOCK_K]
-    times the weight tile [1, BLOCK_N, BLOCK_K] into acc [BLOCK_M, BLOCK_N, BLOCK_K], with no
-    reduction inside the loop."""
+def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+                SWAP_AB: tl.constexpr):  # fmt: skip
+    """The tensor-core path: acc [BLOCK_M, BLOCK_N] += a @ w.T, or under SWAP_AB its transpose
+    acc [BLOCK_N, BLOCK_M] += w @ a.T (the weight's columns in the MMA's M, the rows in its N). The
+    GEMV: a [BLOCK_M, 1, BLOCK_K] times the weight tile [1, BLOCK_N, BLOCK_K] into acc [BLOCK_M,
+    BLOCK_N, BLOCK_K], with no reduction inside the loop."""
     if USE_DOT:
-        acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
+        if SWAP_AB:
+            acc = dot_acc(w, tl.trans(a.to(dtype)), acc, DOT_IN_FP32)
+        else:
+            acc = dot_acc(a.to(dtype), tl.trans(w), acc, DOT_IN_FP32)
     else:
         acc += w.to(tl.float32) * a.to(tl.float32)
     return acc
@@ -214,7 +226,8 @@ def _fused_linear_kernel(
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH_L2: tl.constexpr,
-    SPLIT_K: tl.constexpr, WEIGHT_TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
+    SPLIT_K: tl.constexpr, WEIGHT_TMA: tl.constexpr, SWAP_AB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
@@ -275,7 +288,10 @@ def _fused_linear_kernel(
                 _write_h(h, residual_out_ptr, rows, k, mask, in_features, writes_h, HAS_RESIDUAL, USE_DOT)
                 sum_squares += tl.sum(h * h, axis=1)
             inv_rms = tl.rsqrt(sum_squares / in_features + eps)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        if SWAP_AB:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
     else:
         # The loop is loads and FMAs only: each lane keeps its own products (and the rms_norm's
         # squares) in fp32 and they are summed over K once, after the loop. A reduction inside it
@@ -289,7 +305,7 @@ def _fused_linear_kernel(
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       tl.arange(0, BLOCK_K), in_features, writes_h, inv_rms, sum_squares,
                                       PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
-        acc = _accumulate(acc, a, first_weight_tile, dtype, USE_DOT, DOT_IN_FP32)
+        acc = _accumulate(acc, a, first_weight_tile, dtype, USE_DOT, DOT_IN_FP32, SWAP_AB)
         k_first = BLOCK_K
     # UNROLL > 1 (tried by bench/sweep_fused_linear.py only, not shipped): the GEMV issues that many
     # steps' weight loads before their FMAs, more bytes in flight per warp
@@ -304,11 +320,13 @@ def _fused_linear_kernel(
                                       k, in_features, writes_h, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         if USE_DOT:
             w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA, USE_DOT)
-        acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32)
+        acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32, SWAP_AB)
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
         if PROLOGUE == 1:
             acc *= tl.rsqrt(tl.sum(sum_squares, axis=2) / in_features + eps)
+    elif SWAP_AB:
+        acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], as the stores below take it
 
     out_mask = row_mask[:, None] & col_mask[None, :]
     if SPLIT_K:
@@ -342,8 +360,8 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 
 # Autotune candidates on a GPU, (BLOCK_N, BLOCK_K, warps, stages), keyed on the problem's (K, N),
 # the rows' block and the prologue. "gemv": one row on the FMA units; "gemv_rows": 2 to 4 fp16/bf16
-# rows on them; "wgmma" (sm_90+) and "dot_half" (elsewhere): more fp16/bf16 rows on tensor cores;
-# "dot_fp32": fp32 (ieee dots on the FMA units).
+# rows on them; "wgmma_swap_ab" (up to 32 rows) and "wgmma" (sm_90+), "dot_half" (elsewhere): more
+# fp16/bf16 rows on tensor cores; "dot_fp32": fp32 (ieee dots on the FMA units).
 # The GEMV tiles each give every warp a whole [BLOCK_N, 256] slab of the tile (BLOCK_K = 256 x warps:
 # 32 lanes x 16 bytes in bf16/fp16, twice over in fp32). Then the input chunk's natural layout is the
 # weight tile's: the loop needs no layout conversion and no barrier (the compile report checks
@@ -366,7 +384,11 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
 # at 16 rows), so these two take 8 warps.
 # "wgmma": fp16/bf16 rows on sm_90+ with a TMA-readable weight (`weight_tma_ok`): 64-row tiles, the
 # warpgroup MMA's smallest (fewer rows are zero padding), the weight tiles by TMA into a
-# `stages`-deep ring of shared memory, the input chunk in registers as wgmma's A operand; "dot_half"
+# `stages`-deep ring of shared memory, the input chunk in registers as wgmma's A operand;
+# "wgmma_swap_ab", the same up to 32 rows with the product swapped (BLOCK_N is wgmma's M, the rows
+# its N): 34-130 registers, no spills, 81-188 KB of shared memory, so one or two blocks an SM with
+# 4 to 8 weight tiles in flight each (128x256 went over the shared memory limit; 256x64 on 8 warps
+# compiled, but its width would have split down_proj's K 35 ways, `k_splits`); "dot_half"
 # tiles, with their 16 or 32 rows, compile to sm_80's mma.sync whatever their stages. Triton's Hopper
 # pipeline still fences each TMA issue with barriers (3 a K step under Triton 3.6, 4 or 5 under
 # 3.9, in the compile report), so the tiles take BLOCK_K 64 and 128, not less. Of the wgmma tiles tried, 64x256 (4 or 8 warps),
@@ -375,6 +397,7 @@ _GPU_CONFIGS = {
     "gemv": ((8, 256, 1, 1), (8, 512, 2, 1), (4, 1024, 4, 1), (4, 2048, 8, 1), (2, 2048, 8, 1)),
     "gemv_rows": ((2, 1024, 4, 1), (1, 1024, 4, 1), (2, 2048, 8, 1), (1, 2048, 8, 1)),
     "wgmma": ((64, 128, 8, 4), (128, 128, 8, 3), (128, 64, 8, 4), (64, 64, 4, 6)),
+    "wgmma_swap_ab": ((128, 64, 4, 6), (64, 128, 4, 6), (64, 64, 4, 8), (128, 128, 4, 4)),
     "dot_half": ((16, 256, 8, 2), (64, 64, 8, 3)),
     "dot_fp32": ((16, 64, 4, 2),),
 }
@@ -388,7 +411,7 @@ def _weight_block_shape(nargs: dict) -> None:
 _LAUNCHERS = autotuned_launchers(
     _fused_linear_kernel, _GPU_CONFIGS,
     lambda kind, c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3],
-                                  pre_hook=_weight_block_shape if kind == "wgmma" else None),
+                                  pre_hook=_weight_block_shape if kind in TMA_KINDS else None),
     key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL"],
 )  # fmt: skip
 
@@ -408,9 +431,9 @@ DOT_PROGRAMS_PER_SM = 2
 def k_splits(in_features: int, out_features: int, row_blocks: int, device: torch.device, kind: str) -> tuple[int, int]:
     """(num_k_splits, k_per_split) of a tensor-core kind: enough programs for DOT_PROGRAMS_PER_SM on
     every SM, counting the columns in blocks of the kind's widest BLOCK_N. At one row block on 132
-    SMs, "wgmma" (BLOCK_N up to 128): down_proj 18 splits of 512, qkv and o_proj 6 of 256, gate_up
-    (140 column blocks, a wave already) none; "dot_half" (64): down_proj 9 of 1024, qkv and o_proj 6
-    of 256, gate_up none."""
+    SMs, "wgmma" and "wgmma_swap_ab" (BLOCK_N up to 128): down_proj 18 splits of 512, qkv and o_proj
+    6 of 256, gate_up (140 column blocks, a wave already) none; "dot_half" (64): down_proj 9 of 1024,
+    qkv and o_proj 6 of 256, gate_up none."""
     programs = cdiv(out_features, max(c[0] for c in _GPU_CONFIGS[kind])) * row_blocks
     if programs >= sm_count(device):  # a wave on every SM already: a split would only add its sum
         return 1, in_features
@@ -447,7 +470,9 @@ def _launcher_kind(num_rows: int, dtype: torch.dtype, weight_tma: bool) -> str:
         return "dot_fp32"
     if num_rows <= GEMV_MAX_ROWS:
         return "gemv_rows"
-    return "wgmma" if weight_tma else "dot_half"
+    if not weight_tma:
+        return "dot_half"
+    return "wgmma_swap_ab" if num_rows <= SWAP_AB_MAX_ROWS else "wgmma"
 
 
 def _interpreter_blocks(in_features: int, out_features: int) -> dict:
@@ -546,8 +571,8 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
     factor (1 in every shipped config; the tile sweep also tries 2). kind: a key of _GPU_CONFIGS, the
     path to take instead of the one the rows, the dtype and the weight choose (`_launcher_kind`), so
-    that benchmarks can race the paths at the same rows ("wgmma" needs `weight_tma_ok(weight)`;
-    "gemv_rows" takes blocks of up to GEMV_MAX_ROWS rows)."""
+    that benchmarks can race the paths at the same rows (the TMA_KINDS need `weight_tma_ok(weight)`;
+    "gemv_rows" takes blocks of up to GEMV_MAX_ROWS rows, "wgmma_swap_ab" of up to SWAP_AB_MAX_ROWS)."""
     out_features, in_features = weight.shape
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
@@ -558,9 +583,12 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         return [out] if residual is None else [out, residual_out]
     if kind is None:
         kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and weight_tma_ok(weight))
-    block_m = {"gemv": 1, "gemv_rows": min(pow2_at_least(num_rows), GEMV_MAX_ROWS), "wgmma": WGMMA_BLOCK_M}.get(
-        kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M)
-    )
+    block_m = {
+        "gemv": 1,
+        "gemv_rows": min(pow2_at_least(num_rows), GEMV_MAX_ROWS),
+        "wgmma": WGMMA_BLOCK_M,
+        "wgmma_swap_ab": min(pow2_at_least(num_rows, SWAP_AB_MIN_ROWS), SWAP_AB_MAX_ROWS),
+    }.get(kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M))
     row_blocks = cdiv(num_rows, block_m)
     num_k_splits, k_per_split = (
         (1, in_features) if kind in GEMV_KINDS else k_splits(in_features, out_features, row_blocks, x.device, kind)
@@ -573,7 +601,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     else:
         blocks = None  # the autotuner's (a wgmma config's pre-hook sets the descriptor's block)
     weight_arg = weight
-    if kind == "wgmma":
+    if kind in TMA_KINDS:
         block_shape = [blocks["BLOCK_N"], blocks["BLOCK_K"]] if blocks else [WGMMA_BLOCK_M, 16]
         weight_arg = TensorDescriptor(weight, list(weight.shape), list(weight.stride()), block_shape)
     args = (
@@ -590,7 +618,8 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "STRIDE_MULTIPLE": stride_multiple(x.element_size(), (x_rows.outer_stride, x_rows.inner_stride,
                                                               res_rows.outer_stride, res_rows.inner_stride)),
         "SPLIT_K": num_k_splits > 1,
-        "WEIGHT_TMA": kind == "wgmma",
+        "WEIGHT_TMA": kind in TMA_KINDS,
+        "SWAP_AB": kind == "wgmma_swap_ab",
         "BLOCK_M": block_m,
         "UNROLL": unroll,
         **pdl_options(x.device),
@@ -633,15 +662,17 @@ MODEL_PROJECTIONS = (
 def _compile_configs():
     """Every autotune candidate at each of the model's projections: the GEMV (one row) in every dtype,
     and its row blocks of 2 and 4 in fp16/bf16; the wgmma tiles (the launcher's pick for 5..64 fp16/bf16
-    rows on sm_90) and, for weights TMA cannot read, the mma tiles at BLOCK_M 16 and 32 (B=8 and B=32
-    decode), K split as `k_splits` splits it on 132 SMs; the fp32 tiles at 16 and 32. With programmatic
-    dependent launch (USE_PDL), in bf16, the model's dtype: the GEMV (with and without its L2 prefetch),
-    the wgmma tiles and the mma tiles at 16. Then the split sum, in each dtype."""
+    rows on sm_90: swapped at 16 and 32 rows, and at 64) and, for weights TMA cannot read, the mma
+    tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the
+    fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL), in bf16, the model's dtype:
+    the GEMV (with and without its L2 prefetch), the wgmma tiles (the swapped ones at 16 rows) and the
+    mma tiles at 16. Then the split sum, in each dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
         "gemv_rows": (half, (2, GEMV_MAX_ROWS), (2, GEMV_MAX_ROWS)),
         "wgmma": (half, (WGMMA_BLOCK_M,), (WGMMA_BLOCK_M,)),
+        "wgmma_swap_ab": (half, (SWAP_AB_MIN_ROWS, SWAP_AB_MAX_ROWS), (SWAP_AB_MIN_ROWS,)),
         "dot_half": (half, (16, MAX_BLOCK_M), (16,)),
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
     }
@@ -672,7 +703,7 @@ def _compile_configs():
                                 "x_ptr": "*T",
                                 "residual_ptr": "*T",
                                 "norm_weight_ptr": "*T",
-                                "weight": f"tensordesc<T[{block_n}, {block_k}]>" if kind == "wgmma" else "*T",
+                                "weight": f"tensordesc<T[{block_n}, {block_k}]>" if kind in TMA_KINDS else "*T",
                                 "bias_ptr": "*T",
                                 "out_ptr": "*T",
                                 "residual_out_ptr": "*T",
@@ -695,7 +726,8 @@ def _compile_configs():
                                 "USE_PDL": use_pdl,
                                 "PREFETCH_L2": prefetch,
                                 "SPLIT_K": split_k,
-                                "WEIGHT_TMA": kind == "wgmma",
+                                "WEIGHT_TMA": kind in TMA_KINDS,
+                                "SWAP_AB": kind == "wgmma_swap_ab",
                                 "BLOCK_M": block_m,
                                 "BLOCK_N": block_n,
                                 "BLOCK_K": block_k,
@@ -707,7 +739,7 @@ def _compile_configs():
                                 "x_ptr",
                                 "residual_ptr",
                                 "norm_weight_ptr",
-                                *(("weight",) if kind != "wgmma" else ()),
+                                *(("weight",) if kind not in TMA_KINDS else ()),
                                 "bias_ptr",
                                 "out_ptr",
                                 "residual_out_ptr",
@@ -720,8 +752,8 @@ def _compile_configs():
                                 "weight_row_stride",
                             ),  # fmt: skip
                             # fp32 dots run in ieee precision on the FMA units, by choice (parity bound 1e-5)
-                            uses_dot=kind in ("wgmma", "dot_half"),
-                            wgmma=kind == "wgmma",
+                            uses_dot=kind in (*TMA_KINDS, "dot_half"),
+                            wgmma=kind in TMA_KINDS,
                             barrier_free_loops=kind in GEMV_KINDS,
                         )
     # every dtype, then bf16 under PDL

@@ -160,9 +160,9 @@ def test_every_autotune_candidate(kind, device, gen):
     only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so the others are checked here (on a
     CPU, their block shapes under the interpreter)."""
     dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
-    rows = {"gemv": 1, "gemv_rows": 3, "wgmma": 65}.get(kind, 17)  # two row blocks (of 64, of 16)
+    rows = {"gemv": 1, "gemv_rows": 3, "wgmma": 65, "wgmma_swap_ab": 33}.get(kind, 17)  # two row blocks
     # K: the wgmma tiles read the weight by TMA, whose rows must start 16 bytes apart (304 x 2 B)
-    in_features = 304 if kind == "wgmma" else K
+    in_features = 304 if kind in fused_linear.TMA_KINDS else K
     x, residual = (randn((rows, in_features), dtype, device, gen) for _ in range(2))
     gate_up = randn((rows, 2 * in_features), dtype, device, gen, scale=2.0)
     norm_weight = randn((in_features,), dtype, device, gen, scale=0.5, shift=1.0)
@@ -189,11 +189,13 @@ def test_every_autotune_candidate(kind, device, gen):
 
 def test_path_choice_by_rows():
     """One row, and up to GEMV_MAX_ROWS fp16/bf16 rows, stream the weight on the FMA units (the
-    GEMV); more rows take the tensor-core tiles (wgmma where TMA can read the weight), fp32 rows
-    beyond one the fp32 tiles."""
+    GEMV); more rows take the tensor-core tiles (wgmma where TMA can read the weight: swapped, the
+    rows in the MMA's N, up to 32 rows), fp32 rows beyond one the fp32 tiles."""
     kind = fused_linear._launcher_kind
-    assert fused_linear.GEMV_MAX_ROWS == 4
-    assert [kind(rows, torch.bfloat16, True) for rows in (1, 2, 3, 4, 5, 64)] == ["gemv"] + ["gemv_rows"] * 3 + ["wgmma"] * 2
+    assert fused_linear.GEMV_MAX_ROWS == 4 and fused_linear.SWAP_AB_MAX_ROWS == 32
+    assert [kind(rows, torch.bfloat16, True) for rows in (1, 2, 3, 4, 5, 32, 33, 64)] == (
+        ["gemv"] + ["gemv_rows"] * 3 + ["wgmma_swap_ab"] * 2 + ["wgmma"] * 2
+    )
     assert [kind(rows, torch.float16, False) for rows in (4, 5)] == ["gemv_rows", "dot_half"]
     assert [kind(rows, torch.float32, False) for rows in (1, 2)] == ["gemv", "dot_fp32"]
 
@@ -205,20 +207,22 @@ def test_k_split_rule():
     cpu = torch.device("cpu")  # the rule then assumes an H100's 132 SMs
     for kind, expected in {
         "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512), (1, 1536)],
+        "wgmma_swap_ab": [(6, 256), (6, 256), (1, 1536), (18, 512), (1, 1536)],
         "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024), (1, 1536)],
     }.items():
         splits = [fused_linear.k_splits(k, n, 1, cpu, kind) for _, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS]
         assert splits == expected, (kind, splits)
     assert fused_linear.k_splits(K, N, 1, cpu, "dot_half") == (2, 256)
     assert fused_linear.k_splits(K, 40_000, 1, cpu, "dot_half") == (1, K)  # a wave of column blocks: one split
-    for kind in ("wgmma", "dot_half", "dot_fp32"):
+    for kind in (*fused_linear.TMA_KINDS, "dot_half", "dot_fp32"):
         assert all(fused_linear.K_SPLIT_MULTIPLE % block_k == 0 for _, block_k, _, _ in fused_linear._GPU_CONFIGS[kind])
 
 
 def test_wgmma_path_choice_and_parity(device, gen):
     """Decode batches of fp16/bf16 rows take the wgmma tiles where TMA can read the weight (rows 16
-    bytes apart, an aligned start), the mma tiles where not: both give the reference's answer. 65 rows
-    are two row blocks of 64; N 100 leaves a partial column block, which TMA pads with zeros."""
+    bytes apart, an aligned start), the mma tiles where not: both give the reference's answer. 5 and
+    17 rows take the swapped tiles (16 and 32 rows in the MMA's N), 65 rows two row blocks of 64; N
+    100 leaves a partial column block, which TMA pads with zeros."""
     in_features = 512  # two K splits of 256 at N 100: each split's chunks and the split sum
     weight, bias = _weights(in_features, N, torch.bfloat16, device, gen)
     assert fused_linear.weight_tma_ok(weight)
@@ -229,7 +233,7 @@ def test_wgmma_path_choice_and_parity(device, gen):
     assert not fused_linear.weight_tma_ok(expanded)
     check_op(ak.linear, reference.linear, randn((5, in_features), torch.bfloat16, device, gen), expanded)
     norm_weight = randn((in_features,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
-    for rows in (5, 65):
+    for rows in (5, 17, 65):
         x, residual = (randn((rows, 1, in_features), torch.bfloat16, device, gen) for _ in range(2))
         for w in (weight, fused):
             check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, norm_weight, w, bias, 1e-6, residual)
