@@ -46,9 +46,10 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   the rows, rounded up to 16 or 32, in its N, so no MMA works on padding rows and the accumulator
   is BLOCK_N x 16..32 fp32, not 64 x BLOCK_N. More rows take BLOCK_M 64 in the MMA's M, the input
   chunk with its prologue in registers as wgmma's A operand. Elsewhere BLOCK_M is the rows rounded
-  up to 16 (at most 32), the weight read by pointers and the dots sm_80's mma.sync. Alone, too few programs would walk all of K (12 to 24 for down_proj), so K
-  is split over programs where the column blocks alone would not fill every SM once (`k_splits`:
-  down_proj at 8 rows makes 9 or 18 splits), each split's fp32 sums added up by a second kernel.
+  up to 16 (at most 32), the weight read by pointers and the dots sm_80's mma.sync. Alone, too few
+  programs would walk all of K (12 to 24 for down_proj), so K is split over programs where the
+  column blocks alone would not fill every SM once (`k_splits`: down_proj at 8 rows makes 9 or 18
+  splits), each split's fp32 sums added up by a second kernel.
   Whether these tiles beat cuBLAS plus the unfused op is the GPU's to say: the model takes them for
   batched steps only under RunOptions.fuse_batched_projections (docs/performance-log.md).
 Rows beyond BLOCK_M re-read the weight (from L2 when it fits): these ops are for decode-sized
