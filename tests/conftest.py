@@ -15,7 +15,10 @@ if TEST_DEVICE == "cpu":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from aurora_kernels.testing import make_generator  # noqa: E402
+from aurora_kernels.testing import make_generator, round_bf16_to_nearest_even_under_the_interpreter  # noqa: E402
+
+if TEST_DEVICE == "cpu":
+    round_bf16_to_nearest_even_under_the_interpreter()  # as the GPU rounds
 
 
 @pytest.fixture
