@@ -16,7 +16,7 @@ from aurora_kernels.ops._pdl import (
 )
 from aurora_kernels.ops.attention import attention, attention_varlen
 from aurora_kernels.ops.decode_attention import decode_attention
-from aurora_kernels.ops.fused_linear import linear, rms_norm_linear, silu_and_mul_linear
+from aurora_kernels.ops.fused_linear import linear, rms_norm_linear, rms_norm_linear_silu_and_mul, silu_and_mul_linear
 from aurora_kernels.ops.gelu_tanh import gelu_tanh
 from aurora_kernels.ops.layer_norm import layer_norm
 from aurora_kernels.ops.rms_norm import RMSNorm, rms_norm

@@ -1,5 +1,8 @@
 """The LLM's decode projections, each with the op that feeds it, at B = 1, 4, 8, 32 rows:
-rms_norm_linear (qkv, gate_up, the LM head), linear (o_proj), silu_and_mul_linear (down_proj).
+rms_norm_linear (qkv, gate_up, the LM head), linear (o_proj), silu_and_mul_linear (down_proj); and
+the MLP's pair under RunOptions.activation_in_gate_up, rms_norm_linear_silu_and_mul (gate_up with
+SwiGLU in its epilogue) and linear (down_proj, plain): that pair against gate_up's and down_proj's
+rows above decides the option (the model's "triton-fused-activation-in-gate-up" rows too).
 
 What decides whether the model should use them (RunOptions.fuse_decode_projections) is the row
 "ours unfused: ... + cuBLAS": the model's default path, our norm or activation kernel then torch's
@@ -15,7 +18,7 @@ import torch.nn.functional as F
 
 import aurora_kernels as ak
 from aurora_kernels.ops import fused_linear, reference
-from aurora_kernels.ops.fused_linear import GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUE_OPS
+from aurora_kernels.ops.fused_linear import GEMV_MAX_ROWS, MODEL_PROJECTIONS, OP_NAMES
 from aurora_kernels.testing import randn
 from bench.harness import Case, Peer, register_case, register_op
 
@@ -38,11 +41,14 @@ def _small_silu_and_mul_linear(dtype, device, gen):
 register_op("linear", ak.linear, reference.linear, _small_linear)
 register_op("rms_norm_linear", ak.rms_norm_linear, reference.rms_norm_linear, _small_rms_norm_linear)
 register_op("silu_and_mul_linear", ak.silu_and_mul_linear, reference.silu_and_mul_linear, _small_silu_and_mul_linear)
+register_op("rms_norm_linear_silu_and_mul", ak.rms_norm_linear_silu_and_mul, reference.rms_norm_linear_silu_and_mul,
+            _small_rms_norm_linear)  # fmt: skip
 
 
 # The unfused chains: ours (the model's default decode path: our norm or activation kernel, then
-# cuBLAS) and plain torch ops, eager and compiled. o_proj has no prologue: its peer is F.linear.
-def _ours_unfused(prologue):
+# cuBLAS; for the epilogue, then our activation kernel) and plain torch ops, eager and compiled.
+# o_proj and the plain down_proj have no prologue: their peer is F.linear.
+def _ours_unfused(prologue, epilogue="none"):
     def rms_norm_then_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
         normed, h = ak.rms_norm(x, norm_weight, eps, residual)
         return F.linear(normed, weight, bias), h
@@ -50,10 +56,22 @@ def _ours_unfused(prologue):
     def silu_and_mul_then_linear(x, weight, bias=None):
         return F.linear(ak.silu_and_mul(x), weight, bias)
 
+    def rms_norm_then_linear_then_silu_and_mul(*args, **kwargs):
+        y, h = rms_norm_then_linear(*args, **kwargs)
+        return ak.silu_and_mul(y), h
+
+    if epilogue == "silu_and_mul":
+        return rms_norm_then_linear_then_silu_and_mul
     return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear}[prologue]
 
 
-def _torch_chain(prologue):
+def _ours_two_kernels(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
+    """rms_norm_linear_silu_and_mul as two of our kernels: the fused projection, then the activation."""
+    y, h = ak.rms_norm_linear(x, norm_weight, weight, bias, eps, residual)
+    return ak.silu_and_mul(y), h
+
+
+def _torch_chain(prologue, epilogue="none"):
     def rms_norm_then_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
         h = x + residual
         return F.linear(F.rms_norm(h, (h.shape[-1],), norm_weight, eps), weight, bias), h
@@ -62,6 +80,13 @@ def _torch_chain(prologue):
         gate, up = x.chunk(2, dim=-1)
         return F.linear(F.silu(gate) * up, weight, bias)
 
+    def rms_norm_then_linear_then_silu_and_mul(*args, **kwargs):
+        y, h = rms_norm_then_linear(*args, **kwargs)
+        gate, up = y.chunk(2, dim=-1)
+        return F.silu(gate) * up, h
+
+    if epilogue == "silu_and_mul":
+        return rms_norm_then_linear_then_silu_and_mul
     return {"rms_norm": rms_norm_then_linear, "silu_and_mul": silu_and_mul_then_linear, "none": F.linear}[prologue]
 
 
@@ -82,18 +107,21 @@ def _ours_on(prologue, kind):
     return on_kind
 
 
-def _peers(prologue, batch) -> dict:
-    chain = _torch_chain(prologue)
+def _peers(prologue, epilogue, batch) -> dict:
+    chain = _torch_chain(prologue, epilogue)
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
-    if 1 < batch <= GEMV_MAX_ROWS:
+    if epilogue != "none":  # the epilogue never takes the TMA tiles: its rivals are the two kernels
+        peers["ours, two kernels: rms_norm_linear + silu_and_mul"] = lambda: Peer(_ours_two_kernels)
+    elif 1 < batch <= GEMV_MAX_ROWS:
         peers["ours, wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma_swap_ab"))
     elif batch > GEMV_MAX_ROWS:
         peers["ours, 64-row wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma"))
         peers["ours, mma tiles"] = lambda: Peer(_ours_on(prologue, "dot_half"))
     if prologue == "none":
         return {"F.linear (cuBLAS)": lambda: Peer(F.linear), **peers}
+    unfused = f"ours unfused: {prologue} + cuBLAS" + (f" + {epilogue}" if epilogue != "none" else "")
     return {
-        f"ours unfused: {prologue} + cuBLAS": lambda: Peer(_ours_unfused(prologue)),
+        unfused: lambda: Peer(_ours_unfused(prologue, epilogue)),
         "torch ops": lambda: Peer(chain),
         **peers,
     }
@@ -114,23 +142,25 @@ def _inputs(prologue, batch, in_features, out_features, has_bias):
     return build
 
 
-def _bytes(prologue, batch, in_features, out_features, has_bias):
-    """Weight + bias, the input rows (gate and up; x and residual in, h out) and the output rows."""
+def _bytes(prologue, epilogue, batch, in_features, out_features, has_bias):
+    """Weight + bias, the input rows (gate and up; x and residual in, h out) and the output rows (half
+    the weight's under the silu_and_mul epilogue)."""
     activation_rows = {"none": 1, "rms_norm": 3, "silu_and_mul": 2}[prologue]
-    return 2 * (out_features * in_features + out_features * has_bias + batch * (activation_rows * in_features + out_features))
+    out_columns = out_features // 2 if epilogue == "silu_and_mul" else out_features
+    return 2 * (out_features * in_features + out_features * has_bias + batch * (activation_rows * in_features + out_columns))
 
 
 # B=1 first: the batch of issue #9's target, timed first when a run's op budget is short
 for batch in BATCHES:
-    for where, prologue, in_features, out_features, _, has_bias in MODEL_PROJECTIONS:
+    for where, prologue, epilogue, in_features, out_features, _, has_bias in MODEL_PROJECTIONS:
         register_case(
             Case(
-                op=PROLOGUE_OPS[prologue],
+                op=OP_NAMES[prologue, epilogue],
                 name=f"decode B={batch} {where} K={in_features} N={out_features}",
                 dtype=torch.bfloat16,
                 build=_inputs(prologue, batch, in_features, out_features, has_bias),
-                bytes=_bytes(prologue, batch, in_features, out_features, has_bias),
+                bytes=_bytes(prologue, epilogue, batch, in_features, out_features, has_bias),
                 flops=2 * batch * in_features * out_features,
-                peers=_peers(prologue, batch),
+                peers=_peers(prologue, epilogue, batch),
             )
         )

@@ -52,14 +52,17 @@ BACKENDS = {
     "triton-fused-no-pdl": ("triton", RunOptions(programmatic_dependent_launch=False)),
     "triton-fused-batched": ("triton", RunOptions(fuse_batched_projections=True)),
     "triton-fused-prefetch": ("triton", RunOptions(weight_prefetch=True)),
+    "triton-fused-activation-in-gate-up": ("triton", RunOptions(activation_in_gate_up=True)),
     "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
 }
 # "triton-fused-prefetch": "triton-fused" with RunOptions.weight_prefetch (each GEMV asks the L2 for
 # its weight rows before its PDL wait), B=1 alone: its rows against "triton-fused"'s decide that
-# option's default
+# option's default; "triton-fused-activation-in-gate-up" (SwiGLU in gate_up's epilogue, down_proj a
+# plain GEMV) likewise
 ONE_SEQUENCE_RUNS = (
     ("triton-fused", "cuda_graph"),
     ("triton-fused-prefetch", "cuda_graph"),
+    ("triton-fused-activation-in-gate-up", "cuda_graph"),
     ("triton-fused-no-pdl", "cuda_graph"),
 )
 # "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's

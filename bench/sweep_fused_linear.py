@@ -1,6 +1,7 @@
-"""Time every fused_linear autotune candidate at the model's four decode projections (GPU only),
-beside the path the model runs without fuse_decode_projections (our norm or activation kernel,
-then cuBLAS) and the autotuned public op. Times are CUDA-graph replay medians: device time, the
+"""Time every fused_linear autotune candidate at the model's decode projections (GPU only: the four
+of a layer, the LM head, and the MLP's pair under RunOptions.activation_in_gate_up), beside the path
+the model runs without fuse_decode_projections (our norm or activation kernel, then cuBLAS) and the
+autotuned public op. Times are CUDA-graph replay medians: device time, the
 host's share out, as a graphed decode step pays it. GB/s counts the weight alone (N*K elements),
 the bytes a decode projection must stream.
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 import triton
 
 import aurora_kernels as ak
-from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUES, launch
+from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, EPILOGUES, GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUES, launch
 from bench.bench_fused_linear import _ours_unfused
 
 # the fastest candidate tiles of each projection timed again with their K loop unrolled twice: not
@@ -67,21 +68,30 @@ def cold_copies(weight: torch.Tensor) -> list[torch.Tensor]:
     return [weight] + [weight.clone() for _ in range(count - 1)]
 
 
-def _candidate(t: dict, prologue_index: int, kind: str, config: tuple, unroll: int = 1):
+def _candidate(t: dict, prologue_index: int, epilogue_index: int, kind: str, config: tuple, unroll: int = 1):
     """(name, role, fn(weight)) of one candidate tile (with its K loop unrolled `unroll` times)."""
     x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
     name = f"{kind} {config}" + (f" unroll {unroll}" if unroll > 1 else "")
     return (
         name,
         "candidate",
-        lambda w: launch(x, w, bias, norm_weight, residual, 1e-6, prologue_index, config=config, unroll=unroll, kind=kind),
+        lambda w: launch(
+            x, w, bias, norm_weight, residual, 1e-6, prologue_index, epilogue_index, config=config, unroll=unroll, kind=kind
+        ),
     )
 
 
-def _op_and_baseline(prologue: str, t: dict):
+def _op_and_baseline(prologue: str, epilogue: str, t: dict):
     """(name, role, fn(weight)) for the autotuned public op and the unfused baseline."""
     x, bias, norm_weight, residual = t["x"], t["bias"], t["norm_weight"], t["residual"]
-    if prologue == "none":
+    if epilogue == "silu_and_mul":
+        yield "autotuned", "autotuned", lambda w: ak.rms_norm_linear_silu_and_mul(x, norm_weight, w, bias, residual=residual)
+        yield (
+            "unfused (ours + cuBLAS + ours)",
+            "baseline",
+            lambda w: _ours_unfused("rms_norm", "silu_and_mul")(x, norm_weight, w, bias, residual=residual),
+        )
+    elif prologue == "none":
         yield "autotuned", "autotuned", lambda w: ak.linear(x, w, bias)
         yield "cuBLAS", "baseline", lambda w: F.linear(x, w, bias)
     elif prologue == "rms_norm":
@@ -100,7 +110,7 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
     """A row per (projection, rows, implementation). A projection is started only while budget_s has
     not run out; those left get one row each with "skipped"."""
     results, start = [], time.time()
-    for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         weight_gb = out_features * in_features * torch.finfo(dtype).bits / 8 / 1e9
         for rows in rows_list:
             row = {"projection": where, "K": in_features, "N": out_features, "rows": rows}
@@ -109,11 +119,12 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
                 continue
             t = projection_inputs(prologue, in_features, out_features, has_residual, has_bias, rows, dtype, device)
             weights = cold_copies(t["weight"])
-            index = PROLOGUES.index(prologue)
+            indices = PROLOGUES.index(prologue), EPILOGUES.index(epilogue)
             # more rows: the GEMV's row blocks (up to GEMV_MAX_ROWS rows), the sm_90 tiles (wgmma, the
-            # weight by TMA; the rows in the MMA's N, or 64 of them in its M) and the ones before them
-            # (mma.sync)
-            kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + ["wgmma_swap_ab", "wgmma", "dot_half"]
+            # weight by TMA; the rows in the MMA's N, or 64 of them in its M; not under the epilogue,
+            # whose rows are paired) and the ones before them (mma.sync)
+            tma_kinds = ["wgmma_swap_ab", "wgmma"] if epilogue == "none" else []
+            kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + tma_kinds + ["dot_half"]
 
             def timed(name, role, fn, config=None):
                 ms = graph_median_ms(fn, weights)
@@ -123,14 +134,14 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
 
             for kind in dict.fromkeys(kinds):
                 for config in _GPU_CONFIGS[kind]:
-                    timed(*_candidate(t, index, kind, config), config=config)
-            for impl in _op_and_baseline(prologue, t):
+                    timed(*_candidate(t, *indices, kind, config), config=config)
+            for impl in _op_and_baseline(prologue, epilogue, t):
                 timed(*impl)
             if kinds == ["gemv"]:  # the fastest tiles again with their K loop unrolled twice (not shipped)
                 tried = sorted((r for r in results if (r["projection"], r["rows"]) == (where, rows) and r.get("config")),
                                key=lambda r: r["us"])  # fmt: skip
                 for r in tried[:UNROLLED_TILES]:
-                    timed(*_candidate(t, index, "gemv", r["config"], unroll=2), config=r["config"])
+                    timed(*_candidate(t, *indices, "gemv", r["config"], unroll=2), config=r["config"])
             t = weights = None  # free the weight copies (assigned, not deleted: timed() refers to them)
     return results
 

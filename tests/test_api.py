@@ -38,6 +38,7 @@ def _example_args(name, device, gen):
         "linear": (f(3, 16), f(4, 16)),
         "rms_norm_linear": (f(3, 16), f(16), f(4, 16)),
         "silu_and_mul_linear": (f(3, 16), f(4, 8)),
+        "rms_norm_linear_silu_and_mul": (f(3, 16), f(16), f(8, 16)),
     }[name]
 
 

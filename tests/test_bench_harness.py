@@ -679,8 +679,9 @@ def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch)
     monkeypatch.setattr(
         sweep_fused_linear,
         "MODEL_PROJECTIONS",
-        (("qkv", "rms_norm", 64, 24, True, True), ("o_proj", "none", 64, 16, False, False)),
-    )
+        (("qkv", "rms_norm", "none", 64, 24, True, True), ("o_proj", "none", "none", 64, 16, False, False),
+         ("gate_up -> silu_and_mul", "rms_norm", "silu_and_mul", 64, 24, True, False)),
+    )  # fmt: skip
     monkeypatch.setattr(sweep_fused_linear, "cold_copies", lambda weight: [weight, weight.clone()])
     calls = []
 
@@ -694,7 +695,7 @@ def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch)
     results = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type)
     tiles, unrolled = len(fused_linear._GPU_CONFIGS["gemv"]), sweep_fused_linear.UNROLLED_TILES
     per_projection = tiles + 2 + unrolled
-    assert len(results) == 2 * per_projection and calls == [2] * len(results)
+    assert len(results) == 3 * per_projection and calls == [2] * len(results)
     assert [r["role"] for r in results[:per_projection]] == ["candidate"] * tiles + ["autotuned", "baseline"] + [
         "candidate"
     ] * unrolled
@@ -707,10 +708,12 @@ def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch)
         f"autotuned {tiles + 1:.1f} us, unfused (ours + cuBLAS) {tiles + 2:.1f} us"
     )
     assert lines[1].startswith("o_proj M=1: ") and lines[1].endswith(f", cuBLAS {per_projection + tiles + 2:.1f} us")
+    assert lines[2].endswith(f", unfused (ours + cuBLAS + ours) {2 * per_projection + tiles + 2:.1f} us")
     skipped = sweep_fused_linear.sweep([1], dtype=torch.float32, device=device.type, budget_s=-1.0)
     assert sweep_fused_linear.summary_lines(skipped) == [
         "qkv M=1: time budget of -1 s spent",
         "o_proj M=1: time budget of -1 s spent",
+        "gate_up -> silu_and_mul M=1: time budget of -1 s spent",
     ]
 
 

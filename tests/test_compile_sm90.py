@@ -12,6 +12,7 @@ from filelock import FileLock
 
 import aurora_kernels as ak
 from aurora_kernels.compile_report import problems, run_report
+from aurora_kernels.ops import fused_linear
 from tests.conftest import TEST_DEVICE
 
 pytestmark = pytest.mark.skipif(TEST_DEVICE != "cpu", reason="the ahead-of-time check is for CPU machines")
@@ -75,7 +76,7 @@ def test_pdl_configs_read_before_their_wait_only_what_the_kernel_before_cannot_w
     for r in pdl:
         c = r["constexprs"]
         if r["kernel"] == "_fused_linear_kernel" and not c["USE_DOT"]:
-            expected = c["BLOCK_N"]
+            expected = fused_linear.tile_rows(c["BLOCK_N"], c["EPILOGUE"])
         elif r["kernel"] == "_decode_split_kernel":
             assert not c["PAGED"]  # a paged cache's block table would be read there too
             expected = 1 + 2 * c["ROTARY"]
@@ -98,10 +99,11 @@ def test_only_the_merge_asked_to_launches_the_next_kernel_before_its_wait(report
 
 def test_the_gemv_prefetch_configs_ask_the_l2_for_their_rows_before_the_wait(report):
     """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the
-    grid dependency wait (a static loop over BLOCK_N rows); no other config has any."""
+    grid dependency wait (a static loop over its rows); no other config has any."""
     prefetching = [r for r in report["rows"] if r["constexprs"].get("PREFETCH_L2")]
     assert prefetching and all(r["constexprs"]["USE_PDL"] and not r["constexprs"]["USE_DOT"] for r in prefetching)
-    assert all(r["l2_prefetches_before_wait"] == r["constexprs"]["BLOCK_N"] for r in prefetching)
+    rows = [fused_linear.tile_rows(r["constexprs"]["BLOCK_N"], r["constexprs"]["EPILOGUE"]) for r in prefetching]
+    assert [r["l2_prefetches_before_wait"] for r in prefetching] == rows
     assert not any(r["l2_prefetches_before_wait"] for r in report["rows"] if r not in prefetching)
 
 

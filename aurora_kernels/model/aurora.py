@@ -347,7 +347,8 @@ class AuroraEdgeV(nn.Module):
         self._check_token_ids("tokens", tokens)
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
-        logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuses_decode_projections(kv.batch))
+        logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuses_decode_projections(kv.batch),
+                                        self.options.puts_activation_in_gate_up(kv.batch))  # fmt: skip
         kv.seqlens += 1
         return logits
 

@@ -94,11 +94,12 @@ class DecoderLayer(nn.Module):
         v = qkv[..., q_width + kv_width :].unflatten(-1, (self.num_kv_heads, self.head_dim))
         return q, k, v
 
-    def forward(self, x, residual, attend: Attend, fused_projections: bool = False):
+    def forward(self, x, residual, attend: Attend, fused_projections: bool = False, activation_in_gate_up: bool = False):
         """fused_projections: each projection with the op that feeds it in one kernel (ops/fused_linear.py),
-        for decode-sized inputs."""
+        for decode-sized inputs; activation_in_gate_up (with it): SwiGLU's activation with gate_up,
+        in its epilogue, not with down_proj."""
         if fused_projections:
-            return self._forward_fused(x, residual, attend)
+            return self._forward_fused(x, residual, attend, activation_in_gate_up)
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
@@ -107,7 +108,7 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(self.o_proj(attn.flatten(-2)), residual)
         return self.down_proj(ak.silu_and_mul(self.gate_up_proj(h), backend=self.backend)), residual
 
-    def _forward_fused(self, x, residual, attend: Attend):
+    def _forward_fused(self, x, residual, attend: Attend, activation_in_gate_up: bool):
         norm, backend = self.input_layernorm, self.backend
         normed_qkv = ak.rms_norm_linear(x, norm.weight, self.qkv_proj.weight, self.qkv_proj.bias, norm.eps, residual,
                                         backend=backend)  # fmt: skip
@@ -115,6 +116,11 @@ class DecoderLayer(nn.Module):
         attn = attend(self.index, *self.split_qkv(qkv))
         o = ak.linear(attn.flatten(-2), self.o_proj.weight, backend=backend)
         norm = self.post_attention_layernorm
+        if activation_in_gate_up:
+            activated, residual = ak.rms_norm_linear_silu_and_mul(
+                o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend
+            )
+            return ak.linear(activated, self.down_proj.weight, backend=backend), residual
         gate_up, residual = ak.rms_norm_linear(
             o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend
         )

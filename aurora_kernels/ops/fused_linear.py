@@ -1,10 +1,17 @@
-"""fused_linear: y = prologue(x) @ weight.T + bias for the few rows of a decode step, with the
-elementwise op that feeds the projection done on the way in. Three entry points, one kernel:
+"""fused_linear: y = epilogue(prologue(x) @ weight.T + bias) for the few rows of a decode step, with
+the elementwise op that feeds the projection done on the way in (or the one that follows it, on the
+way out). Four entry points, one kernel:
 
 - `linear(x, weight, bias)`: F.linear (the LLM's o_proj);
 - `rms_norm_linear(x, norm_weight, weight, bias, eps, residual)`: rms_norm (+ the residual add)
   then the projection (input_layernorm -> qkv_proj, post_attention_layernorm -> gate_up_proj);
-- `silu_and_mul_linear(x, weight, bias)`: silu(gate) * up then the projection (down_proj).
+- `silu_and_mul_linear(x, weight, bias)`: silu(gate) * up then the projection (down_proj);
+- `rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias, eps, residual)`: rms_norm, the gate_up
+  projection, then silu(gate) * up, so that down_proj is a plain `linear`. Where the activation is
+  down_proj's prologue, each of its programs recomputes it over all of K = 8960 from both halves of
+  gate_up (35 KB from L2 and 8960 sigmoids a program at one row, against 72 KB of weight at 4
+  columns); in gate_up's epilogue each output is computed once, from a gate row and an up row that
+  one program streams side by side.
 
 Why: a batch-1 decode step of the LLM reads 3 GB of weights through 28 x 4 small GEMMs, whose
 smallest (qkv, o: 6.3 and 4.7 MB) cuBLAS streams far below the copy bandwidth, and the norms and the
@@ -21,6 +28,10 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
 - The prologue is recomputed by every program from the M input rows (a few KB, read from L2):
   cheaper than a launch. The programs of the first column block also write h = x + residual, the
   residual stream's next value.
+- The silu_and_mul epilogue pairs rows: a program's BLOCK_N weight rows are BLOCK_N / 2 gate rows
+  and the up rows of the same columns (a 1-row config takes one pair), so that each column's two
+  sums are the program's when its loop ends. So the weight is read by pointers (a TMA tile's rows
+  are contiguous) and K is never split.
 - One row (batch-1 decode), or up to GEMV_MAX_ROWS = 4 fp16/bf16 rows (USE_DOT False): a GEMV on
   the FMA units in fp32, BLOCK_M 1, 2 or 4. It allows narrow column blocks (BLOCK_N 1..8), so even
   down_proj's N = 1536 makes hundreds of programs. Each lane keeps its own products (and the
@@ -92,9 +103,16 @@ from aurora_kernels.ops._layout import (
 )
 from aurora_kernels.ops._pdl import pdl_options, prefetch_rows_to_l2, wait_for_previous_kernel, weight_prefetch_option
 
-# The prologue constexpr: what the kernel applies to x before the product; the public op of each.
+# The prologue constexpr: what the kernel applies to x before the product; the epilogue constexpr:
+# what it applies to the product after; the public op of each pair.
 PROLOGUES = ("none", "rms_norm", "silu_and_mul")
-PROLOGUE_OPS = {"none": "linear", "rms_norm": "rms_norm_linear", "silu_and_mul": "silu_and_mul_linear"}
+EPILOGUES = ("none", "silu_and_mul")
+OP_NAMES = {
+    ("none", "none"): "linear",
+    ("rms_norm", "none"): "rms_norm_linear",
+    ("silu_and_mul", "none"): "silu_and_mul_linear",
+    ("rms_norm", "silu_and_mul"): "rms_norm_linear_silu_and_mul",
+}
 MAX_BLOCK_M = 32  # rows per program of the mma tiles (B=32 decode); more rows, more programs
 GEMV_MAX_ROWS = 4  # up to this many fp16/bf16 rows take the GEMV (on the FMA units)
 GEMV_KINDS = ("gemv", "gemv_rows")
@@ -219,6 +237,19 @@ def _accumulate(acc, a, w, dtype: tl.constexpr, USE_DOT: tl.constexpr, DOT_IN_FP
 
 
 @triton.jit
+def _tile_columns(pid_n, tile_row, out_features, OUT_N: tl.constexpr, EPILOGUE: tl.constexpr):
+    """(output column, weight row) of the program's tile row(s) `tile_row`: the same row, or under
+    the silu_and_mul epilogue its OUT_N columns' gate rows, then their up rows (out_features rows
+    further down the weight)."""
+    if EPILOGUE == 1:
+        col = pid_n * OUT_N + tile_row % OUT_N
+        return col, col + (tile_row // OUT_N) * out_features
+    else:
+        col = pid_n * OUT_N + tile_row
+        return col, col
+
+
+@triton.jit
 def _fused_linear_kernel(
     x_ptr, residual_ptr, norm_weight_ptr, weight, bias_ptr, out_ptr, residual_out_ptr, partial_ptr,
     num_rows, in_features, out_features, k_per_split,
@@ -227,9 +258,15 @@ def _fused_linear_kernel(
     weight_row_stride, eps,
     PROLOGUE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr,
     DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH_L2: tl.constexpr,
-    SPLIT_K: tl.constexpr, WEIGHT_TMA: tl.constexpr, SWAP_AB: tl.constexpr,
+    SPLIT_K: tl.constexpr, WEIGHT_TMA: tl.constexpr, SWAP_AB: tl.constexpr, EPILOGUE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
+    # TILE_N weight rows a program (`tile_rows`), OUT_N output columns. EPILOGUE 1 (silu_and_mul):
+    # the weight is [2 * out_features, K], gate rows then up rows; the program's first OUT_N tile
+    # rows are its columns' gate rows, the next OUT_N their up rows (a 1-row config takes one
+    # pair). (Paired as neighbours, gate, up, gate, up, one GEMV tile spilled 4 bytes under 3.9.)
+    TILE_N: tl.constexpr = 2 if EPILOGUE == 1 and BLOCK_N == 1 else BLOCK_N
+    OUT_N: tl.constexpr = TILE_N // 2 if EPILOGUE == 1 else TILE_N
     pid_n = tl.program_id(0)
     # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
     # of BLOCK_K, so no chunk crosses into the next split; its fp32 sums go to partial_ptr and
@@ -245,7 +282,7 @@ def _fused_linear_kernel(
         writes_h = writes_h & (pid_k == 0)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_rows
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols, tile_weight_rows = _tile_columns(pid_n, tl.arange(0, TILE_N), out_features, OUT_N, EPILOGUE)
     col_mask = cols < out_features
     x_rows = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)
     res_rows = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)
@@ -255,7 +292,7 @@ def _fused_linear_kernel(
     if WEIGHT_TMA:
         weight_rows = weight_row_stride  # unused: the descriptor finds the tile
     else:
-        weight_rows = weight + _along_cols(cols.to(tl.int64), USE_DOT) * weight_row_stride
+        weight_rows = weight + _along_cols(tile_weight_rows.to(tl.int64), USE_DOT) * weight_row_stride
     dtype = out_ptr.dtype.element_ty
 
     # Under PDL (ops/_pdl.py) the GEMV loads its first weight tile before waiting for the kernel
@@ -268,9 +305,9 @@ def _fused_linear_kernel(
         first_weight_tile = _weight_tile(weight, weight_rows, col_start, 0, k, col_mask, in_features, False, USE_DOT)
         if PREFETCH_L2:
             rest_bytes = tl.maximum(in_features - BLOCK_K, 0) * (weight.dtype.element_ty.primitive_bitwidth // 8)
-            for r in tl.static_range(BLOCK_N):
-                col = col_start + r
-                prefetch_rows_to_l2(weight + col.to(tl.int64) * weight_row_stride + BLOCK_K,
+            for r in tl.static_range(TILE_N):
+                col, weight_row = _tile_columns(pid_n, r, out_features, OUT_N, EPILOGUE)
+                prefetch_rows_to_l2(weight + weight_row.to(tl.int64) * weight_row_stride + BLOCK_K,
                                     tl.where(col < out_features, rest_bytes, 0))  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
 
@@ -290,9 +327,9 @@ def _fused_linear_kernel(
                 sum_squares += tl.sum(h * h, axis=1)
             inv_rms = tl.rsqrt(sum_squares / in_features + eps)
         if SWAP_AB:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), tl.float32)
+            acc = tl.zeros((TILE_N, BLOCK_M), tl.float32)
         else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+            acc = tl.zeros((BLOCK_M, TILE_N), tl.float32)
     else:
         # The loop is loads and FMAs only: each lane keeps its own products (and the rms_norm's
         # squares) in fp32 and they are summed over K once, after the loop. A reduction inside it
@@ -301,7 +338,7 @@ def _fused_linear_kernel(
         # rows share the weight's stream: each weight element feeds BLOCK_M products.
         sum_squares = tl.zeros((BLOCK_M, 1, BLOCK_K), tl.float32)
         inv_rms = tl.zeros((BLOCK_M,), tl.float32)  # unused: the GEMV applies 1/rms after its loop
-        acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), tl.float32)
+        acc = tl.zeros((BLOCK_M, TILE_N, BLOCK_K), tl.float32)
     if USE_PDL and not USE_DOT:
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       tl.arange(0, BLOCK_K), in_features, writes_h, inv_rms, sum_squares,
@@ -335,7 +372,13 @@ def _fused_linear_kernel(
         tl.store(partial, acc, mask=out_mask)
     else:
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+            acc += tl.load(bias_ptr + tile_weight_rows, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        if EPILOGUE == 1:
+            # silu(gate) * up from the fp32 sums: one rounding, where the two ops round gate and up first
+            gate, up = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, OUT_N)), (0, 2, 1)))
+            acc = gate * up * tl.sigmoid(gate)
+            cols = pid_n * OUT_N + tl.arange(0, OUT_N)
+            out_mask = row_mask[:, None] & (cols < out_features)[None, :]
         out = out_ptr + rows.to(tl.int64)[:, None] * out_features + cols[None, :]
         tl.store(out, acc.to(dtype), mask=out_mask)
 
@@ -413,7 +456,7 @@ _LAUNCHERS = autotuned_launchers(
     _fused_linear_kernel, _GPU_CONFIGS,
     lambda kind, c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3],
                                   pre_hook=_weight_block_shape if kind in TMA_KINDS else None),
-    key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL"],
+    key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL", "EPILOGUE"],
 )  # fmt: skip
 
 
@@ -502,7 +545,7 @@ def linear(x, weight, bias=None, *, backend="triton"):
     in_features = check_row_input("x", x, max_cols=2**31 - 1)
     _check_weights(x, in_features, weight, bias)
     check_same_device({"x": x, "weight": weight, "bias": bias})
-    return _dispatch("linear", backend, (x, weight, bias), (x, weight, bias, None, None, 0.0, PROLOGUES.index("none")))
+    return _dispatch("linear", backend, (x, weight, bias), (x, weight, bias, None, None, 0.0, PROLOGUES.index("none"), 0))
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, *, backend="triton"):
@@ -512,6 +555,29 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, 
     weight [N, K] and bias [N] as for `linear`. Returns y [..., N], or (y, x + residual) with a
     residual, as `rms_norm` returns the residual stream's next value.
     """
+    _check_rms_norm_linear(x, norm_weight, weight, bias, eps, residual, backend)
+    return _dispatch("rms_norm_linear", backend, (x, norm_weight, weight, bias, eps, residual),
+                     (x, weight, bias, norm_weight, residual, float(eps), PROLOGUES.index("rms_norm"), 0))  # fmt: skip
+
+
+def rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, *, backend="triton"):
+    """silu_and_mul(rms_norm_linear(x, norm_weight, weight, bias, eps, residual)) in one kernel: the
+    gate_up projection with SwiGLU's activation in its epilogue, so that down_proj is a plain `linear`.
+
+    x, residual, norm_weight as for `rms_norm_linear`; weight [2I, K] = concat(gate, up) rows (the
+    fused gate_up_proj's) and bias [2I] or None. Returns y = silu(gate) * up [..., I] (from the
+    projection's fp32 sums: the two ops would round gate and up to x's dtype first), or (y, x +
+    residual).
+    """
+    _check_rms_norm_linear(x, norm_weight, weight, bias, eps, residual, backend)
+    if weight.shape[0] % 2:
+        raise ValueError(f"weight: expected an even number of rows [2I, K] (gate and up halves), got {weight.shape[0]}")
+    return _dispatch("rms_norm_linear_silu_and_mul", backend, (x, norm_weight, weight, bias, eps, residual),
+                     (x, weight, bias, norm_weight, residual, float(eps), PROLOGUES.index("rms_norm"),
+                      EPILOGUES.index("silu_and_mul")))  # fmt: skip
+
+
+def _check_rms_norm_linear(x, norm_weight, weight, bias, eps, residual, backend):
     check_backend(backend)
     in_features = check_row_input("x", x, max_cols=2**31 - 1)
     check_tensor("norm_weight", norm_weight, shape=(in_features,), layout="[K]", unit_stride_last=True)
@@ -521,8 +587,6 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, 
     _check_weights(x, in_features, weight, bias)
     check_same_device({"x": x, "norm_weight": norm_weight, "residual": residual, "weight": weight, "bias": bias})
     check_eps(eps)
-    return _dispatch("rms_norm_linear", backend, (x, norm_weight, weight, bias, eps, residual),
-                     (x, weight, bias, norm_weight, residual, float(eps), PROLOGUES.index("rms_norm")))  # fmt: skip
 
 
 def silu_and_mul_linear(x, weight, bias=None, *, backend="triton"):
@@ -535,7 +599,7 @@ def silu_and_mul_linear(x, weight, bias=None, *, backend="triton"):
     _check_weights(x, width // 2, weight, bias)
     check_same_device({"x": x, "weight": weight, "bias": bias})
     return _dispatch("silu_and_mul_linear", backend, (x, weight, bias),
-                     (x, weight, bias, None, None, 0.0, PROLOGUES.index("silu_and_mul")))  # fmt: skip
+                     (x, weight, bias, None, None, 0.0, PROLOGUES.index("silu_and_mul"), 0))  # fmt: skip
 
 
 def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
@@ -548,33 +612,39 @@ def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
-def _fake(x, weight, bias, norm_weight, residual, eps, prologue):
-    out = x.new_empty((*x.shape[:-1], weight.shape[0]))
+def _fake(x, weight, bias, norm_weight, residual, eps, prologue, epilogue):
+    out = x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if epilogue else weight.shape[0]))
     return [out] if residual is None else [out, x.new_empty(x.shape)]
 
 
 def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          norm_weight: Optional[torch.Tensor], residual: Optional[torch.Tensor],
-                         eps: float, prologue: int) -> list[torch.Tensor]:  # fmt: skip
+                         eps: float, prologue: int, epilogue: int) -> list[torch.Tensor]:  # fmt: skip
     """[y] or, with residual, [y, x + residual]."""
-    return launch(x, weight, bias, norm_weight, residual, eps, prologue)
+    return launch(x, weight, bias, norm_weight, residual, eps, prologue, epilogue)
 
 
 # One custom op per public function (one launcher behind them): a compiled graph and an error (a
 # backward, say) name the function the user called.
-_LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in ("linear", "rms_norm_linear", "silu_and_mul_linear")}
+_LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in OP_NAMES.values()}
 
 
-def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, config: tuple | None = None,
-           unroll: int = 1, kind: str | None = None) -> list:  # fmt: skip
-    """The launcher. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
+def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, epilogue: int = 0,
+           config: tuple | None = None, unroll: int = 1, kind: str | None = None) -> list:  # fmt: skip
+    """The launcher. epilogue 1 (silu_and_mul): y = silu(gate) * up of the product, whose gate and up
+    halves are the weight's first and last N/2 rows; its kinds read the weight by pointers (a TMA
+    tile's rows are contiguous, and a program needs a gate row and its up row) and never split K (a
+    program needs both whole sums). config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
     GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
     factor (1 in every shipped config; the tile sweep also tries 2). kind: a key of _GPU_CONFIGS, the
     path to take instead of the one the rows, the dtype and the weight choose (`_launcher_kind`), so
     that benchmarks can race the paths at the same rows (the TMA_KINDS need `weight_tma_ok(weight)`;
     "gemv_rows" takes blocks of up to GEMV_MAX_ROWS rows, "wgmma_swap_ab" of up to SWAP_AB_MAX_ROWS)."""
-    out_features, in_features = weight.shape
+    weight_rows, in_features = weight.shape
+    out_features = weight_rows // 2 if epilogue else weight_rows
+    if epilogue and kind in TMA_KINDS:
+        raise ValueError(f"kind: {kind} reads the weight by TMA, which the {EPILOGUES[epilogue]} epilogue cannot")
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
     x_rows = collapse_rows("x", x)
@@ -583,7 +653,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     if num_rows == 0:
         return [out] if residual is None else [out, residual_out]
     if kind is None:
-        kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and weight_tma_ok(weight))
+        kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and not epilogue and weight_tma_ok(weight))
     block_m = {
         "gemv": 1,
         "gemv_rows": min(pow2_at_least(num_rows), GEMV_MAX_ROWS),
@@ -592,13 +662,13 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
     }.get(kind, min(pow2_at_least(num_rows, 16), MAX_BLOCK_M))
     row_blocks = cdiv(num_rows, block_m)
     num_k_splits, k_per_split = (
-        (1, in_features) if kind in GEMV_KINDS else k_splits(in_features, out_features, row_blocks, x.device, kind)
+        (1, in_features) if kind in GEMV_KINDS or epilogue else k_splits(in_features, out_features, row_blocks, x.device, kind)
     )
     partial = new_output((num_k_splits, num_rows, out_features), torch.float32, x.device) if num_k_splits > 1 else out
     if config is not None:
         blocks = {"BLOCK_N": config[0], "BLOCK_K": config[1], "num_warps": config[2], "num_stages": config[3]}
     elif INTERPRETER:
-        blocks = _interpreter_blocks(in_features, out_features)
+        blocks = _interpreter_blocks(in_features, weight_rows)
     else:
         blocks = None  # the autotuner's (a wgmma config's pre-hook sets the descriptor's block)
     weight_arg = weight
@@ -621,16 +691,20 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
         "SPLIT_K": num_k_splits > 1,
         "WEIGHT_TMA": kind in TMA_KINDS,
         "SWAP_AB": kind == "wgmma_swap_ab",
+        "EPILOGUE": epilogue,
         "BLOCK_M": block_m,
         "UNROLL": unroll,
         **pdl_options(x.device),
     }  # fmt: skip
     constexprs["PREFETCH_L2"] = kind in GEMV_KINDS and weight_prefetch_option(constexprs["USE_PDL"], weight)
     if blocks is not None:
-        _fused_linear_kernel[(cdiv(out_features, blocks["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs, **blocks)
+        grid = (cdiv(out_features, columns_per_program(blocks["BLOCK_N"], epilogue)), row_blocks, num_k_splits)
+        _fused_linear_kernel[grid](*args, **constexprs, **blocks)
     else:
         launcher = _LAUNCHERS[kind]
-        launcher[lambda meta: (cdiv(out_features, meta["BLOCK_N"]), row_blocks, num_k_splits)](*args, **constexprs)
+        launcher[lambda meta: (cdiv(out_features, columns_per_program(meta["BLOCK_N"], epilogue)), row_blocks, num_k_splits)](
+            *args, **constexprs
+        )
     if num_k_splits > 1:
         block_n = _sum_block_n(out_features)
         _sum_k_splits_kernel[(cdiv(out_features, block_n), num_rows)](
@@ -643,19 +717,34 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, co
 SUM_WARPS = 4
 
 
+def tile_rows(block_n: int, epilogue: int) -> int:
+    """The weight rows a program of a BLOCK_N config streams (the kernel's TILE_N): under the
+    silu_and_mul epilogue a 1-row config takes one pair, a gate row and its up row."""
+    return max(block_n, 2) if epilogue else block_n
+
+
+def columns_per_program(block_n: int, epilogue: int) -> int:
+    """The output columns of a program of a BLOCK_N config (the kernel's OUT_N): under the
+    silu_and_mul epilogue its gate and up rows pair up."""
+    return tile_rows(block_n, epilogue) // 2 if epilogue else block_n
+
+
 def _sum_block_n(out_features: int) -> int:
     """Columns a program of the split sum takes: up to 1024 (8 fp32 a thread of 4 warps)."""
     return min(pow2_at_least(out_features, 16), 1024)
 
 
-# The model's decode projections, the four of a layer and the LM head after the final norm:
-# (where, prologue, K, N, has_residual, has_bias)
+# The model's decode projections: the four of a layer, the MLP's two under
+# RunOptions.activation_in_gate_up (SwiGLU in gate_up's epilogue, down_proj plain), and the LM head
+# after the final norm: (where, prologue, epilogue, K, N weight rows, has_residual, has_bias)
 MODEL_PROJECTIONS = (
-    ("input_layernorm -> qkv_proj", "rms_norm", 1536, 2048, True, True),
-    ("o_proj", "none", 1536, 1536, False, False),
-    ("post_attention_layernorm -> gate_up_proj", "rms_norm", 1536, 17920, True, False),
-    ("silu_and_mul -> down_proj", "silu_and_mul", 8960, 1536, False, False),
-    ("norm -> lm_head", "rms_norm", 1536, 151936, True, False),
+    ("input_layernorm -> qkv_proj", "rms_norm", "none", 1536, 2048, True, True),
+    ("o_proj", "none", "none", 1536, 1536, False, False),
+    ("post_attention_layernorm -> gate_up_proj", "rms_norm", "none", 1536, 17920, True, False),
+    ("silu_and_mul -> down_proj", "silu_and_mul", "none", 8960, 1536, False, False),
+    ("post_attention_layernorm -> gate_up_proj -> silu_and_mul", "rms_norm", "silu_and_mul", 1536, 17920, True, False),
+    ("down_proj", "none", "none", 8960, 1536, False, False),
+    ("norm -> lm_head", "rms_norm", "none", 1536, 151936, True, False),
 )
 
 
@@ -667,7 +756,8 @@ def _compile_configs():
     tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the
     fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL), in bf16, the model's dtype:
     the GEMV (with and without its L2 prefetch), the wgmma tiles (the swapped ones at 16 rows) and the
-    mma tiles at 16. Then the split sum, in each dtype."""
+    mma tiles at 16. Under the silu_and_mul epilogue, only the kinds that read the weight by pointers.
+    Then the split sum, in each dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
@@ -678,13 +768,16 @@ def _compile_configs():
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
     }
     configs, compiled = [], set()
-    for where, prologue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         for kind, candidates in _GPU_CONFIGS.items():
+            if epilogue != "none" and kind in TMA_KINDS:
+                continue  # the launcher reads a paired weight by pointers
             dtypes, block_ms, pdl_block_ms = kinds[kind]
-            split_k = kind not in GEMV_KINDS and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1
-            # N is a run-time argument: a projection whose constexprs and K are one listed before
-            # (the LM head's are gate_up's) compiles to the same code
-            code = (kind, prologue, in_features, has_residual, has_bias, split_k)
+            split_k = (kind not in GEMV_KINDS and epilogue == "none"
+                       and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1)  # fmt: skip
+            # K and N are run-time arguments: a projection whose constexprs are one listed before
+            # (the LM head's are gate_up's, the plain down_proj's o_proj's) compiles to the same code
+            code = (kind, prologue, epilogue, has_residual, has_bias, split_k)
             if code in compiled:
                 continue
             compiled.add(code)
@@ -697,7 +790,7 @@ def _compile_configs():
                     for dtype, use_pdl, prefetch in [(d, False, False) for d in dtypes] + pdl_variants:
                         configs += configs_per_dtype(
                             (dtype,),
-                            op=PROLOGUE_OPS[prologue],
+                            op=OP_NAMES[prologue, epilogue],
                             shape=f"{where}, K={in_features} N={out_features}, M<={block_m}",
                             kernel=_fused_linear_kernel,
                             signature={
@@ -729,6 +822,7 @@ def _compile_configs():
                                 "SPLIT_K": split_k,
                                 "WEIGHT_TMA": kind in TMA_KINDS,
                                 "SWAP_AB": kind == "wgmma_swap_ab",
+                                "EPILOGUE": EPILOGUES.index(epilogue),
                                 "BLOCK_M": block_m,
                                 "BLOCK_N": block_n,
                                 "BLOCK_K": block_k,

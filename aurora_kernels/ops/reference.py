@@ -29,6 +29,7 @@ __all__ = [
     "linear",
     "rms_norm_linear",
     "silu_and_mul_linear",
+    "rms_norm_linear_silu_and_mul",
 ]
 
 
@@ -266,3 +267,11 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
 def silu_and_mul_linear(x, weight, bias=None):
     """linear(silu_and_mul(x), weight, bias): x [..., 2I], weight [N, I] -> [..., N]."""
     return linear(silu_and_mul(x), weight, bias)
+
+
+def rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
+    """silu_and_mul(rms_norm_linear(...)): weight [2I, K] -> [..., I]; with residual, (y, x + residual)."""
+    if residual is None:
+        return silu_and_mul(rms_norm_linear(x, norm_weight, weight, bias, eps))
+    y, h = rms_norm_linear(x, norm_weight, weight, bias, eps, residual)
+    return silu_and_mul(y), h

@@ -11,7 +11,7 @@ from aurora_kernels.testing import assert_parity, rel_error
 from tests.catalogue import cuda_only
 
 PROMPT_LENGTHS = (5, 12, 1)
-FUSED_PROJECTIONS = ("linear", "rms_norm_linear", "silu_and_mul_linear")
+FUSED_PROJECTIONS = ("linear", "rms_norm_linear", "silu_and_mul_linear", "rms_norm_linear_silu_and_mul")
 
 
 def tiny_model(device, compressor="mlp", backend="reference", seed=0, **llm):
@@ -97,8 +97,7 @@ def test_triton_backend_matches_reference(compressor, fused, device, gen):
         tokens, logits = model.generate(pixel_values, ids, max_new_tokens=new_tokens, cache="paged", return_logits=True)
     assert {backend for _, backend in calls} == {"triton"}
     unused = {"mlp": {"token_pool"}, "pool": {"token_mlp_compress"}, "none": {"token_pool", "token_mlp_compress"}}[compressor]
-    if not fused:
-        unused |= set(FUSED_PROJECTIONS)
+    unused |= set(FUSED_PROJECTIONS) if not fused else {"rms_norm_linear_silu_and_mul"}  # RunOptions.activation_in_gate_up
     assert {op for op, _ in calls} == set(ak.OPS) - unused  # every op the model calls, on its kernel
     if fused:
         decode_steps = new_tokens - 1  # the first new token comes from the prefill's logits
@@ -125,6 +124,35 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
         model.decode_step(tokens, kv)
     assert not {op for op, _ in calls} & set(FUSED_PROJECTIONS), calls
     assert calls[("silu_and_mul", "triton")] == model.config.llm.num_layers
+
+
+def test_the_activation_in_gate_up_gives_the_fused_steps_logits(device, gen):
+    """RunOptions.activation_in_gate_up: a one-sequence fused step's MLP is rms_norm_linear_silu_and_mul
+    then a plain linear, with the default fused step's logits. The rule: fused steps of up to the
+    GEMV's 4 rows (batched ones under fuse_batched_projections), not 5, nor unfused steps."""
+    from aurora_kernels.model.options import MAX_ACTIVATION_IN_GATE_UP_BATCH
+    from aurora_kernels.ops import fused_linear
+
+    assert MAX_ACTIVATION_IN_GATE_UP_BATCH == fused_linear.GEMV_MAX_ROWS
+    options = RunOptions(fuse_batched_projections=True, activation_in_gate_up=True)
+    assert [options.puts_activation_in_gate_up(b) for b in (1, 4, 5)] == [True, True, False]
+    assert not RunOptions(fuse_decode_projections=False, activation_in_gate_up=True).puts_activation_in_gate_up(1)
+    assert not RunOptions(activation_in_gate_up=True).puts_activation_in_gate_up(2)  # batched steps unfused
+    model = tiny_model(device, "mlp", backend="triton")
+    pixel_values, ids = requests(model, device, gen, PROMPT_LENGTHS[1:2])
+    token = torch.randint(0, model.config.llm.vocab_size, (1,), generator=gen, device=device)
+    layers, logits = model.config.llm.num_layers, {}
+    for in_gate_up in (False, True):
+        model.set_options(activation_in_gate_up=in_gate_up)
+        _, kv = model.prefill(pixel_values, ids, 1)
+        with ak.count_calls() as calls:
+            logits[in_gate_up] = model.decode_step(token, kv)
+        counts = {op: calls[(op, "triton")] for op in FUSED_PROJECTIONS if calls[(op, "triton")]}
+        if in_gate_up:
+            assert counts == {"rms_norm_linear": layers + 1, "rms_norm_linear_silu_and_mul": layers, "linear": 2 * layers}
+        else:
+            assert counts == {"rms_norm_linear": 2 * layers + 1, "linear": layers, "silu_and_mul_linear": layers}
+    assert_parity(logits[True], logits[False].double(), torch.float32, "activation in gate_up vs in down_proj")
 
 
 def test_which_decode_steps_fuse_their_projections():

@@ -118,7 +118,9 @@ def test_option_changes_drop_the_captured_steps(mocked_capture, device, gen):
 
 def test_run_options_are_checked_by_name(device):
     model = tiny_model(device)
-    with pytest.raises(TypeError, match=r"fuse_projections: not a run option; expected one of \['encoder_cuda_graphs'"):
+    with pytest.raises(
+        TypeError, match=r"fuse_projections: not a run option; expected one of \['activation_in_gate_up', 'encoder_cuda_graphs'"
+    ):
         model.set_options(fuse_projections=False)
     with pytest.raises(TypeError, match="programmatic_dependent_launch: expected a bool, got 'no'"):
         model.set_options(programmatic_dependent_launch="no")

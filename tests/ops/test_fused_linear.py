@@ -1,5 +1,6 @@
-"""linear, rms_norm_linear and silu_and_mul_linear: one kernel with three prologues, two paths (the
-GEMV for up to GEMV_MAX_ROWS fp16/bf16 rows or one fp32 row, the tensor-core tiles for more)."""
+"""linear, rms_norm_linear, silu_and_mul_linear and rms_norm_linear_silu_and_mul: one kernel with three
+prologues and two epilogues, two paths (the GEMV for up to GEMV_MAX_ROWS fp16/bf16 rows or one fp32
+row, the tensor-core tiles for more)."""
 
 import pytest
 import torch
@@ -57,6 +58,52 @@ def test_rms_norm_linear_parity(dtype, rows, with_residual, device, gen):
 def test_silu_and_mul_linear_parity(dtype, rows, device, gen):
     x = randn((rows, 2 * K), dtype, device, gen, scale=2.0)
     check_op(ak.silu_and_mul_linear, reference.silu_and_mul_linear, x, *_weights(K, N, dtype, device, gen, False))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
+def test_rms_norm_linear_silu_and_mul_parity(dtype, rows, with_residual, device, gen):
+    """N 2 x 51 weight rows: an odd number of output columns, so the last program's pair block is
+    partly masked; with a bias over the weight's rows."""
+    x = randn((rows, K), dtype, device, gen)
+    residual = randn((rows, K), dtype, device, gen) if with_residual else None
+    norm_weight = randn((K,), dtype, device, gen, scale=0.5, shift=1.0)
+    weight, bias = _weights(K, 2 * 51, dtype, device, gen)
+    errors = check_op(ak.rms_norm_linear_silu_and_mul, reference.rms_norm_linear_silu_and_mul, x, norm_weight, weight, bias,
+                      1e-6, residual)  # fmt: skip
+    assert len(errors) == (2 if with_residual else 1)
+
+
+def test_the_activation_in_the_epilogue_pairs_each_gate_with_its_up_row(device, gen):
+    """In fp32 a gate paired with another column's up row (or the halves swapped) is off by O(1), not
+    by rounding: at 1 row (the GEMV) and 5 (the tiles) within 1e-5; then every candidate of the
+    GEMV's row blocks, the 1-row configs (which take one pair) included."""
+    in_features, columns = 64, 24
+    weight = randn((2 * columns, in_features), torch.float32, device, gen)
+    norm_weight = torch.ones(in_features, device=device)
+    for rows in (1, 5):
+        x = randn((rows, in_features), torch.float32, device, gen)
+        expected = reference.rms_norm_linear_silu_and_mul(x, norm_weight, weight)
+        torch.testing.assert_close(ak.rms_norm_linear_silu_and_mul(x, norm_weight, weight), expected, rtol=1e-5, atol=1e-5)
+    half_x = x[:2].half()
+    for config in fused_linear._GPU_CONFIGS["gemv_rows"]:
+        y = fused_linear.launch(
+            half_x, weight.half(), None, norm_weight.half(), None, 1e-6, 1, 1, config=config, kind="gemv_rows"
+        )[0]
+        expected = reference_in_float64(reference.rms_norm_linear_silu_and_mul, half_x, norm_weight.half(), weight.half())
+        assert_parity(y, expected, torch.float16, f"gemv_rows {config}")
+
+
+def test_the_silu_and_mul_epilogue_never_takes_tma_tiles(device, gen):
+    """A paired program needs gate and up rows that are not contiguous: the launcher takes the tiles
+    that read the weight by pointers, and refuses a TMA kind asked for by name."""
+    weight = randn((2 * 64, 256), torch.bfloat16, device, gen, scale=256**-0.5)
+    assert fused_linear.weight_tma_ok(weight)
+    x = randn((8, 256), torch.bfloat16, device, gen)
+    with pytest.raises(ValueError, match="kind: wgmma_swap_ab reads the weight by TMA"):
+        fused_linear.launch(x, weight, None, x[0], None, 1e-6, 1, 1, kind="wgmma_swap_ab")
+    check_op(ak.rms_norm_linear_silu_and_mul, reference.rms_norm_linear_silu_and_mul, x, x[0], weight)
 
 
 @pytest.mark.parametrize("batch", [1, 4, 5])
@@ -152,6 +199,10 @@ def test_bad_inputs(device, gen):
         ak.silu_and_mul_linear(x, weight)
     with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
         ak.linear(x.t(), weight[:, :4])
+    with pytest.raises(ValueError, match=r"weight: expected an even number of rows \[2I, K\] \(gate and up halves\), got 31"):
+        ak.rms_norm_linear_silu_and_mul(x, x[0], weight[:31])
+    with pytest.raises(ValueError, match=r"norm_weight: expected shape \[64\] \[K\]"):
+        ak.rms_norm_linear_silu_and_mul(x, x[0, :32], weight)
 
 
 @pytest.mark.parametrize("kind", list(fused_linear._GPU_CONFIGS))
@@ -173,15 +224,20 @@ def test_every_autotune_candidate(kind, device, gen):
                      (x, norm_weight, weight, bias, 1e-6, residual)),
         "silu_and_mul": ((gate_up, weight, None, None, None, 0.0), reference.silu_and_mul_linear, (gate_up, weight)),
     }  # fmt: skip
+    if kind not in fused_linear.TMA_KINDS:  # the epilogue's rows are paired: never by TMA
+        calls["rms_norm, silu_and_mul epilogue"] = ((x, weight, bias, norm_weight, residual, 1e-6),
+                                                    reference.rms_norm_linear_silu_and_mul,
+                                                    (x, norm_weight, weight, bias, 1e-6, residual))  # fmt: skip
     configs = fused_linear._GPU_CONFIGS[kind]
     # and the GEMV's K loop unrolled twice, as the tile sweep also times it: at K = 300 the 8x256 tile
     # makes two steps (one unrolled iteration), the 8x512 tile one (the unrolled loop's remainder)
     unrolled = [(configs[0], 2), (configs[1], 2)] if kind == "gemv" else []
     for config, unroll in [(c, 1) for c in configs] + unrolled:
         for prologue, (launch_args, reference_fn, reference_args) in calls.items():
+            prologue, _, epilogue = prologue.partition(", ")
             with poisoned_outputs():
-                outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), config=config, unroll=unroll,
-                                              kind=kind)  # fmt: skip
+                outputs = fused_linear.launch(*launch_args, fused_linear.PROLOGUES.index(prologue), int(bool(epilogue)),
+                                              config=config, unroll=unroll, kind=kind)  # fmt: skip
             expected = reference_in_float64(reference_fn, *reference_args)
             for out, ref in zip(outputs, expected if isinstance(expected, tuple) else (expected,)):
                 assert_parity(out, ref, dtype, f"{kind} {config} unroll {unroll} {prologue}")
@@ -206,11 +262,13 @@ def test_k_split_rule():
     candidate's BLOCK_K; the parity tests above run split (K 300 in 256 + 44) and unsplit calls."""
     cpu = torch.device("cpu")  # the rule then assumes an H100's 132 SMs
     for kind, expected in {
-        "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512), (1, 1536)],
-        "wgmma_swap_ab": [(6, 256), (6, 256), (1, 1536), (18, 512), (1, 1536)],
-        "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024), (1, 1536)],
+        "wgmma": [(6, 256), (6, 256), (1, 1536), (18, 512), (18, 512), (1, 1536)],
+        "wgmma_swap_ab": [(6, 256), (6, 256), (1, 1536), (18, 512), (18, 512), (1, 1536)],
+        "dot_half": [(6, 256), (6, 256), (1, 1536), (9, 1024), (9, 1024), (1, 1536)],
     }.items():
-        splits = [fused_linear.k_splits(k, n, 1, cpu, kind) for _, _, k, n, _, _ in fused_linear.MODEL_PROJECTIONS]
+        splits = [
+            fused_linear.k_splits(k, n, 1, cpu, kind) for _, _, e, k, n, _, _ in fused_linear.MODEL_PROJECTIONS if e == "none"
+        ]
         assert splits == expected, (kind, splits)
     assert fused_linear.k_splits(K, N, 1, cpu, "dot_half") == (2, 256)
     assert fused_linear.k_splits(K, 40_000, 1, cpu, "dot_half") == (1, K)  # a wave of column blocks: one split
