@@ -26,8 +26,11 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def cpu_parity(only: set[str] | None) -> int:
-    """Each op against its float64 reference at small shapes, every dtype. Returns the failure count."""
-    from aurora_kernels.testing import TOLERANCES, check_op, make_generator
+    """Each op against its float64 reference at small shapes, every dtype, bf16 rounded as the GPU
+    rounds it (the interpreter alone truncates). Returns the failure count."""
+    from aurora_kernels.testing import TOLERANCES, check_op, make_generator, round_bf16_to_nearest_even_under_the_interpreter
+
+    round_bf16_to_nearest_even_under_the_interpreter()
 
     print("## Parity against the float64 reference (small shapes, Triton interpreter)\n")
     print("| op | " + " | ".join(f"{str(d).replace('torch.', '')} (bound {TOLERANCES[d]:.0e})" for d in DTYPES) + " |")
