@@ -28,8 +28,9 @@ def round_bf16_to_nearest_even_under_the_interpreter() -> None:
     GPU's `cvt.rn.bf16.f32` and torch do. The interpreter of Triton 3.6 to 3.9 truncates them (its cast
     passes no rounding mode to its float conversion): a relative error of up to 2**-7 a rounding
     where the GPU's is 2**-8, always toward zero, so a chain of three bf16 ops on the CPU strayed past
-    the bf16 parity bound where the GPU's would not. The test suite calls this once (tests/conftest.py);
-    a cast given a rounding mode (`fp_downcast_rounding`) keeps the interpreter's own."""
+    the bf16 parity bound where the GPU's would not. The test suite (tests/conftest.py) and `make
+    bench`'s parity table call it; a cast given a rounding mode (`fp_downcast_rounding`) keeps the
+    interpreter's own."""
     import numpy as np
     import triton.language as tl
     from triton.runtime import interpreter

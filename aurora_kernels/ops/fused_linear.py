@@ -264,7 +264,7 @@ def _fused_linear_kernel(
     # TILE_N weight rows a program (`tile_rows`), OUT_N output columns. EPILOGUE 1 (silu_and_mul):
     # the weight is [2 * out_features, K], gate rows then up rows; the program's first OUT_N tile
     # rows are its columns' gate rows, the next OUT_N their up rows (a 1-row config takes one
-    # pair). (Paired as neighbours, gate, up, gate, up, one GEMV tile spilled 4 bytes under 3.9.)
+    # pair; why not gate, up, gate, up: docs/performance-log.md)
     TILE_N: tl.constexpr = 2 if EPILOGUE == 1 and BLOCK_N == 1 else BLOCK_N
     OUT_N: tl.constexpr = TILE_N // 2 if EPILOGUE == 1 else TILE_N
     pid_n = tl.program_id(0)
