@@ -110,7 +110,7 @@ def _ours_on(prologue, kind):
 def _peers(prologue, epilogue, batch) -> dict:
     chain = _torch_chain(prologue, epilogue)
     peers = {"torch.compile": lambda: Peer(torch.compile(chain, dynamic=False))}
-    if epilogue != "none":  # the epilogue never takes the TMA tiles: its rivals are the two kernels
+    if epilogue != "none":  # its rivals: the two kernels it replaces (its own tiles: the sweep)
         peers["ours, two kernels: rms_norm_linear + silu_and_mul"] = lambda: Peer(_ours_two_kernels)
     elif 1 < batch <= GEMV_MAX_ROWS:
         peers["ours, wgmma tiles"] = lambda: Peer(_ours_on(prologue, "wgmma_swap_ab"))

@@ -121,9 +121,9 @@ def sweep(rows_list, dtype=torch.bfloat16, device="cuda", budget_s: float = math
             weights = cold_copies(t["weight"])
             indices = PROLOGUES.index(prologue), EPILOGUES.index(epilogue)
             # more rows: the GEMV's row blocks (up to GEMV_MAX_ROWS rows), the sm_90 tiles (wgmma, the
-            # weight by TMA; the rows in the MMA's N, or 64 of them in its M; not under the epilogue,
-            # whose rows are paired) and the ones before them (mma.sync)
-            tma_kinds = ["wgmma_swap_ab", "wgmma"] if epilogue == "none" else []
+            # weight by TMA; the rows in the MMA's N, or 64 of them in its M) and the ones before them
+            # (mma.sync)
+            tma_kinds = ["wgmma_swap_ab", "wgmma"]
             kinds = ["gemv"] if rows == 1 else ["gemv_rows"] * (rows <= GEMV_MAX_ROWS) + tma_kinds + ["dot_half"]
 
             def timed(name, role, fn, config=None):

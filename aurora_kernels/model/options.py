@@ -14,9 +14,6 @@ from dataclasses import dataclass
 # the most sequences whose decode step fuse_batched_projections fuses: one wgmma tile of rows
 # (fused_linear.WGMMA_BLOCK_M)
 MAX_FUSED_BATCH = 64
-# the most sequences whose fused decode step activation_in_gate_up changes: the GEMV's rows
-# (fused_linear.GEMV_MAX_ROWS); beyond them the epilogue's tiles could not take the wgmma path
-MAX_ACTIVATION_IN_GATE_UP_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -44,11 +41,11 @@ class RunOptions:
     # the step gains (bench/model_e2e.py's "triton-fused-prefetch" rows; the figures:
     # docs/performance-log.md).
     weight_prefetch: bool = False
-    # Fused decode steps of up to MAX_ACTIVATION_IN_GATE_UP_BATCH sequences compute SwiGLU's
+    # Fused decode steps (one sequence; more under fuse_batched_projections) compute SwiGLU's
     # silu(gate) * up in the gate_up projection's epilogue (rms_norm_linear_silu_and_mul), and
-    # down_proj as a plain GEMV (linear), instead of the activation in down_proj's prologue
-    # (silu_and_mul_linear), where each of down_proj's programs recomputes it over all of K from
-    # both halves of gate_up. Off until a GPU run shows the step gains (bench/model_e2e.py's
+    # down_proj as a plain projection (linear), instead of the activation in down_proj's prologue
+    # (silu_and_mul_linear), where each of down_proj's programs recomputes it over its K from both
+    # halves of gate_up. Off until a GPU run shows the step gains (bench/model_e2e.py's
     # "triton-fused-activation-in-gate-up" rows; the figures: docs/performance-log.md).
     activation_in_gate_up: bool = False
     # Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a B=1
@@ -73,7 +70,7 @@ class RunOptions:
 
     def puts_activation_in_gate_up(self, batch: int) -> bool:
         """Whether a decode step of `batch` sequences computes SwiGLU in gate_up's epilogue."""
-        return self.activation_in_gate_up and batch <= MAX_ACTIVATION_IN_GATE_UP_BATCH and self.fuses_decode_projections(batch)
+        return self.activation_in_gate_up and self.fuses_decode_projections(batch)
 
     def replace(self, **changes) -> "RunOptions":
         """These options with `changes`; an unknown name is an error that lists the known ones."""

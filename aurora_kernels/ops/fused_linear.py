@@ -30,8 +30,9 @@ streaming its [BLOCK_N, BLOCK_K] weight tiles once. The grid is (N / BLOCK_N, M 
   residual stream's next value.
 - The silu_and_mul epilogue pairs rows: a program's BLOCK_N weight rows are BLOCK_N / 2 gate rows
   and the up rows of the same columns (a 1-row config takes one pair), so that each column's two
-  sums are the program's when its loop ends. So the weight is read by pointers (a TMA tile's rows
-  are contiguous) and K is never split.
+  sums are the program's when its loop ends, and K is never split. The wgmma tiles read such a tile
+  by TMA as one box of a 3-D view of the weight, [2, N/2, K]: [2, BLOCK_N / 2, BLOCK_K], gate rows
+  then up rows, one copy and one product a step as without the epilogue.
 - One row (batch-1 decode), or up to GEMV_MAX_ROWS = 4 fp16/bf16 rows (USE_DOT False): a GEMV on
   the FMA units in fp32, BLOCK_M 1, 2 or 4. It allows narrow column blocks (BLOCK_N 1..8), so even
   down_proj's N = 1536 makes hundreds of programs. Each lane keeps its own products (and the
@@ -207,12 +208,19 @@ def _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows,
 
 @triton.jit
 def _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA: tl.constexpr,
-                 USE_DOT: tl.constexpr):  # fmt: skip
+                 USE_DOT: tl.constexpr, EPILOGUE: tl.constexpr = 0):  # fmt: skip
     """The weight tile at (col_start, k_start): [BLOCK_N, BLOCK_K] by TMA from the weight's
     TensorDescriptor (zeros outside the weight, as the masks give), or by pointers (weight_rows:
-    the columns' rows, on the weight tile's columns axis)."""
+    the columns' rows, on the weight tile's columns axis). Under the silu_and_mul epilogue the
+    descriptor is the weight's [2, N/2, K] view and col_start a column of the halves: its box
+    [2, BLOCK_N / 2, BLOCK_K] holds the columns' gate rows, then their up rows, as the tile's
+    rows (zeros past N/2 in either half)."""
     if WEIGHT_TMA:
-        tile = weight.load([col_start, k_start])
+        if EPILOGUE == 1:
+            box = weight.load([0, col_start, k_start])
+            tile = tl.reshape(box, (box.shape[0] * box.shape[1], box.shape[2]))
+        else:
+            tile = weight.load([col_start, k_start])
     else:
         mask = _along_cols(col_mask, USE_DOT) & _along_k(k < in_features, USE_DOT)
         tile = tl.load(weight_rows + _along_k(k, USE_DOT), mask=mask, other=0.0)
@@ -287,8 +295,8 @@ def _fused_linear_kernel(
     x_rows = row_starts(rows, x_outer_stride, x_inner_size, x_inner_stride, STRIDE_MULTIPLE)
     res_rows = row_starts(rows, res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)
     # weight: a pointer, or under WEIGHT_TMA (the wgmma tiles) a TensorDescriptor of [N, K] whose
-    # block is [BLOCK_N, BLOCK_K]
-    col_start = pid_n * BLOCK_N
+    # block is [BLOCK_N, BLOCK_K] (of [2, N/2, K], block [2, OUT_N, BLOCK_K], under EPILOGUE 1)
+    col_start = pid_n * OUT_N
     if WEIGHT_TMA:
         weight_rows = weight_row_stride  # unused: the descriptor finds the tile
     else:
@@ -357,7 +365,8 @@ def _fused_linear_kernel(
         a, sum_squares = _input_chunk(x_ptr, residual_ptr, norm_weight_ptr, residual_out_ptr, x_rows, res_rows, rows, row_mask,
                                       k, in_features, writes_h, inv_rms, sum_squares, PROLOGUE, HAS_RESIDUAL, USE_DOT)  # fmt: skip
         if USE_DOT:
-            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA, USE_DOT)
+            w = _weight_tile(weight, weight_rows, col_start, k_start, k, col_mask, in_features, WEIGHT_TMA, USE_DOT,
+                             EPILOGUE)  # fmt: skip
         acc = _accumulate(acc, a, w, dtype, USE_DOT, DOT_IN_FP32, SWAP_AB)
     if not USE_DOT:
         acc = tl.sum(acc, axis=2)
@@ -447,9 +456,15 @@ _GPU_CONFIGS = {
 }
 
 
+def tma_block_shape(block_n: int, block_k: int, epilogue: int) -> list[int]:
+    """The TMA box of a wgmma config: its weight tile [BLOCK_N, BLOCK_K], or under the silu_and_mul
+    epilogue [2, BLOCK_N / 2, BLOCK_K] of the weight's [2, N/2, K] view (gate rows, then up rows)."""
+    return [2, block_n // 2, block_k] if epilogue else [block_n, block_k]
+
+
 def _weight_block_shape(nargs: dict) -> None:
     """The wgmma configs' pre-hook: the weight descriptor's block is the config's tile."""
-    nargs["weight"].block_shape = [nargs["BLOCK_N"], nargs["BLOCK_K"]]
+    nargs["weight"].block_shape = tma_block_shape(nargs["BLOCK_N"], nargs["BLOCK_K"], nargs["EPILOGUE"])
 
 
 _LAUNCHERS = autotuned_launchers(
@@ -632,9 +647,8 @@ _LAUNCH_AS = {op: kernel_op(op, fake=_fake)(_fused_linear_launch) for op in OP_N
 def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, epilogue: int = 0,
            config: tuple | None = None, unroll: int = 1, kind: str | None = None) -> list:  # fmt: skip
     """The launcher. epilogue 1 (silu_and_mul): y = silu(gate) * up of the product, whose gate and up
-    halves are the weight's first and last N/2 rows; its kinds read the weight by pointers (a TMA
-    tile's rows are contiguous, and a program needs a gate row and its up row) and never split K (a
-    program needs both whole sums). config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
+    halves are the weight's first and last N/2 rows; it never splits K (a program needs both whole
+    sums), and its TMA kinds read the weight as [2, N/2, K]. config (BLOCK_N, BLOCK_K, warps, stages) launches that candidate instead of the
     autotuner's choice (or the interpreter's blocks): the tests run every candidate this way, since a
     GPU test run keeps only each autotuner's first (autotuning off). unroll: the K loop's unroll
     factor (1 in every shipped config; the tile sweep also tries 2). kind: a key of _GPU_CONFIGS, the
@@ -643,8 +657,6 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     "gemv_rows" takes blocks of up to GEMV_MAX_ROWS rows, "wgmma_swap_ab" of up to SWAP_AB_MAX_ROWS)."""
     weight_rows, in_features = weight.shape
     out_features = weight_rows // 2 if epilogue else weight_rows
-    if epilogue and kind in TMA_KINDS:
-        raise ValueError(f"kind: {kind} reads the weight by TMA, which the {EPILOGUES[epilogue]} epilogue cannot")
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
     x_rows = collapse_rows("x", x)
@@ -653,7 +665,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     if num_rows == 0:
         return [out] if residual is None else [out, residual_out]
     if kind is None:
-        kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and not epilogue and weight_tma_ok(weight))
+        kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and weight_tma_ok(weight))
     block_m = {
         "gemv": 1,
         "gemv_rows": min(pow2_at_least(num_rows), GEMV_MAX_ROWS),
@@ -673,8 +685,11 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
         blocks = None  # the autotuner's (a wgmma config's pre-hook sets the descriptor's block)
     weight_arg = weight
     if kind in TMA_KINDS:
-        block_shape = [blocks["BLOCK_N"], blocks["BLOCK_K"]] if blocks else [WGMMA_BLOCK_M, 16]
-        weight_arg = TensorDescriptor(weight, list(weight.shape), list(weight.stride()), block_shape)
+        block_n, block_k = (blocks["BLOCK_N"], blocks["BLOCK_K"]) if blocks else (WGMMA_BLOCK_M, 16)  # the pre-hook's
+        shape, strides = list(weight.shape), list(weight.stride())
+        if epilogue:  # [2, N/2, K]: the gate half, then the up half
+            shape, strides = [2, out_features, in_features], [out_features * strides[0], *strides]
+        weight_arg = TensorDescriptor(weight, shape, strides, tma_block_shape(block_n, block_k, epilogue))
     args = (
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight_arg,
         bias if bias is not None else x, out, residual_out if residual is not None else out, partial,
@@ -756,8 +771,7 @@ def _compile_configs():
     tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the
     fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL), in bf16, the model's dtype:
     the GEMV (with and without its L2 prefetch), the wgmma tiles (the swapped ones at 16 rows) and the
-    mma tiles at 16. Under the silu_and_mul epilogue, only the kinds that read the weight by pointers.
-    Then the split sum, in each dtype."""
+    mma tiles at 16. Then the split sum, in each dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
@@ -770,8 +784,6 @@ def _compile_configs():
     configs, compiled = [], set()
     for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
         for kind, candidates in _GPU_CONFIGS.items():
-            if epilogue != "none" and kind in TMA_KINDS:
-                continue  # the launcher reads a paired weight by pointers
             dtypes, block_ms, pdl_block_ms = kinds[kind]
             split_k = (kind not in GEMV_KINDS and epilogue == "none"
                        and k_splits(in_features, out_features, 1, torch.device("cpu"), kind)[0] > 1)  # fmt: skip
@@ -783,6 +795,8 @@ def _compile_configs():
             compiled.add(code)
             for block_m in block_ms:
                 for block_n, block_k, warps, stages in candidates:
+                    box = tma_block_shape(block_n, block_k, EPILOGUES.index(epilogue))
+                    weight_type = f"tensordesc<T{box}>" if kind in TMA_KINDS else "*T"
                     # (dtype, USE_PDL, PREFETCH_L2): every dtype, then bf16 under PDL (the GEMV with and
                     # without its L2 weight prefetch)
                     pdl_variants = [(torch.bfloat16, True, False)] if block_m in pdl_block_ms else []
@@ -797,7 +811,7 @@ def _compile_configs():
                                 "x_ptr": "*T",
                                 "residual_ptr": "*T",
                                 "norm_weight_ptr": "*T",
-                                "weight": f"tensordesc<T[{block_n}, {block_k}]>" if kind in TMA_KINDS else "*T",
+                                "weight": weight_type,
                                 "bias_ptr": "*T",
                                 "out_ptr": "*T",
                                 "residual_out_ptr": "*T",

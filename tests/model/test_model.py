@@ -128,14 +128,10 @@ def test_batched_decode_steps_keep_unfused_projections(device, gen):
 
 def test_the_activation_in_gate_up_gives_the_fused_steps_logits(device, gen):
     """RunOptions.activation_in_gate_up: a one-sequence fused step's MLP is rms_norm_linear_silu_and_mul
-    then a plain linear, with the default fused step's logits. The rule: fused steps of up to the
-    GEMV's 4 rows (batched ones under fuse_batched_projections), not 5, nor unfused steps."""
-    from aurora_kernels.model.options import MAX_ACTIVATION_IN_GATE_UP_BATCH
-    from aurora_kernels.ops import fused_linear
-
-    assert MAX_ACTIVATION_IN_GATE_UP_BATCH == fused_linear.GEMV_MAX_ROWS
+    then a plain linear, with the default fused step's logits. The rule: every fused step (batched
+    ones under fuse_batched_projections: the GEMV's rows, the wgmma tiles beyond), not unfused ones."""
     options = RunOptions(fuse_batched_projections=True, activation_in_gate_up=True)
-    assert [options.puts_activation_in_gate_up(b) for b in (1, 4, 5)] == [True, True, False]
+    assert [options.puts_activation_in_gate_up(b) for b in (1, 4, 5, 64, 65)] == [True, True, True, True, False]
     assert not RunOptions(fuse_decode_projections=False, activation_in_gate_up=True).puts_activation_in_gate_up(1)
     assert not RunOptions(activation_in_gate_up=True).puts_activation_in_gate_up(2)  # batched steps unfused
     model = tiny_model(device, "mlp", backend="triton")
@@ -171,20 +167,26 @@ def test_which_decode_steps_fuse_their_projections():
 def test_batched_decode_steps_with_fused_projections(device, gen):
     """fuse_batched_projections: a batch's decode step runs each projection with its norm or
     activation as one kernel (the tensor-core tiles, whose fp16/bf16 wgmma path
-    tests/ops/test_fused_linear.py checks) and gives the unfused step's logits."""
+    tests/ops/test_fused_linear.py checks) and gives the unfused step's logits; with
+    activation_in_gate_up too, SwiGLU in gate_up's epilogue and down_proj plain."""
     model = tiny_model(device, "mlp", backend="triton")
     pixel_values, ids = requests(model, device, gen)
     tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
-    logits = {}
-    for fused in (False, True):
-        model.set_options(fuse_batched_projections=fused)
+    layers, logits = model.config.llm.num_layers, {}
+    expected_calls = {
+        (False, False): {},
+        (True, False): {"rms_norm_linear": 2 * layers + 1, "linear": layers, "silu_and_mul_linear": layers},
+        (True, True): {"rms_norm_linear": layers + 1, "rms_norm_linear_silu_and_mul": layers, "linear": 2 * layers},
+    }
+    for (fused, in_gate_up), expected in expected_calls.items():
+        model.set_options(fuse_batched_projections=fused, activation_in_gate_up=in_gate_up)
         _, kv = model.prefill(pixel_values, ids, 1)
         with ak.count_calls() as calls:
-            logits[fused] = model.decode_step(tokens, kv)
-        layers = model.config.llm.num_layers
-        expected = {"rms_norm_linear": 2 * layers + 1, "linear": layers, "silu_and_mul_linear": layers} if fused else {}
+            logits[fused, in_gate_up] = model.decode_step(tokens, kv)
         assert {op: calls[(op, "triton")] for op in FUSED_PROJECTIONS if calls[(op, "triton")]} == expected
-    assert_parity(logits[True], logits[False].double(), torch.float32, "fused vs unfused batched step")
+    unfused = logits[False, False].double()
+    assert_parity(logits[True, False], unfused, torch.float32, "fused vs unfused batched step")
+    assert_parity(logits[True, True], unfused, torch.float32, "fused, activation in gate_up, vs unfused batched step")
 
 
 def test_generate_launches_with_pdl_as_its_config_says_and_leaves_the_process_setting(device, gen, monkeypatch):

@@ -95,15 +95,27 @@ def test_the_activation_in_the_epilogue_pairs_each_gate_with_its_up_row(device, 
         assert_parity(y, expected, torch.float16, f"gemv_rows {config}")
 
 
-def test_the_silu_and_mul_epilogue_never_takes_tma_tiles(device, gen):
-    """A paired program needs gate and up rows that are not contiguous: the launcher takes the tiles
-    that read the weight by pointers, and refuses a TMA kind asked for by name."""
-    weight = randn((2 * 64, 256), torch.bfloat16, device, gen, scale=256**-0.5)
-    assert fused_linear.weight_tma_ok(weight)
-    x = randn((8, 256), torch.bfloat16, device, gen)
-    with pytest.raises(ValueError, match="kind: wgmma_swap_ab reads the weight by TMA"):
-        fused_linear.launch(x, weight, None, x[0], None, 1e-6, 1, 1, kind="wgmma_swap_ab")
-    check_op(ak.rms_norm_linear_silu_and_mul, reference.rms_norm_linear_silu_and_mul, x, x[0], weight)
+def test_the_silu_and_mul_epilogue_on_the_wgmma_tiles(device, gen):
+    """Batches beyond the GEMV's rows take the wgmma tiles under the epilogue too, each program's gate
+    and up rows one TMA box of the weight's [2, N/2, K] view: swapped at 5 and 17 rows, 64-row tiles
+    at 65 (two row blocks); a weight TMA cannot read (a row slice of a wider tensor) takes the mma
+    tiles. Each pairs every gate with its own up row: with the two halves exchanged, the answer is
+    off by O(1), far past the bf16 bound."""
+    in_features, columns = 256, 51  # a partial column block: the box reads zeros past 51 in both halves
+    weight, bias = _weights(in_features, 2 * columns, torch.bfloat16, device, gen)
+    swapped = torch.cat([weight[columns:], weight[:columns]])
+    sliced = randn((2 * columns, in_features + 4), torch.bfloat16, device, gen)[:, :in_features]
+    assert fused_linear.weight_tma_ok(weight) and not fused_linear.weight_tma_ok(sliced)
+    norm_weight = randn((in_features,), torch.bfloat16, device, gen, scale=0.5, shift=1.0)
+    for rows, kind in ((5, "wgmma_swap_ab"), (17, "wgmma_swap_ab"), (65, "wgmma")):
+        assert fused_linear._launcher_kind(rows, torch.bfloat16, True) == kind
+        x, residual = (randn((rows, in_features), torch.bfloat16, device, gen) for _ in range(2))
+        for w in (weight, sliced):
+            check_op(ak.rms_norm_linear_silu_and_mul, reference.rms_norm_linear_silu_and_mul, x, norm_weight, w, bias,
+                     1e-6, residual)  # fmt: skip
+        y = ak.rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias)
+        wrong = reference.rms_norm_linear_silu_and_mul(x, norm_weight, swapped, bias)
+        assert (y.float() - wrong.float()).abs().max() > 0.1, kind
 
 
 @pytest.mark.parametrize("batch", [1, 4, 5])
@@ -207,9 +219,9 @@ def test_bad_inputs(device, gen):
 
 @pytest.mark.parametrize("kind", list(fused_linear._GPU_CONFIGS))
 def test_every_autotune_candidate(kind, device, gen):
-    """Each tile the autotuner may pick, launched on its own with every prologue: a GPU test run keeps
-    only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so the others are checked here (on a
-    CPU, their block shapes under the interpreter)."""
+    """Each tile the autotuner may pick, launched on its own with every prologue and with the epilogue:
+    a GPU test run keeps only each autotuner's first candidate (autotuning off: AURORA_AUTOTUNE=0), so
+    the others are checked here (on a CPU, their block shapes under the interpreter)."""
     dtype = torch.float32 if kind == "dot_fp32" else torch.bfloat16
     rows = {"gemv": 1, "gemv_rows": 3, "wgmma": 65, "wgmma_swap_ab": 33}.get(kind, 17)  # two row blocks
     # K: the wgmma tiles read the weight by TMA, whose rows must start 16 bytes apart (304 x 2 B)
@@ -224,10 +236,9 @@ def test_every_autotune_candidate(kind, device, gen):
                      (x, norm_weight, weight, bias, 1e-6, residual)),
         "silu_and_mul": ((gate_up, weight, None, None, None, 0.0), reference.silu_and_mul_linear, (gate_up, weight)),
     }  # fmt: skip
-    if kind not in fused_linear.TMA_KINDS:  # the epilogue's rows are paired: never by TMA
-        calls["rms_norm, silu_and_mul epilogue"] = ((x, weight, bias, norm_weight, residual, 1e-6),
-                                                    reference.rms_norm_linear_silu_and_mul,
-                                                    (x, norm_weight, weight, bias, 1e-6, residual))  # fmt: skip
+    calls["rms_norm, silu_and_mul epilogue"] = ((x, weight, bias, norm_weight, residual, 1e-6),
+                                                reference.rms_norm_linear_silu_and_mul,
+                                                (x, norm_weight, weight, bias, 1e-6, residual))  # fmt: skip
     configs = fused_linear._GPU_CONFIGS[kind]
     # and the GEMV's K loop unrolled twice, as the tile sweep also times it: at K = 300 the 8x256 tile
     # makes two steps (one unrolled iteration), the 8x512 tile one (the unrolled loop's remainder)
