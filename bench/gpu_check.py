@@ -11,7 +11,8 @@ then the end-to-end model all that is left, 120 s at least. While the tests run,
 compiles what the benchmarks will run on the cores the tests leave free, and it is stopped before
 the first timing, so the budgets go to timing rather than to compiling. `--phases tests`,
 `--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more;
-`--ops`, `--model-runs` and `--model-batches` narrow a call to the rows that decide one question.
+`--ops`, `--model-runs`, `--model-batches` and `--model-compressors` narrow a call to the rows that
+decide one question.
 
     PYTHONPATH=. python3 -m bench.gpu_check [--results-dir DIR] [--archive FILE.tar.gz]
         [--ops linear,attention] [--model-runs triton:cuda_graph,triton-fused-batched:cuda_graph]
@@ -313,6 +314,16 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def _compressors(text: str) -> tuple[str, ...]:
+    """--model-compressors: comma-separated names among bench.model_e2e.COMPRESSORS."""
+    from bench import model_e2e
+
+    names = tuple(text.split(","))
+    if not set(names) <= set(model_e2e.COMPRESSORS):
+        raise argparse.ArgumentTypeError(f"expected compressors among {','.join(model_e2e.COMPRESSORS)}, got {text!r}")
+    return tuple(name for name in model_e2e.COMPRESSORS if name in names)
+
+
 def _narrowing(parser: argparse.ArgumentParser, args) -> tuple[list[str] | None, tuple | None]:
     """--ops and --model-runs checked against what the benchmarks have: (ops or None for all, runs or
     None for all), or a usage error that names the known values."""
@@ -368,6 +379,12 @@ def main(argv=None) -> int:
         "--model-batches",
         type=_batch_sizes,
         help="comma-separated decode batch sizes the model phase times (default: bench.model_e2e.BATCHES), e.g. 4",
+    )
+    parser.add_argument(
+        "--model-compressors",
+        type=_compressors,
+        help="comma-separated compressors the model phase runs (default: bench.model_e2e.COMPRESSORS), e.g. mlp: "
+        "the kernels' decisions need one, which halves the phase",
     )
     parser.add_argument(
         "--archive",
@@ -435,7 +452,7 @@ def main(argv=None) -> int:
             print(f"model end to end: {model_budget:.0f} s budget", flush=True)
             try:
                 run.run_gpu_model(device, ceilings, results_dir, model_budget, after_each=save_archive, runs=model_runs,
-                                  batches=args.model_batches)  # fmt: skip
+                                  batches=args.model_batches, compressors=args.model_compressors)  # fmt: skip
             except Exception as exc:  # the model could not even be built: the rest of the record stands
                 model_error = harness.error_text(exc)
                 print(f"model end to end failed: {model_error}", flush=True)

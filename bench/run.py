@@ -128,9 +128,9 @@ def run_gpu_ops(cases, device, facts, ceilings, results_dir: str, budget_s: floa
 
 
 def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, after_each=None, runs=None,
-                  batches=None) -> list[dict]:  # fmt: skip
+                  batches=None, compressors=None) -> list[dict]:  # fmt: skip
     """The end-to-end model benchmark (`runs`: those of bench.model_e2e.RUNS, default all; `batches`:
-    default bench.model_e2e.BATCHES); its results are written after every configuration, and then
+    default bench.model_e2e.BATCHES; `compressors`: default bench.model_e2e.COMPRESSORS); its results are written after every configuration, and then
     after_each() runs (gpu_check's archive), so a run cut short keeps what it measured."""
     from bench import model_e2e
 
@@ -139,7 +139,8 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
         if after_each is not None:
             after_each()
 
-    narrowed = {**({"runs": runs} if runs else {}), **({"batches": batches} if batches else {})}
+    narrowed = {**({"runs": runs} if runs else {}), **({"batches": batches} if batches else {}),
+                **({"compressors": compressors} if compressors else {})}  # fmt: skip
     model_rows = model_e2e.run(device, ceilings, budget_s, checkpoint=checkpoint, **narrowed)
     model_e2e.write(results_dir, model_rows)
     print(model_e2e.markdown(model_rows))

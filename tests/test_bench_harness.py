@@ -460,7 +460,7 @@ def test_gpu_check_rejects_unknown_phases(capsys):
 
 
 def test_gpu_check_narrows_to_known_ops_and_model_runs(capsys, monkeypatch):
-    """--ops, --model-runs and --model-batches name what a focused device call times; a typo is a usage
+    """--ops, --model-runs, --model-batches and --model-compressors name what a focused device call times; a typo is a usage
     error that lists the known values (or says what a batch size is), before anything runs. Known runs
     pass through in model_e2e.RUNS's order."""
     from bench import model_e2e
@@ -468,7 +468,8 @@ def test_gpu_check_narrows_to_known_ops_and_model_runs(capsys, monkeypatch):
     for argv, message in ((["--ops", "linear,attenton"], "--ops: expected ops among "),
                           (["--model-runs", "triton:graph"], "--model-runs: expected backend:decode pairs among triton:cuda_graph,"),
                           (["--model-batches", "4,x"], "--model-batches: expected comma-separated batch sizes >= 1, got '4,x'"),
-                          (["--model-batches", "0"], "--model-batches: expected comma-separated batch sizes >= 1, got '0'")):  # fmt: skip
+                          (["--model-batches", "0"], "--model-batches: expected comma-separated batch sizes >= 1, got '0'"),
+                          (["--model-compressors", "mlp,pol"], "--model-compressors: expected compressors among mlp,none, got 'mlp,pol'")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.main(argv)
         assert exit_info.value.code == 2
@@ -603,10 +604,11 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
         harness.write_results(results_dir, facts, ceilings, rows)
         return rows
 
-    def run_gpu_model(device, ceilings, results_dir, budget_s, after_each=None, runs=None, batches=None):
+    def run_gpu_model(device, ceilings, results_dir, budget_s, after_each=None, runs=None, batches=None, compressors=None):
         budgets.append(budget_s)
         assert runs == (("triton", "cuda_graph"),)  # --model-runs
         assert batches == (4, 8)  # --model-batches
+        assert compressors == ("mlp",)  # --model-compressors
         raise RuntimeError("CUDA out of memory")  # building the model failed: the rest of the record stands
 
     def sweep(rows_list, budget_s):
@@ -625,7 +627,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     monkeypatch.setattr(gpu_check, "run_pytest_benchmark", lambda d: "  pytest-benchmark: 26 benchmarks (exit 0)")
     code = gpu_check.main(
         ["--phases", "ops,sweep,pytest-benchmark,model", "--results-dir", str(results), "--archive", str(archive),
-         "--ops", "rms_norm,linear", "--model-runs", "triton:cuda_graph", "--model-batches", "4,8"]
+         "--ops", "rms_norm,linear", "--model-runs", "triton:cuda_graph", "--model-batches", "4,8", "--model-compressors", "mlp"]
     )  # fmt: skip
     assert code == 0
     # the ops leave the sweep, pytest-benchmark and the model their shares; the model then gets what was left
