@@ -51,6 +51,10 @@ BACKENDS = {
     "triton-fused": ("triton", RunOptions()),
     "triton-fused-no-pdl": ("triton", RunOptions(programmatic_dependent_launch=False)),
     "triton-fused-batched": ("triton", RunOptions(fuse_batched_projections=True)),
+    "triton-fused-batched-activation-in-gate-up": (
+        "triton",
+        RunOptions(fuse_batched_projections=True, activation_in_gate_up=True),
+    ),
     "triton-fused-prefetch": ("triton", RunOptions(weight_prefetch=True)),
     "triton-fused-activation-in-gate-up": ("triton", RunOptions(activation_in_gate_up=True)),
     "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
@@ -68,8 +72,9 @@ ONE_SEQUENCE_RUNS = (
 # "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's
 # projections as the fused ops: the GEMV's row blocks up to 4 sequences, the tensor-core tiles
 # beyond, wgmma on sm_90), timed at B > 1 alone: its rows against "triton"'s decide that option's
-# default
-BATCHED_RUNS = (("triton-fused-batched", "cuda_graph"),)
+# default; "triton-fused-batched-activation-in-gate-up" (with RunOptions.activation_in_gate_up) against
+# "triton-fused-batched"'s, that option's for batched steps
+BATCHED_RUNS = (("triton-fused-batched", "cuda_graph"), ("triton-fused-batched-activation-in-gate-up", "cuda_graph"))
 RUNS = (("triton", "cuda_graph"), *BATCHED_RUNS, ("triton-no-pdl", "cuda_graph"), ("triton-encoder-graph", "cuda_graph"), *ONE_SEQUENCE_RUNS,
         ("triton", "eager"), ("reference", "eager"), ("triton", "compile"))  # fmt: skip
 # run after every batch's other runs: the compiled step is the least telling and the slowest to
