@@ -118,16 +118,31 @@ class OneCallAtATime:
         return launch
 
 
-def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str]) -> dict:
+def _early_prune(kind: str, fits):
+    """An autotuner's early prune: the candidates that `fits` lets take the call (every one without
+    it), then `_default_config_unless_autotuning`."""
+
+    def prune(configs, named_args, **kwargs):
+        if fits is not None:
+            configs = [c for c in configs if fits(kind, c, {**named_args, **kwargs})]
+        return _default_config_unless_autotuning(configs, named_args)
+
+    return prune
+
+
+def autotuned_launchers(kernel, candidates_by_kind: dict, to_config, key: list[str], fits=None) -> dict:
     """kind -> triton.autotune(kernel) over `to_config(kind, candidate)` for each candidate of that kind,
-    called one at a time ({} under the interpreter)."""
+    called one at a time ({} under the interpreter). fits(kind, triton.Config, the call's arguments by
+    name): whether a candidate may take a call, where one may not take them all; what it reads of
+    the call must be in `key` (a tensor's dtype always is), so that a tuned key never meets a call
+    it was not pruned for."""
     if INTERPRETER:
         return {}
     tuners = {
         kind: triton.autotune(
             configs=[to_config(kind, c) for c in candidates],
             key=key,
-            prune_configs_by={"early_config_prune": _default_config_unless_autotuning},
+            prune_configs_by={"early_config_prune": _early_prune(kind, fits)},
             do_bench=benchmark_outside_capture(kernel.__name__),
         )(kernel)  # fmt: skip
         for kind, candidates in candidates_by_kind.items()

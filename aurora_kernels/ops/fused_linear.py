@@ -467,11 +467,30 @@ def _weight_block_shape(nargs: dict) -> None:
     nargs["weight"].block_shape = tma_block_shape(nargs["BLOCK_N"], nargs["BLOCK_K"], nargs["EPILOGUE"])
 
 
+# (kind, candidate, prologue, has_residual, dtype) that the launcher never takes: its compile spills.
+# Triton 3.9's ptxas keeps the fp16 rms_norm GEMV without a residual (layer 0's qkv, a user's call)
+# at 72 registers on the 4 x 1024 tile and spills the lane's K offset, reloaded at every K step
+# (Triton 3.6's does not); a register cap that stops it raised every other variant of the tile's
+# registers by 10 to 40 (docs/performance-log.md). The autotuner takes one of the other tiles there.
+SPILLING_CANDIDATES = {("gemv", (4, 1024, 4, 1), "rms_norm", False, torch.float16)}
+
+
+def candidate_fits(kind: str, candidate: tuple, prologue: str, has_residual: bool, dtype: torch.dtype) -> bool:
+    """Whether the launcher's autotuner may take `candidate` of `kind` for such a call."""
+    return (kind, tuple(candidate), prologue, has_residual, dtype) not in SPILLING_CANDIDATES
+
+
+def _fits_call(kind: str, config, call: dict) -> bool:
+    candidate = (config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], config.num_warps, config.num_stages)
+    return candidate_fits(kind, candidate, PROLOGUES[call["PROLOGUE"]], call["HAS_RESIDUAL"], call["x_ptr"].dtype)
+
+
 _LAUNCHERS = autotuned_launchers(
     _fused_linear_kernel, _GPU_CONFIGS,
     lambda kind, c: triton.Config({"BLOCK_N": c[0], "BLOCK_K": c[1]}, num_warps=c[2], num_stages=c[3],
                                   pre_hook=_weight_block_shape if kind in TMA_KINDS else None),
     key=["in_features", "out_features", "BLOCK_M", "PROLOGUE", "HAS_RESIDUAL", "EPILOGUE"],
+    fits=_fits_call,
 )  # fmt: skip
 
 
@@ -771,7 +790,9 @@ def _compile_configs():
     tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the
     fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL), in bf16, the model's dtype:
     the GEMV (with and without its L2 prefetch), the wgmma tiles (the swapped ones at 16 rows) and the
-    mma tiles at 16. Then the split sum, in each dtype."""
+    mma tiles at 16. Layer 0's qkv too, whose rms_norm has no residual yet (a variant of the kernel of
+    its own), and none that `candidate_fits` keeps from the launcher. Then the split sum, in each
+    dtype."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
@@ -782,7 +803,8 @@ def _compile_configs():
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
     }
     configs, compiled = [], set()
-    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+    layer_0_qkv = ("input_layernorm -> qkv_proj, layer 0 (no residual)", "rms_norm", "none", 1536, 2048, False, True)
+    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in (*MODEL_PROJECTIONS, layer_0_qkv):
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes, block_ms, pdl_block_ms = kinds[kind]
             split_k = (kind not in GEMV_KINDS and epilogue == "none"
@@ -794,7 +816,8 @@ def _compile_configs():
                 continue
             compiled.add(code)
             for block_m in block_ms:
-                for block_n, block_k, warps, stages in candidates:
+                for candidate in candidates:
+                    block_n, block_k, warps, stages = candidate
                     box = tma_block_shape(block_n, block_k, EPILOGUES.index(epilogue))
                     weight_type = f"tensordesc<T{box}>" if kind in TMA_KINDS else "*T"
                     # (dtype, USE_PDL, PREFETCH_L2): every dtype, then bf16 under PDL (the GEMV with and
@@ -802,6 +825,8 @@ def _compile_configs():
                     pdl_variants = [(torch.bfloat16, True, False)] if block_m in pdl_block_ms else []
                     pdl_variants += [(torch.bfloat16, True, True)] if kind in GEMV_KINDS else []
                     for dtype, use_pdl, prefetch in [(d, False, False) for d in dtypes] + pdl_variants:
+                        if not candidate_fits(kind, candidate, prologue, has_residual, dtype):
+                            continue
                         configs += configs_per_dtype(
                             (dtype,),
                             op=OP_NAMES[prologue, epilogue],
