@@ -135,6 +135,20 @@ def test_rms_norm_vs_torch(device, gen):
     assert rel_error(h, x + r) < BOUND and rel_error(normed, F.rms_norm(x + r, (96,), w, 1e-6)) < BOUND
 
 
+def test_fused_projections_vs_torch(device, gen):
+    """The fused_linear references against F.linear and the ops they fuse: the residual stream's add
+    after o_proj and down_proj, and SwiGLU on either side of a projection."""
+    x, w, b = randn((5, 96), F64, device, gen), randn((40, 96), F64, device, gen), randn((40,), F64, device, gen)
+    r, gate_up = randn((5, 40), F64, device, gen), randn((5, 192), F64, device, gen)
+    assert rel_error(reference.linear(x, w, b, r), F.linear(x, w, b) + r) < BOUND
+    swiglu = F.silu(gate_up[:, :96]) * gate_up[:, 96:]
+    assert rel_error(reference.silu_and_mul_linear(gate_up, w, None, r), F.linear(swiglu, w) + r) < BOUND
+    norm_weight, w_gate_up, x_residual = (randn(shape, F64, device, gen) for shape in ((96,), (80, 96), (5, 96)))
+    y, h = reference.rms_norm_linear_silu_and_mul(x, norm_weight, w_gate_up, None, 1e-6, x_residual)
+    gu = F.linear(F.rms_norm(x + x_residual, (96,), norm_weight, 1e-6), w_gate_up)
+    assert rel_error(h, x + x_residual) < BOUND and rel_error(y, F.silu(gu[:, :40]) * gu[:, 40:]) < BOUND
+
+
 def test_layer_norm_vs_torch(device, gen):
     x = randn((5, 1152), F64, device, gen, shift=2.0)
     w, b = randn((1152,), F64, device, gen), randn((1152,), F64, device, gen)

@@ -71,6 +71,7 @@ batches. Prefill-sized inputs are correct but belong to cuBLAS.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Optional
 
 import torch
@@ -275,6 +276,10 @@ def _fused_linear_kernel(
     # pair; why not gate, up, gate, up: docs/performance-log.md)
     TILE_N: tl.constexpr = 2 if EPILOGUE == 1 and BLOCK_N == 1 else BLOCK_N
     OUT_N: tl.constexpr = TILE_N // 2 if EPILOGUE == 1 else TILE_N
+    # HAS_RESIDUAL: the residual stream. rms_norm's prologue adds it to x before the norm (and the
+    # first column block writes h); after the other prologues the projection's output takes it
+    # (ADDS_RESIDUAL: o_proj's and down_proj's adds, where h = h + o); split, _sum_k_splits_kernel adds it
+    ADDS_RESIDUAL: tl.constexpr = HAS_RESIDUAL and PROLOGUE != 1
     pid_n = tl.program_id(0)
     # SPLIT_K (tensor-core path): program (n, m, s) takes K columns [s * k_per_split, ...), a multiple
     # of BLOCK_K, so no chunk crosses into the next split; its fp32 sums go to partial_ptr and
@@ -318,6 +323,12 @@ def _fused_linear_kernel(
                 prefetch_rows_to_l2(weight + weight_row.to(tl.int64) * weight_row_stride + BLOCK_K,
                                     tl.where(col < out_features, rest_bytes, 0))  # fmt: skip
     wait_for_previous_kernel(USE_PDL)
+    # ADDS_RESIDUAL: the GEMV reads its outputs' residual here, after the wait (the kernel before may
+    # write it) and before its loop (read after it, ptxas spilled the loop's offsets: 4 to 8 bytes
+    # in 5 of the PDL GEMV configs under Triton 3.9); the tensor-core path reads it after its loop
+    out_mask = row_mask[:, None] & col_mask[None, :]
+    if ADDS_RESIDUAL:
+        residual = tl.load(residual_ptr + res_rows[:, None] + cols[None, :], mask=out_mask, other=0.0)
 
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
     # input rounded to the input dtype before its first product (as the unfused rms_norm writes it),
@@ -375,7 +386,6 @@ def _fused_linear_kernel(
     elif SWAP_AB:
         acc = tl.trans(acc)  # [BLOCK_M, BLOCK_N], as the stores below take it
 
-    out_mask = row_mask[:, None] & col_mask[None, :]
     if SPLIT_K:
         partial = partial_ptr + (pid_k * num_rows + rows).to(tl.int64)[:, None] * out_features + cols[None, :]
         tl.store(partial, acc, mask=out_mask)
@@ -388,15 +398,22 @@ def _fused_linear_kernel(
             acc = gate * up * tl.sigmoid(gate)
             cols = pid_n * OUT_N + tl.arange(0, OUT_N)
             out_mask = row_mask[:, None] & (cols < out_features)[None, :]
+        if ADDS_RESIDUAL:
+            if USE_DOT:
+                residual = tl.load(residual_ptr + res_rows[:, None] + cols[None, :], mask=out_mask, other=0.0)
+            acc += residual.to(tl.float32)
         out = out_ptr + rows.to(tl.int64)[:, None] * out_features + cols[None, :]
         tl.store(out, acc.to(dtype), mask=out_mask)
 
 
 @triton.jit
-def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_stride, out_features,
-                         HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
-    """out[row, cols] = the K splits' fp32 sums [num_k_splits, rows, N] added up, + bias, rounded.
-    Under PDL it is launched while the split kernel runs and waits for it before reading a sum."""
+def _sum_k_splits_kernel(partial_ptr, bias_ptr, residual_ptr, out_ptr, num_k_splits, split_stride, out_features,
+                         res_outer_stride, res_inner_size, res_inner_stride,
+                         HAS_BIAS: tl.constexpr, ADDS_RESIDUAL: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+                         USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """out[row, cols] = the K splits' fp32 sums [num_k_splits, rows, N] added up, + bias (+ the
+    residual stream), rounded. Under PDL it is launched while the split kernel runs and waits for it
+    before reading a sum."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < out_features
     partial = partial_ptr + tl.program_id(1).to(tl.int64) * out_features + cols
@@ -407,6 +424,9 @@ def _sum_k_splits_kernel(partial_ptr, bias_ptr, out_ptr, num_k_splits, split_str
         partial += split_stride
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if ADDS_RESIDUAL:
+        row_start = row_starts(tl.program_id(1), res_outer_stride, res_inner_size, res_inner_stride, STRIDE_MULTIPLE)
+        acc += tl.load(residual_ptr + row_start + cols, mask=col_mask, other=0.0).to(tl.float32)
     out = out_ptr + tl.program_id(1).to(tl.int64) * out_features + cols
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=col_mask)
 
@@ -468,11 +488,13 @@ def _weight_block_shape(nargs: dict) -> None:
 
 
 # (kind, candidate, prologue, has_residual, dtype) that the launcher never takes: its compile spills.
-# Triton 3.9's ptxas keeps the fp16 rms_norm GEMV without a residual (layer 0's qkv, a user's call)
-# at 72 registers on the 4 x 1024 tile and spills the lane's K offset, reloaded at every K step
-# (Triton 3.6's does not); a register cap that stops it raised every other variant of the tile's
-# registers by 10 to 40 (docs/performance-log.md). The autotuner takes one of the other tiles there.
-SPILLING_CANDIDATES = {("gemv", (4, 1024, 4, 1), "rms_norm", False, torch.float16)}
+# The rms_norm GEMV without a residual (layer 0's qkv; gate_up's and the LM head's under
+# RunOptions.residual_in_epilogue; a user's call) on the 4 x 1024 tile: ptxas keeps it at 72
+# registers and spills 4 to 8 bytes, the lane's K offsets, reloaded at every K step (fp16 under
+# Triton 3.9, bf16 under PDL under Triton 3.6). A register cap on the tile that stops it raised
+# every other variant of the tile's registers by 10 to 40 (docs/performance-log.md). The autotuner
+# takes one of the other four GEMV tiles there.
+SPILLING_CANDIDATES = {("gemv", (4, 1024, 4, 1), "rms_norm", False, dtype) for dtype in (torch.float16, torch.bfloat16)}
 
 
 def candidate_fits(kind: str, candidate: tuple, prologue: str, has_residual: bool, dtype: torch.dtype) -> bool:
@@ -569,17 +591,21 @@ def _check_weights(x, in_features: int, weight, bias):
         check_tensor("bias", bias, shape=(weight.shape[0],), layout="[N]", unit_stride_last=True)
 
 
-def linear(x, weight, bias=None, *, backend="triton"):
-    """F.linear for decode-sized inputs: x [..., K] @ weight.T + bias -> [..., N].
+def linear(x, weight, bias=None, residual=None, *, backend="triton"):
+    """F.linear for decode-sized inputs: x [..., K] @ weight.T + bias (+ residual) -> [..., N].
 
     x: fp16/bf16/fp32, contiguous last dim, any other strides; weight [N, K] in x's dtype with a
-    contiguous last dim (a row slice of a fused weight is fine); bias [N] (any float dtype) or None.
+    contiguous last dim (a row slice of a fused weight is fine); bias [N] (any float dtype) or None;
+    residual [..., N] in x's dtype, contiguous last dim, or None: the residual stream, added to the
+    fp32 product before its one rounding (o_proj's h + o).
     """
     check_backend(backend)
     in_features = check_row_input("x", x, max_cols=2**31 - 1)
     _check_weights(x, in_features, weight, bias)
-    check_same_device({"x": x, "weight": weight, "bias": bias})
-    return _dispatch("linear", backend, (x, weight, bias), (x, weight, bias, None, None, 0.0, PROLOGUES.index("none"), 0))
+    _check_output_residual(x, weight, residual)
+    check_same_device({"x": x, "weight": weight, "bias": bias, "residual": residual})
+    return _dispatch("linear", backend, (x, weight, bias, residual),
+                     (x, weight, bias, None, residual, 0.0, PROLOGUES.index("none"), 0))  # fmt: skip
 
 
 def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None, *, backend="triton"):
@@ -623,17 +649,26 @@ def _check_rms_norm_linear(x, norm_weight, weight, bias, eps, residual, backend)
     check_eps(eps)
 
 
-def silu_and_mul_linear(x, weight, bias=None, *, backend="triton"):
-    """linear(silu_and_mul(x), weight, bias) in one kernel: x [..., 2I] = concat(gate, up),
-    weight [N, I], bias [N] or None -> [..., N]."""
+def silu_and_mul_linear(x, weight, bias=None, residual=None, *, backend="triton"):
+    """linear(silu_and_mul(x), weight, bias, residual) in one kernel: x [..., 2I] = concat(gate, up),
+    weight [N, I], bias [N] or None, residual [..., N] or None (as for `linear`) -> [..., N]."""
     check_backend(backend)
     width = check_row_input("x", x, max_cols=2**31 - 1)
     if width % 2:
         raise ValueError(f"x: expected an even last dim [..., 2I] (gate and up halves), got {width}")
     _check_weights(x, width // 2, weight, bias)
-    check_same_device({"x": x, "weight": weight, "bias": bias})
-    return _dispatch("silu_and_mul_linear", backend, (x, weight, bias),
-                     (x, weight, bias, None, None, 0.0, PROLOGUES.index("silu_and_mul"), 0))  # fmt: skip
+    _check_output_residual(x, weight, residual)
+    check_same_device({"x": x, "weight": weight, "bias": bias, "residual": residual})
+    return _dispatch("silu_and_mul_linear", backend, (x, weight, bias, residual),
+                     (x, weight, bias, None, residual, 0.0, PROLOGUES.index("silu_and_mul"), 0))  # fmt: skip
+
+
+def _check_output_residual(x, weight, residual):
+    """A residual added to the output: the output's shape [..., N] and x's dtype."""
+    if residual is not None:
+        shape = (*x.shape[:-1], weight.shape[0])
+        check_tensor("residual", residual, shape=shape, layout="(the output's shape [..., N])", unit_stride_last=True)
+        check_same_dtype("residual", residual, "x", x)
 
 
 def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
@@ -648,13 +683,13 @@ def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
 
 def _fake(x, weight, bias, norm_weight, residual, eps, prologue, epilogue):
     out = x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if epilogue else weight.shape[0]))
-    return [out] if residual is None else [out, x.new_empty(x.shape)]
+    return [out, x.new_empty(x.shape)] if residual is not None and prologue == PROLOGUES.index("rms_norm") else [out]
 
 
 def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          norm_weight: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                          eps: float, prologue: int, epilogue: int) -> list[torch.Tensor]:  # fmt: skip
-    """[y] or, with residual, [y, x + residual]."""
+    """[y] or, with residual and rms_norm, [y, x + residual]."""
     return launch(x, weight, bias, norm_weight, residual, eps, prologue, epilogue)
 
 
@@ -677,12 +712,14 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     weight_rows, in_features = weight.shape
     out_features = weight_rows // 2 if epilogue else weight_rows
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
-    residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
+    # with rms_norm, h = x + residual is a second output; the other prologues add the residual to out
+    writes_h = residual is not None and prologue == PROLOGUES.index("rms_norm")
+    residual_out = new_output(x.shape, x.dtype, x.device) if writes_h else None
     x_rows = collapse_rows("x", x)
     res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
     num_rows = x_rows.num_rows
     if num_rows == 0:
-        return [out] if residual is None else [out, residual_out]
+        return [out, residual_out] if writes_h else [out]
     if kind is None:
         kind = _launcher_kind(num_rows, x.dtype, num_rows > 1 and weight_tma_ok(weight))
     block_m = {
@@ -711,7 +748,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
         weight_arg = TensorDescriptor(weight, shape, strides, tma_block_shape(block_n, block_k, epilogue))
     args = (
         x, residual if residual is not None else x, norm_weight if norm_weight is not None else x, weight_arg,
-        bias if bias is not None else x, out, residual_out if residual is not None else out, partial,
+        bias if bias is not None else x, out, residual_out if writes_h else out, partial,
         num_rows, in_features, out_features, k_per_split, *x_rows[1:], *res_rows[1:], weight.stride(0), eps,
     )  # fmt: skip
     constexprs = {
@@ -742,10 +779,12 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     if num_k_splits > 1:
         block_n = _sum_block_n(out_features)
         _sum_k_splits_kernel[(cdiv(out_features, block_n), num_rows)](
-            partial, bias if bias is not None else partial, out, num_k_splits, num_rows * out_features, out_features,
-            HAS_BIAS=bias is not None, BLOCK_N=block_n, num_warps=SUM_WARPS, **pdl_options(x.device),
+            partial, bias if bias is not None else partial, residual if residual is not None else partial, out,
+            num_k_splits, num_rows * out_features, out_features, *res_rows[1:],
+            HAS_BIAS=bias is not None, ADDS_RESIDUAL=residual is not None and not writes_h,
+            STRIDE_MULTIPLE=constexprs["STRIDE_MULTIPLE"], BLOCK_N=block_n, num_warps=SUM_WARPS, **pdl_options(x.device),
         )  # fmt: skip
-    return [out] if residual is None else [out, residual_out]
+    return [out, residual_out] if writes_h else [out]
 
 
 SUM_WARPS = 4
@@ -790,9 +829,9 @@ def _compile_configs():
     tiles at BLOCK_M 16 and 32 (B=8 and B=32 decode), K split as `k_splits` splits it on 132 SMs; the
     fp32 tiles at 16 and 32. With programmatic dependent launch (USE_PDL), in bf16, the model's dtype:
     the GEMV (with and without its L2 prefetch), the wgmma tiles (the swapped ones at 16 rows) and the
-    mma tiles at 16. Layer 0's qkv too, whose rms_norm has no residual yet (a variant of the kernel of
-    its own), and none that `candidate_fits` keeps from the launcher. Then the split sum, in each
-    dtype."""
+    mma tiles at 16. Each projection also with the residual stream flipped (`_residual_variants`),
+    and none that `candidate_fits` keeps from the launcher. Then the split sum, in each dtype, with
+    and without the residual's add."""
     half = (torch.float16, torch.bfloat16)
     kinds = {  # kind -> (dtypes, row blocks, the row blocks that also get a PDL variant in bf16)
         "gemv": (FLOAT_DTYPES, (1,), (1,)),
@@ -803,8 +842,7 @@ def _compile_configs():
         "dot_fp32": ((torch.float32,), (16, MAX_BLOCK_M), ()),
     }
     configs, compiled = [], set()
-    layer_0_qkv = ("input_layernorm -> qkv_proj, layer 0 (no residual)", "rms_norm", "none", 1536, 2048, False, True)
-    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in (*MODEL_PROJECTIONS, layer_0_qkv):
+    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in _residual_variants():
         for kind, candidates in _GPU_CONFIGS.items():
             dtypes, block_ms, pdl_block_ms = kinds[kind]
             split_k = (kind not in GEMV_KINDS and epilogue == "none"
@@ -890,24 +928,40 @@ def _compile_configs():
                             wgmma=kind in TMA_KINDS,
                             barrier_free_loops=kind in GEMV_KINDS,
                         )
-    # every dtype, then bf16 under PDL
-    for dtypes, use_pdl in ((FLOAT_DTYPES, False), ((torch.bfloat16,), True)):
+    # every dtype, then bf16 under PDL; without and with the residual's add
+    for (dtypes, use_pdl), adds_residual in itertools.product(((FLOAT_DTYPES, False), ((torch.bfloat16,), True)), (False, True)):
         configs += configs_per_dtype(
             dtypes,
             op="linear",
-            shape="sum of the K splits, N=1536 (o_proj, down_proj)" + (", PDL" if use_pdl else ""),
+            shape="sum of the K splits, N=1536 (o_proj, down_proj)"
+            + (" + residual" if adds_residual else "")
+            + (", PDL" if use_pdl else ""),
             kernel=_sum_k_splits_kernel,
             signature={
                 "partial_ptr": "*fp32",
                 "bias_ptr": "*T",
+                "residual_ptr": "*T",
                 "out_ptr": "*T",
                 "num_k_splits": "i32",
                 "split_stride": "i64",
                 "out_features": "i32",
+                **row_layout_signature("res"),
             },  # fmt: skip
-            constexprs={"HAS_BIAS": False, "USE_PDL": use_pdl, "BLOCK_N": _sum_block_n(1536)},
+            constexprs={"HAS_BIAS": False, "ADDS_RESIDUAL": adds_residual, "USE_PDL": use_pdl, "BLOCK_N": _sum_block_n(1536)},
             num_warps=SUM_WARPS,
             num_stages=1,
-            aligned=("partial_ptr", "bias_ptr", "out_ptr", "split_stride", "out_features"),
+            aligned=("partial_ptr", "bias_ptr", "residual_ptr", "out_ptr", "split_stride", "out_features", "res_outer_stride"),
         )
     return configs
+
+
+def _residual_variants() -> list[tuple]:
+    """MODEL_PROJECTIONS, each also with its residual stream flipped: layer 0's qkv and, under
+    RunOptions.residual_in_epilogue, gate_up's and the LM head's norms take h alone, while o_proj
+    and down_proj add the residual to their outputs (each a kernel variant of its own)."""
+    variants = []
+    for where, prologue, epilogue, in_features, out_features, has_residual, has_bias in MODEL_PROJECTIONS:
+        flipped = f"{where} + residual" if not has_residual else f"{where}, no residual"
+        variants += [(where, prologue, epilogue, in_features, out_features, has_residual, has_bias),
+                     (flipped, prologue, epilogue, in_features, out_features, not has_residual, has_bias)]  # fmt: skip
+    return variants

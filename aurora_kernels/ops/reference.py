@@ -248,11 +248,13 @@ def gelu_tanh(x):
     return (0.5 * h * (1.0 + torch.tanh(inner))).to(x.dtype)
 
 
-def linear(x, weight, bias=None):
-    """x [..., K] @ weight.T + bias -> [..., N] (F.linear)."""
+def linear(x, weight, bias=None, residual=None):
+    """x [..., K] @ weight.T + bias (F.linear) + residual -> [..., N], rounded once."""
     out = _up(x) @ _up(weight).T
     if bias is not None:
         out = out + _up(bias)
+    if residual is not None:
+        out = out + _up(residual)
     return out.to(x.dtype)
 
 
@@ -264,9 +266,9 @@ def rms_norm_linear(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
     return linear(normed, weight, bias), h
 
 
-def silu_and_mul_linear(x, weight, bias=None):
-    """linear(silu_and_mul(x), weight, bias): x [..., 2I], weight [N, I] -> [..., N]."""
-    return linear(silu_and_mul(x), weight, bias)
+def silu_and_mul_linear(x, weight, bias=None, residual=None):
+    """linear(silu_and_mul(x), weight, bias, residual): x [..., 2I], weight [N, I] -> [..., N]."""
+    return linear(silu_and_mul(x), weight, bias, residual)
 
 
 def rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias=None, eps=1e-6, residual=None):
