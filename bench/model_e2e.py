@@ -57,16 +57,19 @@ BACKENDS = {
     ),
     "triton-fused-prefetch": ("triton", RunOptions(weight_prefetch=True)),
     "triton-fused-activation-in-gate-up": ("triton", RunOptions(activation_in_gate_up=True)),
+    "triton-fused-residual-in-epilogue": ("triton", RunOptions(residual_in_epilogue=True)),
     "reference": ("reference", RunOptions(fuse_decode_projections=False, programmatic_dependent_launch=False)),
 }
 # "triton-fused-prefetch": "triton-fused" with RunOptions.weight_prefetch (each GEMV asks the L2 for
 # its weight rows before its PDL wait), B=1 alone: its rows against "triton-fused"'s decide that
 # option's default; "triton-fused-activation-in-gate-up" (SwiGLU in gate_up's epilogue, down_proj a
-# plain GEMV) likewise
+# plain GEMV) and "triton-fused-residual-in-epilogue" (the residual stream's adds in o_proj's and
+# down_proj's epilogues) likewise
 ONE_SEQUENCE_RUNS = (
     ("triton-fused", "cuda_graph"),
     ("triton-fused-prefetch", "cuda_graph"),
     ("triton-fused-activation-in-gate-up", "cuda_graph"),
+    ("triton-fused-residual-in-epilogue", "cuda_graph"),
     ("triton-fused-no-pdl", "cuda_graph"),
 )
 # "triton-fused-batched": the defaults with RunOptions.fuse_batched_projections (a batched step's

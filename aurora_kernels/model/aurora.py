@@ -348,7 +348,8 @@ class AuroraEdgeV(nn.Module):
         if should_check_values(kv.seqlens) and bool((kv.seqlens >= kv.capacity).any()):
             raise ValueError(f"kv: a sequence's cache is full ({kv.capacity} positions); prefill with a larger max_new_tokens")
         logits = self.llm.decode_logits(self.llm.embed_tokens(tokens), kv, self.options.fuses_decode_projections(kv.batch),
-                                        self.options.puts_activation_in_gate_up(kv.batch))  # fmt: skip
+                                        self.options.puts_activation_in_gate_up(kv.batch),
+                                        self.options.adds_residual_in_epilogue(kv.batch))  # fmt: skip
         kv.seqlens += 1
         return logits
 

@@ -94,12 +94,15 @@ class DecoderLayer(nn.Module):
         v = qkv[..., q_width + kv_width :].unflatten(-1, (self.num_kv_heads, self.head_dim))
         return q, k, v
 
-    def forward(self, x, residual, attend: Attend, fused_projections: bool = False, activation_in_gate_up: bool = False):
-        """fused_projections: each projection with the op that feeds it in one kernel (ops/fused_linear.py),
-        for decode-sized inputs; activation_in_gate_up (with it): SwiGLU's activation with gate_up,
-        in its epilogue, not with down_proj."""
+    def forward(self, x, residual, attend: Attend, fused_projections: bool = False, activation_in_gate_up: bool = False,
+                residual_in_epilogue: bool = False):  # fmt: skip
+        """(x, residual) -> the next layer's (x, residual): the residual stream is x + residual, or x
+        where residual is None. fused_projections: each projection with the op that feeds it in one
+        kernel (ops/fused_linear.py), for decode-sized inputs; with it, activation_in_gate_up:
+        SwiGLU's activation with gate_up, in its epilogue, not with down_proj; residual_in_epilogue:
+        the stream's adds in o_proj's and down_proj's epilogues (the layer returns residual None)."""
         if fused_projections:
-            return self._forward_fused(x, residual, attend, activation_in_gate_up)
+            return self._forward_fused(x, residual, attend, activation_in_gate_up, residual_in_epilogue)
         if residual is None:
             h, residual = self.input_layernorm(x), x
         else:
@@ -108,14 +111,22 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(self.o_proj(attn.flatten(-2)), residual)
         return self.down_proj(ak.silu_and_mul(self.gate_up_proj(h), backend=self.backend)), residual
 
-    def _forward_fused(self, x, residual, attend: Attend, activation_in_gate_up: bool):
+    def _forward_fused(self, x, residual, attend: Attend, activation_in_gate_up: bool, residual_in_epilogue: bool):
         norm, backend = self.input_layernorm, self.backend
         normed_qkv = ak.rms_norm_linear(x, norm.weight, self.qkv_proj.weight, self.qkv_proj.bias, norm.eps, residual,
                                         backend=backend)  # fmt: skip
         qkv, residual = (normed_qkv, x) if residual is None else normed_qkv
         attn = attend(self.index, *self.split_qkv(qkv))
-        o = ak.linear(attn.flatten(-2), self.o_proj.weight, backend=backend)
         norm = self.post_attention_layernorm
+        if residual_in_epilogue:  # h = h + o in o_proj, and h + mlp in down_proj: the norm reads h alone
+            h = ak.linear(attn.flatten(-2), self.o_proj.weight, None, residual, backend=backend)
+            if activation_in_gate_up:
+                activated = ak.rms_norm_linear_silu_and_mul(h, norm.weight, self.gate_up_proj.weight, None, norm.eps,
+                                                            backend=backend)  # fmt: skip
+                return ak.linear(activated, self.down_proj.weight, None, h, backend=backend), None
+            gate_up = ak.rms_norm_linear(h, norm.weight, self.gate_up_proj.weight, None, norm.eps, backend=backend)
+            return ak.silu_and_mul_linear(gate_up, self.down_proj.weight, None, h, backend=backend), None
+        o = ak.linear(attn.flatten(-2), self.o_proj.weight, backend=backend)
         if activation_in_gate_up:
             activated, residual = ak.rms_norm_linear_silu_and_mul(
                 o, norm.weight, self.gate_up_proj.weight, None, norm.eps, residual, backend=backend

@@ -30,12 +30,13 @@ class Qwen2LM(nn.Module):
         """x [..., C] through every layer (attention and RoPE by `attend`) and the final norm."""
         return self.norm(*self._layers(x, attend, False))[0]
 
-    def _layers(self, x: torch.Tensor, attend: Attend, fused_projections: bool,
-                activation_in_gate_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """(x, residual) after every layer, before the final norm's residual add."""
+    def _layers(self, x: torch.Tensor, attend: Attend, fused_projections: bool, activation_in_gate_up: bool = False,
+                residual_in_epilogue: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """(x, residual) after every layer, before the final norm's residual add (None: x is the
+        residual stream, under residual_in_epilogue)."""
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, attend, fused_projections, activation_in_gate_up)
+            x, residual = layer(x, residual, attend, fused_projections, activation_in_gate_up, residual_in_epilogue)
         return x, residual
 
     def rotated(self, attend: Attend, positions: torch.Tensor) -> Attend:
@@ -79,22 +80,24 @@ class Qwen2LM(nn.Module):
 
         return self.run_layers(x, attend)
 
-    def decode_logits(self, x: torch.Tensor, cache: KVCache, fused: bool = False,
-                      activation_in_gate_up: bool = False) -> torch.Tensor:  # fmt: skip
+    def decode_logits(self, x: torch.Tensor, cache: KVCache, fused: bool = False, activation_in_gate_up: bool = False,
+                      residual_in_epilogue: bool = False) -> torch.Tensor:  # fmt: skip
         """One new token per sequence, x [B, C] at position cache.seqlens -> logits [B, vocab]. Each
         layer's decode_attention rotates q and k at cache.seqlens with the full rotary tables and
         appends the K/V there; the caller then advances it. fused: each projection runs with the op
         that feeds it as one kernel (a GEMV for one sequence, tensor-core tiles for more), the final
         norm with the LM head too (RunOptions.fuses_decode_projections decides); with
         activation_in_gate_up, SwiGLU's activation in gate_up's epilogue instead of down_proj's
-        prologue (RunOptions.puts_activation_in_gate_up)."""
+        prologue (RunOptions.puts_activation_in_gate_up); with residual_in_epilogue, the residual
+        stream's adds in o_proj's and down_proj's epilogues (RunOptions.adds_residual_in_epilogue)."""
 
         def attend(index, q, k, v):
             return ak.decode_attention(q, cache.k[index], cache.v[index], cache.seqlens, k, v, block_table=cache.block_table,
                                        rotary_cos=self.rotary.cos, rotary_sin=self.rotary.sin, backend=self.backend)  # fmt: skip
 
-        x, residual = self._layers(x[:, None], attend, fused, activation_in_gate_up)
+        x, residual = self._layers(x[:, None], attend, fused, activation_in_gate_up, residual_in_epilogue)
         if fused:
-            return ak.rms_norm_linear(x, self.norm.weight, self.head_weight(), None, self.norm.eps, residual,
-                                      backend=self.backend)[0][:, 0]  # fmt: skip
+            head = ak.rms_norm_linear(x, self.norm.weight, self.head_weight(), None, self.norm.eps, residual,
+                                      backend=self.backend)  # fmt: skip
+            return (head if residual is None else head[0])[:, 0]
         return self.logits(self.norm(x, residual)[0][:, 0])

@@ -48,6 +48,12 @@ class RunOptions:
     # halves of gate_up. Off until a GPU run shows the step gains (bench/model_e2e.py's
     # "triton-fused-activation-in-gate-up" rows; the figures: docs/performance-log.md).
     activation_in_gate_up: bool = False
+    # Fused decode steps add the residual stream in o_proj's and down_proj's epilogues (linear and
+    # silu_and_mul_linear with residual=h), so that the norms' projections after them read h alone,
+    # instead of x and the residual, and write no h. Off until a GPU run shows the step gains
+    # (bench/model_e2e.py's "triton-fused-residual-in-epilogue" rows; the figures:
+    # docs/performance-log.md).
+    residual_in_epilogue: bool = False
     # Prefill's image encoder (vision tower, projector, compressor: static shapes, ~300 of a B=1
     # prefill's ~720 launches) replayed from a CUDA graph, one per batch shape, captured on that
     # shape's first prefill and kept (MAX_ENCODER_GRAPHS in model/aurora.py, least recently used
@@ -71,6 +77,11 @@ class RunOptions:
     def puts_activation_in_gate_up(self, batch: int) -> bool:
         """Whether a decode step of `batch` sequences computes SwiGLU in gate_up's epilogue."""
         return self.activation_in_gate_up and self.fuses_decode_projections(batch)
+
+    def adds_residual_in_epilogue(self, batch: int) -> bool:
+        """Whether a decode step of `batch` sequences adds the residual stream in the projections'
+        epilogues."""
+        return self.residual_in_epilogue and self.fuses_decode_projections(batch)
 
     def replace(self, **changes) -> "RunOptions":
         """These options with `changes`; an unknown name is an error that lists the known ones."""

@@ -151,6 +151,39 @@ def test_the_activation_in_gate_up_gives_the_fused_steps_logits(device, gen):
     assert_parity(logits[True], logits[False].double(), torch.float32, "activation in gate_up vs in down_proj")
 
 
+def test_the_residual_in_the_epilogues_gives_the_fused_steps_logits(device, gen, monkeypatch):
+    """RunOptions.residual_in_epilogue: a fused step's o_proj and down_proj add the residual stream
+    (linear and silu_and_mul_linear, or with activation_in_gate_up a plain linear, with residual=h)
+    and the norms' projections read h alone; the logits of the default fused step, at one sequence
+    and (under fuse_batched_projections) three. Unfused steps never take it."""
+    assert [RunOptions(residual_in_epilogue=True).adds_residual_in_epilogue(b) for b in (1, 2)] == [True, False]
+    assert not RunOptions(fuse_decode_projections=False, residual_in_epilogue=True).adds_residual_in_epilogue(1)
+    model = tiny_model(device, "mlp", backend="triton")
+    layers = model.config.llm.num_layers
+    with_residual = []  # the projections called with a residual to add: o_proj and down_proj, every layer
+    for name in ("linear", "silu_and_mul_linear"):
+        op = getattr(ak, name)
+        monkeypatch.setattr(ak, name, lambda *a, op=op, **k: with_residual.append(len(a) > 3 and a[3] is not None) or op(*a, **k))
+    for lengths in (PROMPT_LENGTHS[1:2], PROMPT_LENGTHS):
+        pixel_values, ids = requests(model, device, gen, lengths)
+        tokens = torch.randint(0, model.config.llm.vocab_size, (len(ids),), generator=gen, device=device)
+        logits = {}
+        for in_epilogue, in_gate_up in ((False, False), (True, False), (True, True)):
+            model.set_options(fuse_batched_projections=True, residual_in_epilogue=in_epilogue, activation_in_gate_up=in_gate_up)
+            _, kv = model.prefill(pixel_values, ids, 1)
+            with_residual.clear()
+            with ak.count_calls() as calls:
+                logits[in_epilogue, in_gate_up] = model.decode_step(tokens, kv)
+            assert sum(with_residual) == (2 * layers if in_epilogue else 0)
+            counts = {op: calls[(op, "triton")] for op in FUSED_PROJECTIONS if calls[(op, "triton")]}
+            mlp = {"rms_norm_linear_silu_and_mul": layers, "linear": 2 * layers} if in_gate_up else {
+                "rms_norm_linear": layers, "linear": layers, "silu_and_mul_linear": layers}  # fmt: skip
+            assert counts == {**mlp, "rms_norm_linear": layers + 1 + mlp.get("rms_norm_linear", 0)}, counts
+        default = logits[False, False].double()
+        for key in ((True, False), (True, True)):
+            assert_parity(logits[key], default, torch.float32, f"residual in the epilogues {key} vs the fused step")
+
+
 def test_which_decode_steps_fuse_their_projections():
     """One sequence: fuse_decode_projections; 2..64 (one wgmma tile of rows): fuse_batched_projections;
     more sequences keep cuBLAS, where the fused tiles would re-read the weight per 64 rows."""
