@@ -2,10 +2,12 @@
 the elementwise op that feeds the projection done on the way in (or the one that follows it, on the
 way out). Four entry points, one kernel:
 
-- `linear(x, weight, bias)`: F.linear (the LLM's o_proj);
+- `linear(x, weight, bias, residual)`: F.linear (the LLM's o_proj), + the residual stream if given
+  (h + o in the epilogue, so that the next norm reads h alone: RunOptions.residual_in_epilogue);
 - `rms_norm_linear(x, norm_weight, weight, bias, eps, residual)`: rms_norm (+ the residual add)
   then the projection (input_layernorm -> qkv_proj, post_attention_layernorm -> gate_up_proj);
-- `silu_and_mul_linear(x, weight, bias)`: silu(gate) * up then the projection (down_proj);
+- `silu_and_mul_linear(x, weight, bias, residual)`: silu(gate) * up then the projection (down_proj),
+  + the residual stream as for `linear`;
 - `rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias, eps, residual)`: rms_norm, the gate_up
   projection, then silu(gate) * up, so that down_proj is a plain `linear`. Where the activation is
   down_proj's prologue, each of its programs recomputes it over all of K = 8960 from both halves of
