@@ -31,6 +31,7 @@ PY_CPUINFO2_VERSION ?= 10.1.1
 # the lowest transformers the package declares (pyproject.toml, the hf extra), tested in a venv of its own
 TRANSFORMERS_FLOOR ?= 4.54.1
 FLOOR_VENV ?= .venv-floor
+FLOOR_LINKS := $(abspath $(FLOOR_VENV))/linked-from-main-venv
 # the vLLM release the plugin is written and tested against (make test-vllm)
 VLLM_VERSION ?= 0.33.0
 VLLM_VENV ?= .venv-vllm
@@ -56,9 +57,15 @@ test: $(STAMP) $(GPU_IMAGE_TRITON_STAMP)
 	AURORA_GPU_IMAGE_TRITON=$(GPU_IMAGE_TRITON) TRITON_INTERPRET=1 $(VPY) -m pytest -q -n $(PYTEST_WORKERS) tests --ignore=tests/vllm --ignore=tests/benchmarks
 
 # CPU: the model's tests (where transformers is used) with the lowest transformers the package declares.
+# torch and triton (1.7 GB installed) are not installed a second time: a .pth file puts a folder of links
+# to the main venv's on the floor venv's path, after its own site-packages, so pip finds them installed
+# and everything else (transformers, huggingface_hub, tokenizers; no `kernels`) is the floor venv's own.
 test-floor: $(STAMP)
 	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	mkdir -p $(FLOOR_LINKS)
+	cd $(VENV)/lib/python3*/site-packages && for package in torch torchgen functorch torch-*.dist-info triton triton-*.dist-info; \
+		do ln -sfn "$$PWD/$$package" $(FLOOR_LINKS)/; done
+	$(FLOOR_VENV)/bin/python -c "import site; open(site.getsitepackages()[0] + '/aurora-linked.pth', 'w').write('$(FLOOR_LINKS)\n')"
 	$(FLOOR_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[test,model,hf]' transformers==$(TRANSFORMERS_FLOOR)
 	TRITON_INTERPRET=1 $(FLOOR_VENV)/bin/python -m pytest -q -n $(PYTEST_WORKERS) tests/model
 
