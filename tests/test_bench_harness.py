@@ -789,12 +789,15 @@ def test_model_host_cost_with_stubbed_launches(device):
     assert "| 1 | 8 |" in model_host.markdown([row])
 
 
-def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, capsys, device):
+def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, capsys, device, tmp_path):
     """`python -m bench --ops X` writes its reports to a temporary folder (or --results-dir), never
     over bench/results/, whose files hold every op's rows."""
     if device.type != "cpu":
         pytest.skip("the CPU flow (a GPU machine times the op instead)")
     import subprocess
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the folder is the test's, not left in /tmp
 
     from aurora_kernels import compile_report
 
@@ -808,6 +811,7 @@ def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, cap
     assert run.main(["--ops", "gelu_tanh"]) == 0
     out = capsys.readouterr().out
     folder = out.split("results go to ")[1].split()[0]
+    assert os.path.dirname(folder) == str(tmp_path)
     assert "roofline-floors-h100.md" in os.listdir(folder) and "compile-sm90.md" in os.listdir(folder)
     assert seen and all(kwargs["ops"] == ("gelu_tanh",) for kwargs in seen)  # the op's configs alone
     assert subprocess.run(["git", "status", "--porcelain", "bench/results"], capture_output=True, text=True).stdout == committed
