@@ -25,7 +25,11 @@ class KernelConfig:
     loads_before_barrier: every global load ahead of its first tensor-core product (or, with none,
     its first global store) must be issued before its first barrier (a latency-bound kernel: a load
     issued behind a barrier waits for the values that barrier waits for, so the program goes to
-    memory twice in a row).
+    memory twice in a row). loads_before_wait (USE_PDL configs): how many global loads its SASS issues
+    ahead of its grid dependency wait, while the kernel before it still runs (ops/_pdl.py: only what
+    that kernel cannot write); with PREFETCH_L2, also how many L2 prefetches (one a weight row).
+    run_option: the RunOptions field, off by default, without which nothing launches this config
+    (`compile_report --default-options` leaves such configs out).
     """
 
     op: str
@@ -41,6 +45,8 @@ class KernelConfig:
     barrier_free_loops: bool = False
     loads_before_barrier: bool = False
     dtype: str = ""  # the label of the dtype the config is typed for ("bf16", "fp16", "fp32")
+    loads_before_wait: int | None = None
+    run_option: str = ""
 
 
 def pointer_type(dtype) -> str:

@@ -175,6 +175,8 @@ def compile_one(cfg: KernelConfig) -> dict:
         "wgmma": cfg.wgmma,
         "barrier_free_loops": cfg.barrier_free_loops,
         "loads_before_barrier": cfg.loads_before_barrier,
+        "expected_loads_before_wait": cfg.loads_before_wait,
+        "run_option": cfg.run_option,
     }
     names = cfg.kernel.arg_names
     signature = {name: ("constexpr" if name in cfg.constexprs else cfg.signature[name]) for name in names}
@@ -265,10 +267,22 @@ def problems(row: dict) -> list[str]:
         found.append(f"{row['loop_barriers']} barriers (bar.sync) inside its loops, which must have none")
     if row.get("loads_behind_barrier"):
         found.append(f"{row['loads_behind_barrier']} global loads behind its first barrier, ahead of its first product or store")
-    if row["constexprs"].get("USE_PDL") and not row.get("grid_dependency_wait"):
+    constexprs = row["constexprs"]
+    if constexprs.get("USE_PDL") and not row.get("grid_dependency_wait"):
         found.append("USE_PDL, but no griddepcontrol.wait in the PTX")
-    if row["constexprs"].get("PREFETCH_L2") and not row.get("l2_prefetches_before_wait"):
-        found.append("PREFETCH_L2, but no L2 bulk prefetch ahead of the grid dependency wait")
+    if not constexprs.get("USE_PDL") and row.get("grid_dependency_wait"):
+        found.append("a griddepcontrol.wait in the PTX, without USE_PDL")
+    if row.get("grid_dependency_wait"):
+        expected = row.get("expected_loads_before_wait")
+        if expected is None or row["loads_before_wait"] != expected:
+            found.append(f"{row['loads_before_wait']} global loads ahead of the grid dependency wait, expected {expected}")
+        if row["next_launched_before_wait"] != bool(constexprs.get("NEXT_LAUNCHED")):
+            found.append(f"the next kernel launched ahead of the wait: {row['next_launched_before_wait']}, NEXT_LAUNCHED:"
+                         f" {bool(constexprs.get('NEXT_LAUNCHED'))}")  # fmt: skip
+    prefetches = row.get("expected_loads_before_wait") if constexprs.get("PREFETCH_L2") else 0
+    if row.get("l2_prefetches_before_wait", 0) != prefetches:
+        found.append(f"{row['l2_prefetches_before_wait']} L2 bulk prefetches ahead of the grid dependency wait, expected"
+                     f" {prefetches}")  # fmt: skip
     return found
 
 
@@ -325,12 +339,15 @@ def document(report: dict) -> str:
     )
 
 
-def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tuple = (), ops: tuple = ()) -> dict:
+def run_report(
+    timeout: float = 900, triton_path: str | None = None, dtypes: tuple = (), ops: tuple = (), default_options: bool = False
+) -> dict:
     """Run the report in a subprocess without TRITON_INTERPRET; returns {"toolchain", "rows"}.
     triton_path: a folder holding another Triton (`pip install --target DIR triton==3.6.0`), put first
     on the subprocess's path, to check the kernels with the compiler a GPU machine has. dtypes: only
     the configs of these dtype labels ("bf16", "fp16", "fp32"); all when empty. ops: only these ops'
-    configs; all when empty."""
+    configs; all when empty. default_options: leave out the configs that only an opt-in run option
+    launches (`KernelConfig.run_option`)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_path:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.abspath(triton_path), env.get("PYTHONPATH")) if p)
@@ -346,6 +363,7 @@ def run_report(timeout: float = 900, triton_path: str | None = None, dtypes: tup
                 "--quiet",
                 *[arg for label in dtypes for arg in ("--dtype", label)],
                 *[arg for op in ops for arg in ("--op", op)],
+                *(["--default-options"] if default_options else []),
             ],
             env=env,
             check=False,  # exit status 1 means some config has problems: the caller reads them from the rows
@@ -364,12 +382,23 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--dtype", action="append", choices=sorted(DTYPE_LABELS.values()), help="only the configs of this dtype (repeatable)"
     )
+    parser.add_argument(
+        "--default-options",
+        action="store_true",
+        help="leave out the configs that only an opt-in run option (RunOptions, off by default) launches",
+    )
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("run without TRITON_INTERPRET=1: interpreted kernels cannot be compiled")
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice; same default
     rows = compile_all(
-        [cfg for cfg in all_configs() if (not args.op or cfg.op in args.op) and (not args.dtype or cfg.dtype in args.dtype)]
+        [
+            cfg
+            for cfg in all_configs()
+            if (not args.op or cfg.op in args.op)
+            and (not args.dtype or cfg.dtype in args.dtype)
+            and not (args.default_options and cfg.run_option)
+        ]
     )
     report = {"toolchain": toolchain(), "rows": rows}
     if args.json:

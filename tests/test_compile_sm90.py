@@ -1,9 +1,11 @@
 """Every launch config the launchers can pick at the model's shapes compiles for sm_90 (H100) with no
 spills, within shared memory, with its dots on tensor cores and its global loads vectorised: checked
 on a CPU, ahead of time, in the model's dtype (bf16) with the GPU machines' Triton (3.6) and with the
-installed Triton, whose ptxas allocates registers differently. `make bench` checks every dtype with
-both (1,127 configs each; cold, the whole list is minutes of compiling a Triton, which put the suite
-past its 10 minutes when the tests compiled fp16 and fp32 too)."""
+installed Triton, whose ptxas allocates registers differently. Here: the configs of the default run
+options and of direct op calls (`--default-options`); `make bench` checks every config, those of the
+opt-in run options too, in every dtype, with both. Cold, the list is minutes of ptxas, and the
+opt-in options' configs more than doubled it, which put the suite past its 10 minutes (the figures:
+docs/performance-log.md)."""
 
 import json
 import os
@@ -38,15 +40,20 @@ def _made_once(name: str, make, tmp_path_factory):
 @pytest.fixture(scope="module", params=["installed", "gpu-image"])
 def report(request, tmp_path_factory):
     if request.param == "installed":
-        result = _made_once("compile-report-installed", lambda: run_report(dtypes=("bf16",)), tmp_path_factory)
-        assert {row["shape"].split()[-1] for row in result["rows"]} == {"bf16"}
-        return result
-    if not GPU_IMAGE_TRITON:
-        pytest.skip("AURORA_GPU_IMAGE_TRITON is not set (`make test` sets it): triton 3.6 not checked")
-    result = _made_once("compile-report-gpu-image", lambda: run_report(triton_path=GPU_IMAGE_TRITON, dtypes=("bf16",)),
-                        tmp_path_factory)  # fmt: skip
-    # the folder must really hold the other Triton, else this would check the installed one twice
-    assert result["toolchain"]["triton"].startswith(GPU_IMAGE_TRITON_VERSION + "."), result["toolchain"]
+        result = _made_once("compile-report-installed", lambda: run_report(dtypes=("bf16",), default_options=True),
+                            tmp_path_factory)  # fmt: skip
+    else:
+        if not GPU_IMAGE_TRITON:
+            pytest.skip("AURORA_GPU_IMAGE_TRITON is not set (`make test` sets it): triton 3.6 not checked")
+        result = _made_once(
+            "compile-report-gpu-image",
+            lambda: run_report(triton_path=GPU_IMAGE_TRITON, dtypes=("bf16",), default_options=True),
+            tmp_path_factory,
+        )
+        # the folder must really hold the other Triton, else this would check the installed one twice
+        assert result["toolchain"]["triton"].startswith(GPU_IMAGE_TRITON_VERSION + "."), result["toolchain"]
+    assert {row["shape"].split()[-1] for row in result["rows"]} == {"bf16"}
+    assert not any(row["run_option"] for row in result["rows"])
     return result
 
 
@@ -60,11 +67,11 @@ def test_every_kernel_op_is_in_the_report(report):
 
 
 def test_pdl_configs_wait_on_the_kernel_before_and_the_others_do_not(report):
-    """USE_PDL compiles the grid dependency wait into fused_linear (its K-split sum too) and decode
-    attention; without it the kernels are as they were (no wait instruction)."""
+    """USE_PDL compiles the grid dependency wait into fused_linear and decode attention; without it the
+    kernels are as they were (no wait instruction). (fused_linear's K-split sum waits too: its PDL
+    form is fuse_batched_projections', in `make bench`'s report.)"""
     pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
-    assert {r["kernel"] for r in pdl} == {"_fused_linear_kernel", "_sum_k_splits_kernel", "_decode_split_kernel",
-                                          "_decode_merge_kernel"}  # fmt: skip
+    assert {r["kernel"] for r in pdl} == {"_fused_linear_kernel", "_decode_split_kernel", "_decode_merge_kernel"}
     assert all(r.get("grid_dependency_wait") for r in pdl)
     assert not any(r.get("grid_dependency_wait") for r in report["rows"] if not r["constexprs"].get("USE_PDL"))
 
@@ -75,6 +82,7 @@ def test_pdl_configs_read_before_their_wait_only_what_the_kernel_before_cannot_w
     its input), decode attention's length and rotary rows (not q, the new token or the cache), and
     nothing at all in the tensor-core tiles, the K-split sum and the merge."""
     pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
+    assert pdl
     for r in pdl:
         c = r["constexprs"]
         if r["kernel"] == "_fused_linear_kernel" and not c["USE_DOT"]:
@@ -89,24 +97,68 @@ def test_pdl_configs_read_before_their_wait_only_what_the_kernel_before_cannot_w
     assert not any("loads_before_wait" in r for r in report["rows"] if r not in pdl)
 
 
-def test_only_the_merge_asked_to_launches_the_next_kernel_before_its_wait(report):
-    """A PDL kernel lets the next one launch after its wait, so at most two overlap; decode
-    attention's merge under NEXT_LAUNCHED (the weight prefetch's form) does it at its start, so
-    that the o_proj GEMV reads its weights while the split kernel runs (ops/_pdl.py)."""
+def test_no_config_of_the_default_options_launches_the_next_kernel_before_its_wait(report):
+    """A PDL kernel lets the next one launch after its wait, so at most two overlap. Only decode
+    attention's merge under NEXT_LAUNCHED does it at its start (the weight prefetch's form, so that
+    the o_proj GEMV reads its weights while the split kernel runs: ops/_pdl.py); `problems` holds
+    every row to its NEXT_LAUNCHED, and `make bench`'s report has that one."""
     pdl = [r for r in report["rows"] if r["constexprs"].get("USE_PDL")]
-    early = [r for r in pdl if r["next_launched_before_wait"]]
-    assert [(r["kernel"], r["constexprs"]["NEXT_LAUNCHED"]) for r in early] == [("_decode_merge_kernel", True)]
-    assert all(not r["constexprs"].get("NEXT_LAUNCHED") for r in pdl if r not in early)
+    assert pdl and not any(r["next_launched_before_wait"] or r["constexprs"].get("NEXT_LAUNCHED") for r in pdl)
 
 
-def test_the_gemv_prefetch_configs_ask_the_l2_for_their_rows_before_the_wait(report):
-    """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the
-    grid dependency wait (a static loop over its rows); no other config has any."""
-    prefetching = [r for r in report["rows"] if r["constexprs"].get("PREFETCH_L2")]
-    assert prefetching and all(r["constexprs"]["USE_PDL"] and not r["constexprs"]["USE_DOT"] for r in prefetching)
-    rows = [fused_linear.tile_rows(r["constexprs"]["BLOCK_N"], r["constexprs"]["EPILOGUE"]) for r in prefetching]
-    assert [r["l2_prefetches_before_wait"] for r in prefetching] == rows
-    assert not any(r["l2_prefetches_before_wait"] for r in report["rows"] if r not in prefetching)
+def test_the_opt_in_configs_are_named_by_their_run_option():
+    """`--default-options` leaves out a config only where an opt-in run option alone launches it: the
+    GEMV's L2 prefetch and the merge's early launch (weight_prefetch), and PDL on more than one row,
+    the tiles' and their K-split sum's (fuse_batched_projections: only a fused step launches under
+    PDL). Each such option is a RunOptions field that is off by default. Without compiling."""
+    import dataclasses
+
+    from aurora_kernels._compile import all_configs
+    from aurora_kernels.model.options import RunOptions
+
+    defaults = {field.name: field.default for field in dataclasses.fields(RunOptions)}
+    configs = all_configs()
+    for cfg in configs:
+        c = cfg.constexprs
+        if c.get("PREFETCH_L2") or c.get("NEXT_LAUNCHED"):
+            expected = "weight_prefetch"
+        elif c.get("USE_PDL") and (cfg.kernel.__name__ == "_sum_k_splits_kernel" or c.get("BLOCK_M", 1) > 1):
+            expected = "fuse_batched_projections"
+        else:
+            expected = ""
+        assert cfg.run_option == expected, (cfg.op, cfg.shape, c)
+        assert not cfg.run_option or defaults[cfg.run_option] is False, cfg.run_option
+    assert {cfg.run_option for cfg in configs} == {"", "weight_prefetch", "fuse_batched_projections"}
+
+
+def test_the_gemv_prefetch_configs_are_held_to_a_prefetch_a_weight_row_before_the_wait():
+    """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the grid
+    dependency wait; `problems` holds each config to that count (`make bench`'s report compiles
+    them) and every other config to none. Without compiling: the configs' counts, and rows that
+    break them."""
+    from aurora_kernels._compile import all_configs
+
+    prefetching = [cfg for cfg in all_configs() if cfg.constexprs.get("PREFETCH_L2")]
+    assert prefetching and all(cfg.constexprs["USE_PDL"] and not cfg.constexprs["USE_DOT"] for cfg in prefetching)
+    rows = [fused_linear.tile_rows(cfg.constexprs["BLOCK_N"], cfg.constexprs["EPILOGUE"]) for cfg in prefetching]
+    assert [cfg.loads_before_wait for cfg in prefetching] == rows
+    ok = {"constexprs": {"USE_PDL": True, "PREFETCH_L2": True}, "spill_stores": 0, "spill_loads": 0, "shared_bytes": 0,
+          "uses_dot": False, "tensor_core": "none", "vector_loads": 4, "grid_dependency_wait": True, "loads_before_wait": 4,
+          "expected_loads_before_wait": 4, "next_launched_before_wait": False, "l2_prefetches_before_wait": 4}  # fmt: skip
+    assert problems(ok) == []
+    assert problems({**ok, "l2_prefetches_before_wait": 3}) == [
+        "3 L2 bulk prefetches ahead of the grid dependency wait, expected 4"
+    ]
+    assert problems({**ok, "constexprs": {"USE_PDL": True}}) == [
+        "4 L2 bulk prefetches ahead of the grid dependency wait, expected 0"
+    ]
+    assert problems({**ok, "loads_before_wait": 5}) == ["5 global loads ahead of the grid dependency wait, expected 4"]
+    assert problems({**ok, "next_launched_before_wait": True}) == [
+        "the next kernel launched ahead of the wait: True, NEXT_LAUNCHED: False"
+    ]
+    assert problems({**ok, "constexprs": {}, "l2_prefetches_before_wait": 0}) == [
+        "a griddepcontrol.wait in the PTX, without USE_PDL"
+    ]
 
 
 def test_the_gemv_configs_are_held_to_loops_without_barriers(report):

@@ -601,6 +601,8 @@ def _compile_configs():
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
                                     "USE_PDL": split.endswith("PDL")},
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
+                        # ahead of its PDL wait: the sequence's length and, with rotary, its cos and sin rows
+                        loads_before_wait=1 + 2 * rotary if split.endswith("PDL") else None,
                         **launch,
                     )  # fmt: skip
         # under PDL (bf16, the model's), with and without the early launch of the next kernel
@@ -613,5 +615,7 @@ def _compile_configs():
                 constexprs={"HEAD_DIM": head_dim, "BLOCK_D": 128, "BLOCK_S": MAX_KV_SPLITS, "USE_PDL": use_pdl,
                             "NEXT_LAUNCHED": next_launched},
                 aligned=("partial_out_ptr", "partial_lse_ptr", "out_ptr"), num_warps=4, num_stages=1, loads_before_barrier=True,
+                loads_before_wait=0 if use_pdl else None,
+                run_option="weight_prefetch" if next_launched else "",
             )  # fmt: skip
     return configs

@@ -867,6 +867,13 @@ def _compile_configs():
                     for dtype, use_pdl, prefetch in [(d, False, False) for d in dtypes] + pdl_variants:
                         if not candidate_fits(kind, candidate, prologue, has_residual, dtype):
                             continue
+                        # generate launches the one-row GEMV under PDL by default; more rows run
+                        # fused (and so under PDL) only under fuse_batched_projections
+                        run_option = "fuse_batched_projections" if use_pdl and block_m > 1 else ""
+                        run_option = "weight_prefetch" if prefetch else run_option
+                        # under PDL the GEMV reads its first weight tile ahead of the wait (one 16-byte
+                        # load a weight row of the program; not its input); the tensor-core tiles nothing
+                        gemv_rows = tile_rows(block_n, EPILOGUES.index(epilogue)) if kind in GEMV_KINDS else 0
                         configs += configs_per_dtype(
                             (dtype,),
                             op=OP_NAMES[prologue, epilogue],
@@ -929,6 +936,8 @@ def _compile_configs():
                             uses_dot=kind in (*TMA_KINDS, "dot_half"),
                             wgmma=kind in TMA_KINDS,
                             barrier_free_loops=kind in GEMV_KINDS,
+                            loads_before_wait=gemv_rows if use_pdl else None,
+                            run_option=run_option,
                         )
     # every dtype, then bf16 under PDL; without and with the residual's add
     for (dtypes, use_pdl), adds_residual in itertools.product(((FLOAT_DTYPES, False), ((torch.bfloat16,), True)), (False, True)):
@@ -953,6 +962,8 @@ def _compile_configs():
             num_warps=SUM_WARPS,
             num_stages=1,
             aligned=("partial_ptr", "bias_ptr", "residual_ptr", "out_ptr", "split_stride", "out_features", "res_outer_stride"),
+            loads_before_wait=0 if use_pdl else None,
+            run_option="fuse_batched_projections" if use_pdl else "",  # K is split in batched tiles alone
         )
     return configs
 
