@@ -70,6 +70,27 @@ def _printed_ptxas_logs():
             os.environ["TRITON_DUMP_PTXAS_LOG"] = previous
 
 
+# the ptxas log of a compile, kept beside its cubin in Triton's cache entry (the entry's key covers
+# the kernel, its options and the toolchain), so that a report on a warm cache assembles nothing
+PTXAS_LOG_FILE = "aurora-ptxas-log.txt"
+
+
+def _ptxas_log(compiled, printed: str, ptx: str, cfg: KernelConfig) -> str:
+    """The ptxas log of `compiled`: what its compile printed, else the one kept in its cache entry,
+    else (an entry from before the log was kept) the PTX assembled again."""
+    from triton.runtime.cache import get_cache_manager
+
+    cache = get_cache_manager(compiled.hash)
+    if "Used" not in printed:
+        kept = cache.get_file(PTXAS_LOG_FILE)
+        if kept:
+            with open(kept) as f:
+                return f.read()
+        printed = _assemble_again(ptx, cfg)
+    cache.put(printed, PTXAS_LOG_FILE, binary=False)
+    return printed
+
+
 def _assemble_again(ptx: str, cfg: KernelConfig) -> str:
     """The ptxas log of a kernel that triton.compile found in its cache (and so did not assemble):
     the backend's own make_cubin on the PTX again."""
@@ -214,7 +235,7 @@ def compile_one(cfg: KernelConfig) -> dict:
             row["loads_before_wait"] = loads_before_wait(sass)
             row["next_launched_before_wait"] = next_launched_before_wait(sass)
     try:
-        log = printed.getvalue() if "Used" in printed.getvalue() else _assemble_again(ptx, cfg)
+        log = _ptxas_log(compiled, printed.getvalue(), ptx, cfg)
     except Exception as exc:  # triton's PTXASError: how ptxas failed, then its stderr
         row["error"] = "ptxas: " + " ".join(line for line in str(exc).strip().splitlines()[:3] if line)
         return row

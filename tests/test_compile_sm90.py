@@ -324,3 +324,22 @@ def test_the_report_names_a_bad_dtype_filter(capsys):
     with pytest.raises(SystemExit):
         main(["--dtype", "fp8"])
     assert "--dtype: invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_a_warm_report_reads_the_ptxas_log_kept_in_the_cache_entry(monkeypatch, tmp_path):
+    """A compile that Triton finds in its cache prints no ptxas log; the report keeps each log beside
+    its cubin, so a warm report assembles nothing again, and an entry from before the log was kept
+    is assembled once more and kept."""
+    from types import SimpleNamespace
+
+    from aurora_kernels import compile_report
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    assembled = []
+    monkeypatch.setattr(compile_report, "_assemble_again", lambda ptx, cfg: assembled.append(ptx) or "Used 40 registers")
+    cold, warm = SimpleNamespace(hash="c0" * 32), SimpleNamespace(hash="e1" * 32)
+    printed = "ptxas info    : Used 96 registers, 0 bytes spill stores, 0 bytes spill loads"
+    assert compile_report._ptxas_log(cold, printed, "cold ptx", None) == printed
+    assert compile_report._ptxas_log(cold, "", "cold ptx", None) == printed and assembled == []
+    assert compile_report._ptxas_log(warm, "", "warm ptx", None) == "Used 40 registers" and assembled == ["warm ptx"]
+    assert compile_report._ptxas_log(warm, "", "warm ptx", None) == "Used 40 registers" and assembled == ["warm ptx"]
