@@ -873,7 +873,7 @@ def _compile_configs():
                         run_option = "weight_prefetch" if prefetch else run_option
                         # under PDL the GEMV reads its first weight tile ahead of the wait (one 16-byte
                         # load a weight row of the program; not its input); the tensor-core tiles nothing
-                        gemv_rows = tile_rows(block_n, EPILOGUES.index(epilogue)) if kind in GEMV_KINDS else 0
+                        loads_ahead_of_wait = tile_rows(block_n, EPILOGUES.index(epilogue)) if kind in GEMV_KINDS else 0
                         configs += configs_per_dtype(
                             (dtype,),
                             op=OP_NAMES[prologue, epilogue],
@@ -936,7 +936,7 @@ def _compile_configs():
                             uses_dot=kind in (*TMA_KINDS, "dot_half"),
                             wgmma=kind in TMA_KINDS,
                             barrier_free_loops=kind in GEMV_KINDS,
-                            loads_before_wait=gemv_rows if use_pdl else None,
+                            loads_before_wait=loads_ahead_of_wait if use_pdl else None,
                             run_option=run_option,
                         )
     # every dtype, then bf16 under PDL; without and with the residual's add
