@@ -159,6 +159,11 @@ def test_the_gemv_prefetch_configs_are_held_to_a_prefetch_a_weight_row_before_th
     assert problems({**ok, "constexprs": {}, "l2_prefetches_before_wait": 0}) == [
         "a griddepcontrol.wait in the PTX, without USE_PDL"
     ]
+    from aurora_kernels.compile_report import markdown
+
+    named = {**ok, "op": "linear", "kernel": "k", "shape": "s", "num_warps": 4, "num_stages": 1, "registers": 40,
+             "loop_barriers": 0, "run_option": "weight_prefetch"}  # fmt: skip
+    assert markdown([named]).splitlines()[-1].endswith("| 4 | weight_prefetch | ok |")  # the report names the option
 
 
 def test_the_gemv_configs_are_held_to_loops_without_barriers(report):
