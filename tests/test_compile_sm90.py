@@ -131,6 +131,26 @@ def test_the_opt_in_configs_are_named_by_their_run_option():
     assert {cfg.run_option for cfg in configs} == {"", "weight_prefetch", "fuse_batched_projections"}
 
 
+def test_every_pdl_config_declares_what_it_may_read_before_its_wait():
+    """`problems` holds a PDL config's SASS to the loads its config declares ahead of the wait (so
+    `make bench` checks the configs this suite does not compile); the declarations follow the rule
+    of the test above, for every config, the opt-in options' too. Without compiling."""
+    from aurora_kernels._compile import all_configs
+
+    for cfg in all_configs():
+        c = cfg.constexprs
+        if not c.get("USE_PDL"):
+            expected = None
+        elif cfg.kernel.__name__ == "_fused_linear_kernel" and not c["USE_DOT"]:
+            expected = fused_linear.tile_rows(c["BLOCK_N"], c["EPILOGUE"])
+        elif cfg.kernel.__name__ == "_decode_split_kernel":
+            assert not c["PAGED"]
+            expected = 1 + 2 * c["ROTARY"]
+        else:
+            expected = 0
+        assert cfg.loads_before_wait == expected, (cfg.op, cfg.shape, c)
+
+
 def test_the_gemv_prefetch_configs_are_held_to_a_prefetch_a_weight_row_before_the_wait():
     """PREFETCH_L2 (under PDL) puts one bulk L2 prefetch a weight row of the program ahead of the grid
     dependency wait; `problems` holds each config to that count (`make bench`'s report compiles
