@@ -329,7 +329,7 @@ def _fused_linear_kernel(
     # write it) and before its loop (read after it, ptxas spilled the loop's offsets: 4 to 8 bytes
     # in 5 of the PDL GEMV configs under Triton 3.9); the tensor-core path reads it after its loop
     out_mask = row_mask[:, None] & col_mask[None, :]
-    if ADDS_RESIDUAL:
+    if ADDS_RESIDUAL and not USE_DOT:
         residual = tl.load(residual_ptr + res_rows[:, None] + cols[None, :], mask=out_mask, other=0.0)
 
     # A row's 1/rms is a common factor of all its products. The tensor-core path needs the normalised
@@ -683,9 +683,15 @@ def _dispatch(op: str, backend: str, reference_args: tuple, launch_args: tuple):
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
+def _writes_h(residual, prologue: int) -> bool:
+    """With rms_norm, h = x + residual is a second output; the other prologues add the residual to
+    the projection's output (the kernel's ADDS_RESIDUAL)."""
+    return residual is not None and prologue == PROLOGUES.index("rms_norm")
+
+
 def _fake(x, weight, bias, norm_weight, residual, eps, prologue, epilogue):
     out = x.new_empty((*x.shape[:-1], weight.shape[0] // 2 if epilogue else weight.shape[0]))
-    return [out, x.new_empty(x.shape)] if residual is not None and prologue == PROLOGUES.index("rms_norm") else [out]
+    return [out, x.new_empty(x.shape)] if _writes_h(residual, prologue) else [out]
 
 
 def _fused_linear_launch(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -714,8 +720,7 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     weight_rows, in_features = weight.shape
     out_features = weight_rows // 2 if epilogue else weight_rows
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
-    # with rms_norm, h = x + residual is a second output; the other prologues add the residual to out
-    writes_h = residual is not None and prologue == PROLOGUES.index("rms_norm")
+    writes_h = _writes_h(residual, prologue)
     residual_out = new_output(x.shape, x.dtype, x.device) if writes_h else None
     x_rows = collapse_rows("x", x)
     res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
