@@ -397,11 +397,13 @@ def run_report(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--json", help="write the rows as JSON here")
     parser.add_argument("--markdown", help="write the table as Markdown here")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
-    parser.add_argument("--op", action="append", help="only this op's configs (repeatable)")
+    parser.add_argument(
+        "--op", action="append", choices=sorted({cfg.op for cfg in all_configs()}), help="only this op's configs (repeatable)"
+    )
     parser.add_argument(
         "--dtype", action="append", choices=sorted(DTYPE_LABELS.values()), help="only the configs of this dtype (repeatable)"
     )

@@ -21,21 +21,9 @@ import sys
 
 import torch
 
+from aurora_kernels._cli_arguments import int_at_least
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"int >= {minimum}"
-    return parse
 
 
 def _device(text: str) -> str:
@@ -54,10 +42,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", default="tiny", choices=PRESETS)
     parser.add_argument("--compressor", default="mlp", choices=COMPRESSORS)
-    parser.add_argument("--batch", type=_int_at_least(1), default=1, help="requests (prompt lengths spread up to --prompt-len)")
-    parser.add_argument("--prompt-len", type=_int_at_least(1), default=32)
-    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=16)
-    parser.add_argument("--eos-token-id", type=_int_at_least(0), nargs="+", help="one or more token ids that end a request")
+    parser.add_argument("--batch", type=int_at_least(1), default=1, help="requests (prompt lengths spread up to --prompt-len)")
+    parser.add_argument("--prompt-len", type=int_at_least(1), default=32)
+    parser.add_argument("--max-new-tokens", type=int_at_least(1), default=16)
+    parser.add_argument("--eos-token-id", type=int_at_least(0), nargs="+", help="one or more token ids that end a request")
     parser.add_argument("--backend", choices=("triton", "reference"), help="default: triton on a GPU, reference on a CPU")
     parser.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on a GPU, fp32 on a CPU")
@@ -65,12 +53,12 @@ def parse_args(argv=None):
     parser.add_argument("--llm-dir", help="transformers Qwen2 directory (config.json + safetensors)")
     parser.add_argument("--vision-dir", help="transformers SigLIP directory (with --llm-dir)")
     parser.add_argument("--aurora-weights", help="projector / compressor / fusion safetensors file (with --llm-dir)")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="the random requests' and the sampling's")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, help="the random requests' and the sampling's")
     parser.add_argument("--image", action="append", default=[], help="an image file (repeat with --prompt: one request each)")
     parser.add_argument("--prompt", action="append", default=[], help="the question about the --image of the same rank")
     parser.add_argument("--do-sample", action="store_true", help="sample (default: greedy)")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=_int_at_least(0), default=0)
+    parser.add_argument("--top-k", type=int_at_least(0), default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     args = parser.parse_args(argv)
     if len(args.image) != len(args.prompt):

@@ -31,6 +31,8 @@ import sys
 import tarfile
 import time
 
+from aurora_kernels._cli_arguments import ints_at_least, subset_of
+from bench import harness, model_e2e
 from bench.warm import usable_cores
 
 TEST_TIMEOUT_S = 270
@@ -59,7 +61,9 @@ def _child_env(**extra) -> dict:
     return env
 
 
-def start_warm_up(results_dir: str, phases: list[str], beside_tests: bool, ops: list[str] | None = None) -> subprocess.Popen:
+def start_warm_up(
+    results_dir: str, phases: tuple[str, ...], beside_tests: bool, ops: tuple[str, ...] | None = None
+) -> subprocess.Popen:
     """bench.warm in the background (its own process group), logging to warm-up.log: the compiles of
     the ops and model phases done ahead (of `ops` alone, if given), on the cores the tests leave free."""
     cores = usable_cores()
@@ -264,7 +268,7 @@ def summarise_model(results_dir: str) -> list[str]:
 
 def run_sweep(results_dir: str) -> list[str]:
     """The fused_linear tile sweep at B=1 into fused-linear-sweep.json; the summary's lines for it."""
-    from bench import harness, sweep_fused_linear
+    from bench import sweep_fused_linear
 
     try:
         results = sweep_fused_linear.sweep([1], budget_s=SWEEP_BUDGET_S)
@@ -303,51 +307,19 @@ def run_pytest_benchmark(results_dir: str) -> str:
 PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "model")
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    """--model-batches: comma-separated decode batch sizes, each an int >= 1."""
-    try:
-        sizes = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        sizes = ()
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes >= 1, got {text!r}")
-    return sizes
-
-
-def _compressors(text: str) -> tuple[str, ...]:
-    """--model-compressors: comma-separated names among bench.model_e2e.COMPRESSORS."""
-    from bench import model_e2e
-
-    names = tuple(text.split(","))
-    if not set(names) <= set(model_e2e.COMPRESSORS):
-        raise argparse.ArgumentTypeError(f"expected compressors among {','.join(model_e2e.COMPRESSORS)}, got {text!r}")
-    return tuple(name for name in model_e2e.COMPRESSORS if name in names)
-
-
-def _narrowing(parser: argparse.ArgumentParser, args) -> tuple[list[str] | None, tuple | None]:
-    """--ops and --model-runs checked against what the benchmarks have: (ops or None for all, runs or
-    None for all), or a usage error that names the known values."""
-    from bench import harness, model_e2e
-
-    ops = args.ops.split(",") if args.ops else None
-    known_ops = sorted({case.op for case in harness.load_cases()})
-    if ops is not None and not set(ops) <= set(known_ops):
-        parser.error(f"--ops: expected ops among {','.join(known_ops)}, got {args.ops}")
-    if not args.model_runs:
-        return ops, None
-    wanted = [tuple(pair.split(":", 1)) for pair in args.model_runs.split(",")]
-    if not set(wanted) <= set(model_e2e.RUNS):
-        known = ",".join(f"{backend}:{decode}" for backend, decode in model_e2e.RUNS)
-        parser.error(f"--model-runs: expected backend:decode pairs among {known}, got {args.model_runs}")
-    return ops, tuple(run for run in model_e2e.RUNS if run in wanted)
+def _model_runs(text: str) -> tuple[tuple[str, str], ...]:
+    """--model-runs: comma-separated backend:decode pairs among bench.model_e2e.RUNS, in its order."""
+    pairs = subset_of((f"{backend}:{decode}" for backend, decode in model_e2e.RUNS), "backend:decode pairs")(text)
+    return tuple(tuple(pair.split(":", 1)) for pair in pairs)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
     parser.add_argument(
         "--phases",
-        default=",".join(PHASES),
+        type=subset_of(PHASES, "phases"),
+        default=PHASES,
         help=f"comma-separated subset of {','.join(PHASES)} (one device call each fits its 10 minutes)",
     )
     parser.add_argument(
@@ -369,20 +341,25 @@ def main(argv=None) -> int:
         help=f"seconds for the end-to-end model runs (default: what is "
         f"left of the run budget, {MIN_MODEL_BUDGET_S:.0f} s at least)",
     )
-    parser.add_argument("--ops", help="comma-separated ops whose cases the ops phase times (default: every op)")
+    parser.add_argument(
+        "--ops",
+        type=subset_of(harness.known_ops(), "ops"),
+        help="comma-separated ops whose cases the ops phase times (default: every op)",
+    )
     parser.add_argument(
         "--model-runs",
+        type=_model_runs,
         help="comma-separated backend:decode pairs the model phase times, in bench.model_e2e.RUNS's order "
         "(default: all of them), e.g. triton:cuda_graph,triton-fused-batched:cuda_graph",
     )
     parser.add_argument(
         "--model-batches",
-        type=_batch_sizes,
+        type=ints_at_least(1),
         help="comma-separated decode batch sizes the model phase times (default: bench.model_e2e.BATCHES), e.g. 4",
     )
     parser.add_argument(
         "--model-compressors",
-        type=_compressors,
+        type=subset_of(model_e2e.COMPRESSORS, "compressors"),
         help="comma-separated compressors the model phase runs (default: bench.model_e2e.COMPRESSORS), e.g. mlp: "
         "the kernels' decisions need one, which halves the phase",
     )
@@ -392,16 +369,13 @@ def main(argv=None) -> int:
         "(a device call returns few files, and a call stopped at its limit keeps the phases done)",
     )
     args = parser.parse_args(argv)
-    phases = args.phases.split(",")
-    if not set(phases) <= set(PHASES):
-        parser.error(f"--phases: expected a subset of {','.join(PHASES)}, got {args.phases}")
-    ops, model_runs = _narrowing(parser, args)
+    phases, ops, model_runs = args.phases, args.ops, args.model_runs
     import torch
 
     if not torch.cuda.is_available():
         print("gpu-check needs a CUDA device; on a CPU machine use `make test` and `make bench`", file=sys.stderr)
         return 2
-    from bench import harness, run
+    from bench import run
 
     results_dir = args.results_dir or os.path.join(
         run.RESULTS_ROOT, harness.device_slug(torch.cuda.get_device_properties(0).name)

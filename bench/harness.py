@@ -100,6 +100,11 @@ def load_cases(only: set[str] | None = None) -> list[Case]:
     return [c for c in CASES if not only or c.op in only]
 
 
+def known_ops() -> list[str]:
+    """The ops that have benchmark cases, sorted: what --ops may name."""
+    return sorted({case.op for case in load_cases()})
+
+
 def interleave_ops(cases) -> list:
     """Cases round-robin over the ops (every op's first case, then every op's second, ...), so a time
     budget that runs out leaves each op measured at least at its first shapes."""

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from aurora_kernels.model.config import PRESETS
+
 _LOAD = """
 import json, resource, sys, time, torch
 from aurora_kernels.model import AuroraEdgeV
@@ -57,8 +59,8 @@ def measure(paths, python: str = sys.executable, env: dict | None = None) -> dic
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="aurora-edge-v-2b")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--preset", default="aurora-edge-v-2b", choices=PRESETS)
     parser.add_argument("--keep", help="write the checkpoint here and keep it (default: a temporary folder)")
     args = parser.parse_args(argv)
     root = args.keep or tempfile.mkdtemp(prefix="aurora-checkpoint-")

@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 
+from aurora_kernels._cli_arguments import existing_directory
+
 
 def _pyplot():
     import matplotlib
@@ -110,8 +112,8 @@ def plot_results_dir(results_dir: str) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="PNG plots of a GPU run's results")
-    parser.add_argument("results_dir")
+    parser = argparse.ArgumentParser(description="PNG plots of a GPU run's results", allow_abbrev=False)
+    parser.add_argument("results_dir", type=existing_directory)
     args = parser.parse_args(argv)
     for path in plot_results_dir(args.results_dir):
         print(path)

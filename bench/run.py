@@ -18,8 +18,9 @@ import time
 
 import torch
 
+from aurora_kernels._cli_arguments import subset_of
 from bench import harness
-from bench.harness import OPS, interleave_ops, load_cases
+from bench.harness import OPS, interleave_ops, known_ops, load_cases
 
 RESULTS_ROOT = os.path.join(os.path.dirname(__file__), "results")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -154,19 +155,19 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--results-dir",
         help="results go here (default: a full run, the committed bench/results/ "
         "(GPU: bench/results/<device-name>/); a partial one (--ops), a temporary folder)",
     )
-    parser.add_argument("--ops", help="comma-separated ops to run (default: all)")
+    parser.add_argument("--ops", type=subset_of(known_ops(), "ops"), help="comma-separated ops to run (default: all)")
     args = parser.parse_args(argv)
     # a partial run never writes over the committed records: they hold every op's rows
     results_dir = args.results_dir or (tempfile.mkdtemp(prefix="aurora-bench-") if args.ops else None)
     if results_dir:
         print(f"results go to {results_dir}", flush=True)
-    only = set(args.ops.split(",")) if args.ops else None
+    only = set(args.ops) if args.ops else None
     cases = load_cases(only)
     if torch.cuda.is_available():
         from bench import warm

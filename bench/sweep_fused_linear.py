@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import triton
 
 import aurora_kernels as ak
+from aurora_kernels._cli_arguments import ints_at_least
 from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, EPILOGUES, GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUES, launch
 from bench.bench_fused_linear import _ours_unfused
 
@@ -164,15 +165,15 @@ def summary_lines(results: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default="1", help="comma-separated row counts (decode batch sizes)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--rows", type=ints_at_least(1), default=(1,), help="comma-separated row counts (decode batch sizes)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("sweep_fused_linear times kernels on a GPU; this machine has none", flush=True)
         return 2
     print(torch.cuda.get_device_name(), f"torch {torch.__version__} triton {triton.__version__}", flush=True)
-    results = sweep([int(r) for r in args.rows.split(",")])
+    results = sweep(list(args.rows))
     print("\n".join(summary_lines(results)))
     if args.json:
         with open(args.json, "w") as f:

@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from aurora_kernels._cli_arguments import int_at_least, ints_at_least, subset_of
 from bench import harness, model_e2e
 
 MODEL_TASK = "model"
@@ -152,13 +153,15 @@ def warm_up(tasks: list, device_name: str, workers: int, deadline_s: float, memo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--ops", help="comma-separated ops whose cases to warm (default: all)")
-    parser.add_argument("--cases", help="comma-separated indices into the case list instead of --ops")
+    parser.add_argument(
+        "--ops", type=subset_of(harness.known_ops(), "ops"), help="comma-separated ops whose cases to warm (default: all)"
+    )
+    parser.add_argument("--cases", type=ints_at_least(0), help="comma-separated indices into the case list instead of --ops")
     parser.add_argument("--no-ops", action="store_true", help="no op cases, only the model")
     parser.add_argument("--no-model", action="store_true", help="no end-to-end model")
-    parser.add_argument("--workers", type=int, default=usable_cores(), help=f"at most {MAX_WORKERS}")
+    parser.add_argument("--workers", type=int_at_least(1), default=usable_cores(), help=f"at most {MAX_WORKERS}")
     parser.add_argument("--deadline-s", type=float, default=300.0)
     parser.add_argument(
         "--memory-fraction",
@@ -168,9 +171,12 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if args.cases:
-        tasks = ([] if args.no_model else [MODEL_TASK]) + [int(i) for i in args.cases.split(",")]
+        count = len(harness.load_cases())
+        if max(args.cases) >= count:
+            parser.error(f"--cases: expected indices below {count} (the case list's length), got {max(args.cases)}")
+        tasks = ([] if args.no_model else [MODEL_TASK]) + list(args.cases)
     else:
-        only = set() if args.no_ops else set(args.ops.split(",")) if args.ops else None
+        only = set() if args.no_ops else set(args.ops) if args.ops else None
         tasks = timed_run_tasks(only, model=not args.no_model)
     run_and_report(tasks, args.device, args.workers, args.deadline_s, args.memory_fraction)
     return 0

@@ -452,34 +452,26 @@ def test_cases_interleave_over_ops_and_skipped_rows_are_reported():
     assert f"| {cases[-1].op} | {cases[-1].name} | bfloat16 | skipped: time budget of 150 s spent |" in md
 
 
-def test_gpu_check_rejects_unknown_phases(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        gpu_check.main(["--phases", "tests,plots"])
-    assert exit_info.value.code == 2
-    assert "--phases: expected a subset of tests,ops,sweep,pytest-benchmark,model, got tests,plots" in capsys.readouterr().err
-
-
-def test_gpu_check_narrows_to_known_ops_and_model_runs(capsys, monkeypatch):
-    """--ops, --model-runs, --model-batches and --model-compressors name what a focused device call times; a typo is a usage
-    error that lists the known values (or says what a batch size is), before anything runs. Known runs
-    pass through in model_e2e.RUNS's order."""
+def test_gpu_check_narrows_to_known_phases_ops_and_model_runs(capsys):
+    """--phases, --ops, --model-runs, --model-batches and --model-compressors name what a focused device
+    call times; a typo is a usage error that lists the known values (or says what a batch size is),
+    before anything runs. Known names pass through once each, in the order of the known list."""
     from bench import model_e2e
 
-    for argv, message in ((["--ops", "linear,attenton"], "--ops: expected ops among "),
+    for argv, message in ((["--phases", "tests,plots"], "--phases: expected phases among tests,ops,sweep,pytest-benchmark,model, got 'tests,plots' ('plots' unknown)"),
+                          (["--ops", "linear,attenton"], "--ops: expected ops among apply_rotary,attention,"),
                           (["--model-runs", "triton:graph"], "--model-runs: expected backend:decode pairs among triton:cuda_graph,"),
-                          (["--model-batches", "4,x"], "--model-batches: expected comma-separated batch sizes >= 1, got '4,x'"),
-                          (["--model-batches", "0"], "--model-batches: expected comma-separated batch sizes >= 1, got '0'"),
-                          (["--model-compressors", "mlp,pol"], "--model-compressors: expected compressors among mlp,none, got 'mlp,pol'")):  # fmt: skip
+                          (["--model-batches", "4,x"], "--model-batches: expected comma-separated ints >= 1, got '4,x'"),
+                          (["--model-batches", "0"], "--model-batches: expected comma-separated ints >= 1, got '0'"),
+                          (["--model-compressors", "mlp,pol"], "--model-compressors: expected compressors among mlp,none, got 'mlp,pol' ('pol' unknown)"),
+                          (["--model-run", "triton:cuda_graph"], "unrecognized arguments: --model-run")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             gpu_check.main(argv)
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
-    parser = gpu_check.argparse.ArgumentParser()
-    args = gpu_check.argparse.Namespace(ops="linear,attention", model_runs="triton-fused-batched:cuda_graph,triton:cuda_graph")
-    ops, runs = gpu_check._narrowing(parser, args)
-    assert ops == ["linear", "attention"]
-    assert runs == (("triton", "cuda_graph"), ("triton-fused-batched", "cuda_graph"))
-    assert all(run in model_e2e.RUNS for run in runs)
+    assert gpu_check._model_runs("triton-fused-batched:cuda_graph,triton:cuda_graph") == (
+        ("triton", "cuda_graph"), ("triton-fused-batched", "cuda_graph"))  # fmt: skip
+    assert all(run in model_e2e.RUNS for run in gpu_check._model_runs("triton:cuda_graph"))
 
 
 def _smallest_case_index(op: str) -> int:
@@ -556,7 +548,7 @@ def test_gpu_check_summarises_a_finished_and_a_stopped_test_run():
     import sys
 
     cmd = [sys.executable, "-m", "pytest", "-v", "-rfE", "-p", "no:cacheprovider", "-n", "2",
-           "tests/test_bench_harness.py::test_device_slug", "tests/test_bench_harness.py::test_gpu_check_rejects_unknown_phases"]  # fmt: skip
+           "tests/test_bench_harness.py::test_device_slug", "tests/test_bench_harness.py::test_gpu_check_narrows_to_known_phases_ops_and_model_runs"]  # fmt: skip
     output = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert gpu_check.summarise_tests(output).startswith("2 passed in ")
     cut = output[: output.rindex("===")]

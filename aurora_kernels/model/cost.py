@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from aurora_kernels._cli_arguments import int_at_least
 from aurora_kernels.model.config import PRESETS, AuroraConfig, LLMConfig, preset
 
 
@@ -152,10 +153,10 @@ def comparison_markdown(name: str = "aurora-edge-v-2b", batch: int = 1, prompt_l
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="FLOPs and bytes per stage, compressor mlp / pool vs none")
+    parser = argparse.ArgumentParser(description="FLOPs and bytes per stage, compressor mlp / pool vs none", allow_abbrev=False)
     parser.add_argument("--preset", default="aurora-edge-v-2b", choices=PRESETS)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--batch", type=int_at_least(1), default=1)
+    parser.add_argument("--prompt-len", type=int_at_least(1), default=32)
     args = parser.parse_args(argv)
     print(comparison_markdown(args.preset, args.batch, args.prompt_len))
 
