@@ -164,11 +164,14 @@ def check_same_dtype(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tenso
 
 
 def check_same_device(tensors: dict) -> None:
-    """All tensors (name -> tensor, None skipped) on one device."""
+    """All tensors (name -> tensor, None skipped) on one device. Called before each one's own check,
+    so it refuses what is not a tensor too (a list of lengths has no device)."""
     first_name = first_device = None
     for n, t in tensors.items():
         if t is None:
             continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{n}: expected a torch.Tensor, got {type(t).__name__}")
         if first_device is None:
             first_name, first_device = n, t.device
         elif t.device != first_device:

@@ -155,7 +155,7 @@ def run_gpu_model(device, ceilings, results_dir: str, budget_s: float = 120.0, a
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--results-dir",
         help="results go here (default: a full run, the committed bench/results/ "

@@ -28,6 +28,10 @@ def f32(device, gen):
 def test_wrong_type(backend, f32):
     with pytest.raises(TypeError, match="x: expected a torch.Tensor, got list"):
         ak.gelu_tanh([1.0, 2.0], backend=backend)
+    # an index argument given as a list is named too, not met with an AttributeError deep inside
+    q, cache = f32(2, 1, 4, 16), f32(2, 8, 2, 16)
+    with pytest.raises(TypeError, match="cache_seqlens: expected a torch.Tensor, got list"):
+        ak.decode_attention(q, cache, cache.clone(), [3, 5], backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
