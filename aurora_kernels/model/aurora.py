@@ -18,7 +18,7 @@ from aurora_kernels._validation import check_backend, check_int, check_tensor, s
 from aurora_kernels.model.compressor import Projector, TokenCompressor
 from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
-from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels.model.kv_cache import KVCache, check_page_size
 from aurora_kernels.model.llm import Qwen2LM
 from aurora_kernels.model.options import RunOptions
 from aurora_kernels.model.prefill_plan import PaddedShape, PrefillPlan, build_prefill_plan
@@ -69,6 +69,12 @@ class _TextStreamer:
 # Image encoder graphs kept per model, least recently used dropped first: one per batch shape, each
 # holding its own memory pool (the ViT's activations at that batch).
 MAX_ENCODER_GRAPHS = 4
+
+
+def _check_has_values(name: str, t: torch.Tensor) -> None:
+    """A request's tensor is copied to the model's device and read: a meta tensor has no values."""
+    if t.is_meta:
+        raise ValueError(f"{name}: expected a tensor with values (on the CPU or a GPU), got one on the meta device")
 
 
 class AuroraEdgeV(nn.Module):
@@ -149,6 +155,7 @@ class AuroraEdgeV(nn.Module):
         vision = self.config.vision
         check_tensor("pixel_values", pixel_values, shape=(None, vision.num_channels, vision.image_size, vision.image_size),
                      layout="[B, C, H, W] at the vision tower's channels and image size", dtypes=PIXEL_DTYPES)  # fmt: skip
+        _check_has_values("pixel_values", pixel_values)
         if not isinstance(input_ids, (list, tuple)) or not all(isinstance(t, torch.Tensor) and t.ndim == 1 for t in input_ids):
             raise TypeError("input_ids: expected a list of 1-D int64 tensors, one prompt per image")
         if len(input_ids) != pixel_values.shape[0]:
@@ -164,6 +171,7 @@ class AuroraEdgeV(nn.Module):
         vocab = self.config.llm.vocab_size
         if ids.dtype != torch.int64:
             raise TypeError(f"{name}: expected dtype int64, got {ids.dtype}")
+        _check_has_values(name, ids)
         if ids.numel() and should_check_values(ids) and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
             raise ValueError(f"{name}: expected token ids in [0, {vocab})")
 
@@ -258,7 +266,8 @@ class AuroraEdgeV(nn.Module):
         decode: "eager", "compile" (torch.compile of the step, no graph break), "cuda_graph" (the step
         captured once per batch bucket and replayed; EOS checked every few steps), or "auto":
         "cuda_graph" for the Triton kernels on a GPU and at least AUTO_GRAPH_MIN_NEW_TOKENS new
-        tokens, else "eager" (`aurora_kernels.runtime.auto_decode_mode`).
+        tokens, else "eager" (`aurora_kernels.runtime.auto_decode_mode`). "compile" and "cuda_graph"
+        need backend "triton" (the reference ops read lengths on the host).
         stats: a dict to receive "decode" (the mode that ran), "prefill_s" (up to the first token's
         logits), "first_step_s" (the first decode step: the second token after the first),
         "decode_s" (every decode step, the first included) and "decode_steps" (wall clock, the device
@@ -269,7 +278,10 @@ class AuroraEdgeV(nn.Module):
 
         if decode not in DECODE_MODES:
             raise ValueError(f"decode: expected one of {DECODE_MODES}, got {decode!r}")
-        key = (cache, page_size)
+        if cache not in CACHE_LAYOUTS:
+            raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
+        check_page_size(page_size)
+        key = (cache, page_size if cache == "paged" else None)  # one contiguous runtime, whatever page_size says
         if key not in self._runtimes:
             batch = len(input_ids) if isinstance(input_ids, (list, tuple)) and input_ids else 1
             self._runtimes[key] = Runtime(self, max_batch=batch, max_length=1, cache=cache, page_size=page_size, grow=True)
@@ -314,7 +326,7 @@ class AuroraEdgeV(nn.Module):
         check_int("max_new_tokens", max_new_tokens, minimum=0)
         if cache not in CACHE_LAYOUTS:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
-        check_int("page_size", page_size)
+        check_page_size(page_size)
         self.check_requests(pixel_values, input_ids)  # before the cache is sized from them
         batch, cfg = len(input_ids), self.config.llm
         if kv is None:

@@ -13,7 +13,16 @@ import copy
 
 import torch
 
+from aurora_kernels._validation import check_int
 from aurora_kernels.ops.decode_attention import PAGED_BLOCK_SIZES
+
+
+def check_page_size(page_size) -> None:
+    """An int among the paged cache's sizes. Checked whatever the layout: a page size that a paged
+    cache would refuse is a mistake in a contiguous call too."""
+    check_int("page_size", page_size)
+    if page_size not in PAGED_BLOCK_SIZES:
+        raise ValueError(f"page_size: expected one of {PAGED_BLOCK_SIZES}, got {page_size}")
 
 
 class KVCache:
@@ -26,8 +35,7 @@ class KVCache:
             self.block_table, self._pages = None, []
             self.scratch_slot = batch * capacity if scratch else None
         else:
-            if page_size not in PAGED_BLOCK_SIZES:
-                raise ValueError(f"page_size: expected one of {PAGED_BLOCK_SIZES}, got {page_size}")
+            check_page_size(page_size)
             pages = -(-capacity // page_size)
             # pages handed out in reverse, so a sequence's pages are not simply consecutive in the pool
             order = list(range(batch * pages - 1, -1, -1))

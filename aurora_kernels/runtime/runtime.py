@@ -34,8 +34,8 @@ import time
 import torch
 
 from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
-from aurora_kernels._validation import check_int
-from aurora_kernels.model.kv_cache import KVCache
+from aurora_kernels._validation import check_bool, check_int
+from aurora_kernels.model.kv_cache import KVCache, check_page_size
 from aurora_kernels.model.prefill_plan import PaddedShape
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch, using_weight_prefetch
 from aurora_kernels.runtime.sampling import SamplingParams, sample
@@ -46,6 +46,15 @@ CACHE_LAYOUTS = ("contiguous", "paged")
 # one CUDA graph of the step per batch bucket, captured on the bucket's first request (needs a GPU).
 DECODE_MODES = ("auto", "eager", "compile", "cuda_graph")
 PREFILL_MODES = ("auto", "eager", "cuda_graph")
+
+
+def traceable_backend(backend: str) -> bool:
+    """Whether a step of the backend can be compiled whole (fullgraph) or captured in a CUDA graph:
+    the Triton ops are custom ops of static shapes; the reference ops read each sequence's length on
+    the host (data-dependent shapes, a device read)."""
+    return backend == "triton"
+
+
 # decode="auto": the CUDA graph where the step can be captured (the kernels on a GPU; the eager
 # reference reads cache lengths on the host) and where the capture pays (the first step run eagerly
 # plus the capture cost two or three eager steps: docs/performance-log.md); eager otherwise.
@@ -134,8 +143,8 @@ class _Bucket:
         batch = prefill_logits.shape[0]
         self.temperature.fill_(params.temperature)
         self.top_p.fill_(params.top_p)
-        self.top_k.fill_(params.top_k)
-        self.seed.fill_(params.seed)
+        self.top_k.fill_(min(params.top_k, prefill_logits.shape[-1]))  # k past the vocabulary keeps all of it
+        self.seed.fill_(params.seed % 2**32)  # as SamplingParams documents; any int >= 0 fits the int64
         self.step.zero_()
         first_tokens = self.choose(prefill_logits, params.do_sample)
         self.kv.seqlens[batch:].zero_()
@@ -183,7 +192,7 @@ class Runtime:
         does not fit, instead of refusing it."""
         check_int("max_batch", max_batch, minimum=1)
         check_int("max_length", max_length, minimum=1)
-        check_int("page_size", page_size)
+        check_page_size(page_size)
         if cache not in CACHE_LAYOUTS:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")
         if decode not in DECODE_MODES:
@@ -349,9 +358,22 @@ class Runtime:
         mode = decode if decode != "auto" else auto_decode_mode(model.device, model.backend, max_new_tokens)
         if mode == "cuda_graph" and not graphs_supported(model.device):
             raise ValueError(f"decode: 'cuda_graph' needs the model on a CUDA device, got {model.device}")
+        if mode != "eager" and not traceable_backend(model.backend):
+            raise ValueError(f"decode: {mode!r} needs backend 'triton', got {model.backend!r} (its ops read each sequence's "
+                             "length on the host); use 'eager'")  # fmt: skip
         prefill_graph = self.prefill == "cuda_graph" or (self.prefill == "auto" and mode == "cuda_graph")
         if prefill_graph and not graphs_supported(model.device):
             raise ValueError(f"prefill: 'cuda_graph' needs the model on a CUDA device, got {model.device}")
+        if prefill_graph and not traceable_backend(model.backend):
+            raise ValueError(f"prefill: 'cuda_graph' needs backend 'triton', got {model.backend!r} (its ops read each "
+                             "sequence's length on the host); use 'eager'")  # fmt: skip
+        if streamer is not None and not callable(streamer):
+            raise TypeError(
+                f"streamer: expected a callable (request index, new token ids) or None, got {type(streamer).__name__}"
+            )
+        check_bool("return_logits", return_logits)
+        if stats is not None and not isinstance(stats, dict):
+            raise TypeError(f"stats: expected a dict to fill or None, got {type(stats).__name__}")
         model.check_requests(pixel_values, input_ids)
         batch = len(input_ids)
         self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)

@@ -499,6 +499,38 @@ def test_size_and_type_arguments_are_checked(device, gen):
     assert kv.capacity == max(16 + n for n in PROMPT_LENGTHS)
 
 
+def test_generate_options_are_checked_by_name(device, gen):
+    """Found by a mutation fuzz of generate's arguments: each of these once ran on (an ignored
+    page_size made a KV cache per value), crashed deep inside (an OverflowError from a seed, a
+    torch.compile error from a step the reference ops cannot be traced in, "'int' object is not
+    callable") or was taken as truthy."""
+    model = tiny_model(device, backend="reference")
+    pixel_values, ids = requests(model, device, gen)
+    for kwargs, error, message in (
+        ({"page_size": 7}, ValueError, r"page_size: expected one of \(16, 32, 64, 128, 256\), got 7"),  # contiguous too
+        ({"page_size": 16.0}, TypeError, "page_size: expected an int, got float"),
+        ({"decode": "compile"}, ValueError, "decode: 'compile' needs backend 'triton', got 'reference'"),
+        ({"streamer": 3}, TypeError, "streamer: expected a callable"),
+        ({"stats": []}, TypeError, "stats: expected a dict to fill or None, got list"),
+        ({"return_logits": "yes"}, TypeError, "return_logits: expected a bool, got str"),
+    ):
+        with pytest.raises(error, match=message):
+            model.generate(pixel_values, ids, 2, **kwargs)
+    assert set(model._runtimes) <= {("contiguous", None)}  # one contiguous runtime, whatever page_size said
+    with pytest.raises(
+        ValueError, match=r"input_ids\[1\]: expected a tensor with values \(on the CPU or a GPU\), got one on the meta"
+    ):
+        model.generate(pixel_values, [ids[0], ids[1].to("meta"), ids[2]], 2)
+    with pytest.raises(ValueError, match="pixel_values: expected a tensor with values"):
+        model.generate(pixel_values.to("meta"), ids, 2)
+    # a seed past int64 is taken modulo 2**32, as documented; a top_k past the vocabulary keeps all of it
+    sampled = {"do_sample": True, "max_new_tokens": 3}
+    assert model.generate(pixel_values, ids, seed=2**70 + 5, **sampled) == model.generate(pixel_values, ids, seed=5, **sampled)
+    assert model.generate(pixel_values, ids, seed=5, top_k=2**70, **sampled) == model.generate(
+        pixel_values, ids, seed=5, **sampled
+    )
+
+
 def test_pixel_values_and_decode_step_errors_name_their_argument(device, gen):
     model = tiny_model(device)
     pixel_values, ids = requests(model, device, gen)

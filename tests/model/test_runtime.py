@@ -41,12 +41,13 @@ class _EagerGraph:
 
 @pytest.fixture
 def mocked_capture(monkeypatch, device):
-    """The runtime's CUDA-graph path on any device, its capture counted, its replays eager."""
+    """The runtime's CUDA-graph path on any device and backend, its capture counted, its replays eager."""
     if device.type == "cuda":
         yield
         return
     _EagerGraph.made = []
     monkeypatch.setattr(runtime_module, "graphs_supported", lambda device: True)
+    monkeypatch.setattr(runtime_module, "traceable_backend", lambda backend: True)
     monkeypatch.setattr(runtime_module, "run_on_side_stream", lambda fn, *args: fn(*args))
     monkeypatch.setattr(runtime_module, "Graphed", _EagerGraph)
     monkeypatch.setattr(Runtime, "_graph_pool", lambda self: None)
@@ -91,7 +92,7 @@ def test_model_generate_keeps_its_runtime_and_grows_it(mocked_capture, device, g
     model = tiny_model(device, backend="reference" if device.type == "cpu" else "triton")
     pixel_values, ids = requests(model, device, gen, lengths=[5, 12])
     first = model.generate(pixel_values, ids, 6, decode="cuda_graph")
-    runtime = model._runtimes[("contiguous", 16)]
+    runtime = model._runtimes[("contiguous", None)]  # a contiguous cache has no page size
     cache = runtime.cache
     assert model.generate(pixel_values, ids, 6, decode="cuda_graph") == first
     assert runtime.cache is cache and runtime.captures == 1  # the second request reused the cache and the graph
