@@ -54,6 +54,7 @@ class KVCache:
     def rows(self, batch: int) -> "KVCache":
         """The first `batch` sequences of this cache, sharing its memory (a smaller batch of requests
         decoding in a cache made for more)."""
+        check_int("batch", batch)
         if not 1 <= batch <= self.batch:
             raise ValueError(f"batch: expected 1 to {self.batch} sequences of this cache, got {batch}")
         view = copy.copy(self)

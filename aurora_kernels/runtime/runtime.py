@@ -35,6 +35,7 @@ import torch
 
 from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
 from aurora_kernels._validation import check_bool, check_int
+from aurora_kernels.model.aurora import AuroraEdgeV
 from aurora_kernels.model.kv_cache import KVCache, check_page_size
 from aurora_kernels.model.prefill_plan import PaddedShape
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch, using_weight_prefetch
@@ -190,8 +191,14 @@ class Runtime:
         decode: how steps run (DECODE_MODES). prefill: "eager", "cuda_graph" (one graph per padded
         shape) or "auto" (graphs where decode runs from one). grow: reallocate for a request that
         does not fit, instead of refusing it."""
+        if not isinstance(model, AuroraEdgeV):
+            raise TypeError(f"model: expected an AuroraEdgeV, got {type(model).__name__}")
         check_int("max_batch", max_batch, minimum=1)
         check_int("max_length", max_length, minimum=1)
+        positions = model.config.llm.max_position_embeddings
+        if max_length > positions:  # no request may be longer: the cache past it would never be read
+            raise ValueError(f"max_length: expected at most the LLM's max_position_embeddings {positions}, got {max_length}")
+        check_bool("grow", grow)
         check_page_size(page_size)
         if cache not in CACHE_LAYOUTS:
             raise ValueError(f"cache: expected one of {CACHE_LAYOUTS}, got {cache!r}")

@@ -147,6 +147,14 @@ def test_requests_past_the_limits_are_refused_by_name(device, gen):
         Runtime(model, decode="fast")
     with pytest.raises(ValueError, match="max_batch: expected an int >= 1, got 0"):
         Runtime(model, max_batch=0)
+    with pytest.raises(ValueError, match="max_length: expected at most the LLM's max_position_embeddings 1024, got 4096"):
+        Runtime(model, max_length=4096)  # a cache no request could fill (it was allocated)
+    with pytest.raises(TypeError, match="model: expected an AuroraEdgeV, got str"):
+        Runtime("aurora-edge-v-2b")
+    with pytest.raises(TypeError, match="grow: expected a bool, got str"):
+        Runtime(model, grow="yes")
+    with pytest.raises(TypeError, match="batch: expected an int, got float"):
+        runtime.cache.rows(2.0)
 
 
 @contextlib.contextmanager
