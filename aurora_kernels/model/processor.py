@@ -2,10 +2,13 @@
 classes: the tokenizer of the LLM's directory (AutoTokenizer, its chat template) and the image
 processor of the vision tower's (AutoImageProcessor: SigLIP's resize, rescale and normalise).
 
-Images may be PIL images of any size and mode, paths to image files, or tensors: uint8 with values
-0..255, or float with values 0..1, as [C, H, W] or [H, W, C] (C 1, 3 or 4) or [H, W]. Every one is
-made an RGB PIL image first, as SigLIP's processor converts them (transformers' convert_to_rgb: an
-alpha channel is composited over white, grey is repeated), then processed.
+Images may be PIL images of any size and mode, paths to image files, or tensors or numpy arrays:
+uint8 with values 0..255, or float with values 0..1, as [C, H, W] or [H, W, C] (C 1, 3 or 4) or
+[H, W] (a last dim of 1, 3 or 4 is taken for the channels). A float image outside 0..1 (a 0..255
+image in floats, or one already normalised), with NaN or inf, or with no pixels is refused: each
+would be processed into a wrong image without a word. Every one is made an RGB PIL image first, as
+SigLIP's processor converts them (transformers' convert_to_rgb: an alpha channel is composited over
+white, grey is repeated), then processed.
 """
 
 from __future__ import annotations
@@ -82,26 +85,40 @@ def _generation_eos_ids(llm_dir) -> tuple[int, ...]:
 
 
 def _to_rgb(image, name: str):
+    import numpy as np
     from PIL import Image
     from transformers.image_transforms import convert_to_rgb
 
     if isinstance(image, (str, Path)):
         if not os.path.isfile(image):
             raise FileNotFoundError(f"{name}: no such image file: {image}")
-        image = Image.open(image)
-        image.load()
-    elif isinstance(image, torch.Tensor):
-        image = Image.fromarray(_to_uint8_hwc(image, name))
+        try:
+            image = Image.open(image)
+            image.load()
+        except OSError as e:  # UnidentifiedImageError, a truncated file, no permission
+            raise ValueError(f"{name}: not an image file that PIL can read: {image} ({e})") from None
+    elif isinstance(image, (torch.Tensor, np.ndarray)):
+        tensor = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(image))
+        image = Image.fromarray(_to_uint8_hwc(tensor, name))
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"{name}: expected a PIL image, a path or a tensor, got {type(image).__name__}")
+        raise TypeError(f"{name}: expected a PIL image, a path, a tensor or a numpy array, got {type(image).__name__}")
     return convert_to_rgb(image)
 
 
 def _to_uint8_hwc(t: torch.Tensor, name: str):
     """A tensor image as the uint8 [H, W] or [H, W, C] array PIL takes."""
+    if t.is_meta:
+        raise ValueError(f"{name}: expected an image tensor with values, got one on the meta device")
+    if t.numel() == 0:
+        raise ValueError(f"{name}: expected an image with pixels, got shape {list(t.shape)}")
     if t.dtype == torch.uint8:
         values = t
     elif t.is_floating_point():
+        low, high = t.float().aminmax()
+        # half a level of 255 either side: what rounding to uint8 absorbs (NaN fails both tests)
+        if not (low >= -0.5 / 255 and high <= 1 + 0.5 / 255):
+            raise ValueError(f"{name}: expected float values in 0..1 (or a uint8 image for 0..255), got values in "
+                             f"{low.item():g}..{high.item():g}")  # fmt: skip
         values = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
     else:
         raise TypeError(f"{name}: expected a uint8 (0..255) or float (0..1) image tensor, got {t.dtype}")

@@ -91,14 +91,33 @@ def test_images_are_preprocessed_as_transformers_does(directories):
         torch.testing.assert_close(processor.pixel_values([image]), expected)
     rgb = torch.from_numpy(np.asarray(Image.open(images / "rgb.png")))  # [H, W, 3] uint8
     expected = processor.pixel_values([images / "rgb.png"])
-    for tensor in (rgb, rgb.permute(2, 0, 1), rgb.permute(2, 0, 1).float() / 255):
+    for tensor in (
+        rgb,
+        rgb.permute(2, 0, 1),
+        rgb.permute(2, 0, 1).float() / 255,
+        rgb.numpy(),
+        rgb.numpy()[::-1, ::-1][::-1, ::-1],
+    ):
         torch.testing.assert_close(processor.pixel_values([tensor]), expected)
     with pytest.raises(FileNotFoundError, match="images\\[0\\]: no such image file"):
         processor.pixel_values([images / "missing.png"])
-    with pytest.raises(TypeError, match="images\\[1\\]: expected a PIL image, a path or a tensor, got int"):
+    (images / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="images\\[0\\]: not an image file that PIL can read: .*notes.png"):
+        processor.pixel_values([images / "notes.png"])
+    with pytest.raises(TypeError, match="images\\[1\\]: expected a PIL image, a path, a tensor or a numpy array, got int"):
         processor.pixel_values([rgb, 3])
     with pytest.raises(ValueError, match="images\\[0\\]: expected an image tensor"):
         processor.pixel_values([torch.zeros(5, 6, 7, dtype=torch.uint8)])
+    # float images outside 0..1 were clamped into a wrong image without a word (a 0..255 image in
+    # floats came out white); NaN, an empty image and a meta tensor are refused too
+    floats = rgb.permute(2, 0, 1).float()
+    for bad, message in ((floats, "expected float values in 0..1 \\(or a uint8 image for 0..255\\), got values in 0\\.\\.25"),
+                         ((floats - 128) / 64, "expected float values in 0..1"),
+                         (torch.full((3, 4, 4), float("nan")), "expected float values in 0..1 .*, got values in nan..nan"),
+                         (rgb[:0], "expected an image with pixels, got shape \\[0, 70, 3\\]"),
+                         (floats.to("meta"), "expected an image tensor with values, got one on the meta device")):  # fmt: skip
+        with pytest.raises(ValueError, match="images\\[0\\]: " + message):
+            processor.pixel_values([bad])
 
 
 def test_missing_tokenizer_or_image_processor_is_named(directories, tmp_path):
