@@ -11,8 +11,9 @@ Two ways, each undone by its counterpart:
 What changes, per part:
 - RMSNorm: Qwen2RMSNorm's forward becomes `rms_norm`.
 - MLP: gate_proj and up_proj weights are moved into one [2I, H] tensor on the module's first call
-  (the two parameters become views of it: state_dict names, values and memory are unchanged);
-  forward is one matmul, `silu_and_mul`, down_proj.
+  (the two parameters become views of it: state_dict names, values and memory are unchanged), and
+  again on the first call after they stopped being its views (the model moved or converted with
+  `.to()`, or loaded with `assign=True`); forward is one matmul, `silu_and_mul`, down_proj.
 - Rotary: transformers' module-level `apply_rotary_pos_emb` in modeling_qwen2, which the attention
   calls, is replaced by a dispatcher: `apply_rotary` inside a patched instance's forward (a context
   variable says which), transformers' own elsewhere; the class-level patch makes it `apply_rotary`
@@ -46,10 +47,29 @@ def _rms_norm_forward(self, hidden_states):
 
 
 def _mlp_forward(self, x):
-    if getattr(self, "_aurora_gate_up", None) is None:
+    if getattr(self, "_aurora_gate_up", None) is None or not (torch.compiler.is_compiling() or _still_fused(self)):
         _fuse_gate_up(self)
     gate_up = F.linear(x, self._aurora_gate_up, self._aurora_gate_up_bias)
     return self.down_proj(ak.silu_and_mul(gate_up, backend=getattr(self, "_aurora_backend", "triton")))
+
+
+def _still_fused(mlp) -> bool:
+    """Whether gate_proj's and up_proj's weights (and biases) are still the two halves of the fused
+    tensors. They stop being so when the module is converted (`.to()`, `.half()`, `.cuda()` give each
+    parameter memory of its own) or given new parameters (`load_state_dict(..., assign=True)`): the
+    fused tensors then hold the old dtype, device or values, and are made again. Data pointers, so
+    eager calls only: a compiled graph guards on the tensors' dtype and device."""
+    for part, fused in (("weight", mlp._aurora_gate_up), ("bias", mlp._aurora_gate_up_bias)):
+        gate, up = getattr(mlp.gate_proj, part), getattr(mlp.up_proj, part)
+        if fused is None:
+            if gate is not None:
+                return False
+            continue
+        if gate is None or gate.dtype != fused.dtype or gate.device != fused.device:
+            return False
+        if gate.data_ptr() != fused.data_ptr() or up.data_ptr() != fused.data_ptr() + gate.numel() * gate.element_size():
+            return False
+    return True
 
 
 def _fuse_gate_up(mlp) -> None:

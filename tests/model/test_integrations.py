@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import aurora_kernels as ak
-from aurora_kernels.testing import assert_parity
+from aurora_kernels.testing import assert_parity, rel_error
 
 transformers = pytest.importorskip("transformers")
 
@@ -69,6 +69,31 @@ def test_patch_keeps_the_state_dict(device, gen):
     patch_qwen2(model)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_patched_model_moved_converted_or_reloaded_computes_with_its_new_weights(device, gen):
+    """The MLP's fused gate_up tensor is made on the first call; `.half()` / `.to()` after it gave the
+    parameters memory of their own and left the fused tensor behind (a dtype error; on another
+    device a device error), and `load_state_dict(assign=True)` left it holding the old weights (a
+    wrong answer without an error). Each now makes it again."""
+    model = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(0, 500, (2, 9), generator=torch.Generator().manual_seed(2)).to(device)
+    patched = _patched_copy(model, device)
+    with torch.no_grad():
+        truth = model(ids).logits.double()
+        patched(ids)  # fuses gate_up
+        other = _tiny_qwen2(torch.Generator().manual_seed(7)).to(device)
+        patched.load_state_dict(other.state_dict(), assign=True)
+        assert_parity(patched(ids).logits, other(ids).logits.double(), torch.float32, "patched Qwen2 after assign=True")
+        patched.load_state_dict(model.state_dict(), assign=True)
+        model.to(torch.bfloat16)
+        patched.to(torch.bfloat16)
+        # a whole model's bf16 error compounds past one op's bound: the eager model's is the yardstick
+        eager_error, kernel_error = rel_error(model(ids).logits, truth), rel_error(patched(ids).logits, truth)
+        assert kernel_error <= 2 * eager_error, (kernel_error, eager_error)
+        model.float()
+        patched.float()  # and back (both with the rotary tables' bf16 rounding)
+        assert_parity(patched(ids).logits, model(ids).logits.double(), torch.float32, "patched Qwen2 after .bfloat16().float()")
 
 
 def _padded_batch(device, side="left"):
