@@ -56,8 +56,8 @@ def traceable_backend(backend: str) -> bool:
     return backend == "triton"
 
 
-# decode="auto": the CUDA graph where the step can be captured (the kernels on a GPU; the eager
-# reference reads cache lengths on the host) and where the capture pays (the first step run eagerly
+# decode="auto": the CUDA graph where the step can be captured (a traceable_backend on a GPU) and
+# where the capture pays (the first step run eagerly
 # plus the capture cost two or three eager steps: docs/performance-log.md); eager otherwise.
 AUTO_GRAPH_MIN_NEW_TOKENS = 8
 EOS_CHECK_INTERVAL = 16
@@ -72,7 +72,7 @@ def power_of_two_bucket(n: int, minimum: int) -> int:
 
 def auto_decode_mode(device: torch.device, backend: str, max_new_tokens: int) -> str:
     """What decode="auto" runs: "cuda_graph" or "eager"."""
-    if device.type == "cuda" and backend == "triton" and max_new_tokens >= AUTO_GRAPH_MIN_NEW_TOKENS:
+    if device.type == "cuda" and traceable_backend(backend) and max_new_tokens >= AUTO_GRAPH_MIN_NEW_TOKENS:
         return "cuda_graph"
     return "eager"
 
