@@ -57,6 +57,23 @@ def subset_of(known: Iterable[str], what: str) -> Callable[[str], tuple[str, ...
     return parse
 
 
+def output_file(text: str) -> str:
+    """A file to write at the end of a run: its folder must exist now, not after minutes of work."""
+    folder = os.path.dirname(text) or "."
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"expected a file in an existing folder, got {text!r} (no folder {folder!r})")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a file to write, got the folder {text!r}")
+    return text
+
+
+def output_directory(text: str) -> str:
+    """A folder to write into, made if missing: not the path of a file."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder to write into, got the file {text!r}")
+    return text
+
+
 def existing_directory(text: str) -> str:
     if not os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"expected an existing directory, got {text!r}")

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 
+from aurora_kernels._cli_arguments import output_file
 from aurora_kernels._compile import DTYPE_LABELS, H100_SHARED_MEMORY_LIMIT, KernelConfig, all_configs
 
 
@@ -398,8 +399,8 @@ def run_report(
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--json", help="write the rows as JSON here")
-    parser.add_argument("--markdown", help="write the table as Markdown here")
+    parser.add_argument("--json", type=output_file, help="write the rows as JSON here")
+    parser.add_argument("--markdown", type=output_file, help="write the table as Markdown here")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     parser.add_argument(
         "--op", action="append", choices=sorted({cfg.op for cfg in all_configs()}), help="only this op's configs (repeatable)"

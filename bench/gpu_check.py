@@ -31,7 +31,7 @@ import sys
 import tarfile
 import time
 
-from aurora_kernels._cli_arguments import ints_at_least, subset_of
+from aurora_kernels._cli_arguments import ints_at_least, output_directory, output_file, subset_of
 from bench import harness, model_e2e
 from bench.warm import usable_cores
 
@@ -315,7 +315,7 @@ def _model_runs(text: str) -> tuple[tuple[str, str], ...]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--results-dir", help="default bench/results/<device-name>/")
+    parser.add_argument("--results-dir", type=output_directory, help="default bench/results/<device-name>/")
     parser.add_argument(
         "--phases",
         type=subset_of(PHASES, "phases"),
@@ -365,6 +365,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--archive",
+        type=output_file,
         help="also pack the results directory into this .tar.gz after each phase "
         "(a device call returns few files, and a call stopped at its limit keeps the phases done)",
     )

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from aurora_kernels._cli_arguments import output_directory
 from aurora_kernels.model.config import PRESETS
 
 _LOAD = """
@@ -61,7 +62,9 @@ def measure(paths, python: str = sys.executable, env: dict | None = None) -> dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", default="aurora-edge-v-2b", choices=PRESETS)
-    parser.add_argument("--keep", help="write the checkpoint here and keep it (default: a temporary folder)")
+    parser.add_argument(
+        "--keep", type=output_directory, help="write the checkpoint here and keep it (default: a temporary folder)"
+    )
     args = parser.parse_args(argv)
     root = args.keep or tempfile.mkdtemp(prefix="aurora-checkpoint-")
     start = time.perf_counter()

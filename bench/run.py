@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from aurora_kernels._cli_arguments import subset_of
+from aurora_kernels._cli_arguments import output_directory, subset_of
 from bench import harness
 from bench.harness import OPS, interleave_ops, known_ops, load_cases
 
@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--results-dir",
+        type=output_directory,
         help="results go here (default: a full run, the committed bench/results/ "
         "(GPU: bench/results/<device-name>/); a partial one (--ops), a temporary folder)",
     )

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import triton
 
 import aurora_kernels as ak
-from aurora_kernels._cli_arguments import ints_at_least
+from aurora_kernels._cli_arguments import ints_at_least, output_file
 from aurora_kernels.ops.fused_linear import _GPU_CONFIGS, EPILOGUES, GEMV_MAX_ROWS, MODEL_PROJECTIONS, PROLOGUES, launch
 from bench.bench_fused_linear import _ours_unfused
 
@@ -167,7 +167,7 @@ def summary_lines(results: list[dict]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--rows", type=ints_at_least(1), default=(1,), help="comma-separated row counts (decode batch sizes)")
-    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--json", type=output_file, help="write the rows here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("sweep_fused_linear times kernels on a GPU; this machine has none", flush=True)

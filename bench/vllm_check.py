@@ -61,14 +61,14 @@ def agreement(ours: list[list[int]], theirs: list[list[int]]) -> dict:
 
 
 def main(argv=None) -> None:
-    from aurora_kernels._cli_arguments import int_at_least
+    from aurora_kernels._cli_arguments import int_at_least, output_file
 
     parser = argparse.ArgumentParser(prog="python -m bench.vllm_check", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--preset", default="aurora-edge-v-2b", choices=("tiny", "aurora-edge-v-2b"))
     parser.add_argument("--batch", type=int_at_least(1), default=8)
     parser.add_argument("--prompt-len", type=int_at_least(1), default=512)
     parser.add_argument("--new-tokens", type=int_at_least(1), default=128)
-    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--json", type=output_file, help="also write the report here")
     args = parser.parse_args(argv)
 
     import torch

@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-from aurora_kernels._cli_arguments import existing_directory, int_at_least, ints_at_least, subset_of
+from aurora_kernels._cli_arguments import (
+    existing_directory,
+    int_at_least,
+    ints_at_least,
+    output_directory,
+    output_file,
+    subset_of,
+)
 
 KNOWN_OPS = "expected ops among apply_rotary,attention,"
 
@@ -27,6 +34,11 @@ KNOWN_OPS = "expected ops among apply_rotary,attention,"
     ("aurora_kernels.model.cost", ["--batch", "0"], "argument --batch: expected an int >= 1, got 0"),
     ("aurora_kernels.model.cost", ["--prompt-len", "-3"], "argument --prompt-len: expected an int >= 1, got -3"),
     ("aurora_kernels.compile_report", ["--op", "rms_nrom"], "argument --op: invalid choice: 'rms_nrom'"),
+    # an output file whose folder is missing was found at the end, after minutes of compiling
+    ("aurora_kernels.compile_report", ["--json", "/nowhere/report.json"], "argument --json: expected a file in an existing folder"),
+    ("bench.sweep_fused_linear", ["--json", "."], "argument --json: expected a file to write, got the folder '.'"),
+    ("bench.run", ["--results-dir", "README.md"], "argument --results-dir: expected a folder to write into, got the file 'README.md'"),
+    ("bench.gpu_check", ["--archive", "/nowhere/gpu-check.tar.gz"], "argument --archive: expected a file in an existing folder"),
 ])  # fmt: skip
 def test_a_typo_is_a_usage_error_that_names_the_flag(module, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -42,7 +54,9 @@ def test_the_types_return_what_was_meant():
     phases = subset_of(("tests", "ops", "model"), "phases")
     assert phases("model,tests,model") == ("tests", "model")  # once each, in the known order
     assert existing_directory(".") == "."
+    assert output_file("report.json") == "report.json"  # in the current folder
+    assert output_directory("/nowhere/yet") == "/nowhere/yet"  # made when the run writes
     for parse, text in ((int_at_least(1), "0"), (int_at_least(0), "1.5"), (ints_at_least(1), ""), (phases, ""),
-                        (phases, "tests,,model"), (existing_directory, "/nowhere")):  # fmt: skip
+                        (phases, "tests,,model"), (existing_directory, "/nowhere"), (output_directory, "README.md")):  # fmt: skip
         with pytest.raises(argparse.ArgumentTypeError):
             parse(text)
