@@ -15,6 +15,14 @@ from typing import Callable, Generic, TypeVar
 T = TypeVar("T")
 
 
+def a_bool(value) -> bool:
+    """The check of an on/off setting: True or False, not anything truthy (set_autotuning("no")
+    would switch it on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"enabled: expected a bool, got {type(value).__name__}")
+    return value
+
+
 class ThreadSetting(Generic[T]):
     def __init__(self, default: T, check: Callable[[object], T]):
         """check(value) -> the value to store, or an error naming what was expected."""

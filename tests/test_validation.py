@@ -256,3 +256,23 @@ def test_value_checks_can_be_switched_off(f32, device):
         ak.attention_varlen(q, k, k, cu, cu, longest, longest, backend="reference")
     with pytest.raises(ValueError, match="mode: expected one of"):
         ak.set_value_checks("sometimes")
+
+
+def test_switches_and_modules_refuse_what_they_would_read_as_truthy(monkeypatch):
+    """set_autotuning("no") and using_programmatic_dependent_launch("off") used to switch them on."""
+    from aurora_kernels.ops import _autotune, _pdl
+
+    for switch in (ak.set_autotuning, ak.set_programmatic_dependent_launch):
+        with pytest.raises(TypeError, match="enabled: expected a bool, got str"):
+            switch("no")
+    for block in (ak.autotuning, ak.using_programmatic_dependent_launch, _pdl.using_weight_prefetch):
+        with pytest.raises(TypeError, match="enabled: expected a bool, got NoneType"):
+            block(None).__enter__()
+    assert ak.programmatic_dependent_launch() is False  # nothing was switched on on the way
+    monkeypatch.setenv("AURORA_AUTOTUNE", "off")
+    with pytest.raises(ValueError, match="AURORA_AUTOTUNE: expected 0 or 1 in the environment, got 'off'"):
+        _autotune._autotune_from_environment()
+    with pytest.raises(ValueError, match="hidden_size: expected an int >= 1, got 0"):
+        ak.RMSNorm(0)
+    with pytest.raises(ValueError, match="eps: expected a non-negative float, got -1.0"):
+        ak.RMSNorm(8, eps=-1.0)

@@ -22,7 +22,7 @@ import threading
 import torch
 import triton
 
-from aurora_kernels._settings import ThreadSetting
+from aurora_kernels._settings import ThreadSetting, a_bool
 
 
 def _triton_interprets() -> bool:
@@ -36,7 +36,16 @@ def _triton_interprets() -> bool:
 # The kernels run under the interpreter only if it was on before triton and this package were
 # imported: both decorate their kernels at import.
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and _triton_interprets()
-_AUTOTUNING = ThreadSetting(os.environ.get("AURORA_AUTOTUNE", "1") != "0", bool)
+
+
+def _autotune_from_environment() -> bool:
+    value = os.environ.get("AURORA_AUTOTUNE", "1")
+    if value not in ("0", "1"):  # "off" or "false" must not leave it on without a word
+        raise ValueError(f"AURORA_AUTOTUNE: expected 0 or 1 in the environment, got {value!r}")
+    return value == "1"
+
+
+_AUTOTUNING = ThreadSetting(_autotune_from_environment(), a_bool)
 
 
 def set_autotuning(enabled: bool) -> None:

@@ -41,15 +41,15 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from aurora_kernels._settings import ThreadSetting
+from aurora_kernels._settings import ThreadSetting, a_bool
 from aurora_kernels.ops._autotune import INTERPRETER
 
-_PDL = ThreadSetting(False, bool)
+_PDL = ThreadSetting(False, a_bool)
 # Under PDL, whether the GEMV also asks the L2 for the rest of its program's weight rows before its
 # wait (`prefetch_rows_to_l2`), and decode attention's merge launches the next kernel (the o_proj
 # GEMV) early (`early_next_launch_option`): off unless a caller (the model's generate, under
 # RunOptions.weight_prefetch) turns it on for its thread.
-_WEIGHT_PREFETCH = ThreadSetting(False, bool)
+_WEIGHT_PREFETCH = ThreadSetting(False, a_bool)
 
 
 def using_weight_prefetch(enabled: bool):

@@ -25,6 +25,7 @@ from aurora_kernels._dispatch import kernel_op, new_output, record_call
 from aurora_kernels._validation import (
     check_backend,
     check_eps,
+    check_int,
     check_row_input,
     check_same_device,
     check_same_dtype,
@@ -117,6 +118,8 @@ class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float = 1e-6, backend: str = "triton", device=None, dtype=None):
         super().__init__()
         check_backend(backend)
+        check_int("hidden_size", hidden_size, minimum=1)
+        check_eps(eps)
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
         self.eps = eps
         self.backend = backend
