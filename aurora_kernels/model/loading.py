@@ -59,6 +59,15 @@ def _read_config(directory) -> dict:
     return _read_json(path)
 
 
+def _refuse_quantized(path: str, raw: dict) -> None:
+    """A quantized checkpoint's tensors (int8, float8, packed int4 with scales) are not weights to
+    cast: refused by its config before any tensor is read."""
+    if raw.get("quantization_config"):
+        method = raw["quantization_config"].get("quant_method") if isinstance(raw["quantization_config"], dict) else None
+        raise ValueError(f"{path}: expected an unquantized checkpoint, got a quantization_config (quant_method "
+                         f"{method!r}); this model loads float16, bfloat16 or float32 weights")  # fmt: skip
+
+
 def _hold_fixed_fields(path: str, raw: dict, fixed: dict) -> None:
     """Each field of `fixed` (absent: its default) is one of its allowed values, or a ValueError."""
     for field, (allowed, default) in fixed.items():
@@ -74,6 +83,7 @@ def llm_config_from_dir(llm_dir) -> LLMConfig:
         raise ValueError(f"{llm_dir}/config.json: expected model_type 'qwen2', got {raw.get('model_type')!r}")
     get = lambda key: raw.get(key, _QWEN2_DEFAULTS.get(key))  # noqa: E731
     path = f"{llm_dir}/config.json"
+    _refuse_quantized(path, raw)
     _hold_fixed_fields(path, raw, _QWEN2_FIXED)
     sliding = sorted({t for t in raw.get("layer_types") or () if t != "full_attention"})
     if sliding:
@@ -95,6 +105,7 @@ def llm_config_from_dir(llm_dir) -> LLMConfig:
 
 def vision_config_from_dir(vision_dir) -> VisionConfig:
     raw = _read_config(vision_dir)
+    _refuse_quantized(f"{vision_dir}/config.json", raw)
     kind = raw.get("model_type")
     if kind == "siglip":
         raw = raw.get("vision_config") or {}
@@ -155,11 +166,20 @@ def open_safetensors(path):
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+# the dtypes a weight is read in and cast from; an int8, uint8 or float8 tensor is a quantized
+# checkpoint's, whose values mean nothing without its scales: cast, they would make a wrong model
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def read_tensor(file, name: str, path) -> torch.Tensor:
     try:
-        return file.get_tensor(name)
+        tensor = file.get_tensor(name)
     except Exception as e:  # safetensors raises its own error type for data it cannot read
         raise ValueError(f"{path}: cannot read tensor {name!r} ({e})") from None
+    if tensor.dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"{path}: tensor {name!r}: expected float16, bfloat16, float32 or float64 weights, got "
+                         f"{tensor.dtype} (a quantized checkpoint? this model loads unquantized ones)")  # fmt: skip
+    return tensor
 
 
 def qwen2_names(cfg: LLMConfig) -> dict[str, list[str]]:

@@ -209,6 +209,8 @@ REFUSED_QWEN2_FIELDS = [
     ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.25}},
      "rope_parameters: expected partial_rotary_factor 1.0, got 0.25"),
     ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "expected plain RoPE"),
+    ({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}},
+     "expected an unquantized checkpoint, got a quantization_config \\(quant_method 'fp8'\\)"),
 ]  # fmt: skip
 
 
@@ -229,6 +231,24 @@ def test_config_fields_at_the_computed_values_load(checkpoints):
     (root / "siglip" / "config.json").write_text(json.dumps({"model_type": "siglip_vision_model", **SIGLIP_VISION_CONFIG,
                                                              "hidden_act": "gelu_new"}))  # fmt: skip
     assert AuroraEdgeV.from_pretrained(root / "qwen2", root / "siglip", backend="reference").config.llm == TINY.llm
+
+
+def test_quantized_tensors_are_refused_not_cast(checkpoints, tmp_path):
+    """A float8 or int8 tensor is a quantized checkpoint's: cast to bf16 without its scales it made a
+    wrong model without a word."""
+    root, llm, _ = checkpoints
+    from safetensors.torch import save_file
+
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    (quantized / "config.json").write_text(json.dumps(QWEN2_CONFIG))
+    for dtype in (torch.float8_e4m3fn, torch.int8):
+        name = "model.layers.0.mlp.down_proj.weight"
+        save_file(dict(llm, **{name: llm[name].to(dtype)}), quantized / "model.safetensors")
+        with pytest.raises(
+            ValueError, match=f"tensor '{name}': expected float16, bfloat16, float32 or float64 weights, got {dtype}"
+        ):
+            AuroraEdgeV.from_pretrained(quantized, root / "siglip")
 
 
 def test_files_that_cannot_be_read_are_named(checkpoints):
