@@ -53,23 +53,20 @@ def _mlp_forward(self, x):
     return self.down_proj(ak.silu_and_mul(gate_up, backend=getattr(self, "_aurora_backend", "triton")))
 
 
+def _parameter_addresses(mlp) -> tuple:
+    gate, up = mlp.gate_proj, mlp.up_proj
+    return (gate.weight.data_ptr(), up.weight.data_ptr(),
+            None if gate.bias is None else gate.bias.data_ptr(), None if up.bias is None else up.bias.data_ptr())  # fmt: skip
+
+
 def _still_fused(mlp) -> bool:
     """Whether gate_proj's and up_proj's weights (and biases) are still the two halves of the fused
-    tensors. They stop being so when the module is converted (`.to()`, `.half()`, `.cuda()` give each
-    parameter memory of its own) or given new parameters (`load_state_dict(..., assign=True)`): the
-    fused tensors then hold the old dtype, device or values, and are made again. Data pointers, so
-    eager calls only: a compiled graph guards on the tensors' dtype and device."""
-    for part, fused in (("weight", mlp._aurora_gate_up), ("bias", mlp._aurora_gate_up_bias)):
-        gate, up = getattr(mlp.gate_proj, part), getattr(mlp.up_proj, part)
-        if fused is None:
-            if gate is not None:
-                return False
-            continue
-        if gate is None or gate.dtype != fused.dtype or gate.device != fused.device:
-            return False
-        if gate.data_ptr() != fused.data_ptr() or up.data_ptr() != fused.data_ptr() + gate.numel() * gate.element_size():
-            return False
-    return True
+    tensors, as _fuse_gate_up left them. They stop being so when the module is converted (`.to()`,
+    `.half()`, `.cuda()` give each parameter memory of its own, while the fused tensors keep theirs)
+    or given new parameters (`load_state_dict(..., assign=True)`): the fused tensors then hold the old
+    dtype, device or values, and are made again. Data pointers, so eager calls only: a compiled
+    graph guards on the tensors' dtype and device."""
+    return _parameter_addresses(mlp) == mlp._aurora_fused_addresses
 
 
 def _fuse_gate_up(mlp) -> None:
@@ -85,6 +82,7 @@ def _fuse_gate_up(mlp) -> None:
         setattr(mlp.gate_proj, part, torch.nn.Parameter(fused[:rows], requires_grad=False))
         setattr(mlp.up_proj, part, torch.nn.Parameter(fused[rows:], requires_grad=False))
         setattr(mlp, "_aurora_gate_up" if part == "weight" else "_aurora_gate_up_bias", fused)
+    mlp._aurora_fused_addresses = _parameter_addresses(mlp)
 
 
 def _kernel_rotary(q, k, cos, sin, unsqueeze_dim: int = 1, *, backend: str):
