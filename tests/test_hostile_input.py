@@ -381,6 +381,47 @@ def test_decode_keys_that_all_overflow_to_minus_inf_give_nan_and_a_split_of_them
         torch.testing.assert_close(out[1, 0, 0], v_cache[1, 16:, 0].mean(0), msg=f"{backend} {splits}")
 
 
+# ----------------------------------------------------------------------------- 6. any argument, replaced
+
+
+def _replacements(value):
+    """What a user passes by mistake in an argument's place (the op's own inputs otherwise)."""
+    if not isinstance(value, torch.Tensor):
+        return [("a string", "x"), ("None", None), ("a list", [value])]
+    found = [("a list", value.tolist()), ("None", None), ("a meta tensor", value.to("meta")),
+             ("a 0-dim tensor", value.flatten()[:1].reshape(())), ("one more dim", value.unsqueeze(0))]  # fmt: skip
+    return found + [(str(dtype), value.to(dtype)) for dtype in (torch.float64, torch.int32, torch.bool, torch.float16)
+                    if dtype != value.dtype]  # fmt: skip
+
+
+def test_any_argument_replaced_is_refused_by_name_or_computed_right(device, gen):
+    """Every argument of every op, in turn, replaced by a list, None, a meta tensor, a 0-dim tensor,
+    one more dim or another dtype: a TypeError or ValueError that names the argument, or the
+    reference's result (found by a fuzz of this kind: a list of lengths met an AttributeError)."""
+    import inspect
+
+    from bench import harness
+
+    harness.load_cases()
+    for op, entry in harness.OPS.items():
+        names = list(inspect.signature(entry.public).parameters)
+        args, kwargs = entry.small_inputs(torch.float32, device, gen)
+        places = [(names[i], i) for i in range(len(args))] + [(name, name) for name in kwargs]
+        for name, place in places:
+            for what, replacement in _replacements(args[place] if isinstance(place, int) else kwargs[place]):
+                new_args, new_kwargs = list(args), dict(kwargs)
+                if isinstance(place, int):
+                    new_args[place] = replacement
+                else:
+                    new_kwargs[place] = replacement
+                try:
+                    entry.public(*new_args, **new_kwargs)
+                except (TypeError, ValueError) as e:
+                    assert name in str(e), (op, name, what, str(e))
+                    continue
+                check_op(entry.public, entry.reference, *new_args, **new_kwargs)
+
+
 # ----------------------------------------------------------------------------- 7. threads
 
 

@@ -389,7 +389,11 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"q: expected a head dim D in [1, {MAX_HEAD_DIM}], got {head_dim}")
     paged = block_table is not None
-    layout = "[num_blocks, block_size, Hkv, D]" if paged else "[B, S_max, Hkv, D]"
+    layout = (
+        "[num_blocks, block_size, Hkv, D] (paged: with block_table)"
+        if paged
+        else "[B, S_max, Hkv, D] (contiguous: no block_table)"
+    )
     check_tensor("k_cache", k_cache, shape=(None if paged else batch, None, None, head_dim), layout=layout, unit_stride_last=True)
     check_tensor("v_cache", v_cache, shape=tuple(k_cache.shape), layout=f"{layout} (the shape of k_cache)", unit_stride_last=True)
     check_same_dtype("k_cache", k_cache, "q", q)
