@@ -90,13 +90,14 @@ def _to_rgb(image, name: str):
     from transformers.image_transforms import convert_to_rgb
 
     if isinstance(image, (str, Path)):
-        if not os.path.isfile(image):
-            raise FileNotFoundError(f"{name}: no such image file: {image}")
+        path = image
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{name}: no such image file: {path}")
         try:
-            image = Image.open(image)
+            image = Image.open(path)
             image.load()
         except OSError as e:  # UnidentifiedImageError, a truncated file, no permission
-            raise ValueError(f"{name}: not an image file that PIL can read: {image} ({e})") from None
+            raise ValueError(f"{name}: not an image file that PIL can read: {path} ({e})") from None
     elif isinstance(image, (torch.Tensor, np.ndarray)):
         tensor = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(image))
         image = Image.fromarray(_to_uint8_hwc(tensor, name))

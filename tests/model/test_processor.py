@@ -104,6 +104,9 @@ def test_images_are_preprocessed_as_transformers_does(directories):
     (images / "notes.png").write_text("not an image")
     with pytest.raises(ValueError, match="images\\[0\\]: not an image file that PIL can read: .*notes.png"):
         processor.pixel_values([images / "notes.png"])
+    (images / "cut.png").write_bytes((images / "rgb.png").read_bytes()[:200])  # opens, fails to load
+    with pytest.raises(ValueError, match="images\\[0\\]: not an image file that PIL can read: .*cut.png"):
+        processor.pixel_values([images / "cut.png"])
     with pytest.raises(TypeError, match="images\\[1\\]: expected a PIL image, a path, a tensor or a numpy array, got int"):
         processor.pixel_values([rgb, 3])
     with pytest.raises(ValueError, match="images\\[0\\]: expected an image tensor"):
