@@ -62,8 +62,9 @@ def _read_config(directory) -> dict:
 def _refuse_quantized(path: str, raw: dict) -> None:
     """A quantized checkpoint's tensors (int8, float8, packed int4 with scales) are not weights to
     cast: refused by its config before any tensor is read."""
-    if raw.get("quantization_config"):
-        method = raw["quantization_config"].get("quant_method") if isinstance(raw["quantization_config"], dict) else None
+    quantization = raw.get("quantization_config")
+    if quantization:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else None
         raise ValueError(f"{path}: expected an unquantized checkpoint, got a quantization_config (quant_method "
                          f"{method!r}); this model loads float16, bfloat16 or float32 weights")  # fmt: skip
 
