@@ -394,16 +394,30 @@ def _replacements(value):
                     if dtype != value.dtype]  # fmt: skip
 
 
+def _rotary_by_position(dtype, device, gen):
+    """apply_rotary's inputs with positions: half-width tables [5, 16] (as many rows as tokens, so
+    that without the positions they are a token's rows, computed right)."""
+    q, k = randn((2, 5, 4, 32), dtype, device, gen), randn((2, 5, 2, 32), dtype, device, gen)
+    positions = torch.randint(0, 5, (2, 5), generator=gen).to(device)
+    return (q, k, randn((5, 16), dtype, device, gen), randn((5, 16), dtype, device, gen)), {"positions": positions}
+
+
 def test_any_argument_replaced_is_refused_by_name_or_computed_right(device, gen):
-    """Every argument of every op, in turn, replaced by a list, None, a meta tensor, a 0-dim tensor,
-    one more dim or another dtype: a TypeError or ValueError that names the argument, or the
-    reference's result (found by a fuzz of this kind: a list of lengths met an AttributeError)."""
+    """Every argument of every op (and of apply_rotary by position), in turn, replaced by a list,
+    None, a meta tensor, a 0-dim tensor, one more dim or another dtype: a TypeError or ValueError
+    that names the argument, or the reference's result (found by a fuzz of this kind: a list of
+    lengths met an AttributeError)."""
     import inspect
 
     from bench import harness
 
     harness.load_cases()
-    for op, entry in harness.OPS.items():
+    entries = [
+        *harness.OPS.values(),
+        harness.OpEntry("apply_rotary", ak.apply_rotary, reference.apply_rotary, _rotary_by_position),
+    ]
+    for entry in entries:
+        op = entry.op
         names = list(inspect.signature(entry.public).parameters)
         args, kwargs = entry.small_inputs(torch.float32, device, gen)
         places = [(names[i], i) for i in range(len(args))] + [(name, name) for name in kwargs]

@@ -50,7 +50,8 @@ def recorded(monkeypatch):
 
 def _call_every_path(device, gen):
     """Every op at the benchmark suite's small shapes in fp32 and bf16, and the paths those leave out:
-    decode's append with rotary tables and splits, the rotary cache write, the residual epilogues."""
+    decode's append with rotary tables and splits, the rotary cache write and rows by position, the
+    residual epilogues."""
     harness.load_cases()
     for entry in harness.OPS.values():
         for dtype in (torch.float32, torch.bfloat16):
@@ -69,6 +70,10 @@ def _call_every_path(device, gen):
     ak.apply_rotary(
         q, k, randn(5, 32), randn(5, 32), v=k.clone(), k_cache=randn(16, 2, 32), v_cache=randn(16, 2, 32), cache_slots=slots
     )
+    positions = torch.tensor([[7, 0, 3, 3, 1]], device=device)
+    ak.apply_rotary(q, k, randn(8, 16), randn(8, 16), positions=positions)
+    ak.apply_rotary(q, k, randn(8, 32), randn(8, 32), positions=positions, v=k.clone(), k_cache=randn(16, 2, 32),
+                    v_cache=randn(16, 2, 32), cache_slots=slots)  # fmt: skip
     ak.linear(randn(2, 1, 48), randn(40, 48), randn(40), residual=randn(2, 1, 40))
     ak.silu_and_mul_linear(randn(2, 1, 96), randn(40, 48), residual=randn(2, 1, 40))
     ak.layer_norm(randn(4, 5, 64), randn(64), randn(64), residual=randn(4, 5, 64))

@@ -218,13 +218,18 @@ def _rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_slots=None):
+def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cache=None, cache_slots=None):
     """Rotary embedding, rotate-half convention: x * cos + rotate_half(x) * sin.
 
-    q [..., L, Hq, D], k [..., L, Hkv, D]; cos, sin [..., L, D] broadcast over the heads.
-    Returns (q_rot, k_rot) as new tensors. With v, k_cache, v_cache [rows, Hkv, D] and cache_slots
-    [tokens]: the rotated k and v also go into the caches' rows cache_slots (in place).
+    q [..., L, Hq, D], k [..., L, Hkv, D]; cos, sin [..., L, D] broadcast over the heads, or with
+    positions [..., L] tables [max_positions, D] indexed by them; tables of width D/2 serve both
+    halves of a head. Returns (q_rot, k_rot) as new tensors. With v, k_cache, v_cache [rows, Hkv, D]
+    and cache_slots [tokens]: the rotated k and v also go into the caches' rows cache_slots (in place).
     """
+    if positions is not None:
+        cos, sin = cos[positions.long()], sin[positions.long()]
+    if 2 * cos.shape[-1] == q.shape[-1]:
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
     cos_h, sin_h = _up(cos).unsqueeze(-2), _up(sin).unsqueeze(-2)
     q_rot = (_up(q) * cos_h + _rotate_half(_up(q)) * sin_h).to(q.dtype)
     k_rot = (_up(k) * cos_h + _rotate_half(_up(k)) * sin_h).to(k.dtype)

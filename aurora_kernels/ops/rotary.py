@@ -2,7 +2,10 @@
 (transformers' Qwen2): x_rot = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x2, x1).
 
 q [..., L, Hq, D], k [..., L, Hkv, D] (dense [B, L, H, D] or packed [T, H, D]); cos, sin [..., L, D]
-(transformers' full-width tables, broadcast over heads and over any leading dims they lack).
+(transformers' full-width tables, broadcast over heads and over any leading dims they lack), or with
+`positions` [..., L] the whole tables [max_positions, D] whose rows the kernel picks (vLLM's
+cos_sin_cache, halved; decode_attention reads its tables the same way). Tables of width D/2 give both
+halves of a head the same values, as every standard RoPE table has.
 
 Work per token: reads (Hq + Hkv) * D of q/k and 2D of cos/sin, writes (Hq + Hkv) * D: memory bound.
 The fusion is in reading cos/sin once per token for all heads of q and k (the eager op reads them
@@ -16,6 +19,7 @@ q and k may be strided slices of a fused qkv projection.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -36,7 +40,15 @@ from aurora_kernels._validation import (
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER
-from aurora_kernels.ops._layout import cdiv, collapse_rows, pow2_at_least, row_layout_signature, row_starts, stride_multiple
+from aurora_kernels.ops._layout import (
+    RowLayout,
+    cdiv,
+    collapse_rows,
+    pow2_at_least,
+    row_layout_signature,
+    row_starts,
+    stride_multiple,
+)
 
 MAX_HEAD_DIM = 512
 TOKENS_PER_PROGRAM = 4  # on a GPU, at most...
@@ -106,27 +118,40 @@ def _table_half(table_ptr, token_starts, dims, mask):
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
-    num_tokens, num_heads_q, num_heads_kv, num_slots,
+    q_ptr, k_ptr, cos_ptr, sin_ptr, positions_ptr, q_out_ptr, k_out_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
+    num_tokens, num_heads_q, num_heads_kv, num_slots, num_positions,
+    positions_outer_stride, positions_inner_size, positions_inner_stride,
     q_outer_stride, q_inner_size, q_inner_stride, q_head_stride,
     k_outer_stride, k_inner_size, k_inner_stride, k_head_stride,
     v_outer_stride, v_inner_size, v_inner_stride, v_head_stride,
     cos_outer_stride, cos_inner_size, cos_inner_stride,
     sin_outer_stride, sin_inner_size, sin_inner_stride,
     k_cache_row_stride, k_cache_head_stride, v_cache_row_stride, v_cache_head_stride,
-    WRITE_CACHE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr,
+    WRITE_CACHE: tl.constexpr, HAS_POSITIONS: tl.constexpr, HALF_WIDTH_TABLES: tl.constexpr,
+    STRIDE_MULTIPLE: tl.constexpr, TABLE_STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     tokens = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     token_mask = tokens < num_tokens
     dims = tl.arange(0, BLOCK_HALF)
     table_mask = token_mask[:, None] & (dims < HALF_DIM)[None, :]
-    cos_starts = row_starts(tokens, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
-    sin_starts = row_starts(tokens, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
+    # the tables' row of each token: the token's own, or with HAS_POSITIONS its position, clamped into
+    # the tables (a position out of range, which the op's value checks refuse where they run, reads a
+    # wrong row of the tables, never memory outside them)
+    table_rows = tokens
+    if HAS_POSITIONS:
+        position_starts = row_starts(tokens, positions_outer_stride, positions_inner_size, positions_inner_stride, 1)
+        positions = tl.load(positions_ptr + position_starts, mask=token_mask, other=0)
+        table_rows = tl.minimum(tl.maximum(positions, 0), num_positions - 1)
+    cos_starts = row_starts(table_rows, cos_outer_stride, cos_inner_size, cos_inner_stride, TABLE_STRIDE_MULTIPLE)
+    sin_starts = row_starts(table_rows, sin_outer_stride, sin_inner_size, sin_inner_stride, TABLE_STRIDE_MULTIPLE)
     cos1 = _table_half(cos_ptr, cos_starts, dims, table_mask)
-    cos2 = _table_half(cos_ptr, cos_starts + HALF_DIM, dims, table_mask)
     sin1 = _table_half(sin_ptr, sin_starts, dims, table_mask)
-    sin2 = _table_half(sin_ptr, sin_starts + HALF_DIM, dims, table_mask)
+    if HALF_WIDTH_TABLES:  # one half-width row serves both halves of the head
+        cos2, sin2 = cos1, sin1
+    else:
+        cos2 = _table_half(cos_ptr, cos_starts + HALF_DIM, dims, table_mask)
+        sin2 = _table_half(sin_ptr, sin_starts + HALF_DIM, dims, table_mask)
     # with WRITE_CACHE, each token's cache row: its slot, clamped into the cache (a slot out of range,
     # which the op's value checks refuse where they run, writes a wrong row of the cache, never
     # memory outside it)
@@ -176,7 +201,7 @@ def _warps(tile: int, half_dim: int) -> int:
     return max(1, min(32, tile // (32 * per_thread)))
 
 
-def _check_args(q, k, cos, sin):
+def _check_args(q, k, cos, sin, positions):
     check_tensor("q", q, ndim=(3, 4), layout="[..., L, Hq, D]", unit_stride_last=True)
     check_tensor("k", k, ndim=q.ndim, layout="[..., L, Hkv, D]", unit_stride_last=True)
     check_same_dtype("k", k, "q", q)
@@ -189,19 +214,47 @@ def _check_args(q, k, cos, sin):
     if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"q: expected an even head dim D in [2, {MAX_HEAD_DIM}], got {head_dim}")
     token_shape = tuple(q.shape[:-2])
+    widths = f"{head_dim} or {head_dim // 2}"
+    if positions is not None:
+        check_tensor("positions", positions, dtypes=(torch.int32, torch.int64))
+        _check_broadcasts("positions", positions.shape, token_shape, trailing=0)
     for name, table in (("cos", cos), ("sin", sin)):
         check_tensor(name, table, unit_stride_last=True)
-        if table.ndim < 2 or tuple(table.shape[-2:]) != (token_shape[-1], head_dim):
+        if positions is not None:
+            if table.ndim != 2 or table.shape[-1] not in (head_dim, head_dim // 2) or table.shape[0] == 0:
+                raise ValueError(
+                    f"{name}: expected a table [max_positions >= 1, {widths}] (with positions), got {list(table.shape)}"
+                )
+            continue
+        if table.ndim < 2 or table.shape[-2] != token_shape[-1] or table.shape[-1] not in (head_dim, head_dim // 2):
             raise ValueError(
-                f"{name}: expected shape [..., {token_shape[-1]}, {head_dim}] ([..., L, D]), got {list(table.shape)}"
+                f"{name}: expected shape [..., {token_shape[-1]}, {widths}] ([..., L, D] or [..., L, D/2]), "
+                f"got {list(table.shape)}"
             )
-        try:
-            table.expand(*token_shape, head_dim)
-        except RuntimeError:
-            raise ValueError(
-                f"{name}: expected leading dims that broadcast to q's {list(token_shape[:-1])}, got {list(table.shape)}"
-            ) from None
-    check_same_device({"q": q, "k": k, "cos": cos, "sin": sin})
+        _check_broadcasts(name, table.shape, token_shape, trailing=1)
+    if sin.shape[-1] != cos.shape[-1] or (positions is not None and sin.shape[0] != cos.shape[0]):
+        raise ValueError(f"sin: expected the width{' and rows' if positions is not None else ''} of cos "
+                         f"{list(cos.shape)}, got {list(sin.shape)}")  # fmt: skip
+    check_same_device({"q": q, "k": k, "cos": cos, "sin": sin, "positions": positions})
+
+
+def _check_broadcasts(name: str, shape: torch.Size, token_shape: tuple, trailing: int) -> None:
+    """An argument of `shape` with an entry (its `trailing` last dims) a token broadcasts to q's token dims."""
+    try:
+        torch.empty(shape[: len(shape) - trailing], device="meta").expand(*token_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name}: expected leading dims that broadcast to q's {list(token_shape[:-1])} (and L = {token_shape[-1]}), "
+            f"got {list(shape)}"
+        ) from None
+
+
+def _check_positions_at_run_time(positions, cos) -> None:
+    """Where value checks run, every position is a row of the tables (the kernel clamps the rest)."""
+    if positions is not None and positions.numel() and should_check_values(positions):
+        low, high = (int(x) for x in torch.stack([positions.min(), positions.max()]).tolist())
+        if low < 0 or high >= cos.shape[0]:
+            raise ValueError(f"positions: expected rows in [0, {cos.shape[0]}) of the tables cos, sin, got {low}..{high}")
 
 
 def _check_cache_args(q, k, v, k_cache, v_cache, cache_slots):
@@ -227,7 +280,7 @@ def _check_cache_args(q, k, v, k_cache, v_cache, cache_slots):
     check_same_device({"q": q, "v": v, "k_cache": k_cache, "v_cache": v_cache, "cache_slots": cache_slots})
 
 
-def _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> None:
+def _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots) -> None:
     """The cache write's checks on the real tensors, inside the op (so a compiled graph runs them):
     the caches are written in place, so each must have no internal overlap and no element of either
     may lie in memory of the other or of a tensor the launch reads; and where value checks run,
@@ -235,7 +288,8 @@ def _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -
     check_no_internal_overlap("k_cache", k_cache)
     check_no_internal_overlap("v_cache", v_cache)
     check_separate_memory(
-        {"k_cache": k_cache, "v_cache": v_cache}, {"q": q, "k": k, "v": v, "cos": cos, "sin": sin, "cache_slots": cache_slots}
+        {"k_cache": k_cache, "v_cache": v_cache},
+        {"q": q, "k": k, "v": v, "cos": cos, "sin": sin, "positions": positions, "cache_slots": cache_slots},
     )
     if cache_slots.numel() and should_check_values(cache_slots):
         low, high = (int(x) for x in torch.stack([cache_slots.min(), cache_slots.max()]).tolist())
@@ -243,12 +297,17 @@ def _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -
             raise ValueError(f"cache_slots: expected rows in [0, {k_cache.shape[0]}) of k_cache, got {low}..{high}")
 
 
-def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_slots=None, backend="triton"):
+def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cache=None, cache_slots=None, backend="triton"):
     """Rotary embedding of q and k, rotate-half convention; returns new tensors (q_rot, k_rot).
 
     q [..., L, Hq, D], k [..., L, Hkv, D] (same leading dims, same dtype fp16/bf16/fp32, contiguous
     last dim, any other strides); cos, sin [..., L, D] in any float dtype, broadcast over heads and
     over leading dims they lack (e.g. [L, D] for a dense batch).
+
+    With positions (int32 or int64 [..., L], broadcast likewise): cos, sin are the whole tables
+    [max_positions, D], and token t takes their row positions[t], read in the kernel (no gather of
+    rows before it). Tables of width D/2 instead of D give both halves of each head the same values:
+    vLLM's cos_sin_cache is cos_sin_cache.chunk(2, -1) of them.
 
     With v (k's shape), k_cache, v_cache [cache rows, Hkv, D] (k's dtype, contiguous last dim) and
     cache_slots int64 [tokens] (each token of q's leading dims, flattened, to its cache row; vLLM's
@@ -256,43 +315,58 @@ def apply_rotary(q, k, cos, sin, *, v=None, k_cache=None, v_cache=None, cache_sl
     the same launch (a prefill filling its KV cache). Two tokens with one slot leave either's row.
     """
     check_backend(backend)
-    _check_args(q, k, cos, sin)
+    _check_args(q, k, cos, sin, positions)
     _check_cache_args(q, k, v, k_cache, v_cache, cache_slots)
     record_call("apply_rotary", backend)
     writes = v is not None
     if backend == "reference":
+        _check_positions_at_run_time(positions, cos)
         if writes:
-            _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
-        return reference.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=cache_slots)
+            _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots)
+        return reference.apply_rotary(
+            q, k, cos, sin, positions=positions, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=cache_slots
+        )
     check_triton_device("q", q)
     if writes:
-        return tuple(_rotary_cache_launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots))
-    return tuple(_rotary_launch(q, k, cos, sin))
+        return tuple(_rotary_cache_launch(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots))
+    return tuple(_rotary_launch(q, k, cos, sin, positions))
 
 
-@kernel_op("apply_rotary", fake=lambda q, k, cos, sin: [q.new_empty(q.shape), k.new_empty(k.shape)])
-def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> list[torch.Tensor]:
-    return _launch(q, k, cos, sin, None, None, None, None)
+@kernel_op("apply_rotary", fake=lambda q, k, cos, sin, positions: [q.new_empty(q.shape), k.new_empty(k.shape)])
+def _rotary_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   positions: Optional[torch.Tensor]) -> list[torch.Tensor]:  # fmt: skip
+    _check_positions_at_run_time(positions, cos)
+    return _launch(q, k, cos, sin, positions, None, None, None, None)
 
 
 # a tuple, not a list: an op that writes its arguments may not return Tensor[] (functionalization
 # takes a list output of a mutating op for an alias)
-@kernel_op("apply_rotary_and_write_cache", fake=lambda q, k, cos, sin, *caches: (q.new_empty(q.shape), k.new_empty(k.shape)),
+@kernel_op("apply_rotary_and_write_cache", fake=lambda q, k, *rest: (q.new_empty(q.shape), k.new_empty(k.shape)),
            mutates_args=("k_cache", "v_cache"))  # fmt: skip
-def _rotary_cache_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, v: torch.Tensor,
-                         k_cache: torch.Tensor, v_cache: torch.Tensor,
+def _rotary_cache_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                         positions: Optional[torch.Tensor], v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                          cache_slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    _check_cache_at_run_time(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
-    q_out, k_out = _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots)
+    _check_positions_at_run_time(positions, cos)
+    _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots)
+    q_out, k_out = _launch(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots)
     return q_out, k_out
 
 
-def _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> list[torch.Tensor]:
+def _table_rows(name: str, table: torch.Tensor, token_shape: tuple, positions: Optional[torch.Tensor]) -> RowLayout:
+    """The rows of a cos/sin table: one a token (broadcast to q's token dims), or with positions the
+    table's own rows, which the kernel picks."""
+    if positions is not None:
+        return collapse_rows(name, table)
+    return collapse_rows(name, table.expand(*token_shape, table.shape[-1]))
+
+
+def _launch(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots) -> list[torch.Tensor]:
     q_out, k_out = new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device)
-    token_shape = (*q.shape[:-2], q.shape[-1])
+    token_shape = tuple(q.shape[:-2])
     q_rows, k_rows = collapse_rows("q", q, trailing=2), collapse_rows("k", k, trailing=2)
-    cos_rows = collapse_rows("cos", cos.expand(*token_shape))
-    sin_rows = collapse_rows("sin", sin.expand(*token_shape))
+    cos_rows, sin_rows = _table_rows("cos", cos, token_shape, positions), _table_rows("sin", sin, token_shape, positions)
+    has_positions = positions is not None
+    positions_rows = collapse_rows("positions", positions.expand(*token_shape), trailing=0) if has_positions else q_rows
     num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
     writes = v is not None
     v_rows = collapse_rows("v", v, trailing=2) if writes else k_rows
@@ -304,12 +378,14 @@ def _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> list[torch.Tens
         strides = (q_rows.outer_stride, q_rows.inner_stride, q.stride(-2), k_rows.outer_stride, k_rows.inner_stride,
                    k.stride(-2), v_rows.outer_stride, v_rows.inner_stride, v_head_stride, *cache_strides)  # fmt: skip
         _rotary_kernel[grid](
-            q, k, cos, sin, q_out, k_out, v if writes else k, k_cache if writes else k_out, v_cache if writes else k_out,
-            cache_slots if writes else q, q_rows.num_rows, num_heads_q, num_heads_kv,
-            k_cache.shape[0] if writes else 1,
+            q, k, cos, sin, positions if has_positions else q, q_out, k_out, v if writes else k, k_cache if writes else k_out,
+            v_cache if writes else k_out, cache_slots if writes else q, q_rows.num_rows, num_heads_q, num_heads_kv,
+            k_cache.shape[0] if writes else 1, cos.shape[0] if has_positions else 1, *positions_rows[1:],
             *q_rows[1:], q.stride(-2), *k_rows[1:], k.stride(-2), *v_rows[1:], v_head_stride,
             *cos_rows[1:], *sin_rows[1:], *cache_strides,
             WRITE_CACHE=writes,
+            HAS_POSITIONS=has_positions,
+            HALF_WIDTH_TABLES=cos.shape[-1] != head_dim,
             STRIDE_MULTIPLE=stride_multiple(q.element_size(), strides),
             TABLE_STRIDE_MULTIPLE=stride_multiple(cos.element_size(), (cos_rows.outer_stride, cos_rows.inner_stride,
                                                                        sin_rows.outer_stride, sin_rows.inner_stride)),
@@ -321,8 +397,11 @@ def _launch(q, k, cos, sin, v, k_cache, v_cache, cache_slots) -> list[torch.Tens
 @register_compile_configs
 def _compile_configs():
     configs = []
-    for heads_q, heads_kv, head_dim, where, write_cache in ((12, 2, 128, "LLM", False), (12, 2, 128, "LLM prefill", True),
-                                                            (16, 16, 72, "ViT-shaped", False)):  # fmt: skip
+    # (Hq, Hkv, D, where, cache write, positions and half-width tables)
+    for heads_q, heads_kv, head_dim, where, write_cache, by_position in (
+        (12, 2, 128, "LLM", False, False), (12, 2, 128, "LLM prefill", True, False), (16, 16, 72, "ViT-shaped", False, False),
+        (12, 2, 128, "vLLM: positions, half-width tables", False, True),
+    ):  # fmt: skip
         cfg = _launch_config(heads_q, heads_kv, head_dim)
         warps = cfg.pop("num_warps")
         configs += configs_per_dtype(
@@ -335,6 +414,7 @@ def _compile_configs():
                 "k_ptr": "*T",
                 "cos_ptr": "*T",
                 "sin_ptr": "*T",
+                "positions_ptr": "*i64",
                 "q_out_ptr": "*T",
                 "k_out_ptr": "*T",
                 "v_ptr": "*T",
@@ -345,6 +425,8 @@ def _compile_configs():
                 "num_heads_q": "i32",
                 "num_heads_kv": "i32",
                 "num_slots": "i32",
+                "num_positions": "i32",
+                **row_layout_signature("positions"),
                 **row_layout_signature("q"),
                 "q_head_stride": "i32",
                 **row_layout_signature("k"),
@@ -358,7 +440,7 @@ def _compile_configs():
                 "v_cache_row_stride": "i64",
                 "v_cache_head_stride": "i32",
             },  # fmt: skip
-            constexprs={"WRITE_CACHE": write_cache, **cfg},
+            constexprs={"WRITE_CACHE": write_cache, "HAS_POSITIONS": by_position, "HALF_WIDTH_TABLES": by_position, **cfg},
             num_warps=warps,
             num_stages=1,
             aligned=(
@@ -366,6 +448,7 @@ def _compile_configs():
                 "k_ptr",
                 "cos_ptr",
                 "sin_ptr",
+                "positions_ptr",
                 "q_out_ptr",
                 "k_out_ptr",
                 "v_ptr",

@@ -34,7 +34,7 @@ def test_packed_and_broadcast_tables(num_tokens, device, gen):
 def test_bad_inputs(device, gen):
     q, k, _ = fused_qkv((2, 5), 4, 2, 64, torch.float32, device, gen)
     cos, sin = _tables((2, 5), 64, torch.float32, device, gen)
-    with pytest.raises(ValueError, match="cos: expected shape \\[..., 5, 64\\]"):
+    with pytest.raises(ValueError, match="cos: expected shape \\[..., 5, 64 or 32\\]"):
         ak.apply_rotary(q, k, cos[:, :4], sin)
     with pytest.raises(ValueError, match="sin: expected leading dims that broadcast"):
         ak.apply_rotary(q, k, cos, randn((3, 5, 64), torch.float32, device, gen))
@@ -76,6 +76,86 @@ def test_tables_at_nonzero_offsets(device, gen):
     positions = torch.arange(777, 777 + 23, device=device)
     q, k, _ = fused_qkv((23,), 12, 2, 128, torch.bfloat16, device, gen)
     check_op(ak.apply_rotary, reference.apply_rotary, q, k, tables.cos[positions], tables.sin[positions])
+
+
+def _positions_case(token_shape, head_dim, dtype, device, gen, half_width, table_rows=300):
+    """q, k as slices of a fused projection; tables of `table_rows` rows (full or half width: the
+    halves of vLLM's cos_sin_cache, views of one [rows, D] tensor); positions int64 [..., L], every
+    other entry of a longer tensor (a strided view), scrambled over the table."""
+    q, k, _ = fused_qkv(token_shape, 4, 2, head_dim, dtype, device, gen)
+    width = head_dim // 2 if half_width else head_dim
+    cos_sin = randn((table_rows, 2 * width), torch.float32, device, gen)
+    cos, sin = cos_sin.chunk(2, dim=-1)
+    positions = torch.randint(0, table_rows, (*token_shape[:-1], 2 * token_shape[-1]), generator=gen).to(device)[..., ::2]
+    return q, k, cos, sin, positions
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("half_width", [True, False], ids=["D/2-tables", "D-tables"])
+@pytest.mark.parametrize("token_shape, head_dim", [((37,), 128), ((2, 9), 72)], ids=["packed-D128", "dense-D72"])
+def test_positions_pick_the_rows_of_whole_tables(dtype, half_width, token_shape, head_dim, device, gen):
+    q, k, cos, sin, positions = _positions_case(token_shape, head_dim, dtype, device, gen, half_width)
+    with ak.count_calls() as calls:
+        check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin, positions=positions)
+    assert calls[("apply_rotary", "triton")] == 1
+    # the same rotation as the gathered full-width rows without positions (the reference's own path)
+    gathered = [torch.cat((t[positions], t[positions]), -1) if half_width else t[positions] for t in (cos, sin)]
+    check_op(ak.apply_rotary, reference.apply_rotary, q, k, *gathered)
+    # int32 positions, one row of them broadcast over a dense batch's sequences
+    one_sequence = positions.reshape(-1, positions.shape[-1])[-1].int()
+    check_op(ak.apply_rotary, reference.apply_rotary, q, k, cos, sin, positions=one_sequence)
+
+
+def test_positions_with_the_cache_write(device, gen):
+    q, k, v, _, _, (k_cache, v_cache), slots = _cache_write_case((11,), 4, 2, 64, torch.bfloat16, device, gen)
+    _, _, cos, sin, positions = _positions_case((11,), 64, torch.bfloat16, device, gen, half_width=True)
+    want_k_cache, want_v_cache = k_cache.double(), v_cache.double()
+    want_q, want_k = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double(), positions=positions,
+                                            v=v.double(), k_cache=want_k_cache, v_cache=want_v_cache, cache_slots=slots)  # fmt: skip
+    q_rot, k_rot = ak.apply_rotary(q, k, cos, sin, positions=positions, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots)
+    assert_parity(q_rot, want_q, torch.bfloat16, "q_rot")
+    assert_parity(k_rot, want_k, torch.bfloat16, "k_rot")
+    assert_parity(k_cache, want_k_cache, torch.bfloat16, "k_cache after the write")
+    assert torch.equal(v_cache[slots], v.reshape(-1, 2, 64))
+
+
+def test_positions_under_torch_compile(device, gen):
+    """No host sync: the value check of the positions stays out of a traced graph."""
+    q, k, cos, sin, positions = _positions_case((2, 9), 64, torch.float32, device, gen, half_width=True)
+    want = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double(), positions=positions)
+    torch._dynamo.reset()
+    got = torch.compile(lambda q, k, p: ak.apply_rotary(q, k, cos, sin, positions=p), fullgraph=True)(q, k, positions)
+    assert_parity(got[0], want[0], torch.float32, "compiled q_rot")
+    assert_parity(got[1], want[1], torch.float32, "compiled k_rot")
+
+
+def test_positions_arguments_are_checked_by_name(device, gen):
+    q, k, cos, sin, positions = _positions_case((5,), 64, torch.float32, device, gen, half_width=False, table_rows=20)
+    with pytest.raises(TypeError, match="positions: expected dtype int32/int64, got torch.float32"):
+        ak.apply_rotary(q, k, cos, sin, positions=positions.float())
+    with pytest.raises(ValueError, match=r"positions: expected leading dims that broadcast to q's \[\] \(and L = 5\), got \[4\]"):
+        ak.apply_rotary(q, k, cos, sin, positions=positions[:4])
+    a_table = r"expected a table \[max_positions >= 1, 64 or 32\] \(with positions\)"
+    with pytest.raises(ValueError, match=rf"cos: {a_table}, got \[1, 20, 64\]"):
+        ak.apply_rotary(q, k, cos[None], sin, positions=positions)
+    with pytest.raises(ValueError, match=rf"sin: {a_table}, got \[0, 64\]"):
+        ak.apply_rotary(q, k, cos, sin[:0], positions=positions)
+    with pytest.raises(ValueError, match=r"sin: expected the width and rows of cos \[20, 64\], got \[19, 64\]"):
+        ak.apply_rotary(q, k, cos, sin[:19], positions=positions)
+    with pytest.raises(ValueError, match=r"sin: expected the width of cos \[5, 64\], got \[5, 32\]"):
+        ak.apply_rotary(q, k, cos[positions], sin[positions, :32])
+    if device.type == "cpu":  # the value check reads the positions: on CUDA only under value_checks("always")
+        rows = r"positions: expected rows in \[0, 20\) of the tables cos, sin, got"
+        for bad, seen in ((positions - 20, r"-\d+\.\.-\d+"), (positions + 20, r"\d+\.\.\d+")):
+            for backend in ("triton", "reference"):
+                with pytest.raises(ValueError, match=rf"{rows} {seen}"):
+                    ak.apply_rotary(q, k, cos, sin, positions=bad, backend=backend)
+    # unchecked, a position outside the tables reads their nearest row, nothing outside them
+    wild = torch.tensor([-(2**40), -1, 0, 19, 2**40], device=device)
+    with ak.value_checks("never"):
+        got = ak.apply_rotary(q, k, cos, sin, positions=wild)
+    want = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double(), positions=wild.clamp(0, 19))
+    assert_parity(got[0], want[0], torch.float32, "q_rot at clamped positions")
 
 
 def _cache_write_case(token_shape, heads_q, heads_kv, head_dim, dtype, device, gen, rows=64):
