@@ -85,3 +85,38 @@ for tokens in (1024, 8192):
             },  # fmt: skip
         )
     )
+
+
+def _by_position(tokens, dtype, device, gen):
+    """vLLM's call: `tokens` rows of a fused qkv at random positions, the two halves of its
+    cos_sin_cache [32768, D] (views of one tensor) as the tables."""
+    (q, k, _, _), _ = _qkv_slices(1, tokens, dtype, device, gen)
+    tables = RotaryTables(HEAD_DIM, ROPE_THETA, 32768)
+    cos_sin_cache = torch.cat((tables.cos[:, : HEAD_DIM // 2], tables.sin[:, : HEAD_DIM // 2]), dim=-1).to(device, dtype)
+    positions = torch.randint(0, 32768, (tokens,), device=device, generator=gen, dtype=torch.int64)
+    return (q[0], k[0], *cos_sin_cache.chunk(2, dim=-1)), {"positions": positions}
+
+
+def _gather_then_rotary(q, k, cos, sin, positions):
+    """The vLLM adapter's path before the kernel read rows by position: the rows gathered, widened
+    to D, then our rotary (four launches)."""
+    cos, sin = (torch.cat((rows, rows), dim=-1) for rows in (cos.index_select(0, positions), sin.index_select(0, positions)))
+    return ak.apply_rotary(q, k, cos, sin)
+
+
+for tokens, phase in ((32, "decode B=32"), (256, "decode B=256"), (8192, "prefill")):
+    register_case(
+        Case(
+            op="apply_rotary",
+            name=f"{phase} T={tokens} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM} by position (vLLM)",
+            dtype=torch.bfloat16,
+            build=lambda device, gen, tokens=tokens: _by_position(tokens, torch.bfloat16, device, gen),
+            # q, k in and out; one half-width row of each table and a position a token
+            bytes=2 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM * 2 + 2 * tokens * (HEAD_DIM // 2) * 2 + 8 * tokens,
+            flops=3 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM,
+            peers={
+                "ours unfused: gather + apply_rotary": lambda: Peer(_gather_then_rotary),
+                "torch.compile": compiled(reference.apply_rotary),
+            },
+        )
+    )

@@ -53,7 +53,9 @@ def test_rotary_embedding_in_vllms_convention(dtype, flat, gen):
         ((tokens, 12 * head_dim), (tokens, 2 * head_dim)) if flat else ((tokens, 12, head_dim), (tokens, 2, head_dim))
     )
     query, key = torch.randn(shape_q, generator=gen).to(dtype), torch.randn(shape_k, generator=gen).to(dtype)
-    q_rot, k_rot = rotary_embedding(positions, query, key, cache, head_dim)
+    with ak.count_calls() as calls:
+        q_rot, k_rot = rotary_embedding(positions, query, key, cache, head_dim)
+    assert calls == {("apply_rotary", "triton"): 1}  # one launch: the kernel picks the rows of the halves
     assert q_rot.shape == query.shape and k_rot.shape == key.shape
     assert_parity(q_rot, neox_reference(positions, query, cache, head_dim).view(shape_q), dtype, "rotary q")
     assert_parity(k_rot, neox_reference(positions, key, cache, head_dim).view(shape_k), dtype, "rotary k")

@@ -37,14 +37,13 @@ def rotary_embedding(positions, query, key, cos_sin_cache, head_size: int):
     [T] (or any shape of T entries), query [T, Hq * D] or [T, Hq, D], key likewise or None;
     cos_sin_cache [max_positions, D]: each row the D/2 cosines then the D/2 sines. Returns the
     rotated (query, key) as new tensors of the input shapes (vLLM's kernel rotates in place and
-    returns the same pair; its callers use what is returned)."""
+    returns the same pair; its callers use what is returned). One launch, as vLLM's own kernel."""
     positions = positions.reshape(-1)
     tokens = positions.shape[0]
-    cos_half, sin_half = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
-    cos, sin = torch.cat((cos_half, cos_half), dim=-1), torch.cat((sin_half, sin_half), dim=-1)
+    cos, sin = cos_sin_cache.chunk(2, dim=-1)  # half-width tables, views: the kernel reads each token's row
     q = query.view(tokens, -1, head_size)
     k = key.view(tokens, -1, head_size) if key is not None else q.new_empty((tokens, 0, head_size))
-    q_rot, k_rot = apply_rotary(q, k, cos, sin)
+    q_rot, k_rot = apply_rotary(q, k, cos, sin, positions=positions)
     return q_rot.view(query.shape), (k_rot.view(key.shape) if key is not None else None)
 
 
