@@ -211,8 +211,8 @@ class AuroraEdgeV(nn.Module):
         padded plan (pixel_values padded to its batch); encoder_graphs=False inside a capture of its own."""
         pixel_values = pixel_values.to(self.device, non_blocking=True)
         visual, compressed = self._encode(pixel_values) if encoder_graphs else self.encode_images(pixel_values)
-        cos, sin = self.llm.rotary(plan.text_positions)
-        fused = self.fusion(self.llm.embed_tokens(plan.input_ids), visual, plan.text_offsets, plan.max_prompt_length, cos, sin)
+        fused = self.fusion(self.llm.embed_tokens(plan.input_ids), visual, plan.text_offsets, plan.max_prompt_length,
+                            self.llm.rotary, plan.text_positions)  # fmt: skip
         return torch.cat([compressed.flatten(0, 1), fused, self.llm.embed_tokens(plan.generated_ids)])[plan.gather]
 
     def encode_images(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from torch import nn
 
 import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
-from aurora_kernels.model.layers import DecoderLayer, rotate_then
+from aurora_kernels.model.layers import DecoderLayer, RotaryTables, rotate_then
 
 
 class Fusion(nn.Module):
@@ -27,9 +27,9 @@ class Fusion(nn.Module):
         self.layer = DecoderLayer(cfg, 0, backend)
         self.backend = backend
 
-    def forward(self, text, visual, cu_seqlens_text, max_text, cos, sin):
+    def forward(self, text, visual, cu_seqlens_text, max_text, rotary: RotaryTables, positions):
         """text [T, C] packed prompts (cu_seqlens_text, at least B of them), visual [B, N, C] -> [T, C];
-        cos/sin [T, D] for the decoder layer's RoPE (positions within each prompt)."""
+        the decoder layer's RoPE from the rotary tables at positions [T] (within each prompt)."""
         batch, num_visual = visual.shape[:2]
         q = self.q_proj(self.norm(text)).unflatten(-1, (self.num_heads, self.head_dim))
         k, v = self.kv_proj(visual.flatten(0, 1)).unflatten(-1, (2, self.num_heads, self.head_dim)).unbind(-3)
@@ -45,5 +45,5 @@ class Fusion(nn.Module):
             return ak.attention_varlen(q, k, v, cu_seqlens_text, cu_seqlens_text, max_text, max_text, causal=True,
                                        backend=self.backend)  # fmt: skip
 
-        out, residual = self.layer(x, None, rotate_then(attend, cos, sin, self.backend))
+        out, residual = self.layer(x, None, rotate_then(attend, rotary, positions, self.backend))
         return out + residual

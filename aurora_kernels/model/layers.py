@@ -31,8 +31,9 @@ class LayerNorm(nn.Module):
 class RotaryTables(nn.Module):
     """cos/sin tables [max_positions, head_dim] (rotate-half layout, as transformers builds them),
     computed in float64 and stored in fp32; `model.to(dtype)` casts them with the weights, as
-    transformers casts its tables to the activations' dtype. Prefill gathers rows by position; the
-    decode step hands the whole tables to decode_attention, which reads row cache_seqlens[b]."""
+    transformers casts its tables to the activations' dtype. Prefill hands the whole tables and the
+    positions to apply_rotary, the decode step to decode_attention (row cache_seqlens[b]): each
+    kernel reads the rows it needs, and no rows are gathered before it."""
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
@@ -54,11 +55,11 @@ class RotaryTables(nn.Module):
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def rotate_then(attend: Attend, cos: torch.Tensor, sin: torch.Tensor, backend: str) -> Attend:
-    """`attend` on q, k rotated by apply_rotary with the table rows cos, sin [..., L, D]."""
+def rotate_then(attend: Attend, tables: RotaryTables, positions: torch.Tensor, backend: str) -> Attend:
+    """`attend` on q, k rotated by apply_rotary at positions [..., L] (the kernel reads the tables' rows)."""
 
     def rotate_and_attend(index, q, k, v):
-        q, k = ak.apply_rotary(q, k, cos, sin, backend=backend)
+        q, k = ak.apply_rotary(q, k, tables.cos, tables.sin, positions=positions, backend=backend)
         return attend(index, q, k, v)
 
     return rotate_and_attend

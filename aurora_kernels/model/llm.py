@@ -40,8 +40,8 @@ class Qwen2LM(nn.Module):
         return x, residual
 
     def rotated(self, attend: Attend, positions: torch.Tensor) -> Attend:
-        """`attend` after apply_rotary at `positions` (the tables' rows gathered once for all layers)."""
-        return rotate_then(attend, *self.rotary(positions), self.backend)
+        """`attend` after apply_rotary at `positions`."""
+        return rotate_then(attend, self.rotary, positions, self.backend)
 
     def head_weight(self) -> torch.Tensor:
         """The LM head's weight [vocab, C]: the embeddings' when tied."""
@@ -66,15 +66,15 @@ class Qwen2LM(nn.Module):
         """Packed requests x [T, C] (cu_seqlens, positions [T]) -> final hidden states [T, C]; with a
         cache, every layer's rotated K and its V are written at `slots` (int64 [T], KVCache.host_slots'
         rows) by the launch that rotates them."""
-        cos, sin = self.rotary(positions)
+        cos, sin = self.rotary.cos, self.rotary.sin
 
         def attend(index, q, k, v):
             if cache is None:
-                q, k = ak.apply_rotary(q, k, cos, sin, backend=self.backend)
+                q, k = ak.apply_rotary(q, k, cos, sin, positions=positions, backend=self.backend)
             else:
                 k_rows, v_rows = cache.layer_rows(index)
-                q, k = ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_rows, v_cache=v_rows, cache_slots=slots,
-                                       backend=self.backend)  # fmt: skip
+                q, k = ak.apply_rotary(q, k, cos, sin, positions=positions, v=v, k_cache=k_rows, v_cache=v_rows,
+                                       cache_slots=slots, backend=self.backend)  # fmt: skip
             return ak.attention_varlen(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, causal=True,
                                        backend=self.backend)  # fmt: skip
 
