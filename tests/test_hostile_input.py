@@ -402,11 +402,19 @@ def _rotary_by_position(dtype, device, gen):
     return (q, k, randn((5, 16), dtype, device, gen), randn((5, 16), dtype, device, gen)), {"positions": positions}
 
 
+def _decode_attention_into_out(dtype, device, gen):
+    """decode_attention's benchmark inputs with an out to write into."""
+    from bench import harness
+
+    args, kwargs = harness.OPS["decode_attention"].small_inputs(dtype, device, gen)
+    return args, {**kwargs, "out": torch.empty_like(args[0])}
+
+
 def test_any_argument_replaced_is_refused_by_name_or_computed_right(device, gen):
-    """Every argument of every op (and of apply_rotary by position), in turn, replaced by a list,
-    None, a meta tensor, a 0-dim tensor, one more dim or another dtype: a TypeError or ValueError
-    that names the argument, or the reference's result (found by a fuzz of this kind: a list of
-    lengths met an AttributeError)."""
+    """Every argument of every op (and of apply_rotary by position, decode_attention into out), in
+    turn, replaced by a list, None, a meta tensor, a 0-dim tensor, one more dim or another dtype: a
+    TypeError or ValueError that names the argument, or the reference's result (found by a fuzz of
+    this kind: a list of lengths met an AttributeError)."""
     import inspect
 
     from bench import harness
@@ -415,6 +423,7 @@ def test_any_argument_replaced_is_refused_by_name_or_computed_right(device, gen)
     entries = [
         *harness.OPS.values(),
         harness.OpEntry("apply_rotary", ak.apply_rotary, reference.apply_rotary, _rotary_by_position),
+        harness.OpEntry("decode_attention", ak.decode_attention, reference.decode_attention, _decode_attention_into_out),
     ]
     for entry in entries:
         op = entry.op

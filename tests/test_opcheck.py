@@ -50,8 +50,8 @@ def recorded(monkeypatch):
 
 def _call_every_path(device, gen):
     """Every op at the benchmark suite's small shapes in fp32 and bf16, and the paths those leave out:
-    decode's append with rotary tables and splits, the rotary cache write and rows by position, the
-    residual epilogues."""
+    decode's append with rotary tables and splits and its write into out, the rotary cache write and
+    rows by position, the residual epilogues."""
     harness.load_cases()
     for entry in harness.OPS.values():
         for dtype in (torch.float32, torch.bfloat16):
@@ -65,6 +65,7 @@ def _call_every_path(device, gen):
     lengths = torch.tensor([3, 0, 10], dtype=torch.int32, device=device)
     ak.decode_attention(q, cache, cache.clone(), lengths, new, new.clone(), rotary_cos=randn(64, 32), rotary_sin=randn(64, 32),
                         num_kv_splits=2)  # fmt: skip
+    ak.decode_attention(q, cache, cache.clone(), lengths, num_kv_splits=2, out=torch.empty_like(q))
     slots = torch.arange(10, dtype=torch.int64, device=device)
     q, k = randn(2, 5, 4, 32), randn(2, 5, 2, 32)
     ak.apply_rotary(

@@ -382,7 +382,8 @@ def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
     }
 
 
-def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin):
+def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
+                out):  # fmt: skip
     check_tensor("q", q, ndim=4, layout="[B, 1, Hq, D]", unit_stride_last=True)
     batch, _, heads_q, head_dim = q.shape
     check_tensor("q", q, shape=(batch, 1, heads_q, head_dim), layout="[B, 1, Hq, D]")
@@ -409,7 +410,13 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
-                       "k": k, "v": v, "block_table": block_table})  # fmt: skip
+                       "k": k, "v": v, "block_table": block_table, "out": out})  # fmt: skip
+    if out is not None:
+        check_tensor("out", out, shape=tuple(q.shape), layout="[B, 1, Hq, D] (the shape of q)", dtypes=None)
+        check_same_dtype("out", out, "q", q)
+        if not out.is_contiguous():
+            raise ValueError(f"out: expected a contiguous tensor (the kernels write its rows in order), got strides "
+                             f"{list(out.stride())}")  # fmt: skip
     check_index_tensor("cache_seqlens", cache_seqlens, shape=(batch,), layout="[B]", device=q.device)
     if paged:
         block_size = k_cache.shape[1]
@@ -454,20 +461,26 @@ def _capacity(k_cache, block_table) -> int:
     return k_cache.shape[1] * block_table.shape[1] if k_cache.shape[0] else 0
 
 
-def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin) -> None:
+def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out) -> None:
     """The checks that need the real tensors, called inside the op so that a compiled graph runs
     them too (tracing can neither read data pointers nor sort symbolic strides): with an append, the
     caches are written in place, so each must have no internal overlap (each sequence's token lands
-    in memory of its own) and no element of either may lie in memory of the other or of a tensor
-    the launch reads; and the value checks (they read cache_seqlens and block_table): the lengths
-    (+1 with an append) fit the cache, the pages a sequence uses are in the pool, every position
-    cache_seqlens[b] has a rotary row."""
+    in memory of its own); no element of a tensor written in place (the caches with an append, a
+    given out) may lie in memory of another or of a tensor the launch reads; and the value checks
+    (they read cache_seqlens and block_table): the lengths (+1 with an append) fit the cache, the
+    pages a sequence uses are in the pool, every position cache_seqlens[b] has a rotary row."""
+    written, read = {}, {"q": q, "k": k, "v": v, "cache_seqlens": cache_seqlens, "block_table": block_table,
+                         "rotary_cos": rotary_cos, "rotary_sin": rotary_sin}  # fmt: skip
     if k is not None:
         check_no_internal_overlap("k_cache", k_cache)
         check_no_internal_overlap("v_cache", v_cache)
-        check_separate_memory({"k_cache": k_cache, "v_cache": v_cache},
-                              {"q": q, "k": k, "v": v, "cache_seqlens": cache_seqlens, "block_table": block_table,
-                               "rotary_cos": rotary_cos, "rotary_sin": rotary_sin})  # fmt: skip
+        written.update(k_cache=k_cache, v_cache=v_cache)
+    else:
+        read.update(k_cache=k_cache, v_cache=v_cache)
+    if out is not None:
+        written["out"] = out  # contiguous (checked): no internal overlap
+    if written:
+        check_separate_memory(written, read)
     if not should_check_values(cache_seqlens):
         return
     appended = 0 if k is None else 1
@@ -483,7 +496,7 @@ def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, ro
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None, *, backend="triton",
+    rotary_cos=None, rotary_sin=None, *, out=None, backend="triton",
 ):  # fmt: skip
     """Attention of one query token per sequence over its KV cache.
 
@@ -496,20 +509,26 @@ def decode_attention(
     or fp32; with k, v only): q and k are first rotated by row cache_seqlens[b], the new token's
     position, so the cache holds rotated keys: apply_rotary fused in (flash-attn's rotary_cos).
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
+    out: a contiguous [B, 1, Hq, D] tensor of q's dtype that the kernels write the result into (no
+    new tensor; a serving engine's output buffer, as vLLM passes one), returned.
     The call holds no state between calls: calls from several threads or streams at once are safe,
     as long as no two of them write the same cache rows (two sequences whose block tables share a
     page, both appending, is the caller's to avoid, as in flash-attn).
     """
     check_backend(backend)
-    _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
+    _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
+                out)  # fmt: skip
     record_call("decode_attention", backend)
     if backend == "reference":
-        _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin)
+        _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out)
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
-                                          rotary_cos=rotary_cos, rotary_sin=rotary_sin)  # fmt: skip
+                                          rotary_cos=rotary_cos, rotary_sin=rotary_sin, out=out)  # fmt: skip
     check_triton_device("q", q)
-    return _decode_attention_launch(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits,
-                                    rotary_cos, rotary_sin)  # fmt: skip
+    args = (q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
+    if out is None:
+        return _decode_attention_launch(*args)
+    _decode_attention_into_launch(*args, out)
+    return out
 
 
 @kernel_op("decode_attention", fake=lambda q, *args: q.new_empty(q.shape), mutates_args=("k_cache", "v_cache"))
@@ -517,14 +536,34 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
                              k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
                              softmax_scale: Optional[float], num_kv_splits: Optional[int],
                              rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
-    """Split stage (+ merge stage when num_kv_splits > 1) into a new [B, 1, Hq, D] output; appends k, v
-    (rotated with q when the rotary tables are given) to the caches in place when given."""
-    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin)
+    """decode_attention into a new [B, 1, Hq, D] output."""
+    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, None)
+    out = new_output(q.shape, q.dtype, q.device)
+    _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
+                 out)  # fmt: skip
+    return out
+
+
+@kernel_op("decode_attention_into", fake=lambda *args: None, mutates_args=("k_cache", "v_cache", "out"))
+def _decode_attention_into_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
+                                  k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
+                                  softmax_scale: Optional[float], num_kv_splits: Optional[int],
+                                  rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
+                                  out: torch.Tensor) -> None:  # fmt: skip
+    """decode_attention into the caller's out."""
+    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out)
+    _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
+                 out)  # fmt: skip
+
+
+def _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
+                 out) -> None:  # fmt: skip
+    """Split stage (+ merge stage when num_kv_splits > 1) into out [B, 1, Hq, D] (contiguous); appends
+    k, v (rotated with q when the rotary tables are given) to the caches in place when given."""
     batch, _, heads_q, head_dim = q.shape
     heads_kv = k_cache.shape[2]
-    out = new_output((batch, 1, heads_q, head_dim), q.dtype, q.device)
     if out.numel() == 0:
-        return out
+        return
     paged = block_table is not None
     page_size = k_cache.shape[1] if paged else 1
     max_context = _capacity(k_cache, block_table)
@@ -564,7 +603,6 @@ def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
             HEAD_DIM=head_dim, BLOCK_D=config["BLOCK_D"], BLOCK_S=pow2_at_least(num_kv_splits),
             NEXT_LAUNCHED=early_next_launch_option(pdl["USE_PDL"]), **pdl,
         )  # fmt: skip
-    return out
 
 
 # The model's decode: Hq 12 / Hkv 2, D 128, contiguous and paged caches, with and without append.

@@ -144,6 +144,8 @@ def decode_attention(
     num_kv_splits=None,
     rotary_cos=None,
     rotary_sin=None,
+    *,
+    out=None,
 ):
     """One query token per sequence over its KV cache: q [B, 1, Hq, D] -> [B, 1, Hq, D].
 
@@ -154,13 +156,14 @@ def decode_attention(
     position cache_seqlens[b] (in place) and attended to as well. With rotary_cos, rotary_sin
     [max_positions, D] (and k, v), q and k are first rotated by apply_rotary at row cache_seqlens[b].
     num_kv_splits only changes how the kernel divides the work, so the reference ignores it.
+    With out (q's shape and dtype), the result is copied into it and out returned.
     """
     if rotary_cos is not None:
         positions = cache_seqlens.long()[:, None]  # [B, 1]: the new token's position
         q, k = apply_rotary(q, k, rotary_cos[positions], rotary_sin[positions])
     batch = q.shape[0]
     block_size = k_cache.shape[1]
-    out = torch.zeros_like(q)
+    result = torch.zeros_like(q)
     for b in range(batch):
         length = int(cache_seqlens[b])
         if k is not None:
@@ -180,8 +183,8 @@ def decode_attention(
             rows = _cache_positions(b, length, block_table, block_size)
             keys = k_cache.flatten(0, 1)[rows]
             values = v_cache.flatten(0, 1)[rows]
-        out[b] = attention(q[b : b + 1], keys[None], values[None], False, softmax_scale)[0]
-    return out
+        result[b] = attention(q[b : b + 1], keys[None], values[None], False, softmax_scale)[0]
+    return result if out is None else out.copy_(result)
 
 
 # ----------------------------------------------------------------------------- norms and elementwise

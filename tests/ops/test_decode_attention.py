@@ -137,6 +137,62 @@ def test_rotary_fused(dtype, paged, device, gen):
     assert_parity(k_cache, unfused_cache.double(), dtype, "the rotated keys written to the cache")
 
 
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("num_kv_splits", [1, 3])
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_out_is_written_in_place_and_returned(paged, num_kv_splits, backend, device, gen):
+    """out (a serving engine's buffer, NaN here) receives the result: with one split from the split
+    kernel, with several from the merge; the call returns out itself."""
+    q, k_cache, v_cache, seqlens, k, v, block_table, cos, sin = _model_call_inputs(
+        [0, 1, 37, 130], 150, torch.bfloat16, paged, device, gen
+    )
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v,
+                                    block_table, None, None, cos, sin)  # fmt: skip
+    out = torch.full_like(q, float("nan"))
+    got = ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, block_table, num_kv_splits=num_kv_splits,
+                              rotary_cos=cos, rotary_sin=sin, out=out, backend=backend)  # fmt: skip
+    assert got is out
+    assert_parity(out, expected, torch.bfloat16, "decode_attention into out")
+
+
+def test_out_is_checked_by_name(device, gen):
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([3, 9], 4, 2, 64, torch.float32, device, gen, append=True)
+    with pytest.raises(
+        ValueError, match=r"out: expected shape \[2, 1, 4, 64\] \[B, 1, Hq, D\] \(the shape of q\), got \[2, 4, 64\]"
+    ):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=torch.empty(2, 4, 64, device=device))
+    with pytest.raises(TypeError, match=r"out: expected dtype torch.float32 \(the dtype of q\), got torch.bfloat16"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=torch.empty_like(q, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="out: expected a contiguous tensor"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=torch.empty(2, 1, 64, 4, device=device).transpose(-1, -2))
+    with pytest.raises(ValueError, match="out: expected a tensor on"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=torch.empty_like(q, device="meta"))
+    with pytest.raises(TypeError, match="out: expected a torch.Tensor, got list"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=q.tolist())
+    # out in memory the launch reads or writes: the kernels would race with themselves
+    with pytest.raises(ValueError, match="out, q: expected tensors in separate memory"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=q)
+    in_cache = k_cache.view(-1)[: q.numel()].view(q.shape)
+    with pytest.raises(ValueError, match="out, k_cache: expected tensors in separate memory"):  # the cache, read
+        ak.decode_attention(q, k_cache, v_cache, seqlens, out=in_cache)
+    with pytest.raises(ValueError, match="k_cache, out: expected tensors in separate memory"):  # written by the append
+        ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, out=in_cache)
+
+
+def test_out_under_torch_compile(device, gen):
+    q, k_cache, v_cache, seqlens, k, v = _decode_inputs([100, 7, 0], 12, 2, 128, torch.bfloat16, device, gen,
+                                                        capacity=256, append=True)  # fmt: skip
+    expected = reference_in_float64(reference.decode_attention, q, k_cache.clone(), v_cache.clone(), seqlens, k, v)
+    out = torch.full_like(q, float("nan"))
+
+    def step(q, k_cache, v_cache, k, v, out):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, k, v, out=out)
+
+    torch._dynamo.reset()
+    torch.compile(step, fullgraph=True)(q, k_cache, v_cache, k, v, out)
+    assert_parity(out, expected, torch.bfloat16, "compiled decode_attention into out")
+
+
 @pytest.mark.parametrize("heads", GQA_HEADS, ids=lambda h: f"gqa{h[0] // h[1]}")
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_rotary_fused_gqa_and_head_dims(heads, head_dim, device, gen):
