@@ -92,3 +92,30 @@ def test_kv_cache_views_share_memory_and_refuse_other_layouts():
         ValueError, match=r"kv_cache: expected \[num_blocks, Hkv, block_size, 2 \* 64\], got \(2, 3, 2, 16, 128\)"
     ):
         paged_kv_cache_views(torch.randn(2, 3, 2, 16, 128), 64)
+
+
+def test_paged_decode_attention_writes_vllms_output_rows_without_a_copy(monkeypatch, gen):
+    """vLLM's output rows (contiguous) are handed to the kernels as out; a strided out, which vLLM does
+    not pass, is still filled right, by a copy."""
+    from aurora_kernels.integrations import vllm_plugin
+
+    seq_lens = torch.tensor([5, 40], dtype=torch.int32)
+    block_table = torch.tensor([[3, 1, 0], [2, 4, 5]], dtype=torch.int32)
+    kv_cache = torch.randn((6, 2, 16, 2 * 64), generator=gen)
+    query = torch.randn((2, 4, 64), generator=gen)
+    want = paged_decode_reference(query, kv_cache, block_table, seq_lens, 0.125)
+    handed = []
+
+    def spy(*args, out=None, **kwargs):
+        handed.append(out)
+        return ak.decode_attention(*args, out=out, **kwargs)
+
+    monkeypatch.setattr(vllm_plugin, "decode_attention", spy)
+    buffer = torch.full((8, 4, 64), float("nan"))  # vLLM's output buffer: the decode rows come first
+    assert paged_decode_attention(query, kv_cache, block_table, seq_lens, 0.125, out=buffer[:2]).data_ptr() == buffer.data_ptr()
+    assert handed[-1].data_ptr() == buffer.data_ptr()
+    assert_parity(buffer[:2], want, torch.float32, "into vLLM's output rows")
+    strided = torch.full((2, 4, 128), float("nan"))[..., :64]
+    paged_decode_attention(query, kv_cache, block_table, seq_lens, 0.125, out=strided)
+    assert handed[-1] is None
+    assert_parity(strided, want, torch.float32, "into a strided out")

@@ -61,14 +61,15 @@ def paged_decode_attention(query, kv_cache, block_table, seq_lens, softmax_scale
     """One query token per sequence over vLLM's paged cache, the new token's K/V already written
     (vLLM writes them before attention): query [B, Hq, D]; kv_cache as paged_kv_cache_views takes it;
     block_table int32 [B, max_blocks]; seq_lens int32 [B], the new token included. Returns [B, Hq, D]
-    (into `out` [B, Hq, D] when given)."""
+    (into `out` [B, Hq, D] when given: written by the kernels where it is contiguous, as vLLM's is)."""
     key_cache, value_cache = paged_kv_cache_views(kv_cache, query.shape[-1])
+    # vLLM's out (rows that prefix its contiguous buffer) is written by the kernels; a strided one by a copy
+    into = out[:, None] if out is not None and out.is_contiguous() else None
     attended = decode_attention(query[:, None], key_cache, value_cache, seq_lens, block_table=block_table,
-                                softmax_scale=softmax_scale)[:, 0]  # fmt: skip
-    if out is None:
-        return attended
-    out.copy_(attended)
-    return out
+                                softmax_scale=softmax_scale, out=into)[:, 0]  # fmt: skip
+    if out is not None and into is None:
+        out.copy_(attended)
+    return attended if out is None else out
 
 
 def register() -> None:
