@@ -31,21 +31,35 @@ def _qkv_slices(batch, length, dtype, device, gen, heads_q=HEADS_Q, heads_kv=HEA
 register_op("apply_rotary", ak.apply_rotary, reference.apply_rotary,
             lambda dtype, device, gen: _qkv_slices(2, 9, dtype, device, gen, 4, 2, 64))  # fmt: skip
 
-for batch, length, phase in ((32, 1, "decode"), (256, 1, "decode"), (8, 1024, "prefill"), (32, 2048, "prefill")):
-    tokens = batch * length
+SHAPE = f"Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM}"
+
+
+def _register(name: str, tokens: int, build, other_bytes: int, peers: dict) -> None:
+    """A bf16 case of `tokens` tokens at the LLM's heads: q and k read and written, plus `other_bytes`
+    (tables, cache rows, indices); 3 flops an element of q and k."""
     register_case(
         Case(
             op="apply_rotary",
-            name=f"{phase} B={batch} L={length} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM}",
+            name=name,
             dtype=torch.bfloat16,
-            build=lambda device, gen, batch=batch, length=length: _qkv_slices(batch, length, torch.bfloat16, device, gen),
-            bytes=2 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM * 2 + 2 * tokens * HEAD_DIM * 2,
+            build=build,
+            bytes=2 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM * 2 + other_bytes,
             flops=3 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM,
-            peers={
-                "torch.compile": compiled(reference.apply_rotary),
-                "liger": optional("liger_kernel.ops.rope", "LigerRopeFunction", lambda f: liger_rotary(f.apply)),
-            },
+            peers=peers,
         )
+    )
+
+
+for batch, length, phase in ((32, 1, "decode"), (256, 1, "decode"), (8, 1024, "prefill"), (32, 2048, "prefill")):
+    _register(
+        f"{phase} B={batch} L={length} {SHAPE}",
+        batch * length,
+        lambda device, gen, batch=batch, length=length: _qkv_slices(batch, length, torch.bfloat16, device, gen),
+        2 * batch * length * HEAD_DIM * 2,  # a full-width row of each table a token
+        {
+            "torch.compile": compiled(reference.apply_rotary),
+            "liger": optional("liger_kernel.ops.rope", "LigerRopeFunction", lambda f: liger_rotary(f.apply)),
+        },
     )
 
 
@@ -70,20 +84,16 @@ def _rotary_then_index_copy(q, k, cos, sin, v, k_cache, v_cache, cache_slots):
 
 
 for tokens in (1024, 8192):
-    register_case(
-        Case(
-            op="apply_rotary",
-            name=f"prefill T={tokens} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM} +cache write",
-            dtype=torch.bfloat16,
-            build=lambda device, gen, tokens=tokens: _prefill_with_cache(tokens, torch.bfloat16, device, gen),
-            # q, k, v in; q_rot, k_rot out; k_rot and v into the cache; the tables and the slots
-            bytes=tokens * (2 * (HEADS_Q + HEADS_KV) + 3 * HEADS_KV) * HEAD_DIM * 2 + 2 * tokens * HEAD_DIM * 2 + 8 * tokens,
-            flops=3 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM,
-            peers={
-                "ours unfused: apply_rotary + index_copy_": lambda: Peer(_rotary_then_index_copy),
-                "torch.compile": compiled(reference.apply_rotary),
-            },  # fmt: skip
-        )
+    _register(
+        f"prefill T={tokens} {SHAPE} +cache write",
+        tokens,
+        lambda device, gen, tokens=tokens: _prefill_with_cache(tokens, torch.bfloat16, device, gen),
+        # v read; k_rot and v into the cache; a full-width row of each table and a slot a token
+        tokens * 3 * HEADS_KV * HEAD_DIM * 2 + 2 * tokens * HEAD_DIM * 2 + 8 * tokens,
+        {
+            "ours unfused: apply_rotary + index_copy_": lambda: Peer(_rotary_then_index_copy),
+            "torch.compile": compiled(reference.apply_rotary),
+        },
     )
 
 
@@ -105,18 +115,13 @@ def _gather_then_rotary(q, k, cos, sin, positions):
 
 
 for tokens, phase in ((32, "decode B=32"), (256, "decode B=256"), (8192, "prefill")):
-    register_case(
-        Case(
-            op="apply_rotary",
-            name=f"{phase} T={tokens} Hq={HEADS_Q} Hkv={HEADS_KV} D={HEAD_DIM} by position (vLLM)",
-            dtype=torch.bfloat16,
-            build=lambda device, gen, tokens=tokens: _by_position(tokens, torch.bfloat16, device, gen),
-            # q, k in and out; one half-width row of each table and a position a token
-            bytes=2 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM * 2 + 2 * tokens * (HEAD_DIM // 2) * 2 + 8 * tokens,
-            flops=3 * tokens * (HEADS_Q + HEADS_KV) * HEAD_DIM,
-            peers={
-                "ours unfused: gather + apply_rotary": lambda: Peer(_gather_then_rotary),
-                "torch.compile": compiled(reference.apply_rotary),
-            },
-        )
+    _register(
+        f"{phase} T={tokens} {SHAPE} by position (vLLM)",
+        tokens,
+        lambda device, gen, tokens=tokens: _by_position(tokens, torch.bfloat16, device, gen),
+        2 * tokens * (HEAD_DIM // 2) * 2 + 8 * tokens,  # a half-width row of each table and a position a token
+        {
+            "ours unfused: gather + apply_rotary": lambda: Peer(_gather_then_rotary),
+            "torch.compile": compiled(reference.apply_rotary),
+        },
     )
