@@ -8,10 +8,16 @@ padded). The real queries and keys are gathered into packed sequences, attention
 them (causal aligned bottom-right within each sequence, which is right for left and right padding,
 prefill and decode), and the outputs go back to their padded places (0 at padding). A key past the
 mask's length (the unwritten slots of a static cache) is padding. Gathering the real rows needs
-their count: one read of the mask a call (a host sync), as flash-attn's transformers entry has.
+their count: a read of the mask (a host sync), which flash-attn's transformers entry makes in every
+layer. Here it is made once a forward: transformers builds the mask once and hands that object to
+every layer, so the rows, offsets and lengths found for it (`_UnpadPlan`) serve the layers after the
+first.
 """
 
 from __future__ import annotations
+
+import threading
+from typing import NamedTuple
 
 import torch
 from torch.nn import functional as F
@@ -37,29 +43,66 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             f"attention_mask: expected the 2-D padding mask [B, tokens] that the aurora entry's mask builder makes, got "
             f"shape {list(attention_mask.shape)} (a model that builds its own 4-D mask is not supported)"
         )
-    return _unpadded_attention(q, k, v, attention_mask.bool(), causal, scaling, backend), None
+    plan = _unpad_plan(attention_mask, q.shape[1], k.shape[1])
+    return _unpadded_attention(q, k, v, plan, causal, scaling, backend), None
 
 
-def _unpadded_attention(q, k, v, mask, causal: bool, scaling, backend: str) -> torch.Tensor:
-    """q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D], mask [B, S] (S <= Lk: key j < S is real where
-    mask[b, j]; the queries are the last Lq of the S) -> [B, Lq, Hq, D], 0 at padded queries."""
-    batch, len_q, heads_q, head_dim = q.shape
-    len_k, seen = k.shape[1], mask.shape[1]
+class _UnpadPlan(NamedTuple):
+    """Where the real rows of a padded batch are: q's and k's rows in their [B x L] flattening, the
+    packed sequences' offsets and their longest lengths."""
+
+    query_rows: torch.Tensor
+    key_rows: torch.Tensor
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+
+
+# The last plan of the calling thread: (the mask object, its version counter, Lq, Lk, the plan). The
+# mask is held, so no other tensor can take its memory (and its id) while the plan is kept; an
+# in-place change to it (a torch op) moves its version counter, and the plan is made again.
+_last_plan = threading.local()
+
+
+def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadPlan:
+    """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j]; the
+    queries are the last Lq of the S), or the one made for this very mask by the layer before (not
+    while torch.compile traces: a graph holds no Python state)."""
+    key = (len_q, len_k, attention_mask._version)
+    kept = getattr(_last_plan, "kept", None)
+    tracing = torch.compiler.is_compiling()
+    if not tracing and kept is not None and kept[0] is attention_mask and kept[1] == key:
+        return kept[2]
+    mask = attention_mask.bool()
+    seen = mask.shape[1]
     key_real = mask if seen == len_k else F.pad(mask, (0, len_k - seen), value=False)
     query_real = mask[:, seen - len_q : seen]
-    query_rows = query_real.flatten().nonzero().flatten()
-    key_rows = key_real.flatten().nonzero().flatten()
     query_lengths, key_lengths = query_real.sum(1, dtype=torch.int32), key_real.sum(1, dtype=torch.int32)
-    cu_q = F.pad(query_lengths.cumsum(0, dtype=torch.int32), (1, 0))
-    cu_k = F.pad(key_lengths.cumsum(0, dtype=torch.int32), (1, 0))
     max_q, max_k = (int(n) for n in torch.stack([query_lengths.max(), key_lengths.max()]).tolist())
-    out = ak.attention_varlen(
-        q.reshape(batch * len_q, heads_q, head_dim)[query_rows],
-        k.reshape(batch * len_k, *k.shape[2:])[key_rows],
-        v.reshape(batch * len_k, *v.shape[2:])[key_rows],
-        cu_q, cu_k, max_q, max_k, causal=causal, softmax_scale=scaling, backend=backend,
+    plan = _UnpadPlan(
+        query_real.flatten().nonzero().flatten(), key_real.flatten().nonzero().flatten(),
+        F.pad(query_lengths.cumsum(0, dtype=torch.int32), (1, 0)), F.pad(key_lengths.cumsum(0, dtype=torch.int32), (1, 0)),
+        max_q, max_k,
     )  # fmt: skip
-    padded = out.new_zeros(batch * len_q, heads_q, head_dim).index_copy_(0, query_rows, out)
+    if not tracing:
+        _last_plan.kept = (attention_mask, key, plan)
+    return plan
+
+
+def _unpadded_attention(q, k, v, plan: _UnpadPlan, causal: bool, scaling, backend: str) -> torch.Tensor:
+    """q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D] -> [B, Lq, Hq, D]: attention over the plan's real
+    rows, 0 at padded queries."""
+    batch, len_q, heads_q, head_dim = q.shape
+    len_k = k.shape[1]
+    out = ak.attention_varlen(
+        q.reshape(batch * len_q, heads_q, head_dim)[plan.query_rows],
+        k.reshape(batch * len_k, *k.shape[2:])[plan.key_rows],
+        v.reshape(batch * len_k, *v.shape[2:])[plan.key_rows],
+        plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, causal=causal, softmax_scale=scaling,
+        backend=backend,
+    )  # fmt: skip
+    padded = out.new_zeros(batch * len_q, heads_q, head_dim).index_copy_(0, plan.query_rows, out)
     return padded.view(batch, len_q, heads_q, head_dim)
 
 

@@ -125,6 +125,43 @@ def test_padded_batch_logits_match(side, device, gen):
     assert calls[("attention_varlen", "triton")] == 2 and calls[("attention", "triton")] == 0
 
 
+class _CountNonzero(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.aten.nonzero.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_padded_forward_finds_the_real_rows_once_and_again_after_the_mask_changes(device, gen):
+    """The real rows of a padded batch (a host read of the mask) are found by the first layer and
+    reused by the others, which get the same mask object; a mask changed in place is read again."""
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device)
+    patched = _patched_copy(model, device)
+    counting = _CountNonzero()
+    with torch.no_grad(), counting:
+        got = patched(ids, attention_mask=mask).logits
+    assert counting.calls == 2  # q's rows and k's rows, for both layers
+    with torch.no_grad():
+        mask[2, 3:] = 1  # the third prompt now has 6 tokens: same object, new version
+        ids[2, 3:7] = torch.arange(11, 15, device=device)
+        expected = model(ids, attention_mask=mask).logits
+        got = patched(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert_parity(got[real], expected[real].double(), torch.float32, "Qwen2 logits after the mask changed in place")
+    # the plan of one mask object, changed in place between two calls (its version counter moves)
+    from aurora_kernels.integrations._attention import _unpad_plan
+
+    first = _unpad_plan(mask, 9, 9)
+    assert _unpad_plan(mask, 9, 9) is first
+    mask[0, :] = 1
+    again = _unpad_plan(mask, 9, 9)
+    assert again is not first and torch.equal(again.cu_seqlens_k.cpu(), torch.tensor([0, 9, 18, 24], dtype=torch.int32))
+
+
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_padded_batch_generates_as_transformers(cache, device, gen):
     """Greedy generation of a left-padded batch of 3 prompts of different lengths, dynamic and static
