@@ -48,11 +48,12 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
 
 
 class _UnpadPlan(NamedTuple):
-    """Where the real rows of a padded batch are: q's and k's rows in their [B x L] flattening, the
-    packed sequences' offsets and their longest lengths."""
+    """Where the real rows of a padded batch are: q's rows in their [B x Lq] flattening, q's and k's
+    as (sequence, position) index pairs, the packed sequences' offsets and their longest lengths."""
 
     query_rows: torch.Tensor
-    key_rows: torch.Tensor
+    query_index: tuple[torch.Tensor, torch.Tensor]
+    key_index: tuple[torch.Tensor, torch.Tensor]
     cu_seqlens_q: torch.Tensor
     cu_seqlens_k: torch.Tensor
     max_seqlen_q: int
@@ -80,8 +81,9 @@ def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadP
     query_real = mask[:, seen - len_q : seen]
     query_lengths, key_lengths = query_real.sum(1, dtype=torch.int32), key_real.sum(1, dtype=torch.int32)
     max_q, max_k = (int(n) for n in torch.stack([query_lengths.max(), key_lengths.max()]).tolist())
+    query_index, key_index = query_real.nonzero().unbind(1), key_real.nonzero().unbind(1)
     plan = _UnpadPlan(
-        query_real.flatten().nonzero().flatten(), key_real.flatten().nonzero().flatten(),
+        query_index[0] * len_q + query_index[1], query_index, key_index,
         F.pad(query_lengths.cumsum(0, dtype=torch.int32), (1, 0)), F.pad(key_lengths.cumsum(0, dtype=torch.int32), (1, 0)),
         max_q, max_k,
     )  # fmt: skip
@@ -94,11 +96,10 @@ def _unpadded_attention(q, k, v, plan: _UnpadPlan, causal: bool, scaling, backen
     """q [B, Lq, Hq, D], k and v [B, Lk, Hkv, D] -> [B, Lq, Hq, D]: attention over the plan's real
     rows, 0 at padded queries."""
     batch, len_q, heads_q, head_dim = q.shape
-    len_k = k.shape[1]
+    # one gather each, on any strides: k and v are views of transformers' [B, Hkv, L, D] cache,
+    # which a reshape to rows would first copy whole
     out = ak.attention_varlen(
-        q.reshape(batch * len_q, heads_q, head_dim)[plan.query_rows],
-        k.reshape(batch * len_k, *k.shape[2:])[plan.key_rows],
-        v.reshape(batch * len_k, *v.shape[2:])[plan.key_rows],
+        q[plan.query_index], k[plan.key_index], v[plan.key_index],
         plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, causal=causal, softmax_scale=scaling,
         backend=backend,
     )  # fmt: skip
