@@ -1,6 +1,7 @@
 """The "aurora" entry of transformers' attention registry, shared by the model patches: the module's
 q, k, v ([B, H, L, D], transformers' layout) through this package's attention, causal as the module
-says (Qwen2 yes, SigLIP's vision tower no), GQA by index.
+says (Qwen2 yes, SigLIP's vision tower no), GQA by index. A decode step with no padding (one query a
+sequence) runs decode_attention over the cache's views, its keys split over programs.
 
 Padded batches run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
 flash_attention_mask, which hands over the 2-D padding mask [B, tokens seen] (None where nothing is
@@ -36,6 +37,11 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     backend = getattr(module, "_aurora_backend", "triton")
     causal = getattr(module, "is_causal", True)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, L, H, D] views, no copies
+    if attention_mask is None and q.shape[1] == 1:
+        # a decode step (one query a sequence sees every key, causal or not): the keys split over
+        # programs, as flash-attn's forward splits them for one query row; k and v as the cache
+        seen = _all_keys(q.shape[0], k.shape[1], q.device)
+        return ak.decode_attention(q, k, v, seen, softmax_scale=scaling, backend=backend), None
     if attention_mask is None:
         return ak.attention(q, k, v, causal=causal, softmax_scale=scaling, backend=backend), None
     if attention_mask.ndim != 2:
@@ -45,6 +51,27 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
         )
     plan = _unpad_plan(attention_mask, q.shape[1], k.shape[1])
     return _unpadded_attention(q, k, v, plan, causal, scaling, backend), None
+
+
+# What the calling thread made last, for the next layer of the same forward: `plan`, (the mask object,
+# (Lq, Lk, its version counter), its _UnpadPlan), the mask held so that no other tensor can take its
+# memory (and its id) while the plan is kept, and an in-place change to it (a torch op) moving its
+# version counter; `all_keys`, ((B, keys, device), the cache_seqlens of a decode step).
+_this_thread = threading.local()
+
+
+def _all_keys(batch: int, keys: int, device: torch.device) -> torch.Tensor:
+    """cache_seqlens [B] = keys (int32): the last one made in this thread where it fits (every layer
+    of a decode step asks for the same; decode_attention only reads it), not while torch.compile
+    traces."""
+    tracing = torch.compiler.is_compiling()
+    kept = getattr(_this_thread, "all_keys", None)
+    if not tracing and kept is not None and kept[0] == (batch, keys, device):
+        return kept[1]
+    seen = torch.full((batch,), keys, dtype=torch.int32, device=device)
+    if not tracing:
+        _this_thread.all_keys = ((batch, keys, device), seen)
+    return seen
 
 
 class _UnpadPlan(NamedTuple):
@@ -60,18 +87,12 @@ class _UnpadPlan(NamedTuple):
     max_seqlen_k: int
 
 
-# The last plan of the calling thread: (the mask object, its version counter, Lq, Lk, the plan). The
-# mask is held, so no other tensor can take its memory (and its id) while the plan is kept; an
-# in-place change to it (a torch op) moves its version counter, and the plan is made again.
-_last_plan = threading.local()
-
-
 def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadPlan:
     """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j]; the
     queries are the last Lq of the S), or the one made for this very mask by the layer before (not
     while torch.compile traces: a graph holds no Python state)."""
     key = (len_q, len_k, attention_mask._version)
-    kept = getattr(_last_plan, "kept", None)
+    kept = getattr(_this_thread, "plan", None)
     tracing = torch.compiler.is_compiling()
     if not tracing and kept is not None and kept[0] is attention_mask and kept[1] == key:
         return kept[2]
@@ -88,7 +109,7 @@ def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadP
         max_q, max_k,
     )  # fmt: skip
     if not tracing:
-        _last_plan.kept = (attention_mask, key, plan)
+        _this_thread.plan = (attention_mask, key, plan)
     return plan
 
 

@@ -1,6 +1,8 @@
 """aurora_kernels.integrations: patch_qwen2 and patch_siglip on tiny randomly initialised transformers
 models (Qwen2, and SigLIP's vision tower)."""
 
+import inspect
+
 import pytest
 import torch
 
@@ -54,11 +56,35 @@ def test_patched_logits_and_generate_match(device, gen):
     with torch.no_grad():
         with ak.count_calls() as calls:
             got = patched(ids).logits
-        tokens = patched.generate(ids[:1], **settings)
+        with ak.count_calls() as generate_calls:
+            tokens = patched.generate(ids[:1], **settings)
     assert_parity(got, expected.double(), torch.float32, "patched Qwen2 logits")
     assert {op for op, backend in calls if backend == "triton"} == {"rms_norm", "apply_rotary", "silu_and_mul", "attention"}
     assert calls[("rms_norm", "triton")] == 2 * 2 + 1  # two per layer and the final norm
     assert torch.equal(tokens, expected_tokens)
+    # the prompt through attention, each of the 4 decode steps (2 layers) through decode_attention
+    assert generate_calls[("attention", "triton")] == 2 and generate_calls[("decode_attention", "triton")] == 4 * 2
+
+
+def test_a_decode_step_runs_decode_attention_with_transformers_logits(device, gen):
+    """One new token a sequence over transformers' dynamic cache, no padding: split-KV decode
+    attention over the cache's [B, Hkv, L, D] views, the unpatched model's logits."""
+    model = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(0, 500, (2, 11), generator=torch.Generator().manual_seed(3)).to(device)
+    patched = _patched_copy(model, device)
+    # the cache's argument: `cache` from transformers 5.x (past_key_values deprecated), past_key_values before
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def step(m, prompt, token):
+        cache = m(prompt, use_cache=True).past_key_values
+        with ak.count_calls() as calls:
+            return m(token, **{cache_argument: cache}).logits, calls
+
+    with torch.no_grad():
+        expected, _ = step(model, ids[:, :10], ids[:, 10:])
+        got, calls = step(patched, ids[:, :10], ids[:, 10:])
+    assert calls[("decode_attention", "triton")] == 2 and calls[("attention", "triton")] == 0
+    assert_parity(got, expected.double(), torch.float32, "patched Qwen2 decode-step logits")
 
 
 def test_patch_keeps_the_state_dict(device, gen):
