@@ -1,7 +1,8 @@
 """The "aurora" entry of transformers' attention registry, shared by the model patches: the module's
 q, k, v ([B, H, L, D], transformers' layout) through this package's attention, causal as the module
 says (Qwen2 yes, SigLIP's vision tower no), GQA by index. A decode step with no padding (one query a
-sequence) runs decode_attention over the cache's views, its keys split over programs.
+sequence) runs decode_attention over the cache's views, in one launch (eager) or with its keys
+split over programs (compiled or captured).
 
 Padded batches run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
 flash_attention_mask, which hands over the 2-D padding mask [B, tokens seen] (None where nothing is
@@ -38,10 +39,14 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     causal = getattr(module, "is_causal", True)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, L, H, D] views, no copies
     if attention_mask is None and q.shape[1] == 1:
-        # a decode step (one query a sequence sees every key, causal or not): the keys split over
-        # programs, as flash-attn's forward splits them for one query row; k and v as the cache
+        # a decode step (one query a sequence sees every key, causal or not), k and v read as the
+        # cache. Split over programs where launches are cheap (a compiled graph, a CUDA-graph
+        # capture), as flash-attn's forward splits one query row; eager, one split, one launch: an
+        # eager step is host-bound, ~100 us a launch (docs/performance-log.md, tenth session)
+        graphed = torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing())
         seen = _all_keys(q.shape[0], k.shape[1], q.device)
-        return ak.decode_attention(q, k, v, seen, softmax_scale=scaling, backend=backend), None
+        return ak.decode_attention(q, k, v, seen, softmax_scale=scaling, num_kv_splits=None if graphed else 1,
+                                   backend=backend), None  # fmt: skip
     if attention_mask is None:
         return ak.attention(q, k, v, causal=causal, softmax_scale=scaling, backend=backend), None
     if attention_mask.ndim != 2:
@@ -64,14 +69,12 @@ def _all_keys(batch: int, keys: int, device: torch.device) -> torch.Tensor:
     """cache_seqlens [B] = keys (int32): the last one made in this thread where it fits (every layer
     of a decode step asks for the same; decode_attention only reads it), not while torch.compile
     traces."""
-    tracing = torch.compiler.is_compiling()
+    if torch.compiler.is_compiling():
+        return torch.full((batch,), keys, dtype=torch.int32, device=device)
     kept = getattr(_this_thread, "all_keys", None)
-    if not tracing and kept is not None and kept[0] == (batch, keys, device):
-        return kept[1]
-    seen = torch.full((batch,), keys, dtype=torch.int32, device=device)
-    if not tracing:
-        _this_thread.all_keys = ((batch, keys, device), seen)
-    return seen
+    if kept is None or kept[0] != (batch, keys, device):
+        kept = _this_thread.all_keys = ((batch, keys, device), torch.full((batch,), keys, dtype=torch.int32, device=device))
+    return kept[1]
 
 
 class _UnpadPlan(NamedTuple):
@@ -91,11 +94,12 @@ def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadP
     """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j]; the
     queries are the last Lq of the S), or the one made for this very mask by the layer before (not
     while torch.compile traces: a graph holds no Python state)."""
-    key = (len_q, len_k, attention_mask._version)
-    kept = getattr(_this_thread, "plan", None)
     tracing = torch.compiler.is_compiling()
-    if not tracing and kept is not None and kept[0] is attention_mask and kept[1] == key:
-        return kept[2]
+    if not tracing:
+        key = (len_q, len_k, attention_mask._version)
+        kept = getattr(_this_thread, "plan", None)
+        if kept is not None and kept[0] is attention_mask and kept[1] == key:
+            return kept[2]
     mask = attention_mask.bool()
     seen = mask.shape[1]
     key_real = mask if seen == len_k else F.pad(mask, (0, len_k - seen), value=False)

@@ -1,6 +1,7 @@
 """aurora_kernels.integrations: patch_qwen2 and patch_siglip on tiny randomly initialised transformers
 models (Qwen2, and SigLIP's vision tower)."""
 
+import copy
 import inspect
 
 import pytest
@@ -38,9 +39,11 @@ def restore_transformers_rotary(monkeypatch):
 
 
 def _patched_copy(model, device):
+    """A patched model with model's weights and a config of its own: the patch selects the "aurora"
+    attention in the config, which would otherwise put `model` on it too."""
     from aurora_kernels.integrations import patch_qwen2
 
-    patched = transformers.Qwen2ForCausalLM(model.config).eval()
+    patched = transformers.Qwen2ForCausalLM(copy.deepcopy(model.config)).eval()
     patched.load_state_dict(model.state_dict())
     return patch_qwen2(patched.to(device))
 
@@ -66,24 +69,31 @@ def test_patched_logits_and_generate_match(device, gen):
     assert generate_calls[("attention", "triton")] == 2 and generate_calls[("decode_attention", "triton")] == 4 * 2
 
 
-def test_a_decode_step_runs_decode_attention_with_transformers_logits(device, gen):
-    """One new token a sequence over transformers' dynamic cache, no padding: split-KV decode
-    attention over the cache's [B, Hkv, L, D] views, the unpatched model's logits."""
+def test_a_decode_step_runs_decode_attention_with_transformers_logits(device, gen, monkeypatch):
+    """One new token a sequence over transformers' dynamic cache, no padding: decode attention over
+    the cache's [B, Hkv, L, D] views in one split (eager: one launch), the unpatched model's logits."""
     model = _tiny_qwen2(gen).to(device)
-    ids = torch.randint(0, 500, (2, 11), generator=torch.Generator().manual_seed(3)).to(device)
+    ids = torch.randint(0, 500, (2, 80), generator=torch.Generator().manual_seed(3)).to(device)  # 79 keys: 2 splits
     patched = _patched_copy(model, device)
+    splits = []
+    decode_attention = ak.decode_attention
+
+    def spy(*args, num_kv_splits=None, **kwargs):
+        splits.append(num_kv_splits)
+        return decode_attention(*args, num_kv_splits=num_kv_splits, **kwargs)
+
+    monkeypatch.setattr(ak, "decode_attention", spy)
     # the cache's argument: `cache` from transformers 5.x (past_key_values deprecated), past_key_values before
     cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def step(m, prompt, token):
         cache = m(prompt, use_cache=True).past_key_values
-        with ak.count_calls() as calls:
-            return m(token, **{cache_argument: cache}).logits, calls
+        return m(token, **{cache_argument: cache}).logits
 
     with torch.no_grad():
-        expected, _ = step(model, ids[:, :10], ids[:, 10:])
-        got, calls = step(patched, ids[:, :10], ids[:, 10:])
-    assert calls[("decode_attention", "triton")] == 2 and calls[("attention", "triton")] == 0
+        expected = step(model, ids[:, :79], ids[:, 79:])
+        got = step(patched, ids[:, :79], ids[:, 79:])
+    assert splits == [1, 1]  # a layer each
     assert_parity(got, expected.double(), torch.float32, "patched Qwen2 decode-step logits")
 
 
