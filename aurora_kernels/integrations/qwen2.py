@@ -15,8 +15,8 @@ What changes, per part:
   again on the first call after they stopped being its views (the model moved or converted with
   `.to()`, or loaded with `assign=True`); forward is one matmul, `silu_and_mul`, down_proj.
 - Rotary: transformers' module-level `apply_rotary_pos_emb` in modeling_qwen2, which the attention
-  calls, is replaced by a dispatcher: `apply_rotary` inside a patched instance's forward (a context
-  variable says which), transformers' own elsewhere; the class-level patch makes it `apply_rotary`
+  calls, is replaced by a dispatcher: `apply_rotary` inside a patched instance's forward (a
+  thread-local says which), transformers' own elsewhere; the class-level patch makes it `apply_rotary`
   everywhere.
 - Attention: the "aurora" entry of transformers' attention registry (integrations/_attention.py:
   padded batches run unpadded through `attention_varlen`), selected on the patched instance
@@ -25,8 +25,8 @@ What changes, per part:
 
 from __future__ import annotations
 
-import contextvars
 import functools
+import threading
 import types
 
 import torch
@@ -37,8 +37,11 @@ from aurora_kernels._validation import check_backend
 from aurora_kernels.integrations._attention import register_attention, select_attention
 from aurora_kernels.integrations._undo import record_undo
 
-# the backend of the patched instance whose forward is running (None: no patched instance)
-_rotary_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("aurora_rotary_backend", default=None)
+# `rotary_backend`: the backend of the patched instance whose forward this thread is running (absent
+# or None: none). A threading.local rather than a ContextVar: torch.compile traces its reads and
+# writes, where a ContextVar's get and set break the graph (in every layer); a forward is synchronous,
+# so no other task of the thread runs inside it.
+_running = threading.local()
 _ORIGINALS: dict[str, object] = {}  # what the class-level patch replaced: name -> original
 
 
@@ -103,7 +106,7 @@ def _install_rotary_dispatcher(module, name: str = "apply_rotary_pos_emb", kerne
     original = getattr(module, name)
 
     def dispatcher(q, k, cos, sin, *args, **kwargs):
-        backend = _rotary_backend.get()
+        backend = getattr(_running, "rotary_backend", None)
         if backend is None:
             return original(q, k, cos, sin, *args, **kwargs)
         return kernel(q, k, cos, sin, *args, backend=backend, **kwargs)
@@ -115,11 +118,12 @@ def _install_rotary_dispatcher(module, name: str = "apply_rotary_pos_emb", kerne
 def _with_rotary_backend(forward, backend: str):
     @functools.wraps(forward)
     def run(*args, **kwargs):
-        token = _rotary_backend.set(backend)
+        previous = getattr(_running, "rotary_backend", None)
+        _running.rotary_backend = backend
         try:
             return forward(*args, **kwargs)
         finally:
-            _rotary_backend.reset(token)
+            _running.rotary_backend = previous
 
     return run
 

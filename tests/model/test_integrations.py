@@ -228,6 +228,22 @@ def test_padded_batch_under_torch_compile(device, gen):
     assert_parity(got[real], expected[real].double(), torch.float32, "compiled, padded Qwen2 logits")
 
 
+def test_a_patched_and_an_unpatched_qwen2_each_compile_to_one_graph(device, gen):
+    """The rotary dispatcher, installed in transformers' module for every Qwen2 of the process, read
+    a ContextVar, which torch.compile cannot trace: two graph breaks a layer, in patched and
+    unpatched models alike. Both now compile whole (fullgraph), with their eager logits."""
+    model = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(0, 500, (2, 9), generator=torch.Generator().manual_seed(4)).to(device)
+    patched = _patched_copy(model, device)
+    with torch.no_grad():
+        expected = model(ids, use_cache=False).logits
+        patched(ids, use_cache=False)  # the first call fuses gate_up (new parameters: not in a graph)
+        for which in (model, patched):
+            torch._dynamo.reset()
+            got = torch.compile(which, fullgraph=True)(ids, use_cache=False).logits
+            assert_parity(got, expected.double(), torch.float32, f"{'patched' if which is patched else 'unpatched'}, fullgraph")
+
+
 def test_an_instance_patch_touches_that_instance_only_and_unpatch_restores_it(device, gen):
     from aurora_kernels.integrations import patched, unpatch
 
