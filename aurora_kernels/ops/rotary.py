@@ -241,12 +241,14 @@ def _check_args(q, k, cos, sin, positions):
 def _check_broadcasts(name: str, shape: torch.Size, token_shape: tuple, trailing: int) -> None:
     """An argument of `shape` with an entry (its `trailing` last dims) a token broadcasts to q's token dims."""
     try:
-        torch.empty(shape[: len(shape) - trailing], device="meta").expand(*token_shape)
+        broadcasts = torch.broadcast_shapes(shape[: len(shape) - trailing], token_shape) == token_shape
     except RuntimeError:
+        broadcasts = False
+    if not broadcasts:
         raise ValueError(
             f"{name}: expected leading dims that broadcast to q's {list(token_shape[:-1])} (and L = {token_shape[-1]}), "
             f"got {list(shape)}"
-        ) from None
+        )
 
 
 def _check_positions_at_run_time(positions, cos) -> None:
