@@ -18,6 +18,7 @@ first.
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import NamedTuple
 
@@ -145,8 +146,31 @@ def register_attention() -> None:
 
 def select_attention(model, owner) -> None:
     """`owner` (the patched model, or the part of it whose attention is ours) on the "aurora"
-    implementation, undone by unpatch(model)."""
+    implementation, undone by unpatch(model). The implementation is a field of the config, which
+    other models may hold too (`Qwen2ForCausalLM(model.config)`), so `model` first takes a copy of
+    its configs (`_own_configs`)."""
     register_attention()
-    previous = owner.config._attn_implementation
+    _own_configs(model)
     owner.set_attn_implementation(ATTENTION_NAME)
-    record_undo(model, lambda: owner.set_attn_implementation(previous))
+
+
+def _own_configs(model) -> None:
+    """Every module of `model` that holds one of its config objects (the model's, a composite's
+    text and vision parts) holds a copy of it instead; unpatch(model) puts the originals back, as
+    they were before the patch (what was set on the copies in between is dropped with them)."""
+    from transformers import PretrainedConfig
+
+    copies: dict[int, object] = {}
+    copy.deepcopy(model.config, copies)  # copies[id(original)]: the copy of each object inside it too
+    replaced = []
+    for module in model.modules():
+        original = module.__dict__.get("config")
+        if isinstance(original, PretrainedConfig) and id(original) in copies:
+            module.config = copies[id(original)]
+            replaced.append((module, original))
+
+    def restore():
+        for module, original in replaced:
+            module.config = original
+
+    record_undo(model, restore)

@@ -19,8 +19,9 @@ What changes, per part:
   thread-local says which), transformers' own elsewhere; the class-level patch makes it `apply_rotary`
   everywhere.
 - Attention: the "aurora" entry of transformers' attention registry (integrations/_attention.py:
-  padded batches run unpadded through `attention_varlen`), selected on the patched instance
-  (class level: registered, for `attn_implementation="aurora"`).
+  padded batches run unpadded through `attention_varlen`), selected on the patched instance, in a
+  copy of its config that it takes (the config may be another model's too) (class level:
+  registered, for `attn_implementation="aurora"`).
 """
 
 from __future__ import annotations

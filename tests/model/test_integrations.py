@@ -1,7 +1,6 @@
 """aurora_kernels.integrations: patch_qwen2 and patch_siglip on tiny randomly initialised transformers
 models (Qwen2, and SigLIP's vision tower)."""
 
-import copy
 import inspect
 
 import pytest
@@ -39,11 +38,11 @@ def restore_transformers_rotary(monkeypatch):
 
 
 def _patched_copy(model, device):
-    """A patched model with model's weights and a config of its own: the patch selects the "aurora"
-    attention in the config, which would otherwise put `model` on it too."""
+    """A patched model with model's weights, made on model's config object: the patch takes a copy
+    of it (model, the reference, stays on transformers' attention)."""
     from aurora_kernels.integrations import patch_qwen2
 
-    patched = transformers.Qwen2ForCausalLM(copy.deepcopy(model.config)).eval()
+    patched = transformers.Qwen2ForCausalLM(model.config).eval()
     patched.load_state_dict(model.state_dict())
     return patch_qwen2(patched.to(device))
 
@@ -264,6 +263,32 @@ def test_an_instance_patch_touches_that_instance_only_and_unpatch_restores_it(de
         assert not calls and model.config._attn_implementation != "aurora"
     assert torch.equal(other_logits, other_expected) and torch.equal(restored, expected)
     assert unpatch(model) is model  # nothing left to undo
+
+
+def test_an_instance_patch_leaves_a_model_sharing_its_config_alone(device, gen):
+    """Two models on one config object (`Qwen2ForCausalLM(model.config)`): patching one selected the
+    "aurora" attention in the config they share, so the other ran it too. The patched instance now
+    takes a copy of its config, and unpatch puts the shared one back."""
+    from aurora_kernels.integrations import patch_qwen2, unpatch
+
+    model = _tiny_qwen2(gen).to(device)
+    other = transformers.Qwen2ForCausalLM(model.config).eval().to(device)
+    other.load_state_dict(model.state_dict())
+    shared = model.config
+    ids = torch.randint(0, 500, (2, 7), generator=torch.Generator().manual_seed(3)).to(device)
+    with torch.no_grad():
+        expected = other(ids).logits
+        patch_qwen2(model)
+        with ak.count_calls() as calls:
+            got = other(ids).logits
+        assert not calls, f"a model sharing the patched instance's config ran {sorted(calls)}"
+        assert torch.equal(got, expected) and shared._attn_implementation != "aurora"
+        with ak.count_calls() as calls:
+            model(ids)
+        assert calls[("attention", "triton")] == shared.num_hidden_layers
+        assert all(m.config is model.config for m in model.modules() if "config" in m.__dict__)
+        unpatch(model)
+    assert all(m.config is shared for m in model.modules() if "config" in m.__dict__)
 
 
 def test_the_class_level_patch_reaches_every_qwen2_and_reverts(device, gen):

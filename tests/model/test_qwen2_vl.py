@@ -2,7 +2,6 @@
 left-padded batch of two prompts, each with an image of its own size, through the patched model
 (LLM and vision tower on the kernels) gives the unpatched model's logits and greedy tokens."""
 
-import copy
 import inspect
 
 import pytest
@@ -59,7 +58,7 @@ def _image_batch(model, device):
 def _patched_copy(model, device, **options):
     from aurora_kernels.integrations import patch_qwen2_vl
 
-    patched = type(model)(copy.deepcopy(model.config)).eval()  # its own: the patch selects "aurora" attention in it
+    patched = type(model)(model.config).eval()  # model's config: the patch takes a copy of it
     patched.load_state_dict(model.state_dict())
     return patch_qwen2_vl(patched.to(device), **options)
 
