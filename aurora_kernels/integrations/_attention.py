@@ -5,15 +5,16 @@ sequence) runs decode_attention over the cache's views, in one launch (eager) or
 split over programs (compiled or captured).
 
 Padded batches run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
-flash_attention_mask, which hands over the 2-D padding mask [B, tokens seen] (None where nothing is
-padded). The real queries and keys are gathered into packed sequences, attention_varlen runs over
-them (causal aligned bottom-right within each sequence, which is right for left and right padding,
+flash_attention_mask (`_padding_mask`), which hands over the 2-D padding mask [B, tokens seen] (None where nothing is
+padded). The queries and keys are gathered into packed sequences, attention_varlen runs over them
+(causal aligned bottom-right within each sequence, which is right for left and right padding,
 prefill and decode), and the outputs go back to their padded places (0 at padding). A key past the
-mask's length (the unwritten slots of a static cache) is padding. Gathering the real rows needs
-their count: a read of the mask (a host sync), which flash-attn's transformers entry makes in every
-layer. Here it is made once a forward: transformers builds the mask once and hands that object to
-every layer, so the rows, offsets and lengths found for it (`_UnpadPlan`) serve the layers after the
-first.
+mask's length (the unwritten slots of a static cache) is padding. flash-attn's entry gathers the
+real rows alone, whose count is a read of the mask (a host sync) in every layer, and a graph break
+under torch.compile. Here every row is gathered, the real ones first, and the padding rows form
+packed sequences of their own that see no key (`_UnpadPlan`): every shape is the batch's, and
+nothing of the mask is read on the host. transformers builds the mask once and hands that object
+to every layer, so the plan made for it serves the layers after the first.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import threading
 from typing import NamedTuple
 
 import torch
-from torch.nn import functional as F
 
 import aurora_kernels as ak
 from aurora_kernels.integrations._undo import record_undo
@@ -55,12 +55,12 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
             f"attention_mask: expected the 2-D padding mask [B, tokens] that the aurora entry's mask builder makes, got "
             f"shape {list(attention_mask.shape)} (a model that builds its own 4-D mask is not supported)"
         )
-    plan = _unpad_plan(attention_mask, q.shape[1], k.shape[1])
+    plan = _unpad_plan(attention_mask, q.shape[1])
     return _unpadded_attention(q, k, v, plan, causal, scaling, backend), None
 
 
 # What the calling thread made last, for the next layer of the same forward: `plan`, (the mask object,
-# (Lq, Lk, its version counter), its _UnpadPlan), the mask held so that no other tensor can take its
+# (Lq, its version counter), its _UnpadPlan), the mask held so that no other tensor can take its
 # memory (and its id) while the plan is kept, and an in-place change to it (a torch op) moving its
 # version counter; `all_keys`, ((B, keys, device), the cache_seqlens of a decode step).
 _this_thread = threading.local()
@@ -79,10 +79,15 @@ def _all_keys(batch: int, keys: int, device: torch.device) -> torch.Tensor:
 
 
 class _UnpadPlan(NamedTuple):
-    """Where the real rows of a padded batch are: q's rows in their [B x Lq] flattening, q's and k's
-    as (sequence, position) index pairs, the packed sequences' offsets and their longest lengths."""
+    """A padded batch as packed sequences, every shape the batch's (B, Lq, S), none the mask's
+    contents: q's B x Lq rows and k's first B x S rows in an order that puts each tensor's real
+    rows first, in (sequence, position) order, and its padding after (`query_index`, `key_index`:
+    (sequence, position) pairs; `query_order`: q's rows in that order, in their [B x Lq]
+    flattening). The packed sequences: 0..B-1 the real rows of each sequence; then B that each
+    hold one sequence's padding queries and no key (a row that sees no key comes out 0); then one
+    of every padding key and no query. So max_seqlen_q is Lq, and B x S bounds max_seqlen_k."""
 
-    query_rows: torch.Tensor
+    query_order: torch.Tensor
     query_index: tuple[torch.Tensor, torch.Tensor]
     key_index: tuple[torch.Tensor, torch.Tensor]
     cu_seqlens_q: torch.Tensor
@@ -91,27 +96,34 @@ class _UnpadPlan(NamedTuple):
     max_seqlen_k: int
 
 
-def _unpad_plan(attention_mask: torch.Tensor, len_q: int, len_k: int) -> _UnpadPlan:
-    """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j]; the
-    queries are the last Lq of the S), or the one made for this very mask by the layer before (not
-    while torch.compile traces: a graph holds no Python state)."""
+def _unpad_plan(attention_mask: torch.Tensor, len_q: int) -> _UnpadPlan:
+    """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j], and keys
+    past S are padding, never gathered; the queries are the last Lq of the S), or the one made for
+    this very mask by the layer before (not while torch.compile traces: a graph holds no Python
+    state)."""
     tracing = torch.compiler.is_compiling()
     if not tracing:
-        key = (len_q, len_k, attention_mask._version)
+        key = (len_q, attention_mask._version)
         kept = getattr(_this_thread, "plan", None)
         if kept is not None and kept[0] is attention_mask and kept[1] == key:
             return kept[2]
-    mask = attention_mask.bool()
-    seen = mask.shape[1]
-    key_real = mask if seen == len_k else F.pad(mask, (0, len_k - seen), value=False)
-    query_real = mask[:, seen - len_q : seen]
-    query_lengths, key_lengths = query_real.sum(1, dtype=torch.int32), key_real.sum(1, dtype=torch.int32)
-    max_q, max_k = (int(n) for n in torch.stack([query_lengths.max(), key_lengths.max()]).tolist())
-    query_index, key_index = query_real.nonzero().unbind(1), key_real.nonzero().unbind(1)
+    key_real = attention_mask.bool()
+    batch, seen = key_real.shape
+    query_real = key_real[:, seen - len_q : seen]
+    query_counts, key_counts = query_real.sum(1, dtype=torch.int32), key_real.sum(1, dtype=torch.int32)
+
+    def real_first(real):  # flattened positions, the real ones first, each group in (sequence, position) order
+        return torch.argsort((~real).flatten().to(torch.int8), stable=True)
+
+    query_order, key_order = real_first(query_real), real_first(key_real)
+    query_ends, key_ends = query_counts.cumsum(0, dtype=torch.int32), key_counts.cumsum(0, dtype=torch.int32)
+    padding_ends = query_ends[-1:] + (len_q - query_counts).cumsum(0, dtype=torch.int32)
+    start = query_ends.new_zeros(1)
     plan = _UnpadPlan(
-        query_index[0] * len_q + query_index[1], query_index, key_index,
-        F.pad(query_lengths.cumsum(0, dtype=torch.int32), (1, 0)), F.pad(key_lengths.cumsum(0, dtype=torch.int32), (1, 0)),
-        max_q, max_k,
+        query_order, (query_order // len_q, query_order % len_q), (key_order // seen, key_order % seen),
+        torch.cat([start, query_ends, padding_ends, padding_ends[-1:]]),
+        torch.cat([start, key_ends, key_ends[-1:].expand(batch), start + batch * seen]),
+        len_q, batch * seen,
     )  # fmt: skip
     if not tracing:
         _this_thread.plan = (attention_mask, key, plan)
@@ -129,7 +141,7 @@ def _unpadded_attention(q, k, v, plan: _UnpadPlan, causal: bool, scaling, backen
         plan.cu_seqlens_q, plan.cu_seqlens_k, plan.max_seqlen_q, plan.max_seqlen_k, causal=causal, softmax_scale=scaling,
         backend=backend,
     )  # fmt: skip
-    padded = out.new_zeros(batch * len_q, heads_q, head_dim).index_copy_(0, plan.query_rows, out)
+    padded = out.new_empty(batch * len_q, heads_q, head_dim).index_copy_(0, plan.query_order, out)
     return padded.view(batch, len_q, heads_q, head_dim)
 
 
@@ -138,10 +150,22 @@ def register_attention() -> None:
     `from_pretrained(..., attn_implementation="aurora")` and `model.set_attn_implementation("aurora")`
     select it."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION_NAME, _attention)
-    AttentionMaskInterface.register(ATTENTION_NAME, flash_attention_mask)
+    AttentionMaskInterface.register(ATTENTION_NAME, _padding_mask)
+
+
+def _padding_mask(*args, attention_mask=None, kv_length=None, **kwargs):
+    """transformers' flash_attention_mask (the 2-D padding mask, None where nothing is padded), but
+    while torch.compile traces, the mask as it is: its test for a padded token is a host read, a
+    graph break in every forward. An unpadded batch's mask then takes the padded way (the same
+    result). transformers calls mask builders with keywords, in 4.x and 5 alike."""
+    from transformers.masking_utils import flash_attention_mask
+
+    if attention_mask is not None and torch.compiler.is_compiling():
+        return attention_mask[:, -kv_length:]
+    return flash_attention_mask(*args, attention_mask=attention_mask, kv_length=kv_length, **kwargs)
 
 
 def select_attention(model, owner) -> None:

@@ -1,6 +1,7 @@
 """aurora_kernels.integrations: patch_qwen2 and patch_siglip on tiny randomly initialised transformers
 models (Qwen2, and SigLIP's vision tower)."""
 
+import collections
 import inspect
 
 import pytest
@@ -160,26 +161,61 @@ def test_padded_batch_logits_match(side, device, gen):
     assert calls[("attention_varlen", "triton")] == 2 and calls[("attention", "triton")] == 0
 
 
-class _CountNonzero(torch.utils._python_dispatch.TorchDispatchMode):
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """How many times each aten op ran inside the block."""
+
     def __init__(self):
         super().__init__()
-        self.calls = 0
+        self.calls = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += func is torch.ops.aten.nonzero.default
+        self.calls[func] += 1
         return func(*args, **(kwargs or {}))
 
 
-def test_a_padded_forward_finds_the_real_rows_once_and_again_after_the_mask_changes(device, gen):
-    """The real rows of a padded batch (a host read of the mask) are found by the first layer and
-    reused by the others, which get the same mask object; a mask changed in place is read again."""
+# the ops that read a tensor's contents on the host (a sync on a GPU, a graph break under torch.compile)
+HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default, torch.ops.aten.equal.default)
+
+
+@pytest.mark.parametrize("side", ["left", "right", "holes"])
+def test_a_padded_batch_is_unpadded_without_reading_the_mask(side, device, gen):
+    """flash-attn's entry reads the mask in every layer (the real rows' count: a host sync); ours
+    gathers every row, the real ones first, by shapes alone. Masks with holes (not only left or
+    right padding) included."""
+    from aurora_kernels.integrations._attention import _unpad_plan, _unpadded_attention
+
+    ids, mask = _padded_batch(device, "left" if side == "holes" else side)
+    if side == "holes":
+        mask[0, 2:7:2] = 0
+    batch, seen = mask.shape
+    heads_q, heads_kv, head_dim, len_k = 4, 2, 32, seen + 3  # 3 keys past the mask: a static cache's unwritten slots
+    q, k, v = (torch.randn(batch, n, heads, head_dim, generator=gen).to(device)
+               for n, heads in ((seen, heads_q), (len_k, heads_kv), (len_k, heads_kv)))  # fmt: skip
+    with ak.value_checks("always"):  # the plan's offsets and lengths checked by attention_varlen
+        got = _unpadded_attention(q, k, v, _unpad_plan(mask, seen), True, None, "triton")
+    counting = _CountOps()
+    with ak.value_checks("never"), counting:  # as on a GPU, where value checks are off by default
+        again = _unpadded_attention(q, k, v, _unpad_plan(mask.clone(), seen), True, None, "triton")
+    assert not sum(counting.calls[op] for op in HOST_READS) and torch.equal(again, got)
+    _unpad_plan(mask.to("meta"), seen)  # a tensor with no contents: any read of them (.tolist() too) raises
+    real = mask.bool()
+    for b in range(batch):  # each sequence's real rows alone, through the eager reference, bottom-right causal
+        rows = real[b].nonzero()[:, 0]
+        want = ak.attention(q[b : b + 1, rows], k[b : b + 1, rows], v[b : b + 1, rows], causal=True, backend="reference")
+        assert_parity(got[b, rows], want[0].double(), torch.float32, f"{side}-padded sequence {b}")
+        assert not got[b, ~real[b]].any(), "padded queries: expected 0"
+
+
+def test_a_padded_forward_plans_once_and_again_after_the_mask_changes(device, gen):
+    """The plan of a padded batch is made by the first layer and reused by the others, which get the
+    same mask object; a mask changed in place is planned again."""
     model = _tiny_qwen2(gen).to(device)
     ids, mask = _padded_batch(device)
     patched = _patched_copy(model, device)
-    counting = _CountNonzero()
+    counting = _CountOps()
     with torch.no_grad(), counting:
-        got = patched(ids, attention_mask=mask).logits
-    assert counting.calls == 2  # q's rows and k's rows, for both layers
+        patched(ids, attention_mask=mask)
+    assert counting.calls[torch.ops.aten.sort.stable] == 2  # q's rows and k's rows, for both layers
     with torch.no_grad():
         mask[2, 3:] = 1  # the third prompt now has 6 tokens: same object, new version
         ids[2, 3:7] = torch.arange(11, 15, device=device)
@@ -190,11 +226,14 @@ def test_a_padded_forward_finds_the_real_rows_once_and_again_after_the_mask_chan
     # the plan of one mask object, changed in place between two calls (its version counter moves)
     from aurora_kernels.integrations._attention import _unpad_plan
 
-    first = _unpad_plan(mask, 9, 9)
-    assert _unpad_plan(mask, 9, 9) is first
+    first = _unpad_plan(mask, 9)
+    assert _unpad_plan(mask, 9) is first
     mask[0, :] = 1
-    again = _unpad_plan(mask, 9, 9)
-    assert again is not first and torch.equal(again.cu_seqlens_k.cpu(), torch.tensor([0, 9, 18, 24], dtype=torch.int32))
+    again = _unpad_plan(mask, 9)
+    # sequences 0-2 their real rows (9, 9, 6), 3-5 their padding queries (0, 0, 3), 6 the padding keys
+    assert again is not first
+    assert again.cu_seqlens_k.tolist() == [0, 9, 18, 24, 24, 24, 24, 27]
+    assert again.cu_seqlens_q.tolist() == [0, 9, 18, 24, 24, 24, 27, 27]
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
@@ -213,16 +252,21 @@ def test_padded_batch_generates_as_transformers(cache, device, gen):
         assert torch.equal(patched.generate(ids, attention_mask=mask, **settings), expected)
 
 
-def test_padded_batch_under_torch_compile(device, gen):
+def test_a_padded_batch_compiles_to_one_graph(device, gen):
+    """flash-attn's way (the real rows' count read from the mask, and transformers' test of the
+    mask for padding) broke the graph in every layer; the unpatched model (SDPA) compiles whole,
+    and so does the patched one."""
     model = _tiny_qwen2(gen).to(device)
     ids, mask = _padded_batch(device)
     with torch.no_grad():
         expected = model(ids, attention_mask=mask).logits
     patched = _patched_copy(model, device)
-    torch._dynamo.reset()
-    compiled = torch.compile(patched)
     with torch.no_grad():
-        got = compiled(ids, attention_mask=mask).logits
+        patched(ids)  # the first call fuses gate_up (new parameters: not in a graph)
+    torch._dynamo.reset()
+    compiled = torch.compile(patched, fullgraph=True)
+    with torch.no_grad():
+        got = compiled(ids, attention_mask=mask, use_cache=False).logits  # (4.54 makes a cache dynamo cannot trace)
     real = mask.bool()
     assert_parity(got[real], expected[real].double(), torch.float32, "compiled, padded Qwen2 logits")
 
