@@ -7,14 +7,16 @@ the rotary function in transformers 5 and inside it, by `mrope_section`, in 4.x;
 with the merged tables either way) and attention (the "aurora" entry, padded batches unpadded).
 The vision tower, with `vision=True`: each block's attention runs over the images' packed patches
 as one `attention_varlen` call (non-causal, over transformers' cu_seqlens: per image, or per window
-in Qwen2.5-VL's windowed blocks), its 2-D rotary as one `apply_rotary`; its norms (Qwen2-VL:
-LayerNorm; Qwen2.5-VL: RMSNorm) and Qwen2.5-VL's SwiGLU MLP on the kernels. Qwen2-VL's vision MLP
-(QuickGELU) and the patch merger's GELU stay transformers' (no kernel of ours computes them).
+in Qwen2.5-VL's windowed blocks; each cu_seqlens read on the host once a forward,
+`_longest_group`), its 2-D rotary as one `apply_rotary`; its norms (Qwen2-VL: LayerNorm;
+Qwen2.5-VL: RMSNorm) and Qwen2.5-VL's SwiGLU MLP on the kernels. Qwen2-VL's vision MLP (QuickGELU)
+and the patch merger's GELU stay transformers' (no kernel of ours computes them).
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import types
 
 import torch
@@ -44,6 +46,27 @@ def _kernel_multimodal_rotary(q, k, cos, sin, mrope_section, unsqueeze_dim: int 
     return _kernel_rotary(q, k, cos, sin, unsqueeze_dim, backend=backend)
 
 
+# The longest groups this thread read last: [(cu_seqlens, its version counter, longest)], newest
+# first, the tensors held so that no other can take their memory (and id) while kept.
+_longest_read = threading.local()
+KEPT_GROUPINGS = 2  # Qwen2.5-VL's blocks take turns with two: per window and per image
+
+
+def _longest_group(cu_seqlens: torch.Tensor) -> int:
+    """The longest group of cu_seqlens, a read of it on the host (a sync on a GPU): once a forward
+    for each cu_seqlens tensor, which transformers makes once and hands to every block, where its
+    own blocks read it in each (32 in Qwen2-VL's tower). Not kept while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    kept = getattr(_longest_read, "groupings", [])
+    for tensor, version, longest in kept:
+        if tensor is cu_seqlens and version == cu_seqlens._version:
+            return longest
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    _longest_read.groupings = [(cu_seqlens, cu_seqlens._version, longest), *kept][:KEPT_GROUPINGS]
+    return longest
+
+
 def _vision_attention_forward(self, hidden_states, cu_seqlens, rotary_pos_emb=None, position_embeddings=None,
                               max_seqlen=None, **kwargs):  # fmt: skip
     """hidden_states [T, C]: the patches of every image, packed; cu_seqlens [N + 1] the bounds of
@@ -55,9 +78,9 @@ def _vision_attention_forward(self, hidden_states, cu_seqlens, rotary_pos_emb=No
         angles = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
         position_embeddings = (angles.cos(), angles.sin())
     q, k = ak.apply_rotary(q, k, *position_embeddings, backend=self._aurora_backend)
-    cu_seqlens = cu_seqlens.to(torch.int32)
     if max_seqlen is None:
-        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())  # one read a block, as transformers' own
+        max_seqlen = _longest_group(cu_seqlens)
+    cu_seqlens = cu_seqlens.to(torch.int32)
     out = ak.attention_varlen(q, k, v, cu_seqlens, cu_seqlens, int(max_seqlen), int(max_seqlen),
                               causal=False, softmax_scale=self.scaling, backend=self._aurora_backend)  # fmt: skip
     return self.proj(out.reshape(tokens, -1))
