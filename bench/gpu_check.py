@@ -7,7 +7,8 @@ for pytest-benchmark, 150 s at least (cases interleaved over the ops, the rest l
 then the fused_linear tile sweep (bench.sweep_fused_linear at B=1: every GEMV tile with cold weights,
 against the autotuned op and cuBLAS), then tests/benchmarks through pytest-benchmark (each op's
 smallest and largest case; its JSON kept with the record; the wheel comes from `make gpu-wheels`),
-then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm
+then transformers' Qwen2 at the LLM's shapes with and without patch_qwen2 (bench.transformers_e2e,
+90 s), then the end-to-end model all that is left, 120 s at least. While the tests run, bench.warm
 compiles what the benchmarks will run on the cores the tests leave free, and it is stopped before
 the first timing, so the budgets go to timing rather than to compiling. `--phases tests`,
 `--phases ops,sweep`, `--phases model` split it over several device calls when a run needs more;
@@ -50,6 +51,8 @@ MIN_MODEL_BUDGET_S = 120.0
 SWEEP_BUDGET_S = 60.0
 # tests/benchmarks through pytest-benchmark (each op's ends, no torch.compile peers), reserved likewise
 PYTEST_BENCHMARK_BUDGET_S = 45.0
+# transformers' Qwen2 on SDPA, flash-attn and patch_qwen2 (bench.transformers_e2e), reserved likewise
+TRANSFORMERS_BUDGET_S = 90.0
 
 
 def _child_env(**extra) -> dict:
@@ -304,7 +307,24 @@ def run_pytest_benchmark(results_dir: str) -> str:
     return f"  pytest-benchmark: {count} benchmarks (exit {code}) in pytest-benchmark.json"
 
 
-PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "model")
+def run_transformers(results_dir: str) -> list[str]:
+    """transformers' Qwen2 (the LLM's shapes, bf16) on each attention implementation and patched,
+    padded batches, into transformers-e2e.json within TRANSFORMERS_BUDGET_S; the summary's lines."""
+    import torch
+
+    from bench import transformers_e2e
+
+    try:
+        rows = transformers_e2e.run(torch.device("cuda"), budget_s=TRANSFORMERS_BUDGET_S)
+    except Exception as exc:  # the rest of the record stands
+        return [f"  transformers Qwen2 failed: {harness.error_text(exc)}"]
+    with open(os.path.join(results_dir, "transformers-e2e.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    return ["  transformers Qwen2 (the LLM's shapes, random weights, bf16), left-padded prompts, greedy generate:",
+            *[f"    {line}" for line in transformers_e2e.summary_lines(rows)]]  # fmt: skip
+
+
+PHASES = ("tests", "ops", "sweep", "pytest-benchmark", "transformers", "model")
 
 
 def _model_runs(text: str) -> tuple[tuple[str, str], ...]:
@@ -388,7 +408,7 @@ def main(argv=None) -> int:
         if args.archive:
             archive(results_dir, args.archive)
 
-    timing = bool({"ops", "sweep", "pytest-benchmark", "model"} & set(phases))
+    timing = bool({"ops", "sweep", "pytest-benchmark", "transformers", "model"} & set(phases))
     warm_up = start_warm_up(results_dir, phases, beside_tests="tests" in phases, ops=ops) if timing else None
     test_code, test_summary = 0, "not run (--phases)"
     if "tests" in phases:
@@ -408,6 +428,7 @@ def main(argv=None) -> int:
                 model_budget = (args.model_budget or MIN_MODEL_BUDGET_S) if "model" in phases else 0.0
                 sweep_budget = SWEEP_BUDGET_S if "sweep" in phases else 0.0
                 sweep_budget += PYTEST_BENCHMARK_BUDGET_S if "pytest-benchmark" in phases else 0.0
+                sweep_budget += TRANSFORMERS_BUDGET_S if "transformers" in phases else 0.0
                 ops_budget = max(MIN_OPS_BUDGET_S, args.run_budget - (time.time() - start) - model_budget - sweep_budget)
             print(f"op benchmarks: {ops_budget:.0f} s budget", flush=True)
             cases = [case for case in harness.load_cases() if ops is None or case.op in ops]
@@ -421,6 +442,12 @@ def main(argv=None) -> int:
         if "pytest-benchmark" in phases:
             sweep_lines.append(run_pytest_benchmark(results_dir))
             print(sweep_lines[-1], flush=True)
+            save_archive()
+        if "transformers" in phases:
+            print(f"transformers Qwen2: {TRANSFORMERS_BUDGET_S:.0f} s budget", flush=True)
+            transformers_lines = run_transformers(results_dir)
+            print("\n".join(transformers_lines), flush=True)
+            sweep_lines += transformers_lines
             save_archive()
         if "model" in phases:
             model_budget = args.model_budget or max(MIN_MODEL_BUDGET_S, args.run_budget - (time.time() - start))

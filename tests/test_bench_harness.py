@@ -458,7 +458,7 @@ def test_gpu_check_narrows_to_known_phases_ops_and_model_runs(capsys):
     before anything runs. Known names pass through once each, in the order of the known list."""
     from bench import model_e2e
 
-    for argv, message in ((["--phases", "tests,plots"], "--phases: expected phases among tests,ops,sweep,pytest-benchmark,model, got 'tests,plots' ('plots' unknown)"),
+    for argv, message in ((["--phases", "tests,plots"], "--phases: expected phases among tests,ops,sweep,pytest-benchmark,transformers,model, got 'tests,plots' ('plots' unknown)"),
                           (["--ops", "linear,attenton"], "--ops: expected ops among apply_rotary,attention,"),
                           (["--model-runs", "triton:graph"], "--model-runs: expected backend:decode pairs among triton:cuda_graph,"),
                           (["--model-batches", "4,x"], "--model-batches: expected comma-separated ints >= 1, got '4,x'"),
@@ -617,14 +617,15 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
     monkeypatch.setattr(run, "run_gpu_model", run_gpu_model)
     monkeypatch.setattr(sweep_fused_linear, "sweep", sweep)
     monkeypatch.setattr(gpu_check, "run_pytest_benchmark", lambda d: "  pytest-benchmark: 26 benchmarks (exit 0)")
+    monkeypatch.setattr(gpu_check, "run_transformers", lambda d: ["  transformers Qwen2 (stand-in):", "    B=1: aurora"])
     code = gpu_check.main(
-        ["--phases", "ops,sweep,pytest-benchmark,model", "--results-dir", str(results), "--archive", str(archive),
+        ["--phases", "ops,sweep,pytest-benchmark,transformers,model", "--results-dir", str(results), "--archive", str(archive),
          "--ops", "rms_norm,linear", "--model-runs", "triton:cuda_graph", "--model-batches", "4,8", "--model-compressors", "mlp"]
     )  # fmt: skip
     assert code == 0
     # the ops leave the sweep, pytest-benchmark and the model their shares; the model then gets what was left
     ops_budget, sweep_budget, model_budget = budgets
-    reserved = gpu_check.MIN_MODEL_BUDGET_S + sweep_budget + gpu_check.PYTEST_BENCHMARK_BUDGET_S
+    reserved = gpu_check.MIN_MODEL_BUDGET_S + sweep_budget + gpu_check.PYTEST_BENCHMARK_BUDGET_S + gpu_check.TRANSFORMERS_BUDGET_S
     assert gpu_check.MIN_OPS_BUDGET_S <= ops_budget <= gpu_check.RUN_BUDGET_S - reserved
     assert sweep_budget == gpu_check.SWEEP_BUDGET_S
     assert gpu_check.RUN_BUDGET_S - 60 <= model_budget <= gpu_check.RUN_BUDGET_S
@@ -635,6 +636,7 @@ def test_gpu_check_main_runs_its_phases_and_packs_the_record(device, tmp_path, m
             in summary)  # fmt: skip
     assert "  model end to end failed: RuntimeError: CUDA out of memory" in summary
     assert "  pytest-benchmark: 26 benchmarks (exit 0)" in summary
+    assert "  transformers Qwen2 (stand-in):\n    B=1: aurora\n" in summary
     assert summary in capsys.readouterr().out
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
@@ -665,6 +667,32 @@ def test_gpu_check_pytest_benchmark_phase(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check.subprocess, "run", too_long)
     (tmp_path / "pytest-benchmark.json").unlink()
     assert "stopped at its 45 s budget (no JSON)" in gpu_check.run_pytest_benchmark(str(tmp_path))
+
+
+def test_transformers_e2e_times_each_attention_and_the_patched_model(device):
+    """bench.transformers_e2e at tiny widths: a row per batch and implementation; SDPA and the patched
+    model timed, with the patched logits' error against SDPA's; flash-attn's row missing where it
+    is not installed; rows past the budget skipped, not lost."""
+    import importlib.util
+
+    from aurora_kernels.model.config import LLMConfig
+    from bench import transformers_e2e
+
+    llm = LLMConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                    intermediate_size=128, max_position_embeddings=256)  # fmt: skip
+    rows = transformers_e2e.run(device, torch.float32, llm, batches=(1, 3), new_tokens=2, prompt_tokens=(3, 8), repeats=1)
+    assert [(r["batch"], r["implementation"]) for r in rows] == [(b, i) for b in (1, 3) for i in transformers_e2e.IMPLEMENTATIONS]
+    for r in rows:
+        if r["implementation"] == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            assert r["missing"] == "flash-attn is not installed"
+            continue
+        assert r["prefill_ms"] > 0 and r["generate_ms"] > 0 and r["new_tokens_per_s"] > 0, r
+        assert r["logits_rel_error"] <= (0.0 if r["implementation"] == "sdpa" else 1e-5), r
+    assert rows[3]["prompt_tokens"] > 8  # B=3: a longest prompt of 8 and two more
+    lines = transformers_e2e.summary_lines(rows)
+    assert len(lines) == 2 and lines[1].startswith("B=3 (") and "x SDPA)" in lines[1]
+    skipped = transformers_e2e.run(device, torch.float32, llm, batches=(2,), new_tokens=1, prompt_tokens=(3, 8), budget_s=-1)
+    assert all(r.get("skipped") == "the phase's time budget ran out" or "missing" in r for r in skipped)
 
 
 def test_fused_linear_sweep_times_every_tile_and_summarises(device, monkeypatch):

@@ -1,0 +1,148 @@
+"""transformers' Qwen2ForCausalLM at the model's LLM shapes (Qwen2.5-1.5B, random weights) as its
+users run it: a left-padded batch of ragged prompts through a prefill forward and a greedy
+`generate`, on transformers' SDPA attention, on flash-attn's "flash_attention_2" where flash-attn
+is installed (else reported missing), and under `patch_qwen2` ("aurora"): one model, one clock.
+
+Per batch size: the prefill forward's milliseconds (no cache), the whole generate's for NEW_TOKENS
+new tokens (dynamic cache, every request generating all of them), medians of `repeats` after a
+warm-up, and the relative error of each implementation's last-position logits against SDPA's
+(reported, not asserted: a benchmark). The GPU's phase "transformers" of `make gpu-check` writes
+transformers-e2e.json; the tests run it on CPU at tiny widths, where its times mean nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import statistics
+import time
+
+import torch
+
+from aurora_kernels.model.config import LLMConfig
+from aurora_kernels.testing import rel_error
+
+BATCHES = (1, 8)
+NEW_TOKENS = 64
+PROMPT_TOKENS = (32, 512)  # the ragged prompts' shortest and longest
+IMPLEMENTATIONS = ("sdpa", "flash_attention_2", "aurora")
+
+
+def qwen2_config(llm: LLMConfig):
+    """transformers' Qwen2Config of our LLMConfig (the same architecture)."""
+    import transformers
+
+    return transformers.Qwen2Config(
+        vocab_size=llm.vocab_size, hidden_size=llm.hidden_size, intermediate_size=llm.intermediate_size,
+        num_hidden_layers=llm.num_layers, num_attention_heads=llm.num_heads, num_key_value_heads=llm.num_kv_heads,
+        rms_norm_eps=llm.rms_norm_eps, rope_theta=llm.rope_theta, max_position_embeddings=llm.max_position_embeddings,
+        tie_word_embeddings=llm.tie_word_embeddings,
+    )  # fmt: skip
+
+
+def padded_prompts(batch: int, vocab_size: int, prompt_tokens: tuple[int, int], seed: int = 0):
+    """(input_ids, attention_mask) [B, longest]: ragged prompts, left-padded with id 0, as a
+    tokenizer with padding_side="left" gives them for generation."""
+    gen = torch.Generator().manual_seed(seed)
+    shortest, longest = prompt_tokens
+    lengths = [longest] + torch.randint(shortest, longest + 1, (batch - 1,), generator=gen).tolist()
+    ids = torch.zeros(batch, longest, dtype=torch.int64)
+    mask = torch.zeros(batch, longest, dtype=torch.int64)
+    for b, n in enumerate(lengths):
+        ids[b, longest - n :] = torch.randint(1, vocab_size, (n,), generator=gen)
+        mask[b, longest - n :] = 1
+    return ids, mask
+
+
+def _missing(implementation: str) -> str | None:
+    if implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        return "flash-attn is not installed"
+    return None
+
+
+@contextlib.contextmanager
+def _running_on(model, implementation: str):
+    """The model on `implementation` inside the block, as it was after."""
+    from aurora_kernels.integrations import patched
+
+    if implementation == "aurora":
+        with patched(model):
+            yield
+        return
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def _median_ms(fn, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def run(device: torch.device, dtype: torch.dtype = torch.bfloat16, llm: LLMConfig = LLMConfig(), batches=BATCHES,
+        new_tokens: int = NEW_TOKENS, prompt_tokens: tuple[int, int] = PROMPT_TOKENS, repeats: int = 3,
+        budget_s: float = float("inf")) -> list[dict]:  # fmt: skip
+    """One row per (batch, implementation): prefill_ms, generate_ms, new_tokens_per_s (the batch's
+    new tokens over the whole generate's time, prefill included), logits_rel_error against SDPA's;
+    or "missing" / "skipped" (the budget ran out) with the reason."""
+    import transformers
+
+    start = time.time()
+    torch.manual_seed(0)
+    with torch.device(device):  # initialised where it runs: 1.5B parameters' random init on a CPU takes a while
+        model = transformers.Qwen2ForCausalLM(qwen2_config(llm)).to(dtype).eval()
+    rows = []
+    for batch in batches:
+        ids, mask = (t.to(device) for t in padded_prompts(batch, llm.vocab_size, prompt_tokens, seed=batch))
+        settings = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+        last_logits = {}
+        for implementation in IMPLEMENTATIONS:
+            row = {"batch": batch, "implementation": implementation, "prompt_tokens": int(mask.sum()), "new_tokens": new_tokens}
+            missing = _missing(implementation)
+            if missing or time.time() - start > budget_s:
+                rows.append({**row, "missing" if missing else "skipped": missing or "the phase's time budget ran out"})
+                continue
+            try:
+                with torch.no_grad(), _running_on(model, implementation):
+                    logits = model(ids, attention_mask=mask, use_cache=False).logits[:, -1]  # the warm-up
+                    model.generate(ids, attention_mask=mask, **settings)
+                    prefill_ms = _median_ms(lambda: model(ids, attention_mask=mask, use_cache=False), repeats, device)
+                    generate_ms = _median_ms(lambda: model.generate(ids, attention_mask=mask, **settings), repeats, device)
+            except Exception as exc:  # the other implementations' rows stand
+                from bench.harness import error_text
+
+                rows.append({**row, "missing": f"failed: {error_text(exc)}"})
+                continue
+            last_logits[implementation] = logits.float()
+            rows.append({**row, "prefill_ms": prefill_ms, "generate_ms": generate_ms,
+                         "new_tokens_per_s": batch * new_tokens / (generate_ms / 1e3),
+                         "logits_rel_error": rel_error(logits, last_logits["sdpa"]) if "sdpa" in last_logits else None})  # fmt: skip
+    return rows
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """One line per batch: each implementation's generate and prefill times, and its speed-up over SDPA."""
+    lines = []
+    for batch in sorted({r["batch"] for r in rows}):
+        sdpa = next((r for r in rows if r["batch"] == batch and r["implementation"] == "sdpa" and "generate_ms" in r), None)
+        parts = []
+        for r in (r for r in rows if r["batch"] == batch):
+            if "generate_ms" not in r:
+                parts.append(f"{r['implementation']} {r.get('missing') or r.get('skipped')}")
+                continue
+            speedup = f" ({sdpa['generate_ms'] / r['generate_ms']:.2f}x SDPA)" if sdpa and r is not sdpa else ""
+            parts.append(f"{r['implementation']} generate {r['generate_ms']:.1f} ms{speedup}, prefill {r['prefill_ms']:.2f} ms")
+        first = rows[[r["batch"] for r in rows].index(batch)]
+        lines.append(f"B={batch} ({first['prompt_tokens']} prompt tokens, {first['new_tokens']} new each): " + "; ".join(parts))
+    return lines
