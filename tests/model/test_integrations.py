@@ -252,6 +252,28 @@ def test_padded_batch_generates_as_transformers(cache, device, gen):
         assert torch.equal(patched.generate(ids, attention_mask=mask, **settings), expected)
 
 
+def test_a_padded_batch_generates_through_transformers_compiled_static_cache(device, gen):
+    """With a static cache transformers compiles the decode step itself (on a GPU by default; here
+    asked to on CPU, fullgraph): the host reads of the mask that the padded path made failed that
+    compile. The patched model now generates the unpatched model's tokens through it."""
+    from transformers import CompileConfig
+
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device)
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "cache_implementation": "static"}
+    with torch.no_grad():
+        expected = model.generate(ids, attention_mask=mask, **settings)
+    patched = _patched_copy(model, device)
+    compile_config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None, dynamic=False)
+    compile_config._compile_all_devices = True  # transformers compiles on accelerators alone otherwise
+    torch._dynamo.reset()
+    with torch.no_grad():
+        patched(ids)  # the first call fuses gate_up (new parameters: not in a graph)
+        got = patched.generate(ids, attention_mask=mask, compile_config=compile_config, **settings)
+    assert torch.equal(got, expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it compiled
+
+
 def test_a_padded_batch_compiles_to_one_graph(device, gen):
     """flash-attn's way (the real rows' count read from the mask, and transformers' test of the
     mask for padding) broke the graph in every layer; the unpatched model (SDPA) compiles whole,
