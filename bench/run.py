@@ -188,11 +188,12 @@ def main(argv=None) -> int:
     compile_failures = compile_report(results_root, only)
     floors(cases, results_root)
     if not only:
-        from bench import model_cpu, model_host
+        from bench import model_cpu, model_host, transformers_e2e
 
         print(model_cpu.cost_report(results_root))
         print(model_cpu.cpu_timings(results_root))
         print(model_host.report(results_root))
+        print(transformers_e2e.host_report(results_root))
     print("Kernel timings need a GPU: this machine has none, so no time was measured here. "
           "On a GPU machine run `make gpu-check` (tests on CUDA, then every benchmark).")  # fmt: skip
     if parity_failures or compile_failures:

@@ -8,19 +8,29 @@ new tokens (dynamic cache, every request generating all of them), medians of `re
 warm-up, and the relative error of each implementation's last-position logits against SDPA's
 (reported, not asserted: a benchmark). The GPU's phase "transformers" of `make gpu-check` writes
 transformers-e2e.json; the tests run it on CPU at tiny widths, where its times mean nothing.
+
+On a CPU (`make bench`, `host_rows`): what the host spends on the patched model, as bench.model_host
+measures our own model: 28 layers at tiny widths, Triton launches stubbed, value checks off as on
+CUDA. Per forward (a padded prefill; a decode step of a padded and of an unpadded batch): the
+host's microseconds, Triton launches, kernel-launching torch ops and the host reads torch's
+dispatcher sees (item, nonzero, equal: each a sync on a GPU), beside the unpatched model's ops and
+reads (SDPA, not stubbed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import statistics
 import time
 
 import torch
 
+import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
 from aurora_kernels.testing import rel_error
+from bench.model_host import _CountOps, stubbed_triton_launches
 
 BATCHES = (1, 8)
 NEW_TOKENS = 64
@@ -146,3 +156,100 @@ def summary_lines(rows: list[dict]) -> list[str]:
         first = rows[[r["batch"] for r in rows].index(batch)]
         lines.append(f"B={batch} ({first['prompt_tokens']} prompt tokens, {first['new_tokens']} new each): " + "; ".join(parts))
     return lines
+
+
+# the host's share (CPU): the LLM's depth at tiny widths, a padded batch of 3 short prompts
+HOST_LLM = LLMConfig(vocab_size=500, hidden_size=128, num_layers=28, num_heads=4, num_kv_heads=2, head_dim=32,
+                     intermediate_size=256, max_position_embeddings=256)  # fmt: skip
+HOST_REPEATS = 7
+# the ops that read a tensor's contents on the host, as torch's dispatcher sees them (.tolist() it does not)
+HOST_READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::equal")
+
+
+class _CountOpsAndReads(_CountOps):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func.name() in HOST_READS
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def host_rows(llm: LLMConfig = HOST_LLM, repeats: int = HOST_REPEATS) -> list[dict]:
+    """Per forward (prefill of a left-padded batch of 3; a decode step of that batch; a decode step
+    of an unpadded batch of 3): the patched model's host us (median of `repeats`), Triton launches,
+    torch ops and host reads, and the unpatched model's torch ops and host reads."""
+    import transformers
+
+    from aurora_kernels.integrations import patched
+
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(qwen2_config(llm)).eval()
+    ids, mask = padded_prompts(3, llm.vocab_size, (4, 12), seed=3)
+    unpadded_ids, unpadded_mask = ids[:, -4:], torch.ones(3, 4, dtype=torch.int64)
+    next_ids = torch.ones(3, 1, dtype=torch.int64)
+
+    def forwards():
+        """(name, call) pairs; each decode step runs on a cache it crops back afterwards."""
+        calls = [("padded prefill", lambda: model(ids, attention_mask=mask, use_cache=False))]
+        for name, prompt, prompt_mask in (("padded", ids, mask), ("unpadded", unpadded_ids, unpadded_mask)):
+            cache = model(prompt, attention_mask=prompt_mask).past_key_values
+            step_mask = torch.cat([prompt_mask, torch.ones(3, 1, dtype=torch.int64)], 1)
+
+            def step(cache=cache, step_mask=step_mask):
+                model(next_ids, attention_mask=step_mask, past_key_values=cache)
+                cache.crop(-1)  # the step's token out again (a negative count: 4.x and 5 alike)
+
+            calls.append((f"{name} decode step", step))
+        return calls
+
+    rows = []
+    with torch.no_grad(), ak.value_checks("never"):
+        unpatched = {}
+        for name, call in forwards():
+            counting = _CountOpsAndReads()
+            with counting:
+                call()
+            unpatched[name] = counting
+        with patched(model), stubbed_triton_launches() as launches:
+            for name, call in forwards():
+                call()  # the first call fuses gate_up and makes the unpadding plan's thread state
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - start)
+                launches[0], counting = 0, _CountOpsAndReads()
+                with counting:
+                    call()
+                rows.append({"forward": name, "repeats": repeats, "host_us": statistics.median(times) * 1e6,
+                             "triton_launches": launches[0],
+                             "torch_ops": counting.ops, "host_reads": counting.reads,
+                             "unpatched_torch_ops": unpatched[name].ops, "unpatched_host_reads": unpatched[name].reads})  # fmt: skip
+    return rows
+
+
+def host_markdown(rows: list[dict], llm: LLMConfig = HOST_LLM) -> str:
+    lines = [
+        "# transformers' Qwen2, patched: the host's share of a forward, Triton launches stubbed (CPU)",
+        "",
+        f"{llm.num_layers} layers at hidden size {llm.hidden_size}, a left-padded batch of 3 prompts of 4..12 tokens, fp32, "
+        f"value checks off; {os.cpu_count()} CPU cores, torch {torch.__version__}. Medians of {rows[0]['repeats']}. Host reads: "
+        "the reads of tensor contents torch's dispatcher sees (each a sync on a GPU; transformers' own included). CPU "
+        "figures: what the host spends, not GPU times. Unpatched: transformers' SDPA, not stubbed.",
+        "",
+        "| forward | host us | Triton launches | torch ops | host reads | unpatched torch ops | unpatched host reads |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r['forward']} | {r['host_us']:,.0f} | {r['triton_launches']} | {r['torch_ops']} | {r['host_reads']} | "
+                     f"{r['unpatched_torch_ops']} | {r['unpatched_host_reads']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def host_report(results_root: str) -> str:
+    text = host_markdown(host_rows())
+    with open(os.path.join(results_root, "transformers-host-cpu.md"), "w") as f:
+        f.write(text)
+    return text

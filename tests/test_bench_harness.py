@@ -1,5 +1,6 @@
 """The benchmark registry and report code, checked without a GPU (timing itself needs one)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -807,6 +808,21 @@ def test_model_host_cost_with_stubbed_launches(device):
     assert row["step_triton_launches"] >= 28 * 4 and row["prefill_triton_launches"] >= 27 * 4 + 28 * 3
     assert row["step_torch_ops"] > 0 and row["prefill_torch_ops"] > row["step_torch_ops"]
     assert "| 1 | 8 |" in model_host.markdown([row])
+
+
+def test_transformers_host_cost_with_stubbed_launches():
+    """The patched transformers model's host share (CPU, 2 layers here): every forward launches our
+    kernels, and none reads the device more often than the unpatched model (the padded batch's
+    plan reads nothing; transformers' mask builder still does)."""
+    from bench import transformers_e2e
+
+    llm = dataclasses.replace(transformers_e2e.HOST_LLM, num_layers=2)
+    rows = transformers_e2e.host_rows(llm, repeats=1)
+    assert [r["forward"] for r in rows] == ["padded prefill", "padded decode step", "unpadded decode step"]
+    for r in rows:
+        assert r["host_us"] > 0 and r["triton_launches"] > 0 and 0 < r["torch_ops"] < r["unpatched_torch_ops"], r
+        assert r["host_reads"] <= r["unpatched_host_reads"], r
+    assert "| padded prefill |" in transformers_e2e.host_markdown(rows, llm)
 
 
 def test_a_partial_bench_run_leaves_the_committed_records_alone(monkeypatch, capsys, device, tmp_path):
