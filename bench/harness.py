@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import time
 from typing import Callable
@@ -256,6 +257,37 @@ def host_us_per_call(fn: Callable[[], object], calls: int = 100) -> float:
     elapsed = time.perf_counter() - start
     torch.cuda.synchronize()
     return elapsed / calls * 1e6
+
+
+def median_wall_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The median of `repeats` calls of fn on the host's clock, in ms, each between two syncs on a
+    CUDA device: whole-program timings (a request, a model's forward), not a kernel's."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def markdown_report(title: str, intro: str, header: list[str], rows: list[list], text_columns: int = 0) -> str:
+    """A CPU report: "# title", the intro, then a table of `header` and `rows` (each cell as str()),
+    its first `text_columns` columns left-aligned and the rest (numbers) right-aligned."""
+    aligns = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = [f"# {title}", "", intro, "", "| " + " | ".join(header) + " |", "| " + " | ".join(aligns) + " |"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_root: str, file_name: str, text: str) -> str:
+    """text into results_root/file_name; returns text (a CPU report printed and kept)."""
+    with open(os.path.join(results_root, file_name), "w") as f:
+        f.write(text)
+    return text
 
 
 def measure_ceilings(device: torch.device) -> dict:

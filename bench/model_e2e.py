@@ -28,7 +28,7 @@ from aurora_kernels.generate import random_requests, timed_generation
 from aurora_kernels.model import AuroraEdgeV, RunOptions, preset
 from aurora_kernels.model.cost import kv_cache_bytes, part_parameters, projection_weight_bytes, stage_costs
 from aurora_kernels.ops._pdl import using_programmatic_dependent_launch
-from bench.harness import error_text
+from bench.harness import error_text, median_wall_ms
 
 BATCHES = (1, 8, 32)
 NEW_TOKENS = 128
@@ -419,16 +419,7 @@ def vit_images_per_s(device: torch.device, dtype=torch.bfloat16, batches=VIT_BAT
                 call = graphed.replay
             else:
                 call = functools.partial(tower, pixels)
-            times = []
-            for _ in range(repeats):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                call()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                times.append(time.perf_counter() - start)
-        ms = statistics.median(times) * 1e3
+            ms = median_wall_ms(call, repeats, device)
         rows.append({"batch": batch, "ms": ms, "images_per_s": batch / ms * 1e3, "graph_replay": graphs_supported(device)})
     return rows
 

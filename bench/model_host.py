@@ -24,13 +24,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import aurora_kernels as ak
+from bench.harness import markdown_report, write_report
 
 REPEATS = 7
 # short prompts: the ops per prefill do not depend on them, the CPU compute that blurs the host time does
 PROMPT_LENGTHS = {1: [32], 8: [8] * 8}
 
 
-class _CountOps(TorchDispatchMode):
+class CountOps(TorchDispatchMode):
     """Counts the torch ops that would launch a device kernel: not views, not allocations (empty*,
     which only take memory from the caching allocator)."""
 
@@ -71,7 +72,7 @@ def deep_tiny_model():
     return AuroraEdgeV(config, backend="triton").eval()
 
 
-def _median_us(fn, repeats: int) -> float:
+def median_host_us(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -92,15 +93,15 @@ def host_costs(repeats: int = REPEATS, prompt_lengths: dict = PROMPT_LENGTHS) ->
         with torch.no_grad(), ak.value_checks("never"), stubbed_triton_launches() as launches:
             logits, kv = model.prefill(pixel_values, prompts, 2 * repeats + 2)
             tokens = torch.zeros(batch, dtype=torch.int64)
-            prefill_us = _median_us(lambda: model.prefill(pixel_values, prompts, 2 * repeats + 2), repeats)
-            step_us = _median_us(lambda: model.decode_step(tokens, kv), repeats)
+            prefill_us = median_host_us(lambda: model.prefill(pixel_values, prompts, 2 * repeats + 2), repeats)
+            step_us = median_host_us(lambda: model.decode_step(tokens, kv), repeats)
             counts = {}
             for name, fn in (
                 ("prefill", lambda: model.prefill(pixel_values, prompts, 2)),
                 ("step", lambda: model.decode_step(tokens, kv)),
             ):
                 launches[0] = 0
-                with _CountOps() as ops:
+                with CountOps() as ops:
                     fn()
                 counts[name] = (launches[0], ops.ops)
         rows.append({"batch": batch, "prompt_tokens": sum(lengths), "prefill_host_us": prefill_us, "step_host_us": step_us,
@@ -110,26 +111,19 @@ def host_costs(repeats: int = REPEATS, prompt_lengths: dict = PROMPT_LENGTHS) ->
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "# Host cost of a request, Triton launches stubbed (CPU)",
-        "",
+    return markdown_report(
+        "Host cost of a request, Triton launches stubbed (CPU)",
         f"The full preset's depth at the tiny preset's widths, fp32, value checks off; {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}. Medians of {REPEATS}. CPU figures: what the host spends, not GPU times.",
-        "",
-        "| B | prompt tokens | prefill host us | Triton launches | torch ops | eager step host us | Triton launches | torch ops |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(f"| {r['batch']} | {r['prompt_tokens']} | {r['prefill_host_us']:,.0f} | {r['prefill_triton_launches']} | "
-                     f"{r['prefill_torch_ops']} | {r['step_host_us']:,.0f} | {r['step_triton_launches']} | {r['step_torch_ops']} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+        ["B", "prompt tokens", "prefill host us", "Triton launches", "torch ops", "eager step host us", "Triton launches",
+         "torch ops"],
+        [[r["batch"], r["prompt_tokens"], f"{r['prefill_host_us']:,.0f}", r["prefill_triton_launches"], r["prefill_torch_ops"],
+          f"{r['step_host_us']:,.0f}", r["step_triton_launches"], r["step_torch_ops"]] for r in rows],
+    )  # fmt: skip
 
 
 def report(results_root: str) -> str:
-    text = markdown(host_costs())
-    with open(os.path.join(results_root, "model-host-cpu.md"), "w") as f:
-        f.write(text)
-    return text
+    return write_report(results_root, "model-host-cpu.md", markdown(host_costs()))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import statistics
 import time
 
 import torch
@@ -30,7 +29,8 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
 from aurora_kernels.testing import rel_error
-from bench.model_host import _CountOps, stubbed_triton_launches
+from bench.harness import markdown_report, median_wall_ms, write_report
+from bench.model_host import CountOps, median_host_us, stubbed_triton_launches
 
 BATCHES = (1, 8)
 NEW_TOKENS = 64
@@ -87,19 +87,6 @@ def _running_on(model, implementation: str):
         model.set_attn_implementation(previous)
 
 
-def _median_ms(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
-
 def run(device: torch.device, dtype: torch.dtype = torch.bfloat16, llm: LLMConfig = LLMConfig(), batches=BATCHES,
         new_tokens: int = NEW_TOKENS, prompt_tokens: tuple[int, int] = PROMPT_TOKENS, repeats: int = 3,
         budget_s: float = float("inf")) -> list[dict]:  # fmt: skip
@@ -127,8 +114,8 @@ def run(device: torch.device, dtype: torch.dtype = torch.bfloat16, llm: LLMConfi
                 with torch.no_grad(), _running_on(model, implementation):
                     logits = model(ids, attention_mask=mask, use_cache=False).logits[:, -1]  # the warm-up
                     model.generate(ids, attention_mask=mask, **settings)
-                    prefill_ms = _median_ms(lambda: model(ids, attention_mask=mask, use_cache=False), repeats, device)
-                    generate_ms = _median_ms(lambda: model.generate(ids, attention_mask=mask, **settings), repeats, device)
+                    prefill_ms = median_wall_ms(lambda: model(ids, attention_mask=mask, use_cache=False), repeats, device)
+                    generate_ms = median_wall_ms(lambda: model.generate(ids, attention_mask=mask, **settings), repeats, device)
             except Exception as exc:  # the other implementations' rows stand
                 from bench.harness import error_text
 
@@ -166,7 +153,7 @@ HOST_REPEATS = 7
 HOST_READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::equal")
 
 
-class _CountOpsAndReads(_CountOps):
+class _CountOpsAndReads(CountOps):
     def __init__(self):
         super().__init__()
         self.reads = 0
@@ -215,15 +202,11 @@ def host_rows(llm: LLMConfig = HOST_LLM, repeats: int = HOST_REPEATS) -> list[di
         with patched(model), stubbed_triton_launches() as launches:
             for name, call in forwards():
                 call()  # the first call fuses gate_up and makes the unpadding plan's thread state
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - start)
+                host_us = median_host_us(call, repeats)
                 launches[0], counting = 0, _CountOpsAndReads()
                 with counting:
                     call()
-                rows.append({"forward": name, "repeats": repeats, "host_us": statistics.median(times) * 1e6,
+                rows.append({"forward": name, "repeats": repeats, "host_us": host_us,
                              "triton_launches": launches[0],
                              "torch_ops": counting.ops, "host_reads": counting.reads,
                              "unpatched_torch_ops": unpatched[name].ops, "unpatched_host_reads": unpatched[name].reads})  # fmt: skip
@@ -231,25 +214,18 @@ def host_rows(llm: LLMConfig = HOST_LLM, repeats: int = HOST_REPEATS) -> list[di
 
 
 def host_markdown(rows: list[dict], llm: LLMConfig = HOST_LLM) -> str:
-    lines = [
-        "# transformers' Qwen2, patched: the host's share of a forward, Triton launches stubbed (CPU)",
-        "",
+    return markdown_report(
+        "transformers' Qwen2, patched: the host's share of a forward, Triton launches stubbed (CPU)",
         f"{llm.num_layers} layers at hidden size {llm.hidden_size}, a left-padded batch of 3 prompts of 4..12 tokens, fp32, "
         f"value checks off; {os.cpu_count()} CPU cores, torch {torch.__version__}. Medians of {rows[0]['repeats']}. Host reads: "
         "the reads of tensor contents torch's dispatcher sees (each a sync on a GPU; transformers' own included). CPU "
         "figures: what the host spends, not GPU times. Unpatched: transformers' SDPA, not stubbed.",
-        "",
-        "| forward | host us | Triton launches | torch ops | host reads | unpatched torch ops | unpatched host reads |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in rows:
-        lines.append(f"| {r['forward']} | {r['host_us']:,.0f} | {r['triton_launches']} | {r['torch_ops']} | {r['host_reads']} | "
-                     f"{r['unpatched_torch_ops']} | {r['unpatched_host_reads']} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+        ["forward", "host us", "Triton launches", "torch ops", "host reads", "unpatched torch ops", "unpatched host reads"],
+        [[r["forward"], f"{r['host_us']:,.0f}", r["triton_launches"], r["torch_ops"], r["host_reads"], r["unpatched_torch_ops"],
+          r["unpatched_host_reads"]] for r in rows],
+        text_columns=1,
+    )  # fmt: skip
 
 
 def host_report(results_root: str) -> str:
-    text = host_markdown(host_rows())
-    with open(os.path.join(results_root, "transformers-host-cpu.md"), "w") as f:
-        f.write(text)
-    return text
+    return write_report(results_root, "transformers-host-cpu.md", host_markdown(host_rows()))
