@@ -5,8 +5,8 @@ sequence) runs decode_attention over the cache's views, in one launch (eager) or
 split over programs (compiled or captured).
 
 Padded batches run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
-flash_attention_mask (`_padding_mask`), which hands over the 2-D padding mask [B, tokens seen] (None where nothing is
-padded). The queries and keys are gathered into packed sequences, attention_varlen runs over them
+flash_attention_mask (`_padding_mask`), which hands over the 2-D padding mask [B, tokens seen]
+(None where nothing is padded). The queries and keys are gathered into packed sequences, attention_varlen runs over them
 (causal aligned bottom-right within each sequence, which is right for left and right padding,
 prefill and decode), and the outputs go back to their padded places (0 at padding). A key past the
 mask's length (the unwritten slots of a static cache) is padding. flash-attn's entry gathers the
@@ -59,10 +59,31 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     return _unpadded_attention(q, k, v, plan, causal, scaling, backend), None
 
 
-# What the calling thread made last, for the next layer of the same forward: `plan`, (the mask object,
-# (Lq, its version counter), its _UnpadPlan), the mask held so that no other tensor can take its
-# memory (and its id) while the plan is kept, and an in-place change to it (a torch op) moving its
-# version counter; `all_keys`, ((B, keys, device), the cache_seqlens of a decode step).
+class PerTensorCache(threading.local):
+    """Values computed from a tensor, kept in each thread for the next call with the same tensor
+    object (the `size` latest): transformers hands one mask, or one cu_seqlens, to every layer of a
+    forward. A value is kept with its tensor, so that no other tensor can take its memory (and its
+    id) meanwhile, and with the tensor's version counter, which an in-place change moves. Nothing
+    is kept while torch.compile traces (a graph holds no Python state)."""
+
+    def __init__(self, size: int):
+        self.size, self.kept = size, []
+
+    def get(self, tensor: torch.Tensor, key, make):
+        """make()'s value for (tensor, key), made now or kept from an earlier call."""
+        if torch.compiler.is_compiling():
+            return make()
+        for kept_tensor, kept_key, value in self.kept:
+            if kept_tensor is tensor and kept_key == (tensor._version, key):
+                return value
+        value = make()
+        self.kept = [(tensor, (tensor._version, key), value), *self.kept][: self.size]
+        return value
+
+
+# the unpadding plan of the last mask the thread saw (one a forward)
+_PLANS = PerTensorCache(1)
+# `all_keys`: ((B, keys, device), the cache_seqlens of a decode step) the thread made last
 _this_thread = threading.local()
 
 
@@ -99,14 +120,11 @@ class _UnpadPlan(NamedTuple):
 def _unpad_plan(attention_mask: torch.Tensor, len_q: int) -> _UnpadPlan:
     """The plan of a 2-D padding mask [B, S] (S <= Lk: key j < S is real where mask[b, j], and keys
     past S are padding, never gathered; the queries are the last Lq of the S), or the one made for
-    this very mask by the layer before (not while torch.compile traces: a graph holds no Python
-    state)."""
-    tracing = torch.compiler.is_compiling()
-    if not tracing:
-        key = (len_q, attention_mask._version)
-        kept = getattr(_this_thread, "plan", None)
-        if kept is not None and kept[0] is attention_mask and kept[1] == key:
-            return kept[2]
+    this very mask by the layer before."""
+    return _PLANS.get(attention_mask, len_q, lambda: _make_unpad_plan(attention_mask, len_q))
+
+
+def _make_unpad_plan(attention_mask: torch.Tensor, len_q: int) -> _UnpadPlan:
     key_real = attention_mask.bool()
     batch, seen = key_real.shape
     query_real = key_real[:, seen - len_q : seen]
@@ -119,15 +137,12 @@ def _unpad_plan(attention_mask: torch.Tensor, len_q: int) -> _UnpadPlan:
     query_ends, key_ends = query_counts.cumsum(0, dtype=torch.int32), key_counts.cumsum(0, dtype=torch.int32)
     padding_ends = query_ends[-1:] + (len_q - query_counts).cumsum(0, dtype=torch.int32)
     start = query_ends.new_zeros(1)
-    plan = _UnpadPlan(
+    return _UnpadPlan(
         query_order, (query_order // len_q, query_order % len_q), (key_order // seen, key_order % seen),
         torch.cat([start, query_ends, padding_ends, padding_ends[-1:]]),
         torch.cat([start, key_ends, key_ends[-1:].expand(batch), start + batch * seen]),
         len_q, batch * seen,
     )  # fmt: skip
-    if not tracing:
-        _this_thread.plan = (attention_mask, key, plan)
-    return plan
 
 
 def _unpadded_attention(q, k, v, plan: _UnpadPlan, causal: bool, scaling, backend: str) -> torch.Tensor:

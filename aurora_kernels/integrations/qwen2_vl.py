@@ -16,14 +16,13 @@ and the patch merger's GELU stay transformers' (no kernel of ours computes them)
 from __future__ import annotations
 
 import sys
-import threading
 import types
 
 import torch
 
 import aurora_kernels as ak
 from aurora_kernels._validation import check_backend
-from aurora_kernels.integrations._attention import select_attention
+from aurora_kernels.integrations._attention import PerTensorCache, select_attention
 from aurora_kernels.integrations._undo import record_undo
 from aurora_kernels.integrations.qwen2 import (
     _install_rotary_dispatcher,
@@ -46,25 +45,16 @@ def _kernel_multimodal_rotary(q, k, cos, sin, mrope_section, unsqueeze_dim: int 
     return _kernel_rotary(q, k, cos, sin, unsqueeze_dim, backend=backend)
 
 
-# The longest groups this thread read last: [(cu_seqlens, its version counter, longest)], newest
-# first, the tensors held so that no other can take their memory (and id) while kept.
-_longest_read = threading.local()
-KEPT_GROUPINGS = 2  # Qwen2.5-VL's blocks take turns with two: per window and per image
+# the longest group of the last two cu_seqlens a thread read: Qwen2.5-VL's blocks take turns with
+# two groupings, per window and per image
+_LONGEST_GROUPS = PerTensorCache(2)
 
 
 def _longest_group(cu_seqlens: torch.Tensor) -> int:
     """The longest group of cu_seqlens, a read of it on the host (a sync on a GPU): once a forward
     for each cu_seqlens tensor, which transformers makes once and hands to every block, where its
-    own blocks read it in each (32 in Qwen2-VL's tower). Not kept while torch.compile traces."""
-    if torch.compiler.is_compiling():
-        return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    kept = getattr(_longest_read, "groupings", [])
-    for tensor, version, longest in kept:
-        if tensor is cu_seqlens and version == cu_seqlens._version:
-            return longest
-    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-    _longest_read.groupings = [(cu_seqlens, cu_seqlens._version, longest), *kept][:KEPT_GROUPINGS]
-    return longest
+    own blocks read it in each (32 in Qwen2-VL's tower)."""
+    return _LONGEST_GROUPS.get(cu_seqlens, None, lambda: int((cu_seqlens[1:] - cu_seqlens[:-1]).max()))
 
 
 def _vision_attention_forward(self, hidden_states, cu_seqlens, rotary_pos_emb=None, position_embeddings=None,
