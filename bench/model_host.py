@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import statistics
-import time
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import aurora_kernels as ak
-from bench.harness import markdown_report, write_report
+from bench.harness import markdown_report, median_wall_ms, write_report
 
 REPEATS = 7
 # short prompts: the ops per prefill do not depend on them, the CPU compute that blurs the host time does
 PROMPT_LENGTHS = {1: [32], 8: [8] * 8}
+CPU = torch.device("cpu")  # the host clock alone: no device to wait for
 
 
 class CountOps(TorchDispatchMode):
@@ -72,15 +71,6 @@ def deep_tiny_model():
     return AuroraEdgeV(config, backend="triton").eval()
 
 
-def median_host_us(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
-
-
 def host_costs(repeats: int = REPEATS, prompt_lengths: dict = PROMPT_LENGTHS) -> list[dict]:
     """Per batch: host microseconds of one prefill and of one eager decode step (medians of
     `repeats`), and their Triton launches and kernel-launching torch ops."""
@@ -93,8 +83,8 @@ def host_costs(repeats: int = REPEATS, prompt_lengths: dict = PROMPT_LENGTHS) ->
         with torch.no_grad(), ak.value_checks("never"), stubbed_triton_launches() as launches:
             logits, kv = model.prefill(pixel_values, prompts, 2 * repeats + 2)
             tokens = torch.zeros(batch, dtype=torch.int64)
-            prefill_us = median_host_us(lambda: model.prefill(pixel_values, prompts, 2 * repeats + 2), repeats)
-            step_us = median_host_us(lambda: model.decode_step(tokens, kv), repeats)
+            prefill_us = median_wall_ms(lambda: model.prefill(pixel_values, prompts, 2 * repeats + 2), repeats, CPU) * 1e3
+            step_us = median_wall_ms(lambda: model.decode_step(tokens, kv), repeats, CPU) * 1e3
             counts = {}
             for name, fn in (
                 ("prefill", lambda: model.prefill(pixel_values, prompts, 2)),

@@ -30,7 +30,7 @@ import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
 from aurora_kernels.testing import rel_error
 from bench.harness import markdown_report, median_wall_ms, write_report
-from bench.model_host import CountOps, median_host_us, stubbed_triton_launches
+from bench.model_host import CPU, CountOps, stubbed_triton_launches
 
 BATCHES = (1, 8)
 NEW_TOKENS = 64
@@ -153,7 +153,9 @@ HOST_REPEATS = 7
 HOST_READS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::equal")
 
 
-class _CountOpsAndReads(CountOps):
+class CountOpsAndReads(CountOps):
+    """CountOps, and the host reads among the ops (HOST_READS)."""
+
     def __init__(self):
         super().__init__()
         self.reads = 0
@@ -195,15 +197,15 @@ def host_rows(llm: LLMConfig = HOST_LLM, repeats: int = HOST_REPEATS) -> list[di
     with torch.no_grad(), ak.value_checks("never"):
         unpatched = {}
         for name, call in forwards():
-            counting = _CountOpsAndReads()
+            counting = CountOpsAndReads()
             with counting:
                 call()
             unpatched[name] = counting
         with patched(model), stubbed_triton_launches() as launches:
             for name, call in forwards():
                 call()  # the first call fuses gate_up and makes the unpadding plan's thread state
-                host_us = median_host_us(call, repeats)
-                launches[0], counting = 0, _CountOpsAndReads()
+                host_us = median_wall_ms(call, repeats, CPU) * 1e3
+                launches[0], counting = 0, CountOpsAndReads()
                 with counting:
                     call()
                 rows.append({"forward": name, "repeats": repeats, "host_us": host_us,

@@ -173,16 +173,13 @@ class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# the ops that read a tensor's contents on the host (a sync on a GPU, a graph break under torch.compile)
-HOST_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default, torch.ops.aten.equal.default)
-
-
 @pytest.mark.parametrize("side", ["left", "right", "holes"])
 def test_a_padded_batch_is_unpadded_without_reading_the_mask(side, device, gen):
     """flash-attn's entry reads the mask in every layer (the real rows' count: a host sync); ours
     gathers every row, the real ones first, by shapes alone. Masks with holes (not only left or
     right padding) included."""
     from aurora_kernels.integrations._attention import _unpad_plan, _unpadded_attention
+    from bench.transformers_e2e import CountOpsAndReads
 
     ids, mask = _padded_batch(device, "left" if side == "holes" else side)
     if side == "holes":
@@ -193,10 +190,10 @@ def test_a_padded_batch_is_unpadded_without_reading_the_mask(side, device, gen):
                for n, heads in ((seen, heads_q), (len_k, heads_kv), (len_k, heads_kv)))  # fmt: skip
     with ak.value_checks("always"):  # the plan's offsets and lengths checked by attention_varlen
         got = _unpadded_attention(q, k, v, _unpad_plan(mask, seen), True, None, "triton")
-    counting = _CountOps()
+    counting = CountOpsAndReads()  # the reads of tensor contents on the host: a sync on a GPU, a graph break compiled
     with ak.value_checks("never"), counting:  # as on a GPU, where value checks are off by default
         again = _unpadded_attention(q, k, v, _unpad_plan(mask.clone(), seen), True, None, "triton")
-    assert not sum(counting.calls[op] for op in HOST_READS) and torch.equal(again, got)
+    assert not counting.reads and torch.equal(again, got)
     _unpad_plan(mask.to("meta"), seen)  # a tensor with no contents: any read of them (.tolist() too) raises
     real = mask.bool()
     for b in range(batch):  # each sequence's real rows alone, through the eager reference, bottom-right causal

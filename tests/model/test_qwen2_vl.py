@@ -124,24 +124,15 @@ def test_vision_off_leaves_the_tower_to_transformers_and_unpatch_restores(device
     assert unpatch(model) is model
 
 
-class _CountHostReads(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_vision_blocks_read_each_grouping_once():
     """transformers hands one cu_seqlens tensor to every vision block (Qwen2.5-VL: one per window,
     one per image, in turns); its blocks read the longest group from it in each, a host sync each
     on a GPU. The patched blocks read each tensor once, and again after it changed in place."""
     from aurora_kernels.integrations.qwen2_vl import _longest_group
+    from bench.transformers_e2e import CountOpsAndReads
 
     windows, images = torch.tensor([0, 4, 8, 16, 20]), torch.tensor([0, 16, 20])
-    counting = _CountHostReads()
+    counting = CountOpsAndReads()
     with counting:
         for _ in range(3):  # blocks taking turns
             assert _longest_group(windows) == 8 and _longest_group(images) == 16
