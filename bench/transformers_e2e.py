@@ -29,7 +29,7 @@ import torch
 import aurora_kernels as ak
 from aurora_kernels.model.config import LLMConfig
 from aurora_kernels.testing import rel_error
-from bench.harness import markdown_report, median_wall_ms, write_report
+from bench.harness import error_text, markdown_report, median_wall_ms, write_report
 from bench.model_host import CPU, CountOps, stubbed_triton_launches
 
 BATCHES = (1, 8)
@@ -117,8 +117,6 @@ def run(device: torch.device, dtype: torch.dtype = torch.bfloat16, llm: LLMConfi
                     prefill_ms = median_wall_ms(lambda: model(ids, attention_mask=mask, use_cache=False), repeats, device)
                     generate_ms = median_wall_ms(lambda: model.generate(ids, attention_mask=mask, **settings), repeats, device)
             except Exception as exc:  # the other implementations' rows stand
-                from bench.harness import error_text
-
                 rows.append({**row, "missing": f"failed: {error_text(exc)}"})
                 continue
             last_logits[implementation] = logits.float()
