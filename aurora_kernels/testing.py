@@ -47,6 +47,51 @@ def round_bf16_to_nearest_even_under_the_interpreter() -> None:
     interpreter._convert_float = convert_rounding_bf16_to_nearest_even
 
 
+def patch_the_language_once_a_launch_under_the_interpreter() -> None:
+    """Make Triton's interpreter patch `triton.language` once a launch, not again in every call of a
+    `@triton.jit` helper. The interpreter of Triton 3.6 to 3.9 swaps the language's builtins for
+    NumPy ones when a launch starts and restores them when it ends; a helper's call swaps them again
+    (every builtin of four namespaces, found with `inspect.getmembers`) with what the launch already
+    put there, once per program of the grid: most of an interpreted model's time (the figures:
+    docs/performance-log.md, twelfth session). A helper whose module sees a language module the
+    launch has not patched (`triton.language.core` where the kernel's sees `triton.language` alone)
+    still patches, as before, so every call runs with the builtins it ran with. The test suite and
+    `make bench`'s parity table call it."""
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    if getattr(interpreter._patch_lang, "once_a_launch", False):
+        return
+    patch_lang, run_grid = interpreter._patch_lang, interpreter.GridExecutor.__call__
+    patched_by_launch: list = []  # one entry per launch running: the modules it patched (None before)
+    language_modules: dict = {}  # function -> the language modules its module sees (as _patch_lang finds them)
+
+    def patch_lang_once_a_launch(fn):
+        modules = language_modules.get(fn)
+        if modules is None:
+            modules = frozenset(v for v in fn.__globals__.values() if inspect.ismodule(v) and v in (tl, tl.core))
+            language_modules[fn] = modules
+        if patched_by_launch and patched_by_launch[-1] is not None and modules <= patched_by_launch[-1]:
+            return interpreter._LangPatchScope()  # nothing changed, nothing to restore
+        scope = patch_lang(fn)
+        if patched_by_launch:  # a helper's scope is never restored (the launch's restores the builtins)
+            patched_by_launch[-1] = modules | (patched_by_launch[-1] or frozenset())
+        return scope
+
+    def run_grid_patching_once(self, *args, **kwargs):
+        patched_by_launch.append(None)
+        try:
+            return run_grid(self, *args, **kwargs)
+        finally:
+            patched_by_launch.pop()
+
+    patch_lang_once_a_launch.once_a_launch = True
+    interpreter._patch_lang = patch_lang_once_a_launch
+    interpreter.GridExecutor.__call__ = run_grid_patching_once
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; inf when out has a NaN/inf that ref does not, or shapes differ."""
     if out.shape != ref.shape:

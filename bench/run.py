@@ -29,12 +29,13 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def cpu_parity(only: set[str] | None) -> int:
     """Each op against its float64 reference at small shapes, every dtype, bf16 rounded as the GPU
     rounds it (the interpreter alone truncates). Returns the failure count."""
-    from aurora_kernels.testing import TOLERANCES, check_op, make_generator, round_bf16_to_nearest_even_under_the_interpreter
+    from aurora_kernels import testing
 
-    round_bf16_to_nearest_even_under_the_interpreter()
+    testing.round_bf16_to_nearest_even_under_the_interpreter()
+    testing.patch_the_language_once_a_launch_under_the_interpreter()
 
     print("## Parity against the float64 reference (small shapes, Triton interpreter)\n")
-    print("| op | " + " | ".join(f"{str(d).replace('torch.', '')} (bound {TOLERANCES[d]:.0e})" for d in DTYPES) + " |")
+    print("| op | " + " | ".join(f"{str(d).replace('torch.', '')} (bound {testing.TOLERANCES[d]:.0e})" for d in DTYPES) + " |")
     print("| --- |" + " --- |" * len(DTYPES))
     failures = 0
     for op, entry in OPS.items():
@@ -42,10 +43,10 @@ def cpu_parity(only: set[str] | None) -> int:
             continue
         cells = []
         for i, dtype in enumerate(DTYPES):
-            gen = make_generator(1000 + i)
+            gen = testing.make_generator(1000 + i)
             args, kwargs = entry.small_inputs(dtype, torch.device("cpu"), gen)
             try:
-                errors = check_op(entry.public, entry.reference, *args, **kwargs)
+                errors = testing.check_op(entry.public, entry.reference, *args, **kwargs)
                 cells.append("ok " + ", ".join(f"{e:.1e}" for e in errors))
             except (AssertionError, ValueError) as exc:
                 failures += 1

@@ -15,10 +15,15 @@ if TEST_DEVICE == "cpu":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from aurora_kernels.testing import make_generator, round_bf16_to_nearest_even_under_the_interpreter  # noqa: E402
+from aurora_kernels.testing import (  # noqa: E402
+    make_generator,
+    patch_the_language_once_a_launch_under_the_interpreter,
+    round_bf16_to_nearest_even_under_the_interpreter,
+)
 
 if TEST_DEVICE == "cpu":
     round_bf16_to_nearest_even_under_the_interpreter()  # as the GPU rounds
+    patch_the_language_once_a_launch_under_the_interpreter()  # the same builtins, patched fewer times
 
 
 @pytest.fixture
