@@ -368,3 +368,19 @@ def test_a_warm_report_reads_the_ptxas_log_kept_in_the_cache_entry(monkeypatch, 
     assert compile_report._ptxas_log(cold, "", "cold ptx", None) == printed and assembled == []
     assert compile_report._ptxas_log(warm, "", "warm ptx", None) == "Used 40 registers" and assembled == ["warm ptx"]
     assert compile_report._ptxas_log(warm, "", "warm ptx", None) == "Used 40 registers" and assembled == ["warm ptx"]
+
+
+def test_a_warm_report_reads_the_sass_kept_in_the_cache_entry(monkeypatch, tmp_path):
+    """The SASS that the barrier and PDL checks read is kept beside its cubin too: a warm report
+    disassembles nothing again."""
+    from types import SimpleNamespace
+
+    from aurora_kernels import compile_report
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    disassembled = []
+    monkeypatch.setattr(compile_report, "_disassemble", lambda cubin: disassembled.append(cubin) or f"SASS of {cubin!r}")
+    first, second = (SimpleNamespace(hash=h * 32, asm={"cubin": h.encode()}) for h in ("c0", "e1"))
+    assert compile_report._sass(first) == "SASS of b'c0'" and disassembled == [b"c0"]
+    assert compile_report._sass(first) == "SASS of b'c0'" and disassembled == [b"c0"]
+    assert compile_report._sass(second) == "SASS of b'e1'" and disassembled == [b"c0", b"e1"]
