@@ -25,6 +25,13 @@ if TEST_DEVICE == "cpu":
     round_bf16_to_nearest_even_under_the_interpreter()  # as the GPU rounds
     patch_the_language_once_a_launch_under_the_interpreter()  # the same builtins, patched fewer times
 
+# torch.compile's backend in the tests whose point is one graph (no break, no host read) and its
+# results: Inductor on a GPU, as users compile there; on a CPU AOTAutograd alone, the same tracing and
+# functionalization without Inductor's C++ code, which took minutes of a cold run's CPU and says
+# nothing of the GPU. Inductor on the CPU keeps tests of its own (tests/model/test_compile.py, the
+# model's decode="compile", the benchmarks' warm-up).
+FULLGRAPH_BACKEND = "inductor" if TEST_DEVICE == "cuda" else "aot_eager"
+
 
 @pytest.fixture
 def device():

@@ -9,6 +9,7 @@ import torch
 
 import aurora_kernels as ak
 from aurora_kernels.testing import assert_parity, rel_error
+from tests.conftest import FULLGRAPH_BACKEND
 
 transformers = pytest.importorskip("transformers")
 
@@ -283,7 +284,7 @@ def test_a_padded_batch_compiles_to_one_graph(device, gen):
     with torch.no_grad():
         patched(ids)  # the first call fuses gate_up (new parameters: not in a graph)
     torch._dynamo.reset()
-    compiled = torch.compile(patched, fullgraph=True)
+    compiled = torch.compile(patched, fullgraph=True, backend=FULLGRAPH_BACKEND)
     with torch.no_grad():
         got = compiled(ids, attention_mask=mask, use_cache=False).logits  # (4.54 makes a cache dynamo cannot trace)
     real = mask.bool()
@@ -302,7 +303,7 @@ def test_a_patched_and_an_unpatched_qwen2_each_compile_to_one_graph(device, gen)
         patched(ids, use_cache=False)  # the first call fuses gate_up (new parameters: not in a graph)
         for which in (model, patched):
             torch._dynamo.reset()
-            got = torch.compile(which, fullgraph=True)(ids, use_cache=False).logits
+            got = torch.compile(which, fullgraph=True, backend=FULLGRAPH_BACKEND)(ids, use_cache=False).logits
             assert_parity(got, expected.double(), torch.float32, f"{'patched' if which is patched else 'unpatched'}, fullgraph")
 
 

@@ -6,6 +6,7 @@ import torch
 
 from aurora_kernels.runtime import Runtime
 from aurora_kernels.runtime.sampling import SamplingParams, sample, uniform_noise
+from tests.conftest import FULLGRAPH_BACKEND
 from tests.model.test_model import requests, tiny_model
 from tests.model.test_runtime import mocked_capture  # noqa: F401  (the fixture)
 
@@ -44,10 +45,10 @@ def test_noise_is_uniform_and_a_function_of_seed_and_step():
     assert abs(torch.corrcoef(torch.stack([u.flatten(), other.flatten()]))[0, 1]) < 0.02
 
 
-def test_sampling_compiles_to_one_graph():
-    compiled = torch.compile(sample, fullgraph=True)
-    logits = torch.randn(3, 50)
-    args = (torch.tensor([0.7]), torch.tensor([5]), torch.tensor([0.9]), torch.tensor([11]), torch.tensor([2]))
+def test_sampling_compiles_to_one_graph(device):
+    compiled = torch.compile(sample, fullgraph=True, backend=FULLGRAPH_BACKEND)
+    logits = torch.randn(3, 50, device=device)
+    args = tuple(torch.tensor([value], device=device) for value in (0.7, 5, 0.9, 11, 2))
     assert torch.equal(compiled(logits, *args), sample(logits, *args))
 
 
