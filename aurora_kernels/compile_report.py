@@ -170,8 +170,8 @@ def next_launched_before_wait(sass: str) -> bool:
     return bool(wait and launch and launch.start() < wait.start())
 
 
-# the SASS of a compile, kept beside its cubin as the ptxas log is: nvdisasm takes most of a second a
-# kernel, most of a warm report's time before it was kept
+# the SASS of a compile, kept beside its cubin as the ptxas log is, so that a warm report disassembles
+# nothing again (nvdisasm was most of a warm report's time: docs/performance-log.md, twelfth session)
 SASS_FILE = "aurora-sass.txt"
 
 
@@ -191,7 +191,7 @@ def _sass(compiled) -> str:
 
 def _disassemble(cubin: bytes) -> str:
     """The cubin's SASS, by the nvdisasm that ships with this Triton (-ndf: without the dataflow
-    analysis, a third of its time; the text is the same for every config of the report)."""
+    analysis, whose annotations no check reads; the instructions are the same)."""
     import triton
 
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")

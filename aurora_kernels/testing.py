@@ -52,8 +52,8 @@ def patch_the_language_once_a_launch_under_the_interpreter() -> None:
     `@triton.jit` helper. The interpreter of Triton 3.6 to 3.9 swaps the language's builtins for
     NumPy ones when a launch starts and restores them when it ends; a helper's call swaps them again
     (every builtin of four namespaces, found with `inspect.getmembers`) with what the launch already
-    put there, once per program of the grid: most of an interpreted model's time (the figures:
-    docs/performance-log.md, twelfth session). A helper whose module sees a language module the
+    put there, once per program of the grid: a large share of an interpreted model's time (the
+    figures: docs/performance-log.md, twelfth session). A helper whose module sees a language module the
     launch has not patched (`triton.language.core` where the kernel's sees `triton.language` alone)
     still patches, as before, so every call runs with the builtins it ran with. The test suite and
     `make bench`'s parity table call it."""

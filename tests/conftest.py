@@ -27,8 +27,8 @@ if TEST_DEVICE == "cpu":
 
 # torch.compile's backend in the tests whose point is one graph (no break, no host read) and its
 # results: Inductor on a GPU, as users compile there; on a CPU AOTAutograd alone, the same tracing and
-# functionalization without Inductor's C++ code, which took minutes of a cold run's CPU and says
-# nothing of the GPU. Inductor on the CPU keeps tests of its own (tests/model/test_compile.py, the
+# functionalization without Inductor's C++ code generation, which costs a cold run minutes of CPU and
+# says nothing of the GPU. Inductor on the CPU keeps tests of its own (tests/model/test_compile.py, the
 # model's decode="compile", the benchmarks' warm-up).
 FULLGRAPH_BACKEND = "inductor" if TEST_DEVICE == "cuda" else "aot_eager"
 
