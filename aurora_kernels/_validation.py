@@ -143,13 +143,14 @@ def _where(layout: str | None) -> str:
     return f" {layout}" if layout else ""
 
 
-def check_row_input(name: str, x, max_cols: int = 65536) -> int:
-    """x [..., N] float, contiguous last dim, 1 <= N <= max_cols (a row fits one tile); returns N."""
+def check_row_input(name: str, x, max_cols: int = 65536, dim: str = "N") -> int:
+    """x [..., N] float, contiguous last dim, 1 <= N <= max_cols (a row fits one tile); returns N.
+    `dim` is what the op's docstring calls the last dim (K for a projection's input)."""
     check_tensor(name, x, unit_stride_last=True)
     if x.ndim < 1:
-        raise ValueError(f"{name}: expected at least 1 dim [..., N], got a 0-dim tensor")
+        raise ValueError(f"{name}: expected at least 1 dim [..., {dim}], got a 0-dim tensor")
     if not 1 <= x.shape[-1] <= max_cols:
-        raise ValueError(f"{name}: expected a last dim N in [1, {max_cols}], got {x.shape[-1]}")
+        raise ValueError(f"{name}: expected a last dim {dim} in [1, {max_cols}], got {x.shape[-1]}")
     return x.shape[-1]
 
 

@@ -602,7 +602,7 @@ def linear(x, weight, bias=None, residual=None, *, backend="triton"):
     fp32 product before its one rounding (o_proj's h + o).
     """
     check_backend(backend)
-    in_features = check_row_input("x", x, max_cols=2**31 - 1)
+    in_features = check_row_input("x", x, max_cols=2**31 - 1, dim="K")
     _check_weights(x, in_features, weight, bias)
     _check_output_residual(x, weight, residual)
     check_same_device({"x": x, "weight": weight, "bias": bias, "residual": residual})
@@ -641,7 +641,7 @@ def rms_norm_linear_silu_and_mul(x, norm_weight, weight, bias=None, eps=1e-6, re
 
 def _check_rms_norm_linear(x, norm_weight, weight, bias, eps, residual, backend):
     check_backend(backend)
-    in_features = check_row_input("x", x, max_cols=2**31 - 1)
+    in_features = check_row_input("x", x, max_cols=2**31 - 1, dim="K")
     check_tensor("norm_weight", norm_weight, shape=(in_features,), layout="[K]", unit_stride_last=True)
     if residual is not None:
         check_tensor("residual", residual, shape=tuple(x.shape), layout="(the shape of x)", unit_stride_last=True)
@@ -655,7 +655,7 @@ def silu_and_mul_linear(x, weight, bias=None, residual=None, *, backend="triton"
     """linear(silu_and_mul(x), weight, bias, residual) in one kernel: x [..., 2I] = concat(gate, up),
     weight [N, I], bias [N] or None, residual [..., N] or None (as for `linear`) -> [..., N]."""
     check_backend(backend)
-    width = check_row_input("x", x, max_cols=2**31 - 1)
+    width = check_row_input("x", x, max_cols=2**31 - 1, dim="2I")
     if width % 2:
         raise ValueError(f"x: expected an even last dim [..., 2I] (gate and up halves), got {width}")
     _check_weights(x, width // 2, weight, bias)

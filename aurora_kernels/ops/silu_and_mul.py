@@ -36,7 +36,7 @@ def _silu_and_mul_kernel(
 def silu_and_mul(x, *, backend="triton"):
     """x [..., 2I] (fp16/bf16/fp32, contiguous last dim, any other strides) -> silu(x[..., :I]) * x[..., I:]."""
     check_backend(backend)
-    width = check_row_input("x", x, max_cols=2**31 - 1)
+    width = check_row_input("x", x, max_cols=2**31 - 1, dim="2I")
     if width % 2:
         raise ValueError(f"x: expected an even last dim [..., 2I] (gate and up halves), got {width}")
     record_call("silu_and_mul", backend)

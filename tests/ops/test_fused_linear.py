@@ -229,6 +229,11 @@ def test_bad_inputs(device, gen):
         ak.silu_and_mul_linear(x, weight)
     with pytest.raises(ValueError, match="x: expected the last dim to be contiguous"):
         ak.linear(x.t(), weight[:, :4])
+    # x's last dim is named as in each docstring: K, the projection's input, or 2I, gate and up
+    with pytest.raises(ValueError, match=r"x: expected a last dim K in \[1, \d+\], got 0"):
+        ak.rms_norm_linear(x[:, :0], x[0, :0], weight[:, :0])
+    with pytest.raises(ValueError, match=r"x: expected at least 1 dim \[\.\.\., 2I\]"):
+        ak.silu_and_mul_linear(x[0, 0], weight)
     output = randn((4, 32), torch.float32, device, gen)  # linear(x, weight)'s shape
     with pytest.raises(
         ValueError, match=r"residual: expected shape \[4, 32\] \(the output's shape \[\.\.\., N\]\), got \[4, 64\]"
