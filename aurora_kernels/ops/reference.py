@@ -227,7 +227,8 @@ def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cach
     q [..., L, Hq, D], k [..., L, Hkv, D]; cos, sin [..., L, D] broadcast over the heads, or with
     positions [..., L] tables [max_positions, D] indexed by them; tables of width D/2 serve both
     halves of a head. Returns (q_rot, k_rot) as new tensors. With v, k_cache, v_cache [rows, Hkv, D]
-    and cache_slots [tokens]: the rotated k and v also go into the caches' rows cache_slots (in place).
+    and cache_slots [tokens]: the rotated k and v also go into the caches' rows cache_slots (in place),
+    except those of the tokens whose slot is -1 (padding).
     """
     if positions is not None:
         cos, sin = cos[positions.long()], sin[positions.long()]
@@ -238,8 +239,9 @@ def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cach
     k_rot = (_up(k) * cos_h + _rotate_half(_up(k)) * sin_h).to(k.dtype)
     if v is not None:
         heads_kv, head_dim = k.shape[-2], k.shape[-1]
-        k_cache.index_copy_(0, cache_slots, k_rot.reshape(-1, heads_kv, head_dim))
-        v_cache.index_copy_(0, cache_slots, v.reshape(-1, heads_kv, head_dim))
+        written = cache_slots >= 0
+        k_cache.index_copy_(0, cache_slots[written], k_rot.reshape(-1, heads_kv, head_dim)[written])
+        v_cache.index_copy_(0, cache_slots[written], v.reshape(-1, heads_kv, head_dim)[written])
     return q_rot, k_rot
 
 

@@ -70,14 +70,15 @@ def _head_offsets(token_starts, head_stride, num_heads, token_mask, STRIDE_MULTI
 @triton.jit
 def _rotate_heads(
     x_ptr, out_ptr, cache_ptr, tokens, token_mask, x_token_starts, head_stride, num_heads, cos1, cos2, sin1, sin2,
-    cache_token_starts, cache_head_stride,
+    cache_token_mask, cache_token_starts, cache_head_stride,
     WRITE_CACHE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
     """Rotate every head of a block of tokens: token t's x is [num_heads, 2 * HALF_DIM] at
     x_token_starts[t]; the tables' halves are [BLOCK_T, 1, BLOCK_HALF], shared by the heads. The
     result goes to out_ptr ([tokens, num_heads, 2 * HALF_DIM], contiguous) and, with WRITE_CACHE,
-    also to the cache row of each token (cache_token_starts[t], heads cache_head_stride apart)."""
+    also to the cache row of each token of cache_token_mask (cache_token_starts[t], heads
+    cache_head_stride apart)."""
     first, mask = _head_offsets(x_token_starts, head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM, BLOCK_H,
                                 BLOCK_HALF)  # fmt: skip
     x1 = tl.load(x_ptr + first, mask=mask, other=0.0).to(tl.float32)
@@ -90,22 +91,22 @@ def _rotate_heads(
     tl.store(out_ptr + out_first, rotated1, mask=mask)
     tl.store(out_ptr + out_first + HALF_DIM, rotated2, mask=mask)
     if WRITE_CACHE:
-        cache_first, _ = _head_offsets(cache_token_starts, cache_head_stride, num_heads, token_mask, STRIDE_MULTIPLE,
-                                       HALF_DIM, BLOCK_H, BLOCK_HALF)  # fmt: skip
-        tl.store(cache_ptr + cache_first, rotated1, mask=mask)
-        tl.store(cache_ptr + cache_first + HALF_DIM, rotated2, mask=mask)
+        cache_first, cache_mask = _head_offsets(cache_token_starts, cache_head_stride, num_heads, cache_token_mask,
+                                                STRIDE_MULTIPLE, HALF_DIM, BLOCK_H, BLOCK_HALF)  # fmt: skip
+        tl.store(cache_ptr + cache_first, rotated1, mask=cache_mask)
+        tl.store(cache_ptr + cache_first + HALF_DIM, rotated2, mask=cache_mask)
 
 
 @triton.jit
 def _copy_heads(
-    x_ptr, cache_ptr, token_mask, x_token_starts, head_stride, num_heads, cache_token_starts, cache_head_stride,
+    x_ptr, cache_ptr, cache_token_mask, x_token_starts, head_stride, num_heads, cache_token_starts, cache_head_stride,
     STRIDE_MULTIPLE: tl.constexpr, HALF_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):  # fmt: skip
-    """Every head of a block of tokens into their cache rows, unchanged (v)."""
-    first, mask = _head_offsets(x_token_starts, head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM, BLOCK_H,
-                                BLOCK_HALF)  # fmt: skip
-    cache_first, _ = _head_offsets(cache_token_starts, cache_head_stride, num_heads, token_mask, STRIDE_MULTIPLE, HALF_DIM,
-                                   BLOCK_H, BLOCK_HALF)  # fmt: skip
+    """Every head of the tokens of cache_token_mask into their cache rows, unchanged (v)."""
+    first, mask = _head_offsets(x_token_starts, head_stride, num_heads, cache_token_mask, STRIDE_MULTIPLE, HALF_DIM,
+                                BLOCK_H, BLOCK_HALF)  # fmt: skip
+    cache_first, _ = _head_offsets(cache_token_starts, cache_head_stride, num_heads, cache_token_mask, STRIDE_MULTIPLE,
+                                   HALF_DIM, BLOCK_H, BLOCK_HALF)  # fmt: skip
     tl.store(cache_ptr + cache_first, tl.load(x_ptr + first, mask=mask), mask=mask)
     tl.store(cache_ptr + cache_first + HALF_DIM, tl.load(x_ptr + first + HALF_DIM, mask=mask), mask=mask)
 
@@ -152,22 +153,26 @@ def _rotary_kernel(
     else:
         cos2 = _table_half(cos_ptr, cos_starts + HALF_DIM, dims, table_mask)
         sin2 = _table_half(sin_ptr, sin_starts + HALF_DIM, dims, table_mask)
-    # with WRITE_CACHE, each token's cache row: its slot, clamped into the cache (a slot out of range,
-    # which the op's value checks refuse where they run, writes a wrong row of the cache, never
-    # memory outside it)
+    # with WRITE_CACHE, each token's cache row: its slot. A token whose slot is not a row of the cache
+    # writes nothing there: -1 marks a padding token (vLLM's PAD_SLOT_ID), and any other such slot
+    # (refused by the op's value checks where they run) would otherwise land in another token's row.
     slots = tl.zeros([BLOCK_T], dtype=tl.int64)
+    writes_row = token_mask
     if WRITE_CACHE:
-        slots = tl.minimum(tl.maximum(tl.load(slots_ptr + tokens, mask=token_mask, other=0), 0), num_slots - 1).to(tl.int64)
+        slots = tl.load(slots_ptr + tokens, mask=token_mask, other=-1)
+        writes_row = (slots >= 0) & (slots < num_slots)
+        slots = tl.where(writes_row, slots, 0)
     q_starts = row_starts(tokens, q_outer_stride, q_inner_size, q_inner_stride, STRIDE_MULTIPLE)
     _rotate_heads(q_ptr, q_out_ptr, q_out_ptr, tokens, token_mask, q_starts, q_head_stride, num_heads_q,
-                  cos1, cos2, sin1, sin2, slots, 0, False, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HQ, BLOCK_HALF)  # fmt: skip
+                  cos1, cos2, sin1, sin2, writes_row, slots, 0, False, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HQ,
+                  BLOCK_HALF)  # fmt: skip
     k_starts = row_starts(tokens, k_outer_stride, k_inner_size, k_inner_stride, STRIDE_MULTIPLE)
     _rotate_heads(k_ptr, k_out_ptr, k_cache_ptr, tokens, token_mask, k_starts, k_head_stride, num_heads_kv,
-                  cos1, cos2, sin1, sin2, slots * k_cache_row_stride, k_cache_head_stride, WRITE_CACHE, STRIDE_MULTIPLE,
-                  HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
+                  cos1, cos2, sin1, sin2, writes_row, slots * k_cache_row_stride, k_cache_head_stride, WRITE_CACHE,
+                  STRIDE_MULTIPLE, HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
     if WRITE_CACHE:
         v_starts = row_starts(tokens, v_outer_stride, v_inner_size, v_inner_stride, STRIDE_MULTIPLE)
-        _copy_heads(v_ptr, v_cache_ptr, token_mask, v_starts, v_head_stride, num_heads_kv, slots * v_cache_row_stride,
+        _copy_heads(v_ptr, v_cache_ptr, writes_row, v_starts, v_head_stride, num_heads_kv, slots * v_cache_row_stride,
                     v_cache_head_stride, STRIDE_MULTIPLE, HALF_DIM, BLOCK_HKV, BLOCK_HALF)  # fmt: skip
 
 
@@ -286,7 +291,7 @@ def _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cac
     """The cache write's checks on the real tensors, inside the op (so a compiled graph runs them):
     the caches are written in place, so each must have no internal overlap and no element of either
     may lie in memory of the other or of a tensor the launch reads; and where value checks run,
-    every slot is a row of the cache."""
+    every slot is a row of the cache or -1 (a padding token, whose k and v are not written)."""
     check_no_internal_overlap("k_cache", k_cache)
     check_no_internal_overlap("v_cache", v_cache)
     check_separate_memory(
@@ -295,8 +300,9 @@ def _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cac
     )
     if cache_slots.numel() and should_check_values(cache_slots):
         low, high = (int(x) for x in torch.stack([cache_slots.min(), cache_slots.max()]).tolist())
-        if low < 0 or high >= k_cache.shape[0]:
-            raise ValueError(f"cache_slots: expected rows in [0, {k_cache.shape[0]}) of k_cache, got {low}..{high}")
+        if low < -1 or high >= k_cache.shape[0]:
+            raise ValueError(f"cache_slots: expected rows in [0, {k_cache.shape[0]}) of k_cache, or -1 (a padding "
+                             f"token: no write), got {low}..{high}")  # fmt: skip
 
 
 def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cache=None, cache_slots=None, backend="triton"):
@@ -314,7 +320,8 @@ def apply_rotary(q, k, cos, sin, *, positions=None, v=None, k_cache=None, v_cach
     With v (k's shape), k_cache, v_cache [cache rows, Hkv, D] (k's dtype, contiguous last dim) and
     cache_slots int64 [tokens] (each token of q's leading dims, flattened, to its cache row; vLLM's
     slot_mapping): the rotated k and v are also written into the caches at those rows, in place, in
-    the same launch (a prefill filling its KV cache). Two tokens with one slot leave either's row.
+    the same launch (a prefill filling its KV cache). A slot of -1 marks a padding token (vLLM's
+    PAD_SLOT_ID): its k and v go to no row. Two tokens with one slot leave either's row.
     """
     check_backend(backend)
     _check_args(q, k, cos, sin, positions)

@@ -223,8 +223,39 @@ def test_cache_write_arguments_are_checked_by_name(device, gen):
     with pytest.raises(ValueError, match="k_cache: expected a tensor whose elements do not overlap"):
         ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache[:1].expand(64, -1, -1), v_cache=v_cache, cache_slots=slots)
     if device.type == "cpu":  # the value check reads the slots: on CUDA only under value_checks("always")
-        with pytest.raises(ValueError, match=r"cache_slots: expected rows in \[0, 64\) of k_cache, got -\d+\.\.-1"):
-            ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots - slots.max() - 1)
-    with ak.value_checks("never"):  # unchecked, a slot past the cache writes its last row, nothing outside it
-        ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=slots + 1000)
-    assert torch.equal(v_cache[-1], v[-1])
+        rows = r"cache_slots: expected rows in \[0, 64\) of k_cache, or -1 \(a padding token: no write\), got"
+        for bad, seen in ((slots - slots.max() - 2, r"-\d+\.\.-2"), (slots + 64, r"\d+\.\.\d+")):
+            for backend in ("triton", "reference"):
+                with pytest.raises(ValueError, match=rf"{rows} {seen}"):
+                    ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=bad, backend=backend)
+    # unchecked, a slot outside the cache writes nothing: not the nearest row, which is another token's
+    wild = torch.tensor([-(2**40), -2, 64, 1000, 2**40], device=device)
+    with ak.value_checks("never"):
+        q_rot, k_rot = ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=wild)
+    assert (k_cache == 7).all() and (v_cache == 7).all()
+    want_q, want_k = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double())
+    assert_parity(q_rot, want_q, torch.float32, "q_rot with no row written")
+    assert_parity(k_rot, want_k, torch.float32, "k_rot with no row written")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_padding_tokens_with_slot_minus_one_write_no_row(backend, device, gen):
+    """vLLM's slot_mapping marks padding tokens (a captured batch's spare rows) with -1: their k and v
+    go nowhere, the other tokens' to their rows, and q_rot, k_rot are every token's."""
+    q, k, v, cos, sin, (k_cache, v_cache), slots = _cache_write_case((9,), 4, 2, 64, torch.bfloat16, device, gen)
+    padded = slots.clone()
+    padded[[0, 4, 8]] = -1
+    want_k_cache, want_v_cache = k_cache.double(), v_cache.double()
+    want_q, want_k = reference.apply_rotary(q.double(), k.double(), cos.double(), sin.double(), v=v.double(),
+                                            k_cache=want_k_cache, v_cache=want_v_cache, cache_slots=padded)  # fmt: skip
+    q_rot, k_rot = ak.apply_rotary(q, k, cos, sin, v=v, k_cache=k_cache, v_cache=v_cache, cache_slots=padded,
+                                   backend=backend)  # fmt: skip
+    assert_parity(q_rot, want_q, torch.bfloat16, "q_rot")
+    assert_parity(k_rot, want_k, torch.bfloat16, "k_rot")
+    assert_parity(k_cache, want_k_cache, torch.bfloat16, "k_cache after the write")
+    written = padded[padded >= 0]
+    assert torch.equal(v_cache[written], v.reshape(-1, 2, 64)[padded >= 0])
+    untouched = torch.ones(k_cache.shape[0], dtype=torch.bool, device=device)
+    untouched[written] = False
+    assert (k_cache[untouched] == 7).all() and (v_cache[untouched] == 7).all()
+    assert untouched.sum() == k_cache.shape[0] - 6
