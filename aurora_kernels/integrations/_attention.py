@@ -193,14 +193,22 @@ def select_attention(model, owner) -> None:
     owner.set_attn_implementation(ATTENTION_NAME)
 
 
+# the config field that holds the attention implementation (transformers 4.54 to 5.25): the one
+# field of a copy that unpatch does not write back
+ATTENTION_FIELD = "_attn_implementation_internal"
+
+
 def _own_configs(model) -> None:
     """Every module of `model` that holds one of its config objects (the model's, a composite's
-    text and vision parts) holds a copy of it instead; unpatch(model) puts the originals back, as
-    they were before the patch (what was set on the copies in between is dropped with them)."""
+    text and vision parts) holds a copy of it instead; unpatch(model) puts the originals back, with
+    the fields assigned on the copies in between (`model.config.use_cache = False`) assigned on
+    them too: every field but the attention implementation, as if no copy had been taken."""
     from transformers import PretrainedConfig
 
     copies: dict[int, object] = {}
     copy.deepcopy(model.config, copies)  # copies[id(original)]: the copy of each object inside it too
+    # each config (nested ones too) with its copy and the copy's fields as they were made
+    pairs = [(o, c, dict(c.__dict__)) for o in _config_objects(model.config) if (c := copies.get(id(o))) is not None]
     replaced = []
     for module in model.modules():
         original = module.__dict__.get("config")
@@ -209,7 +217,35 @@ def _own_configs(model) -> None:
             replaced.append((module, original))
 
     def restore():
+        for original, copied, as_made in pairs:
+            _write_back(original, copied, as_made)
         for module, original in replaced:
             module.config = original
 
     record_undo(model, restore)
+
+
+def _config_objects(config) -> list:
+    """config and the configs inside it (a composite's text_config, vision_config), each once."""
+    from transformers import PretrainedConfig
+
+    found, pending = {}, [config]
+    while pending:
+        current = pending.pop()
+        if id(current) not in found:
+            found[id(current)] = current
+            pending += [v for v in current.__dict__.values() if isinstance(v, PretrainedConfig)]
+    return list(found.values())
+
+
+def _write_back(original, copied, as_made: dict) -> None:
+    """Into `original`, the fields of `copied` assigned (or deleted) since the copy was made with the
+    fields `as_made`; a field untouched on the copy keeps the original's value, which another model
+    sharing the original may have changed meanwhile."""
+    fields = original.__dict__
+    for name, value in copied.__dict__.items():
+        if name != ATTENTION_FIELD and (name not in as_made or as_made[name] is not value):
+            fields[name] = value
+    for name in as_made:
+        if name not in copied.__dict__ and name != ATTENTION_FIELD:
+            fields.pop(name, None)

@@ -355,6 +355,28 @@ def test_an_instance_patch_leaves_a_model_sharing_its_config_alone(device, gen):
     assert all(m.config is shared for m in model.modules() if "config" in m.__dict__)
 
 
+def test_unpatch_keeps_what_was_assigned_on_the_config_while_patched(gen):
+    """The patched instance runs on a copy of its config; unpatch puts the original back with the
+    fields assigned on the copy meanwhile, not the attention implementation, and keeps what another
+    holder of the original assigned on it."""
+    from aurora_kernels.integrations import patch_qwen2, unpatch
+
+    model = _tiny_qwen2(gen)
+    shared = model.config
+    implementation = shared._attn_implementation
+    shared.aurora_test_dropped = 1
+    patch_qwen2(model)
+    assert model.config is not shared and model.config._attn_implementation == "aurora"
+    model.config.use_cache = False
+    model.config.aurora_test_field = "kept"
+    del model.config.aurora_test_dropped
+    shared.output_hidden_states = True  # another model on the original config
+    unpatch(model)
+    assert model.config is shared and all(m.config is shared for m in model.modules() if "config" in m.__dict__)
+    assert shared.use_cache is False and shared.aurora_test_field == "kept" and not hasattr(shared, "aurora_test_dropped")
+    assert shared.output_hidden_states is True and shared._attn_implementation == implementation
+
+
 def test_the_class_level_patch_reaches_every_qwen2_and_reverts(device, gen):
     from aurora_kernels.integrations import apply_aurora_kernels_to_qwen2, revert_aurora_kernels_to_qwen2
 

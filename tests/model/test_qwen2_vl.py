@@ -122,6 +122,14 @@ def test_vision_off_leaves_the_tower_to_transformers_and_unpatch_restores(device
             restored = model(**batch).logits
     assert not calls and torch.equal(restored, expected)
     assert unpatch(model) is model
+    # a nested config's field assigned while patched is kept; the attention implementations are not
+    implementations = [c._attn_implementation for c in (model.config, model.config.text_config, model.config.vision_config)]
+    with patched(model, vision=False):
+        model.config.text_config.use_cache = False
+    assert model.config.text_config.use_cache is False
+    assert implementations == [
+        c._attn_implementation for c in (model.config, model.config.text_config, model.config.vision_config)
+    ]
 
 
 def test_the_vision_blocks_read_each_grouping_once():
