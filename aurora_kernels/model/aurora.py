@@ -172,8 +172,10 @@ class AuroraEdgeV(nn.Module):
         if ids.dtype != torch.int64:
             raise TypeError(f"{name}: expected dtype int64, got {ids.dtype}")
         _check_has_values(name, ids)
-        if ids.numel() and should_check_values(ids) and not (0 <= int(ids.min()) and int(ids.max()) < vocab):
-            raise ValueError(f"{name}: expected token ids in [0, {vocab})")
+        if ids.numel() and should_check_values(ids):
+            low, high = (int(x) for x in torch.stack([ids.min(), ids.max()]).tolist())
+            if low < 0 or high >= vocab:
+                raise ValueError(f"{name}: expected token ids in [0, {vocab}), got {low}..{high}")
 
     def eos_token_ids(self, eos_token_id) -> tuple[int, ...]:
         """eos_token_id as generation_config.json holds it (None, an int, or a list of ints) -> a tuple."""
