@@ -50,10 +50,13 @@ def _kernel_multimodal_rotary(q, k, cos, sin, mrope_section, unsqueeze_dim: int 
 _LONGEST_GROUPS = PerTensorCache(2)
 
 
+@torch.compiler.disable
 def _longest_group(cu_seqlens: torch.Tensor) -> int:
     """The longest group of cu_seqlens, a read of it on the host (a sync on a GPU): once a forward
     for each cu_seqlens tensor, which transformers makes once and hands to every block, where its
-    own blocks read it in each (32 in Qwen2-VL's tower)."""
+    own blocks read it in each (32 in Qwen2-VL's tower). Under torch.compile it runs outside the
+    graph: a break at each call, where transformers' blocks break at theirs; traced, the read also
+    broke the graph a second time for each grouping."""
     return _LONGEST_GROUPS.get(cu_seqlens, None, lambda: int((cu_seqlens[1:] - cu_seqlens[:-1]).max()))
 
 
