@@ -66,6 +66,7 @@ def _call_every_path(device, gen):
     ak.decode_attention(q, cache, cache.clone(), lengths, new, new.clone(), rotary_cos=randn(64, 32), rotary_sin=randn(64, 32),
                         num_kv_splits=2)  # fmt: skip
     ak.decode_attention(q, cache, cache.clone(), lengths, num_kv_splits=2, out=torch.empty_like(q))
+    ak.decode_attention(q, cache, cache.clone(), lengths, key_mask=randn(3, 30)[:, 6:] > 0)
     slots = torch.arange(10, dtype=torch.int64, device=device)
     q, k = randn(2, 5, 4, 32), randn(2, 5, 2, 32)
     ak.apply_rotary(

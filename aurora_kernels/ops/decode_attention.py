@@ -21,6 +21,10 @@ the cache once at full bandwidth:
   at position cache_seqlens[b] before using them. A decode step then needs no apply_rotary launch and
   no gather of table rows per layer: 2 * D table elements read per program against the cache's
   2 * L * D, and one fewer launch in each of the 28 layers.
+- A key mask (`key_mask`, bool [B, S_max]: a padded batch's padding mask, as transformers holds
+  it): a tile's K/V loads go out with its mask bytes, not after them (a dropped key's row is read,
+  where gathering the kept rows first would copy the cache), and a dropped key's score is -inf and
+  its value 0 (its row may be memory never written). Only in the KEY_MASK variant.
 - Two trips to memory before the first product: the length, then everything it locates (the first
   K/V tile, q, the rotary rows, the new token), all in flight at once, where a chain of five trips
   would each wait for the one before (the kernel's comment says why). The price is registers (the
@@ -119,26 +123,36 @@ def _rotate(x, partner, cos, sin, sign, ROTARY: tl.constexpr):
 
 
 @triton.jit
-def _kv_tile_rows(block_table_row, key_start, cached_end, batch, k_cache_batch_stride, k_cache_token_stride,
-                  v_cache_batch_stride, v_cache_token_stride, capacity, num_pages,
-                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr):  # fmt: skip
+def _kv_tile_rows(block_table_row, key_mask_row, key_start, cached_end, batch, k_cache_batch_stride,
+                  k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity, num_pages,
+                  BLOCK_N: tl.constexpr, PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
+                  KEY_MASK: tl.constexpr):  # fmt: skip
     """Where the cached keys and values at positions key_start + [0, BLOCK_N) of one sequence lie
-    (their rows' element offsets, paged through the block table), and which keys are real."""
+    (their rows' element offsets, paged through the block table), which are cached (key_ok: the
+    rows to load) and which of those are attended (key_kept: with KEY_MASK, those the sequence's
+    row of the caller's mask keeps, a byte a key; else key_ok). The loads do not wait for the mask:
+    a dropped key's row is read, and its score and value set aside once both have arrived."""
     positions = key_start + tl.arange(0, BLOCK_N)
     key_ok = positions < cached_end
+    key_kept = key_ok
+    if KEY_MASK:
+        key_kept = key_ok & (tl.load(key_mask_row + positions, mask=key_ok, other=0) != 0)
     k_rows, _ = _cache_rows(block_table_row, positions, batch, k_cache_batch_stride, k_cache_token_stride, capacity,
                             num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
     v_rows, _ = _cache_rows(block_table_row, positions, batch, v_cache_batch_stride, v_cache_token_stride, capacity,
                             num_pages, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-    return k_rows, v_rows, key_ok
+    return k_rows, v_rows, key_ok, key_kept
 
 
 @triton.jit
-def _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok):
+def _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, key_kept, cols, col_ok, KEY_MASK: tl.constexpr):
     """The cached keys (transposed, [D, BLOCK_N]) and values ([BLOCK_N, D]) at those rows, 0 where
-    the key is not real."""
+    the key is not cached; with KEY_MASK the values of dropped keys 0 too (their rows may hold
+    anything, NaN in memory never written, and a weight of 0 times NaN is NaN)."""
     k = tl.load(k_head_base + k_rows[None, :] + cols[:, None], mask=key_ok[None, :] & col_ok[:, None], other=0.0)
     v = tl.load(v_head_base + v_rows[:, None] + cols[None, :], mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+    if KEY_MASK:
+        v = tl.where(key_kept[:, None], v, 0.0)
     return k, v
 
 
@@ -157,18 +171,18 @@ def _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_F
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, cache_seqlens_ptr, k_new_ptr, v_new_ptr, block_table_ptr, key_mask_ptr,
     rotary_cos_ptr, rotary_sin_ptr, partial_out_ptr, partial_lse_ptr, out_ptr,
     heads_per_kv, qk_scale_log2, num_kv_splits, capacity, num_pages, rotary_rows,
     q_batch_stride, q_head_stride,
     k_cache_batch_stride, k_cache_token_stride, k_cache_head_stride,
     v_cache_batch_stride, v_cache_token_stride, v_cache_head_stride,
     k_new_batch_stride, k_new_head_stride, v_new_batch_stride, v_new_head_stride,
-    block_table_stride, rotary_cos_stride, rotary_sin_stride,
+    block_table_stride, key_mask_stride, rotary_cos_stride, rotary_sin_stride,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGED: tl.constexpr, PAGE_SIZE: tl.constexpr, APPEND: tl.constexpr, ROTARY: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr, DOT_IN_FP32: tl.constexpr, STRIDE_MULTIPLE: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, KEY_MASK: tl.constexpr,
 ):  # fmt: skip
     split = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -184,6 +198,7 @@ def _decode_split_kernel(
     q_rows = tl.multiple_of(batch.to(tl.int64) * q_batch_stride + heads * q_head_stride, STRIDE_MULTIPLE)
     q_mask = group_ok[:, None] & col_ok[None, :]
     block_table_row = block_table_ptr + batch.to(tl.int64) * block_table_stride
+    key_mask_row = key_mask_ptr + batch.to(tl.int64) * key_mask_stride
     k_head_base = k_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * k_cache_head_stride, STRIDE_MULTIPLE)
     v_head_base = v_cache_ptr + tl.multiple_of(kv_head.to(tl.int64) * v_cache_head_stride, STRIDE_MULTIPLE)
 
@@ -221,15 +236,19 @@ def _decode_split_kernel(
         table_row = tl.minimum(cached, rotary_rows - 1).to(tl.int64)
         cos = tl.load(rotary_cos_ptr + table_row * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
         sin = tl.load(rotary_sin_ptr + table_row * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
-    k_rows, v_rows, key_ok = _kv_tile_rows(block_table_row, start, cached_end, batch, k_cache_batch_stride,
+    k_rows, v_rows, key_ok, key_kept = _kv_tile_rows(block_table_row, key_mask_row, start, cached_end, batch,
+                                                     k_cache_batch_stride,
                                            k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
-                                           num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-    # Under PDL the length, the block table and the rotary rows are read before the wait: no kernel
-    # launched under PDL writes them, so whatever wrote them has finished (ops/_pdl.py). The cache (a
+                                           num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
+    if KEY_MASK:  # which of a tile's places held a key the mask keeps, over the split's tiles (reduced
+        # after the loop: a reduction here would put a barrier ahead of the first tile's loads)
+        kept_places = key_kept.to(tl.int32)
+    # Under PDL the length, the block table, the key mask and the rotary rows are read before the
+    # wait: no kernel launched under PDL writes them, so whatever wrote them has finished (ops/_pdl.py). The cache (a
     # split kernel just before may have appended to it), q and the new token are read after it, and
     # every write comes after it.
     wait_for_previous_kernel(USE_PDL)
-    k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok)
+    k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, key_kept, cols, col_ok, KEY_MASK)
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
     q_partner = q
     if ROTARY:
@@ -251,13 +270,16 @@ def _decode_split_kernel(
     row_max = tl.full((BLOCK_G,), -1.0e30, tl.float32)
     row_sum = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
-    row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
+    row_max, row_sum, acc = _attend_tile(q, k, v, key_kept, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
     for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
-        k_rows, v_rows, key_ok = _kv_tile_rows(block_table_row, key_start, cached_end, batch, k_cache_batch_stride,
-                                               k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
-                                               num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE)  # fmt: skip
-        k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, cols, col_ok)
-        row_max, row_sum, acc = _attend_tile(q, k, v, key_ok, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
+        k_rows, v_rows, key_ok, key_kept = _kv_tile_rows(block_table_row, key_mask_row, key_start, cached_end, batch,
+                                               k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride,
+                                               v_cache_token_stride, capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE,
+                                               STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
+        if KEY_MASK:
+            kept_places = tl.maximum(kept_places, key_kept.to(tl.int32))
+        k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, key_kept, cols, col_ok, KEY_MASK)
+        row_max, row_sum, acc = _attend_tile(q, k, v, key_kept, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
 
     if APPEND:
         if appends:
@@ -280,12 +302,17 @@ def _decode_split_kernel(
             tl.store(k_head_base + k_row[:, None] + cols_q, k_new_q, mask=first_row & k_ok[:, None])
             tl.store(v_head_base + v_row + cols, v_new, mask=col_ok & v_ok)
 
-    # A split (or sequence) with no tokens has row_sum 0: output 0, log-sum-exp -inf. One whose keys
+    # A split (or sequence) with no tokens, or none the key mask keeps, has row_sum 0: output 0,
+    # log-sum-exp -inf. One whose keys
     # all scored -inf (q.k x scale overflowed) has row_sum 0 too, but torch's softmax makes such a
     # row NaN: a single split writes NaN, a split writes the log-sum-exp OVERFLOWED_LSE, which the
     # merge turns into NaN when no split had a finite score. A NaN score leaves acc NaN either way.
     has_keys = row_sum > 0.0
     split_had_keys = end > start
+    if KEY_MASK:  # with no key the mask keeps (and no append) the split has no keys
+        split_had_keys = tl.max(kept_places, 0) > 0
+        if APPEND:
+            split_had_keys = split_had_keys | appends
     if SINGLE_SPLIT:
         # row_sum 0 with keys: acc (0) / 0 is the NaN
         out_tile = acc / tl.where(split_had_keys, row_sum, 1.0)[:, None]
@@ -383,7 +410,7 @@ def decode_config(head_dim: int, heads_per_kv: int, dtype: torch.dtype) -> dict:
 
 
 def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
-                out):  # fmt: skip
+                out, key_mask):  # fmt: skip
     check_tensor("q", q, ndim=4, layout="[B, 1, Hq, D]", unit_stride_last=True)
     batch, _, heads_q, head_dim = q.shape
     check_tensor("q", q, shape=(batch, 1, heads_q, head_dim), layout="[B, 1, Hq, D]")
@@ -410,7 +437,7 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         check_same_dtype("k", k, "q", q)
         check_same_dtype("v", v, "q", q)
     check_same_device({"q": q, "k_cache": k_cache, "v_cache": v_cache, "cache_seqlens": cache_seqlens,
-                       "k": k, "v": v, "block_table": block_table, "out": out})  # fmt: skip
+                       "k": k, "v": v, "block_table": block_table, "out": out, "key_mask": key_mask})  # fmt: skip
     if out is not None:
         check_tensor("out", out, shape=tuple(q.shape), layout="[B, 1, Hq, D] (the shape of q)", dtypes=None)
         check_same_dtype("out", out, "q", q)
@@ -423,6 +450,12 @@ def _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_s
         if block_size not in PAGED_BLOCK_SIZES:
             raise ValueError(f"k_cache: expected a paged block size in {PAGED_BLOCK_SIZES} (dim 1), got {block_size}")
         check_index_tensor("block_table", block_table, shape=(batch, None), layout="[B, max_blocks]", device=q.device)
+    if key_mask is not None:
+        if paged:
+            raise ValueError("key_mask: expected a contiguous cache (no block_table): a paged cache's keys are the pages "
+                             "its block table names")  # fmt: skip
+        check_tensor("key_mask", key_mask, shape=(batch, k_cache.shape[1]), layout="[B, S_max] (the cache's positions)",
+                     dtypes=(torch.bool,), unit_stride_last=True)  # fmt: skip
     check_softmax_scale(softmax_scale)
     if num_kv_splits is not None:
         check_int("num_kv_splits", num_kv_splits, minimum=1)
@@ -461,7 +494,8 @@ def _capacity(k_cache, block_table) -> int:
     return k_cache.shape[1] * block_table.shape[1] if k_cache.shape[0] else 0
 
 
-def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out) -> None:
+def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out,
+                       key_mask=None) -> None:  # fmt: skip
     """The checks that need the real tensors, called inside the op so that a compiled graph runs
     them too (tracing can neither read data pointers nor sort symbolic strides): with an append, the
     caches are written in place, so each must have no internal overlap (each sequence's token lands
@@ -470,7 +504,7 @@ def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, ro
     (they read cache_seqlens and block_table): the lengths (+1 with an append) fit the cache, the
     pages a sequence uses are in the pool, every position cache_seqlens[b] has a rotary row."""
     written, read = {}, {"q": q, "k": k, "v": v, "cache_seqlens": cache_seqlens, "block_table": block_table,
-                         "rotary_cos": rotary_cos, "rotary_sin": rotary_sin}  # fmt: skip
+                         "rotary_cos": rotary_cos, "rotary_sin": rotary_sin, "key_mask": key_mask}  # fmt: skip
     if k is not None:
         check_no_internal_overlap("k_cache", k_cache)
         check_no_internal_overlap("v_cache", v_cache)
@@ -496,7 +530,7 @@ def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, ro
 
 def decode_attention(
     q, k_cache, v_cache, cache_seqlens, k=None, v=None, block_table=None, softmax_scale=None, num_kv_splits=None,
-    rotary_cos=None, rotary_sin=None, *, out=None, backend="triton",
+    rotary_cos=None, rotary_sin=None, *, out=None, key_mask=None, backend="triton",
 ):  # fmt: skip
     """Attention of one query token per sequence over its KV cache.
 
@@ -511,20 +545,24 @@ def decode_attention(
     cache_seqlens is not advanced: the caller adds 1 after an append, as with flash-attn.
     out: a contiguous [B, 1, Hq, D] tensor of q's dtype that the kernels write the result into (no
     new tensor; a serving engine's output buffer, as vLLM passes one), returned.
+    key_mask: bool [B, S_max] (a contiguous cache only; the last dim contiguous, any row stride: a
+    slice of a padding mask): cached key j of sequence b is attended only where key_mask[b, j], the
+    appended token always; a sequence whose keys the mask drops all gives 0. A padded batch's keys
+    read in place, where gathering the real ones would copy the cache (transformers' padded decode).
     The call holds no state between calls: calls from several threads or streams at once are safe,
     as long as no two of them write the same cache rows (two sequences whose block tables share a
     page, both appending, is the caller's to avoid, as in flash-attn).
     """
     check_backend(backend)
     _check_args(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
-                out)  # fmt: skip
+                out, key_mask)  # fmt: skip
     record_call("decode_attention", backend)
     if backend == "reference":
-        _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out)
+        _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out, key_mask)
         return reference.decode_attention(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale,
-                                          rotary_cos=rotary_cos, rotary_sin=rotary_sin, out=out)  # fmt: skip
+                                          rotary_cos=rotary_cos, rotary_sin=rotary_sin, out=out, key_mask=key_mask)  # fmt: skip
     check_triton_device("q", q)
-    args = (q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin)
+    args = (q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin, key_mask)
     if out is None:
         return _decode_attention_launch(*args)
     _decode_attention_into_launch(*args, out)
@@ -535,12 +573,13 @@ def decode_attention(
 def _decode_attention_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cache_seqlens: torch.Tensor,
                              k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
                              softmax_scale: Optional[float], num_kv_splits: Optional[int],
-                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
+                             rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
+                             key_mask: Optional[torch.Tensor]) -> torch.Tensor:  # fmt: skip
     """decode_attention into a new [B, 1, Hq, D] output."""
-    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, None)
+    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, None, key_mask)
     out = new_output(q.shape, q.dtype, q.device)
     _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
-                 out)  # fmt: skip
+                 key_mask, out)  # fmt: skip
     return out
 
 
@@ -549,15 +588,15 @@ def _decode_attention_into_launch(q: torch.Tensor, k_cache: torch.Tensor, v_cach
                                   k: Optional[torch.Tensor], v: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
                                   softmax_scale: Optional[float], num_kv_splits: Optional[int],
                                   rotary_cos: Optional[torch.Tensor], rotary_sin: Optional[torch.Tensor],
-                                  out: torch.Tensor) -> None:  # fmt: skip
+                                  key_mask: Optional[torch.Tensor], out: torch.Tensor) -> None:  # fmt: skip
     """decode_attention into the caller's out."""
-    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out)
+    _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out, key_mask)
     _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
-                 out)  # fmt: skip
+                 key_mask, out)  # fmt: skip
 
 
 def _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_scale, num_kv_splits, rotary_cos, rotary_sin,
-                 out) -> None:  # fmt: skip
+                 key_mask, out) -> None:  # fmt: skip
     """Split stage (+ merge stage when num_kv_splits > 1) into out [B, 1, Hq, D] (contiguous); appends
     k, v (rotated with q when the rotary tables are given) to the caches in place when given."""
     batch, _, heads_q, head_dim = q.shape
@@ -580,20 +619,22 @@ def _launch_into(q, k_cache, v_cache, cache_seqlens, k, v, block_table, softmax_
     k_new, v_new = (k, v) if append else (q, q)  # q stands in for the unused pointers
     rotary = rotary_cos is not None
     cos, sin = (rotary_cos, rotary_sin) if rotary else (q, q)
+    masked = key_mask is not None
+    mask_bytes = key_mask.view(torch.uint8) if masked else cache_seqlens  # cache_seqlens stands in, unused
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
     pdl = pdl_options(q.device)
     # a decode step makes this call once a layer: each tensor's strides read once (host time)
     q_strides, k_new_strides, v_new_strides = q.stride(), k_new.stride(), v_new.stride()
     cache_strides = (*k_cache.stride()[:3], *v_cache.stride()[:3])
     _decode_split_kernel[(num_kv_splits, heads_kv, batch)](
-        q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens,
+        q, k_cache, v_cache, cache_seqlens, k_new, v_new, block_table if paged else cache_seqlens, mask_bytes,
         cos, sin, partial_out, partial_lse, out,
         heads_q // heads_kv, scale * LOG2_E, num_kv_splits, max_context, k_cache.shape[0], cos.shape[0],
         q_strides[0], q_strides[2], *cache_strides,
         k_new_strides[0], k_new_strides[2], v_new_strides[0], v_new_strides[2],
-        block_table.stride(0) if paged else 0, cos.stride(0), sin.stride(0),
+        block_table.stride(0) if paged else 0, key_mask.stride(0) if masked else 0, cos.stride(0), sin.stride(0),
         HEAD_DIM=head_dim, PAGED=paged, PAGE_SIZE=page_size, APPEND=append, ROTARY=rotary, SINGLE_SPLIT=single_split,
-        DOT_IN_FP32=dot_in_fp32(q.dtype),
+        DOT_IN_FP32=dot_in_fp32(q.dtype), KEY_MASK=masked,
         STRIDE_MULTIPLE=stride_multiple(q.element_size(), (q_strides[0], q_strides[2], *cache_strides)),
         **config, **pdl,
     )  # fmt: skip
@@ -615,7 +656,7 @@ def _compile_configs():
     configs = []
     split_signature = {
         "q_ptr": "*T", "k_cache_ptr": "*T", "v_cache_ptr": "*T", "cache_seqlens_ptr": "*i32", "k_new_ptr": "*T",
-        "v_new_ptr": "*T", "block_table_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
+        "v_new_ptr": "*T", "block_table_ptr": "*i32", "key_mask_ptr": "*i32", "rotary_cos_ptr": "*T", "rotary_sin_ptr": "*T",
         "partial_out_ptr": "*fp32", "partial_lse_ptr": "*fp32",
         "out_ptr": "*T", "heads_per_kv": "i32", "qk_scale_log2": "fp32", "num_kv_splits": "i32",
         "capacity": "i32", "num_pages": "i32", "rotary_rows": "i32",
@@ -624,6 +665,9 @@ def _compile_configs():
     # what the launcher's specialisation sees as 16-divisible at the model's shapes: pointers and the
     # tensors' strides (D 128, Hkv 2); not the block table's, a count of pages that follows the capacity
     aligned = tuple(n for n in split_signature if n.endswith(("_ptr", "_stride")) and n != "block_table_stride")
+    # with a key mask (transformers' padded decode: a slice of its padding mask, bytes) neither the
+    # mask's start nor its row stride
+    mask_aligned = tuple(n for n in aligned if n not in ("key_mask_ptr", "key_mask_stride"))
     for dtype in FLOAT_DTYPES:
         config = decode_config(head_dim, heads_q // heads_kv, dtype)
         launch = {"num_warps": config.pop("num_warps"), "num_stages": config.pop("num_stages")}
@@ -641,12 +685,24 @@ def _compile_configs():
                               f"{' +append' if append else ''}{' +rotary' if rotary else ''} {split}",
                         constexprs={"HEAD_DIM": head_dim, **config, "PAGED": paged, "PAGE_SIZE": page_size, "APPEND": append,
                                     "ROTARY": rotary, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
-                                    "USE_PDL": split.endswith("PDL")},
+                                    "USE_PDL": split.endswith("PDL"), "KEY_MASK": False},
                         aligned=aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
                         # ahead of its PDL wait: the sequence's length and, with rotary, its cos and sin rows
                         loads_before_wait=1 + 2 * rotary if split.endswith("PDL") else None,
                         **launch,
                     )  # fmt: skip
+        # a key mask: the patched transformers models' padded decode step (contiguous cache, no append)
+        for split in ("split", "1 split"):
+            configs += configs_per_dtype(
+                (dtype,), op="decode_attention", kernel=_decode_split_kernel,
+                signature={**split_signature, "key_mask_ptr": "*u8"},
+                shape=f"Hq 12 Hkv 2 D 128 contiguous +key mask {split}",
+                constexprs={"HEAD_DIM": head_dim, **config, "PAGED": False, "PAGE_SIZE": 1, "APPEND": False,
+                            "ROTARY": False, "SINGLE_SPLIT": split == "1 split", "DOT_IN_FP32": dtype == torch.float32,
+                            "USE_PDL": False, "KEY_MASK": True},
+                aligned=mask_aligned, uses_dot=dtype != torch.float32, loads_before_barrier=dtype != torch.float32,
+                **launch,
+            )  # fmt: skip
         # under PDL (bf16, the model's), with and without the early launch of the next kernel
         pdl_forms = ((False, False), (True, False), (True, True)) if dtype == torch.bfloat16 else ((False, False),)
         for use_pdl, next_launched in pdl_forms:

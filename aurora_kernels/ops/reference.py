@@ -146,6 +146,7 @@ def decode_attention(
     rotary_sin=None,
     *,
     out=None,
+    key_mask=None,
 ):
     """One query token per sequence over its KV cache: q [B, 1, Hq, D] -> [B, 1, Hq, D].
 
@@ -156,7 +157,9 @@ def decode_attention(
     position cache_seqlens[b] (in place) and attended to as well. With rotary_cos, rotary_sin
     [max_positions, D] (and k, v), q and k are first rotated by apply_rotary at row cache_seqlens[b].
     num_kv_splits only changes how the kernel divides the work, so the reference ignores it.
-    With out (q's shape and dtype), the result is copied into it and out returned.
+    With out (q's shape and dtype), the result is copied into it and out returned. With key_mask
+    (bool [B, S_max], a contiguous cache), cached token j of sequence b is attended only where
+    key_mask[b, j]; the appended one always.
     """
     if rotary_cos is not None:
         positions = cache_seqlens.long()[:, None]  # [B, 1]: the new token's position
@@ -166,6 +169,8 @@ def decode_attention(
     result = torch.zeros_like(q)
     for b in range(batch):
         length = int(cache_seqlens[b])
+        # the positions attended, where a key mask keeps some (else the first `length`)
+        kept = None if key_mask is None else key_mask[b, :length].nonzero()[:, 0]
         if k is not None:
             if block_table is None:
                 k_cache[b, length] = k[b, 0]
@@ -174,10 +179,13 @@ def decode_attention(
                 row = int(_cache_positions(b, length + 1, block_table, block_size)[-1])
                 k_cache[row // block_size, row % block_size] = k[b, 0]
                 v_cache[row // block_size, row % block_size] = v[b, 0]
+            kept = None if kept is None else torch.cat([kept, kept.new_full((1,), length)])
             length += 1
-        if length == 0:
+        if (length if kept is None else kept.numel()) == 0:
             continue
-        if block_table is None:
+        if kept is not None:
+            keys, values = k_cache[b, kept], v_cache[b, kept]
+        elif block_table is None:
             keys, values = k_cache[b, :length], v_cache[b, :length]
         else:
             rows = _cache_positions(b, length, block_table, block_size)

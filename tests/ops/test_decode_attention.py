@@ -300,3 +300,79 @@ def test_flash_attn_matrix_append_at_random_lengths(page_size, device, gen):
     cos, sin = _rotary_tables(128, device, 300)
     check_op(ak.decode_attention, reference.decode_attention, q, k_cache, v_cache, seqlens, k, v, block_table,
              rotary_cos=cos, rotary_sin=sin)  # fmt: skip
+
+
+def _key_mask(lengths, capacity, device, gen, drop=0.5):
+    """bool [B, capacity]: random keys dropped (a padded batch has holes anywhere: left padding, a
+    right-padded prompt before its generated tokens); sequence 0 keeps none of its keys, sequence 1
+    only its last; past each length the mask holds junk, which the kernel must not read as keys.
+    A slice of a wider mask, as transformers hands one over."""
+    wide = torch.rand((len(lengths), capacity + 5), generator=torch.Generator().manual_seed(gen.initial_seed() % 2**31))
+    mask = (wide >= drop).to(device)[:, 5:]
+    mask[0] = False
+    mask[1, : lengths[1] - 1] = False
+    mask[1, lengths[1] - 1] = True
+    return mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("num_kv_splits", [1, 3, 16])
+@pytest.mark.parametrize("append", [False, True], ids=["cached", "append"])
+def test_key_mask_drops_the_keys_it_clears(dtype, num_kv_splits, append, device, gen):
+    """Against the reference, which attends the kept keys alone (a sequence that keeps none gives 0,
+    or, with an append, attends the new token alone), whatever the splits: a split whose keys are all
+    dropped weighs nothing, where one whose scores all overflowed would be NaN."""
+    lengths = [40, 90, 130, 7]
+    args = _decode_inputs(lengths, 12, 2, 128, dtype, device, gen, capacity=140, append=append)
+    mask = _key_mask(lengths, 140, device, gen)
+    assert mask.stride(0) == 145  # a slice of a wider mask
+    for cache in args[1:3]:  # a dropped key's row may hold anything: NaN, in memory never written
+        cache[~mask] = float("nan")
+    check_op(ak.decode_attention, reference.decode_attention, *args, num_kv_splits=num_kv_splits, key_mask=mask)
+    with poisoned_outputs():
+        out = ak.decode_attention(*args[:4], num_kv_splits=num_kv_splits, key_mask=mask)
+    assert torch.equal(out[0], torch.zeros_like(out[0]))  # no key kept: 0, not NaN
+
+
+def test_key_mask_reference_attends_the_kept_keys_alone(device, gen):
+    """The reference with a mask equals plain attention over the kept keys gathered (SDPA's math, an
+    independent implementation)."""
+    lengths = [20, 9, 33]
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs(lengths, 4, 2, 32, torch.float64, device, gen, capacity=40)
+    mask = _key_mask(lengths, 40, device, gen)
+    got = reference.decode_attention(q, k_cache, v_cache, seqlens, key_mask=mask)
+    for b, length in enumerate(lengths):
+        kept = mask[b, :length].nonzero()[:, 0]
+        if kept.numel() == 0:
+            assert torch.equal(got[b], torch.zeros_like(got[b]))
+            continue
+        keys, values = (t[b, kept].transpose(0, 1).repeat_interleave(2, 0) for t in (k_cache, v_cache))  # [Hq, L, D]
+        want = torch.nn.functional.scaled_dot_product_attention(q[b, 0][:, None], keys, values)[:, 0]
+        torch.testing.assert_close(got[b, 0], want, rtol=1e-12, atol=1e-12)
+
+
+def test_key_mask_is_checked_by_name(device, gen):
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs([3, 9], 4, 2, 64, torch.float32, device, gen, capacity=16)
+    mask = torch.ones((2, 16), dtype=torch.bool, device=device)
+    with pytest.raises(TypeError, match="key_mask: expected dtype bool, got torch.int64"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, key_mask=mask.long())
+    with pytest.raises(
+        ValueError, match=r"key_mask: expected shape \[2, 16\] \[B, S_max\] \(the cache's positions\), got \[2, 15\]"
+    ):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, key_mask=mask[:, :15])
+    with pytest.raises(ValueError, match="key_mask: expected the last dim to be contiguous"):
+        ak.decode_attention(q, k_cache, v_cache, seqlens, key_mask=torch.ones((2, 32), dtype=torch.bool, device=device)[:, ::2])
+    paged_k, paged_v, block_table = _paged_copy(k_cache, v_cache, 16, gen)
+    with pytest.raises(ValueError, match="key_mask: expected a contiguous cache"):
+        ak.decode_attention(q, paged_k, paged_v, seqlens, block_table=block_table, key_mask=mask)
+
+
+@pytest.mark.parametrize("check", [check_compile, pytest.param(check_cuda_graph, marks=cuda_only)],
+                         ids=["torch_compile", "cuda_graph"])  # fmt: skip
+def test_key_mask_compiled_and_graph_captured(check, device, gen):
+    lengths = [40, 90, 5]
+    q, k_cache, v_cache, seqlens, _, _ = _decode_inputs(lengths, 12, 2, 128, torch.bfloat16, device, gen, capacity=96)
+    mask = _key_mask(lengths, 96, device, gen)
+    expected = reference_in_float64(reference.decode_attention, q, k_cache, v_cache, seqlens, key_mask=mask)
+    check(lambda *args: ak.decode_attention(*args, key_mask=mask), (q, k_cache, v_cache, seqlens), expected, torch.bfloat16,
+          "decode_attention with a key mask")  # fmt: skip
