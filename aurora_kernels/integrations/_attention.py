@@ -1,14 +1,15 @@
 """The "aurora" entry of transformers' attention registry, shared by the model patches: the module's
 q, k, v ([B, H, L, D], transformers' layout) through this package's attention, causal as the module
-says (Qwen2 yes, SigLIP's vision tower no), GQA by index. A decode step with no padding (one query a
-sequence) runs decode_attention over the cache's views, in one launch (eager) or with its keys
-split over programs (compiled or captured).
+says (Qwen2 yes, SigLIP's vision tower no), GQA by index. A decode step (one query a sequence) runs
+decode_attention over the cache's views, in one launch (eager) or with its keys split over programs
+(compiled or captured), padded or not: the kernel drops the keys the padding mask clears
+(`key_mask`), reading the cache in place.
 
-Padded batches run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
+Padded prefills run unpadded, as flash-attn's entry does: the entry's mask builder is transformers'
 flash_attention_mask (`_padding_mask`), which hands over the 2-D padding mask [B, tokens seen]
 (None where nothing is padded). The queries and keys are gathered into packed sequences, attention_varlen runs over them
-(causal aligned bottom-right within each sequence, which is right for left and right padding,
-prefill and decode), and the outputs go back to their padded places (0 at padding). A key past the
+(causal aligned bottom-right within each sequence, which is right for left and right padding),
+and the outputs go back to their padded places (0 at padding). A key past the
 mask's length (the unwritten slots of a static cache) is padding. flash-attn's entry gathers the
 real rows alone, whose count is a read of the mask (a host sync) in every layer, and a graph break
 under torch.compile. Here every row is gathered, the real ones first, and the padding rows form
@@ -39,24 +40,34 @@ def _attention(module, query, key, value, attention_mask, dropout=0.0, scaling=N
     backend = getattr(module, "_aurora_backend", "triton")
     causal = getattr(module, "is_causal", True)
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # [B, L, H, D] views, no copies
-    if attention_mask is None and q.shape[1] == 1:
-        # a decode step (one query a sequence sees every key, causal or not), k and v read as the
-        # cache. Split over programs where launches are cheap (a compiled graph, a CUDA-graph
-        # capture), as flash-attn's forward splits one query row; eager, one split, one launch: an
-        # eager step is host-bound, ~100 us a launch (docs/performance-log.md, tenth session)
-        graphed = torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing())
-        seen = _all_keys(q.shape[0], k.shape[1], q.device)
-        return ak.decode_attention(q, k, v, seen, softmax_scale=scaling, num_kv_splits=None if graphed else 1,
-                                   backend=backend), None  # fmt: skip
-    if attention_mask is None:
-        return ak.attention(q, k, v, causal=causal, softmax_scale=scaling, backend=backend), None
-    if attention_mask.ndim != 2:
+    if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError(
             f"attention_mask: expected the 2-D padding mask [B, tokens] that the aurora entry's mask builder makes, got "
             f"shape {list(attention_mask.shape)} (a model that builds its own 4-D mask is not supported)"
         )
+    if q.shape[1] == 1:
+        return _decode_step(q, k, v, attention_mask, scaling, backend), None
+    if attention_mask is None:
+        return ak.attention(q, k, v, causal=causal, softmax_scale=scaling, backend=backend), None
     plan = _unpad_plan(attention_mask, q.shape[1])
     return _unpadded_attention(q, k, v, plan, causal, scaling, backend), None
+
+
+def _decode_step(q, k, v, padding_mask, scaling, backend: str) -> torch.Tensor:
+    """One query a sequence (causal or not, it sees every key) over k and v read as the cache, in
+    place: every key, or with a padding mask [B, S] the first S (a static cache's written ones) as
+    the mask keeps them (decode_attention's key_mask; the query of a padded row, which nothing reads,
+    attends the kept keys too). Split over programs where launches are cheap (a compiled graph, a
+    CUDA-graph capture), as flash-attn's forward splits one query row; eager, one split, one launch:
+    an eager step is host-bound, ~100 us a launch (docs/performance-log.md, tenth session)."""
+    graphed = torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    key_mask = None
+    if padding_mask is not None:
+        key_mask = padding_mask if padding_mask.dtype == torch.bool else padding_mask != 0
+        k, v = k[:, : key_mask.shape[1]], v[:, : key_mask.shape[1]]
+    seen = _all_keys(q.shape[0], k.shape[1], q.device)
+    return ak.decode_attention(q, k, v, seen, softmax_scale=scaling, num_kv_splits=None if graphed else 1,
+                               key_mask=key_mask, backend=backend)  # fmt: skip
 
 
 class PerTensorCache(threading.local):

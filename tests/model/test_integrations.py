@@ -204,6 +204,35 @@ def test_a_padded_batch_is_unpadded_without_reading_the_mask(side, device, gen):
         assert not got[b, ~real[b]].any(), "padded queries: expected 0"
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_decode_step_reads_the_cache_in_place(side, device, gen):
+    """One new token a sequence after a padded prompt (right padding leaves holes before it):
+    decode_attention with the padding mask as its key mask, one launch a layer, no gather of the
+    cache (no aten.index) and no host read but transformers' own (the unpatched model's count, as
+    on a GPU: value checks off); the unpatched model's logits."""
+    from bench.transformers_e2e import CountOpsAndReads
+
+    model = _tiny_qwen2(gen).to(device)
+    ids, mask = _padded_batch(device, side)
+    token = torch.randint(1, 500, (3, 1), generator=torch.Generator().manual_seed(6)).to(device)
+    step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    patched = _patched_copy(model, device)
+    logits, reads = [], []
+    with torch.no_grad(), ak.value_checks("never"):
+        for which in (model, patched):
+            cache = which(ids, attention_mask=mask).past_key_values
+            ops, counting = _CountOps(), CountOpsAndReads()
+            with ak.count_calls() as calls, ops, counting:
+                logits.append(which(token, attention_mask=step_mask, **{cache_argument: cache}).logits)
+            reads.append(counting.reads)
+    assert_parity(logits[1], logits[0].double(), torch.float32, f"{side}-padded decode-step logits")
+    assert calls == {**{(op, "triton"): 2 for op in ("apply_rotary", "decode_attention", "silu_and_mul")},
+                     ("rms_norm", "triton"): 5}  # fmt: skip
+    assert not any("index" in str(op) for op in ops.calls), sorted(map(str, ops.calls))
+    assert reads[1] <= reads[0], f"host reads: patched {reads[1]}, unpatched {reads[0]}"
+
+
 def test_a_padded_forward_plans_once_and_again_after_the_mask_changes(device, gen):
     """The plan of a padded batch is made by the first layer and reused by the others, which get the
     same mask object; a mask changed in place is planned again."""
