@@ -237,16 +237,16 @@ def _decode_split_kernel(
         cos = tl.load(rotary_cos_ptr + table_row * rotary_cos_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
         sin = tl.load(rotary_sin_ptr + table_row * rotary_sin_stride + cols_q, mask=cols_q < HEAD_DIM, other=0.0)
     k_rows, v_rows, key_ok, key_kept = _kv_tile_rows(block_table_row, key_mask_row, start, cached_end, batch,
-                                                     k_cache_batch_stride,
-                                           k_cache_token_stride, v_cache_batch_stride, v_cache_token_stride, capacity,
-                                           num_pages, BLOCK_N, PAGED, PAGE_SIZE, STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
+                                                     k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride,
+                                                     v_cache_token_stride, capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE,
+                                                     STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
     if KEY_MASK:  # which of a tile's places held a key the mask keeps, over the split's tiles (reduced
         # after the loop: a reduction here would put a barrier ahead of the first tile's loads)
         kept_places = key_kept.to(tl.int32)
     # Under PDL the length, the block table, the key mask and the rotary rows are read before the
-    # wait: no kernel launched under PDL writes them, so whatever wrote them has finished (ops/_pdl.py). The cache (a
-    # split kernel just before may have appended to it), q and the new token are read after it, and
-    # every write comes after it.
+    # wait: no kernel launched under PDL writes them, so whatever wrote them has finished
+    # (ops/_pdl.py). The cache (a split kernel just before may have appended to it), q and the new
+    # token are read after it, and every write comes after it.
     wait_for_previous_kernel(USE_PDL)
     k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, key_kept, cols, col_ok, KEY_MASK)
     q = tl.load(q_ptr + q_rows[:, None] + cols[None, :], mask=q_mask, other=0.0)
@@ -273,9 +273,9 @@ def _decode_split_kernel(
     row_max, row_sum, acc = _attend_tile(q, k, v, key_kept, row_max, row_sum, acc, qk_scale_log2, DOT_IN_FP32)
     for key_start in range(start + BLOCK_N, cached_end, BLOCK_N):
         k_rows, v_rows, key_ok, key_kept = _kv_tile_rows(block_table_row, key_mask_row, key_start, cached_end, batch,
-                                               k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride,
-                                               v_cache_token_stride, capacity, num_pages, BLOCK_N, PAGED, PAGE_SIZE,
-                                               STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
+                                                         k_cache_batch_stride, k_cache_token_stride, v_cache_batch_stride,
+                                                         v_cache_token_stride, capacity, num_pages, BLOCK_N, PAGED,
+                                                         PAGE_SIZE, STRIDE_MULTIPLE, KEY_MASK)  # fmt: skip
         if KEY_MASK:
             kept_places = tl.maximum(kept_places, key_kept.to(tl.int32))
         k, v = _kv_tile_load(k_head_base, v_head_base, k_rows, v_rows, key_ok, key_kept, cols, col_ok, KEY_MASK)
@@ -303,10 +303,10 @@ def _decode_split_kernel(
             tl.store(v_head_base + v_row + cols, v_new, mask=col_ok & v_ok)
 
     # A split (or sequence) with no tokens, or none the key mask keeps, has row_sum 0: output 0,
-    # log-sum-exp -inf. One whose keys
-    # all scored -inf (q.k x scale overflowed) has row_sum 0 too, but torch's softmax makes such a
-    # row NaN: a single split writes NaN, a split writes the log-sum-exp OVERFLOWED_LSE, which the
-    # merge turns into NaN when no split had a finite score. A NaN score leaves acc NaN either way.
+    # log-sum-exp -inf. One whose keys all scored -inf (q.k x scale overflowed) has row_sum 0 too,
+    # but torch's softmax makes such a row NaN: a single split writes NaN, a split writes the
+    # log-sum-exp OVERFLOWED_LSE, which the merge turns into NaN when no split had a finite score. A
+    # NaN score leaves acc NaN either way.
     has_keys = row_sum > 0.0
     split_had_keys = end > start
     if KEY_MASK:  # with no key the mask keeps (and no append) the split has no keys
@@ -495,7 +495,7 @@ def _capacity(k_cache, block_table) -> int:
 
 
 def _check_at_run_time(q, k_cache, v_cache, cache_seqlens, k, v, block_table, rotary_cos, rotary_sin, out,
-                       key_mask=None) -> None:  # fmt: skip
+                       key_mask) -> None:  # fmt: skip
     """The checks that need the real tensors, called inside the op so that a compiled graph runs
     them too (tracing can neither read data pointers nor sort symbolic strides): with an append, the
     caches are written in place, so each must have no internal overlap (each sequence's token lands
