@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import keyword
 import re
 import shutil
 from pathlib import Path
@@ -52,8 +53,9 @@ def build(out_dir, kernel_id: str | None = None) -> Path:
     folder. kernel_id: the module name to build under (a valid identifier), by default build_id."""
     sources = package_sources()
     kernel_id = kernel_id or build_id(sources)
-    if not kernel_id.isidentifier():
-        raise ValueError(f"kernel_id: expected a Python identifier (the package's import name), got {kernel_id!r}")
+    if not kernel_id.isidentifier() or keyword.iskeyword(kernel_id):
+        raise ValueError(f"kernel_id: expected a Python identifier, not a keyword (the package's import name), "
+                         f"got {kernel_id!r}")  # fmt: skip
     variant = Path(out_dir) / "build" / VARIANT
     if variant.exists():
         shutil.rmtree(variant)

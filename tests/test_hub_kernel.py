@@ -114,6 +114,13 @@ def test_build_command_line(tmp_path):
     assert "Traceback" not in bad.stderr
 
 
+def test_a_keyword_is_refused_as_the_build_id(tmp_path):
+    """The copy's imports and the custom-op namespace are named by the id: `import import.ops` cannot parse."""
+    with pytest.raises(ValueError, match="kernel_id: expected a Python identifier, not a keyword .*got 'import'"):
+        hub_build.build(tmp_path, "import")
+    assert not (tmp_path / "build").exists()
+
+
 def test_importing_the_package_imports_no_optional_integration():
     """kernels, vLLM and transformers are optional: importing the package and its integrations
     imports none of them (transformers is imported by the functions that patch its models)."""
