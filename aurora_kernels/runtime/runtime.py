@@ -24,11 +24,18 @@ A runtime made with grow=True (the one `AuroraEdgeV.generate` keeps) reallocates
 request does not fit; otherwise such a request is a ValueError that names the limit. A change to the
 model's run-time options (backend, fused projections, PDL), its device, dtype or embedding weight
 drops the captured steps, which would replay what they saw.
+
+One batch runs on a runtime at a time (its cache, buckets and graphs hold that batch): calls from
+several threads, on a runtime or on the model whose generate keeps one, take turns; a call made from
+inside a call (a streamer's) is refused. A serving loop that runs batches at once makes a runtime
+for each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import time
 
 import torch
@@ -211,6 +218,8 @@ class Runtime:
         self.captures = 0  # decode steps captured in a CUDA graph, over the runtime's life
         self.prefill_captures = 0  # prefills captured, one per padded shape
         self._pool = None  # the graphs' shared memory pool, made with the first capture
+        self._one_batch = threading.Lock()  # held by the call whose batch the cache holds...
+        self._running_in = None  # ...and that call's thread
         self._allocate(max_batch, max_length)
 
     def _allocate(self, max_batch: int, max_length: int) -> None:
@@ -383,14 +392,29 @@ class Runtime:
             raise TypeError(f"stats: expected a dict to fill or None, got {type(stats).__name__}")
         model.check_requests(pixel_values, input_ids)
         batch = len(input_ids)
-        self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
         options = model.options
         with (
+            self._batch_turn(),
             using_programmatic_dependent_launch(options.programmatic_dependent_launch),
             using_weight_prefetch(options.weight_prefetch),
         ):
+            self._fit(batch, model.config.visual_tokens + max(int(ids.numel()) for ids in input_ids) + max_new_tokens)
             return self._decode(pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer,
                                 return_logits, stats)  # fmt: skip
+
+    @contextlib.contextmanager
+    def _batch_turn(self):
+        """This call's turn on the runtime: after any other thread's call (whose batch the cache
+        holds until it returns); a call from inside this thread's running call would wait for itself."""
+        if self._running_in == threading.get_ident():
+            raise RuntimeError("generate: called from inside a generate call on the same runtime (a streamer's?), whose "
+                               "batch its cache holds until it returns; use another Runtime")  # fmt: skip
+        with self._one_batch:
+            self._running_in = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._running_in = None
 
     def _decode(self, pixel_values, input_ids, max_new_tokens, eos_ids, mode, prefill_graph, params, streamer, return_logits,
                 stats):  # fmt: skip

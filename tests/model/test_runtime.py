@@ -117,6 +117,41 @@ def test_option_changes_drop_the_captured_steps(mocked_capture, device, gen):
     assert runtime.captures == 3 and pooled == model.generate(pixel_values, ids, 4, decode="eager")
 
 
+def test_calls_from_several_threads_take_turns_on_a_runtime(device, gen):
+    """A runtime's cache holds one batch: model.generate from four threads at once (one runtime, the
+    model's) gives each thread the tokens it gets alone; they overwrote each other's cache rows."""
+    import threading
+
+    model = tiny_model(device)
+    batches = [requests(model, device, gen, lengths=(3 + i, 9 - i)) for i in range(4)]
+    alone = [model.generate(pixel_values, ids, 10) for pixel_values, ids in batches]
+    together = [None] * len(batches)
+
+    def run(i):
+        together[i] = model.generate(*batches[i], 10)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(batches))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == alone
+
+
+def test_a_call_from_inside_a_call_is_refused(device, gen):
+    """A streamer that calls generate on the runtime it streams from would wait for its own call."""
+    model = tiny_model(device)
+    runtime = Runtime(model, max_batch=2, max_length=64)
+    pixel_values, ids = requests(model, device, gen, lengths=(4, 6))
+
+    def streamer(index, tokens):
+        runtime.generate(pixel_values, ids, 2)
+
+    with pytest.raises(RuntimeError, match="generate: called from inside a generate call on the same runtime"):
+        runtime.generate(pixel_values, ids, 3, streamer=streamer)
+    assert runtime.generate(pixel_values, ids, 3) == model.generate(pixel_values, ids, 3)  # the turn was given back
+
+
 def test_run_options_are_checked_by_name(device):
     model = tiny_model(device)
     with pytest.raises(
