@@ -88,6 +88,12 @@ def should_check_values(t: torch.Tensor) -> bool:
     return mode == "always" or t.device.type == "cpu"
 
 
+def value_range(t: torch.Tensor) -> tuple[int, int]:
+    """The lowest and highest value of a non-empty integer tensor, read in one host transfer."""
+    low, high = torch.stack([t.min(), t.max()]).tolist()
+    return int(low), int(high)
+
+
 # ----------------------------------------------------------------------------- metadata checks
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from aurora_kernels._cuda_graphs import Graphed, graphs_supported, run_on_side_stream
-from aurora_kernels._validation import check_backend, check_int, check_tensor, should_check_values
+from aurora_kernels._validation import check_backend, check_int, check_tensor, should_check_values, value_range
 from aurora_kernels.model.compressor import Projector, TokenCompressor
 from aurora_kernels.model.config import AuroraConfig
 from aurora_kernels.model.fusion import Fusion
@@ -173,7 +173,7 @@ class AuroraEdgeV(nn.Module):
             raise TypeError(f"{name}: expected dtype int64, got {ids.dtype}")
         _check_has_values(name, ids)
         if ids.numel() and should_check_values(ids):
-            low, high = (int(x) for x in torch.stack([ids.min(), ids.max()]).tolist())
+            low, high = value_range(ids)
             if low < 0 or high >= vocab:
                 raise ValueError(f"{name}: expected token ids in [0, {vocab}), got {low}..{high}")
 

@@ -37,6 +37,7 @@ from aurora_kernels._validation import (
     check_tensor,
     check_triton_device,
     should_check_values,
+    value_range,
 )
 from aurora_kernels.ops import reference
 from aurora_kernels.ops._autotune import INTERPRETER
@@ -259,7 +260,7 @@ def _check_broadcasts(name: str, shape: torch.Size, token_shape: tuple, trailing
 def _check_positions_at_run_time(positions, cos) -> None:
     """Where value checks run, every position is a row of the tables (the kernel clamps the rest)."""
     if positions is not None and positions.numel() and should_check_values(positions):
-        low, high = (int(x) for x in torch.stack([positions.min(), positions.max()]).tolist())
+        low, high = value_range(positions)
         if low < 0 or high >= cos.shape[0]:
             raise ValueError(f"positions: expected rows in [0, {cos.shape[0]}) of the tables cos, sin, got {low}..{high}")
 
@@ -299,7 +300,7 @@ def _check_cache_at_run_time(q, k, cos, sin, positions, v, k_cache, v_cache, cac
         {"q": q, "k": k, "v": v, "cos": cos, "sin": sin, "positions": positions, "cache_slots": cache_slots},
     )
     if cache_slots.numel() and should_check_values(cache_slots):
-        low, high = (int(x) for x in torch.stack([cache_slots.min(), cache_slots.max()]).tolist())
+        low, high = value_range(cache_slots)
         if low < -1 or high >= k_cache.shape[0]:
             raise ValueError(f"cache_slots: expected rows in [0, {k_cache.shape[0]}) of k_cache, or -1 (a padding "
                              f"token: no write), got {low}..{high}")  # fmt: skip
