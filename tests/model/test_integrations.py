@@ -70,6 +70,12 @@ def test_patched_logits_and_generate_match(device, gen):
     assert generate_calls[("attention", "triton")] == 2 and generate_calls[("decode_attention", "triton")] == 4 * 2
 
 
+def _cache_argument(model) -> str:
+    """The forward's cache argument: `cache` from transformers 5.x (past_key_values deprecated),
+    past_key_values before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def test_a_decode_step_runs_decode_attention_with_transformers_logits(device, gen, monkeypatch):
     """One new token a sequence over transformers' dynamic cache, no padding: decode attention over
     the cache's [B, Hkv, L, D] views in one split (eager: one launch), the unpatched model's logits."""
@@ -84,8 +90,7 @@ def test_a_decode_step_runs_decode_attention_with_transformers_logits(device, ge
         return decode_attention(*args, num_kv_splits=num_kv_splits, **kwargs)
 
     monkeypatch.setattr(ak, "decode_attention", spy)
-    # the cache's argument: `cache` from transformers 5.x (past_key_values deprecated), past_key_values before
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_argument = _cache_argument(model)
 
     def step(m, prompt, token):
         cache = m(prompt, use_cache=True).past_key_values
@@ -216,7 +221,7 @@ def test_a_padded_decode_step_reads_the_cache_in_place(side, device, gen):
     ids, mask = _padded_batch(device, side)
     token = torch.randint(1, 500, (3, 1), generator=torch.Generator().manual_seed(6)).to(device)
     step_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_argument = _cache_argument(model)
     patched = _patched_copy(model, device)
     logits, reads = [], []
     with torch.no_grad(), ak.value_checks("never"):
