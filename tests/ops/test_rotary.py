@@ -47,6 +47,28 @@ def test_bad_inputs(device, gen):
         ak.apply_rotary(odd_q, odd_q, cos[..., :63], sin[..., :63])
 
 
+def test_the_broadcast_rule_is_torchs():
+    """_check_broadcasts (plain Python, for the host time) accepts exactly the leading dims that
+    torch.broadcast_shapes broadcasts to q's token dims unchanged: every shape of up to 3 dims of
+    sizes 0..3 against every token shape of up to 3 dims."""
+    import itertools
+
+    from aurora_kernels.ops.rotary import _check_broadcasts
+
+    shapes = [s for rank in range(4) for s in itertools.product(range(4), repeat=rank)]
+    for leading, token_shape in itertools.product(shapes, [s for s in shapes if s]):
+        try:
+            torchs = torch.broadcast_shapes(leading, token_shape) == token_shape
+        except RuntimeError:
+            torchs = False
+        try:
+            _check_broadcasts("cos", torch.Size((*leading, 8)), token_shape, trailing=1)
+            ours = True
+        except ValueError:
+            ours = False
+        assert ours == torchs, (leading, token_shape)
+
+
 def test_int64_offsets(device, gen):
     """q's tokens FAR_STRIDE elements apart (k, cos, sin contiguous)."""
     q = far_apart((3, 4, 64), torch.float16, device, gen)
