@@ -821,6 +821,7 @@ def test_transformers_host_cost_with_stubbed_launches():
     assert [r["forward"] for r in rows] == ["padded prefill", "padded decode step", "unpadded decode step"]
     for r in rows:
         assert r["host_us"] > 0 and r["triton_launches"] > 0 and 0 < r["torch_ops"] < r["unpatched_torch_ops"], r
+        assert r["unpatched_host_us"] > 0, r
         assert r["host_reads"] <= r["unpatched_host_reads"], r
     assert "| padded prefill |" in transformers_e2e.host_markdown(rows, llm)
 
