@@ -186,12 +186,45 @@ def _padding_mask(*args, attention_mask=None, kv_length=None, **kwargs):
     """transformers' flash_attention_mask (the 2-D padding mask, None where nothing is padded), but
     while torch.compile traces, the mask as it is: its test for a padded token is a host read, a
     graph break in every forward. An unpadded batch's mask then takes the padded way (the same
-    result). transformers calls mask builders with keywords, in 4.x and 5 alike."""
+    result). Where that leaves no mask but the keys include a static cache's unwritten slots, the
+    mask of the written ones (`_written_keys`). transformers calls mask builders with keywords, in
+    4.x and 5 alike."""
     from transformers.masking_utils import flash_attention_mask
 
     if attention_mask is not None and torch.compiler.is_compiling():
         return attention_mask[:, -kv_length:]
-    return flash_attention_mask(*args, attention_mask=attention_mask, kv_length=kv_length, **kwargs)
+    mask = flash_attention_mask(*args, attention_mask=attention_mask, kv_length=kv_length, **kwargs)
+    return mask if mask is not None else _written_keys(kv_length, **kwargs)
+
+
+def _written_keys(kv_length: int, batch_size: int, **kwargs):
+    """None where every one of the kv_length keys holds a token, else a padding mask of the written
+    ones. A static cache hands attention all of its slots, written or not, and transformers' generate
+    drops a padding mask of ones (it keeps it for flash-attn's entries alone): with no mask, a decode
+    step attended the unwritten slots too (their zeros, a wrong answer). The tokens seen after this
+    forward's queries are q_offset + q_length (transformers 5; q_offset a device tensor where the
+    cache keeps its length there: a static cache) or cache_position[-1] + 1 (4.x). A decode step gets
+    a mask of all kv_length keys, made on the device: no host read, and no shape that depends on
+    the count (a captured or compiled step). Several queries get the all-ones mask of the seen keys,
+    which the unpadded path reads as its queries being the last of them: its width is the count,
+    read on the host once a forward where it is on the device (several tokens into a static cache
+    that holds tokens already: under torch.compile, a graph break there)."""
+    if "q_length" in kwargs and "q_offset" in kwargs:
+        q_length, seen = kwargs["q_length"], kwargs["q_offset"] + kwargs["q_length"]
+    elif isinstance(kwargs.get("cache_position"), torch.Tensor) and kwargs["cache_position"].numel():
+        q_length, seen = kwargs["cache_position"].shape[0], kwargs["cache_position"][-1] + 1
+    else:
+        return None  # no cache: the keys are the queries' own
+    if kv_length <= q_length:
+        return None  # the queries' own keys, every one written
+    if isinstance(seen, torch.Tensor) and q_length == 1:
+        keys = torch.arange(kv_length, device=seen.device)
+        return (keys < seen.reshape(-1)[-1]).expand(batch_size, kv_length)
+    seen = int(seen)
+    if seen >= kv_length:
+        return None
+    device = kwargs.get("device", kwargs["cache_position"].device if "cache_position" in kwargs else None)
+    return torch.ones(batch_size, seen, dtype=torch.bool, device=device)
 
 
 def select_attention(model, owner) -> None:

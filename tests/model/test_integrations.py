@@ -284,14 +284,44 @@ def test_padded_batch_generates_as_transformers(cache, device, gen):
         assert torch.equal(patched.generate(ids, attention_mask=mask, **settings), expected)
 
 
-def test_a_padded_batch_generates_through_transformers_compiled_static_cache(device, gen):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_an_unpadded_batch_generates_as_transformers_over_a_static_cache(batch, device, gen):
+    """A static cache hands attention every slot, written or not, and transformers' generate drops a
+    mask of ones (it keeps it for flash-attn alone): with no mask the patched model attended the
+    unwritten slots (its prefill saw the next slot's zeros, each decode step all of them: greedy
+    tokens off the unpatched model's). Prompts with a mask of ones, with none, and a prefill that
+    leaves the cache half empty: the unpatched model's scores and tokens."""
+    model = _tiny_qwen2(gen).to(device)
+    ids = torch.randint(1, 500, (batch, 7), generator=torch.Generator().manual_seed(5)).to(device)
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "cache_implementation": "static",
+                "output_scores": True, "return_dict_in_generate": True}  # fmt: skip
+    patched = _patched_copy(model, device)
+    for mask in (torch.ones_like(ids), None):
+        with torch.no_grad():
+            expected = model.generate(ids, attention_mask=mask, **settings)
+            got = patched.generate(ids, attention_mask=mask, **settings)
+        assert torch.equal(got.sequences, expected.sequences)
+        assert_parity(torch.stack(got.scores), torch.stack(expected.scores).double(), torch.float32, "scores")
+    from transformers import StaticCache
+
+    with torch.no_grad():  # one forward over a cache of 16 slots: 7 written, 9 not
+        want = model(ids, past_key_values=StaticCache(config=model.config, max_batch_size=batch, max_cache_len=16)).logits
+        got = patched(ids, past_key_values=StaticCache(config=patched.config, max_batch_size=batch, max_cache_len=16)).logits
+    assert_parity(got, want.double(), torch.float32, "logits of a prefill into a static cache")
+
+
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "unpadded"])
+def test_a_batch_generates_through_transformers_compiled_static_cache(padded, device, gen):
     """With a static cache transformers compiles the decode step itself (on a GPU by default; here
     asked to on CPU, fullgraph): the host reads of the mask that the padded path made failed that
-    compile. The patched model now generates the unpatched model's tokens through it."""
+    compile. The patched model now generates the unpatched model's tokens through it, padded, and
+    unpadded (no mask: the written slots' mask made on the device)."""
     from transformers import CompileConfig
 
     model = _tiny_qwen2(gen).to(device)
     ids, mask = _padded_batch(device)
+    if not padded:
+        ids, mask = ids[1:2], None  # the prompt of 9 tokens, no padding
     settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "cache_implementation": "static"}
     with torch.no_grad():
         expected = model.generate(ids, attention_mask=mask, **settings)
