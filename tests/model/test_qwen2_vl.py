@@ -105,6 +105,28 @@ def test_patched_model_generates_as_transformers(family, device, gen):
     assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("family", ["Qwen2VL", "Qwen2_5_VL"])
+def test_one_request_generates_as_transformers_over_a_static_cache(family, device, gen):
+    """One request, no padding, a static cache (whose unwritten slots the patched model attended
+    when generate dropped the mask of ones: scores 25% and 80% off, other tokens): the unpatched
+    model's scores and tokens."""
+    model = _tiny_vl(family, gen).to(device)
+    batch = _image_batch(model, device)
+    real = batch["attention_mask"][1].bool()  # the second request of the batch, alone
+    first_image_patches = GRIDS[0][0] * GRIDS[0][1]
+    one = {**batch, "input_ids": batch["input_ids"][1:2, real], "attention_mask": batch["attention_mask"][1:2, real],
+           "pixel_values": batch["pixel_values"][first_image_patches:], "image_grid_thw": batch["image_grid_thw"][1:]}  # fmt: skip
+    if "mm_token_type_ids" in batch:
+        one["mm_token_type_ids"] = batch["mm_token_type_ids"][1:2, real]
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, "cache_implementation": "static",
+                "output_scores": True, "return_dict_in_generate": True}  # fmt: skip
+    with torch.no_grad():
+        expected = model.generate(**one, **settings)
+        got = _patched_copy(model, device).generate(**one, **settings)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert_parity(torch.stack(got.scores), torch.stack(expected.scores).double(), torch.float32, f"{family} scores")
+
+
 def test_vision_off_leaves_the_tower_to_transformers_and_unpatch_restores(device, gen):
     from aurora_kernels.integrations import patched, unpatch
 
