@@ -171,6 +171,29 @@ def test_degenerate_sizes_are_computed_or_refused(f32, device):
         ak.attention_varlen(packed_q, packed_k, packed_k, cu, cu, longest, longest, causal=1)
 
 
+def test_any_strides_of_a_row_input_compute_right(device, gen):
+    """The row-wise ops take any strides with a contiguous last dim, as their docstrings say and
+    the references do: views whose rows need three strided groups (two leading dims transposed over
+    a third), which the kernels refused, are copied once and computed (every op and input that
+    walks rows, apply_rotary's aside: its token dims are at most two; the inputs left as they
+    were)."""
+
+    def transposed(*shape, dtype=torch.float32):  # [a, b, c, ..., N] with strides that chain in no pair
+        return randn((shape[1], shape[0], *shape[2:]), dtype, device, gen).transpose(0, 1)
+
+    x, residual = transposed(2, 3, 5, 64), transposed(2, 3, 5, 64)
+    before = x.clone()
+    weight, bias = randn((64,), torch.float32, device, gen), randn((64,), torch.float32, device, gen)
+    check_op(ak.rms_norm, reference.rms_norm, x, weight, 1e-6, residual=residual)
+    check_op(ak.layer_norm, reference.layer_norm, x, weight, bias, 1e-6, residual=residual)
+    check_op(ak.silu_and_mul, reference.silu_and_mul, x)
+    check_op(ak.gelu_tanh, reference.gelu_tanh, x)
+    projection = randn((48, 64), torch.float32, device, gen)
+    check_op(ak.linear, reference.linear, transposed(2, 2, 2, 64), projection)
+    check_op(ak.rms_norm_linear, reference.rms_norm_linear, x, weight, projection, residual=residual)
+    assert torch.equal(x, before)
+
+
 # ----------------------------------------------------------------------------- 3. in-place safety
 
 

@@ -5,7 +5,8 @@ copy of a strided input. `collapse_rows` merges adjacent leading dims whose stri
 (stride[i] == stride[i+1] * size[i+1]) and describes the rows as at most two strided groups:
 row r starts at (r // inner_size) * outer_stride + (r % inner_size) * inner_stride. That covers
 contiguous tensors, row-padded buffers and per-head slices of a fused projection such as
-q = qkv[..., :Hq*D].view(B, L, Hq, D) (groups (B*L, stride of L) and (Hq, D)).
+q = qkv[..., :Hq*D].view(B, L, Hq, D) (groups (B*L, stride of L) and (Hq, D)). Any other layout
+(two leading dims transposed over a third) is copied once, contiguous, before the launch.
 """
 
 from __future__ import annotations
@@ -32,18 +33,31 @@ def row_layout_signature(name: str) -> dict:
     return {f"{name}_outer_stride": "i64", f"{name}_inner_size": "i32", f"{name}_inner_stride": "i32"}
 
 
-def collapse_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowLayout:
-    """Describe the rows of t (all dims but the last `trailing`) as at most two strided groups."""
+def collapse_rows(t: torch.Tensor, trailing: int = 1) -> tuple[torch.Tensor, RowLayout]:
+    """The rows of t (all dims but the last `trailing`) as at most two strided groups: (t, its
+    layout). Where they need more (two leading dims transposed over a third, say), (a contiguous
+    copy of t, the copy's layout): every stride is taken, as torch's ops take it, at the cost of one
+    copy in that case alone (flash-attn's maybe_contiguous does the same)."""
     if t.is_contiguous() and t.numel() > 0:  # the common case, in a fraction of the host time
         row_elements = math.prod(t.shape[t.ndim - trailing :])
         num_rows = t.numel() // row_elements
-        return RowLayout(num_rows, row_elements if num_rows > 1 else 0, 1, 0)
-    return collapse_strided_rows(name, t, trailing)
+        return t, RowLayout(num_rows, row_elements if num_rows > 1 else 0, 1, 0)
+    layout = collapse_strided_rows(t, trailing)
+    if layout is None:
+        t = t.contiguous()
+        layout = collapse_strided_rows(t, trailing)
+    return t, layout
 
 
-def collapse_strided_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowLayout:
-    """`collapse_rows` for any strides: merge the leading dims whose strides chain."""
+def collapse_strided_rows(t: torch.Tensor, trailing: int = 1) -> RowLayout | None:
+    """`collapse_rows`'s layout for any strides (None where the rows need more than two groups):
+    merge the leading dims whose strides chain."""
     sizes, strides = list(t.shape[: t.ndim - trailing]), list(t.stride()[: t.ndim - trailing])
+    num_rows = 1
+    for size in sizes:
+        num_rows *= size
+    if t.numel() == 0:
+        return RowLayout(num_rows, 0, 1, 0)  # no element to find: any layout describes it
     groups: list[list[int]] = []  # [size, stride] of merged dims, outermost first
     for size, stride in zip(sizes, strides):
         if size == 1:
@@ -52,19 +66,13 @@ def collapse_strided_rows(name: str, t: torch.Tensor, trailing: int = 1) -> RowL
             groups[-1] = [groups[-1][0] * size, stride]
         else:
             groups.append([size, stride])
-    num_rows = 1
-    for size in sizes:
-        num_rows *= size
     if not groups:
         return RowLayout(num_rows, 0, 1, 0)
     if len(groups) == 1:
         return RowLayout(num_rows, groups[0][1], 1, 0)
     if len(groups) == 2:
         return RowLayout(num_rows, groups[0][1], groups[1][0], groups[1][1])
-    raise ValueError(
-        f"{name}: expected leading dims that collapse into at most two strided groups (as a contiguous "
-        f"tensor or a slice of one does), got shape {list(t.shape)} with strides {list(t.stride())}"
-    )
+    return None
 
 
 H100_SMS = 132  # what grid rules assume for CPU tensors (interpreter), so tests see a GPU's choices
@@ -184,7 +192,7 @@ def launch_elementwise_rows(kernel, x, out, num_cols: int, same_positions: bool 
     shape and element i of out depends on element i of x alone (the FLAT_COLS walk is then allowed)."""
     if same_positions and x.is_contiguous() and x.numel() % FLAT_COLS == 0:
         x, num_cols = x.view(-1, FLAT_COLS), FLAT_COLS
-    rows = collapse_rows("x", x)
+    x, rows = collapse_rows(x)
     if rows.num_rows == 0:
         return
     cfg = elementwise_tile_config(num_cols)

@@ -722,8 +722,8 @@ def launch(x, weight, bias, norm_weight, residual, eps: float, prologue: int, ep
     out = new_output((*x.shape[:-1], out_features), x.dtype, x.device)
     writes_h = _writes_h(residual, prologue)
     residual_out = new_output(x.shape, x.dtype, x.device) if writes_h else None
-    x_rows = collapse_rows("x", x)
-    res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
+    x, x_rows = collapse_rows(x)
+    residual, res_rows = collapse_rows(residual) if residual is not None else (None, x_rows)
     num_rows = x_rows.num_rows
     if num_rows == 0:
         return [out, residual_out] if writes_h else [out]

@@ -98,8 +98,8 @@ def _layer_norm_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """[normed] or, with residual, [normed, x + residual]."""
     out = new_output(x.shape, x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
-    x_rows = collapse_rows("x", x)
-    res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
+    x, x_rows = collapse_rows(x)
+    residual, res_rows = collapse_rows(residual) if residual is not None else (None, x_rows)
     num_cols = x.shape[-1]
     if x_rows.num_rows > 0:
         cfg = row_tile_config(num_cols)

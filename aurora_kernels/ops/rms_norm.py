@@ -95,8 +95,8 @@ def _rms_norm_launch(x: torch.Tensor, weight: torch.Tensor, eps: float, residual
     """[normed] or, with residual, [normed, x + residual]."""
     out = new_output(x.shape, x.dtype, x.device)
     residual_out = new_output(x.shape, x.dtype, x.device) if residual is not None else None
-    x_rows = collapse_rows("x", x)
-    res_rows = collapse_rows("residual", residual) if residual is not None else x_rows
+    x, x_rows = collapse_rows(x)
+    residual, res_rows = collapse_rows(residual) if residual is not None else (None, x_rows)
     if x_rows.num_rows > 0:
         cfg = row_tile_config(x.shape[-1])
         grid = (cdiv(x_rows.num_rows, cfg["BLOCK_ROWS"]),)

@@ -364,24 +364,24 @@ def _rotary_cache_launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, si
     return q_out, k_out
 
 
-def _table_rows(name: str, table: torch.Tensor, token_shape: tuple, positions: Optional[torch.Tensor]) -> RowLayout:
-    """The rows of a cos/sin table: one a token (broadcast to q's token dims), or with positions the
-    table's own rows, which the kernel picks."""
+def _table_rows(table: torch.Tensor, token_shape: tuple, positions: Optional[torch.Tensor]) -> tuple[torch.Tensor, RowLayout]:
+    """The rows of a cos/sin table (as `collapse_rows` gives them): one a token (broadcast to q's
+    token dims), or with positions the table's own rows, which the kernel picks."""
     if positions is not None:
-        return collapse_rows(name, table)
-    return collapse_rows(name, table.expand(*token_shape, table.shape[-1]))
+        return collapse_rows(table)
+    return collapse_rows(table.expand(*token_shape, table.shape[-1]))
 
 
 def _launch(q, k, cos, sin, positions, v, k_cache, v_cache, cache_slots) -> list[torch.Tensor]:
     q_out, k_out = new_output(q.shape, q.dtype, q.device), new_output(k.shape, k.dtype, k.device)
     token_shape = tuple(q.shape[:-2])
-    q_rows, k_rows = collapse_rows("q", q, trailing=2), collapse_rows("k", k, trailing=2)
-    cos_rows, sin_rows = _table_rows("cos", cos, token_shape, positions), _table_rows("sin", sin, token_shape, positions)
+    (q, q_rows), (k, k_rows) = collapse_rows(q, trailing=2), collapse_rows(k, trailing=2)
+    (cos, cos_rows), (sin, sin_rows) = _table_rows(cos, token_shape, positions), _table_rows(sin, token_shape, positions)
     has_positions = positions is not None
-    positions_rows = collapse_rows("positions", positions.expand(*token_shape), trailing=0) if has_positions else q_rows
+    positions, positions_rows = collapse_rows(positions.expand(*token_shape), trailing=0) if has_positions else (None, q_rows)
     num_heads_q, num_heads_kv, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
     writes = v is not None
-    v_rows = collapse_rows("v", v, trailing=2) if writes else k_rows
+    v, v_rows = collapse_rows(v, trailing=2) if writes else (None, k_rows)
     v_head_stride = v.stride(-2) if writes else 0
     cache_strides = (k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1)) if writes else (0, 0, 0, 0)
     if q_rows.num_rows > 0 and num_heads_q + num_heads_kv > 0 and (not writes or k_cache.shape[0] > 0):
