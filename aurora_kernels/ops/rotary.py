@@ -246,8 +246,9 @@ def _check_args(q, k, cos, sin, positions):
 
 def _check_broadcasts(name: str, shape: torch.Size, token_shape: tuple, trailing: int) -> None:
     """An argument of `shape` with an entry (its `trailing` last dims) a token broadcasts to q's token dims:
-    as torch.broadcast_shapes(leading, token_shape) == token_shape, in plain Python (torch's costs
-    8 us a call on the host, twice a rotary call)."""
+    as torch.broadcast_shapes(leading, token_shape) == token_shape, in plain Python (torch's runs
+    torch._refs' Python on the host, twice a rotary call: docs/performance-log.md, fourteenth
+    session)."""
     leading = shape[: len(shape) - trailing]
     broadcasts = len(leading) <= len(token_shape) and all(
         size == 1 or size == token for size, token in zip(reversed(leading), reversed(token_shape))
