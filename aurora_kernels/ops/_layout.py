@@ -53,9 +53,7 @@ def collapse_strided_rows(t: torch.Tensor, trailing: int = 1) -> RowLayout | Non
     """`collapse_rows`'s layout for any strides (None where the rows need more than two groups):
     merge the leading dims whose strides chain."""
     sizes, strides = list(t.shape[: t.ndim - trailing]), list(t.stride()[: t.ndim - trailing])
-    num_rows = 1
-    for size in sizes:
-        num_rows *= size
+    num_rows = math.prod(sizes)
     if t.numel() == 0:
         return RowLayout(num_rows, 0, 1, 0)  # no element to find: any layout describes it
     groups: list[list[int]] = []  # [size, stride] of merged dims, outermost first
